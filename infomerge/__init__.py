@@ -1,0 +1,14 @@
+"""infomerge: training-free visual-token compression (InfoMerge, FastVID) for video LLMs.
+
+Packages, one concept each:
+- :mod:`infomerge.video`       decode a video and preprocess frames for SigLIP
+- :mod:`infomerge.compress`    the compressors: paper-exact reference and the shape-static export variant
+- :mod:`infomerge.backbones`   backbone registry, checkpoint loading, the vision encoder graph
+- :mod:`infomerge.export`      ONNX export specs, validation and the ``infomerge-export`` command
+- :mod:`infomerge.engines`     TensorRT / TensorRT-RTX engine building, metadata, the merge plugin
+- :mod:`infomerge.runtime`     the video-QA pipeline and the ``infomerge-run`` command
+- :mod:`infomerge.bench`       stage-by-stage benchmarks and prefill FLOPs
+- :mod:`infomerge.jetson`      Jetson telemetry (tegrastats) and the memory planner
+"""
+
+__version__ = "0.1.0"

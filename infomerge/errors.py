@@ -1,0 +1,78 @@
+"""The exception hierarchy of infomerge.
+
+Every error the toolkit raises on bad input derives from :class:`InfomergeError`, so callers can
+catch one type. Each subclass names one kind of problem; its message names the offending thing
+(file, backbone, budget, engine) and, where there is one, the fix.
+"""
+
+from __future__ import annotations
+
+
+class InfomergeError(Exception):
+    """Base class of every error raised by infomerge on bad input or a bad environment."""
+
+
+# --- video input -----------------------------------------------------------------------------
+class VideoError(InfomergeError):
+    """A video could not be used. ``path`` holds the file that caused it."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class VideoNotFoundError(VideoError, FileNotFoundError):
+    """The video path does not exist (or is not a regular file)."""
+
+
+class NotAVideoError(VideoError):
+    """The file exists but is not a video container that the decoder recognises."""
+
+
+class CorruptVideoError(VideoError):
+    """The file looks like a video container but is truncated or damaged and cannot be opened."""
+
+
+class NoDecodableFrameError(VideoError):
+    """The container opened but not a single frame could be decoded."""
+
+
+# --- compression -----------------------------------------------------------------------------
+class BudgetError(InfomergeError, ValueError):
+    """A retention ratio or token budget that cannot be met (outside (0, 1], or zero tokens)."""
+
+
+# --- models and artifacts --------------------------------------------------------------------
+class UnknownBackboneError(InfomergeError, KeyError):
+    """A backbone name that is not in the registry; the message lists the choices."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class CheckpointNotFoundError(InfomergeError, FileNotFoundError):
+    """A checkpoint that is neither in a local directory nor reachable on the hub."""
+
+
+class ArtifactError(InfomergeError):
+    """An artifact directory (graphs, engines, manifest) that is missing, stale or mismatched."""
+
+
+class EngineMismatchError(ArtifactError):
+    """A serialized engine built for another TensorRT version, GPU or source ONNX."""
+
+
+class BackendUnavailableError(InfomergeError, ImportError):
+    """A requested backend (ONNX Runtime EP, TensorRT, Triton, ...) that is not installed here.
+
+    The message names the pip extra that installs it.
+    """
+
+
+class ValidationError(InfomergeError):
+    """An exported graph whose outputs disagree with the source model beyond tolerance."""
+
+
+class PromptTooLongError(InfomergeError, ValueError):
+    """A prompt plus video tokens that does not fit in the LLM's context window."""
