@@ -135,7 +135,9 @@ def _open(path: Path):
     if not cap.isOpened():
         cap.release()
         if _looks_like_container(path):
-            raise CorruptVideoError(path, "video container is truncated or corrupt: the decoder cannot open it")
+            raise CorruptVideoError(
+                path, "video container is truncated or corrupt: the decoder cannot open it"
+            )
         raise NotAVideoError(path, "not a video file: no known container format (mp4, mkv, webm, avi, ...)")
     return cap
 

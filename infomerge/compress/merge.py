@@ -21,7 +21,9 @@ import torch
 _INVALID_ANCHOR_PENALTY = 4.0
 
 
-def assign_to_anchors(x: torch.Tensor, anchor_index: torch.Tensor, anchor_valid: torch.Tensor) -> torch.Tensor:
+def assign_to_anchors(
+    x: torch.Tensor, anchor_index: torch.Tensor, anchor_valid: torch.Tensor
+) -> torch.Tensor:
     """Nearest valid anchor of every token, by cosine similarity.
 
     Args:
