@@ -63,8 +63,7 @@ def merge_to_anchors(
     """Merge the member tokens of a scope into its anchors (spec step 6, standard form).
 
     Args:
-        x: (..., M, D) float tokens of the scope (fp32 or fp16; the merge accumulates in x's dtype
-            except the counts, which are fp32).
+        x: (..., M, D) float tokens of the scope (fp16, fp32 or fp64; fp16 accumulates in fp32).
         member: (..., M) float {0, 1}: 1 for the candidate tokens that take part in the merge.
         anchor_index: (..., K) int64 positions of the anchors in ``x``; anchors must be members.
         anchor_valid: (..., K) float or bool {0, 1}: 1 where the slot holds a real anchor (budgets
@@ -84,16 +83,17 @@ def merge_to_anchors(
             f"anchor_index {tuple(anchor_index.shape)}, anchor_valid {tuple(anchor_valid.shape)} disagree"
         )
     k = anchor_index.shape[-1]
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32  # fp16 input accumulates in fp32
     slot = assign_to_anchors(x, anchor_index, anchor_valid)  # (..., M)
-    own = _anchor_onehot(anchor_index, anchor_valid, x.shape[-2], torch.float32)  # (..., M, K)
+    own = _anchor_onehot(anchor_index, anchor_valid, x.shape[-2], acc)  # (..., M, K)
     is_anchor = own.sum(-1).clamp(max=1.0)  # (..., M)
-    weight = member.to(torch.float32) * (1.0 - is_anchor)  # assigned, anchors excluded
+    weight = member.to(acc) * (1.0 - is_anchor)  # assigned, anchors excluded
     slots = torch.arange(k, device=x.device)
-    assign = (slot.unsqueeze(-1) == slots).to(torch.float32) * weight.unsqueeze(-1)  # (..., M, K)
+    assign = (slot.unsqueeze(-1) == slots).to(acc) * weight.unsqueeze(-1)  # (..., M, K)
     n = assign.sum(-2)  # (..., K) tokens assigned to each anchor
-    summed = assign.transpose(-1, -2).to(x.dtype) @ x  # (..., K, D)
+    summed = assign.transpose(-1, -2) @ x.to(acc)  # (..., K, D)
     anchors = torch.gather(x, -2, anchor_index.unsqueeze(-1).expand(*anchor_index.shape, x.shape[-1]))
-    mean = (anchors.to(torch.float32) + summed.to(torch.float32)) / (n + 1.0).unsqueeze(-1)
+    mean = (anchors.to(acc) + summed) / (n + 1.0).unsqueeze(-1)
     w = torch.maximum(1.0 / (n + 1.0), torch.full_like(n, float(mu))).unsqueeze(-1)
-    merged = w * anchors.to(torch.float32) + (1.0 - w) * mean
+    merged = w * anchors.to(acc) + (1.0 - w) * mean
     return merged.to(x.dtype)
