@@ -1,0 +1,331 @@
+"""The vision encoder graph: frames -> (H, A, g), export-friendly, fp32 or fp16.
+
+``VisionEncoder.forward(pixel_values)`` with ``pixel_values`` (F, 3, 384, 384) float32 returns
+
+- ``H`` (F, 196, D): the SigLIP tower output (26 layers, BEFORE post_layernorm), projected
+  (Linear - exact GELU - Linear) and pooled 27x27 -> 14x14 with bilinear interpolation
+  (``align_corners=False``): Hugging Face ``LlavaOnevisionModel.get_video_features`` without the
+  trailing newline. dtype = the encoder's compute dtype (float16 in fp16 mode, else float32);
+- ``A`` (F, 196) float32: the SigLIP MAP head's probe attention over the 729 patches, averaged
+  over heads, reshaped 27x27 and bilinearly resized to 14x14 (FastVID's saliency);
+- ``g`` (F, G) float32: the MAP head's pooled output (G = 1152 for so400m), FastVID's global
+  feature. The head runs on ``post_layernorm`` of the same 26-layer output.
+
+Source: ``shared/spec/pipeline.md``; transformers ``modeling_siglip`` (``SiglipEncoderLayer``,
+``SiglipMultiheadAttentionPoolingHead``) and ``modeling_llava_onevision`` (``apply_pooling``),
+which the tests compare against.
+
+Export notes: every reshape keeps the frame axis as ``-1`` (the traced graph is frame-count
+agnostic, see :mod:`infomerge.export.onnx_export`); the bilinear pooling is a constant (196, 729)
+matrix, so it exports as one MatMul (exactly ``F.interpolate``'s map); attention is written out
+(SDPA returns no weights and the MAP head needs them).
+
+fp16 mode: tower and projector weights and activations are float16; LayerNorm (its statistics
+overflow in fp16 once |x| > 256) and softmax run in float32 with float32 parameters; the SigLIP
+head branch (about 15 M parameters at full size) runs entirely in float32, so ``A`` and ``g`` are
+fp32 islands.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from infomerge.backbones.registry import Backbone
+
+
+def bilinear_pool_matrix(side_in: int = 27, side_out: int = 14) -> torch.Tensor:
+    """(side_out^2, side_in^2) float32 matrix P with ``P @ x.flatten() == interpolate(x).flatten()``.
+
+    ``x`` is one side_in x side_in channel; the interpolation is
+    ``F.interpolate(mode="bilinear", align_corners=False)`` (what HF ``apply_pooling`` uses).
+    """
+    eye = torch.eye(side_in * side_in, dtype=torch.float64).reshape(-1, 1, side_in, side_in)
+    out = F.interpolate(eye, size=(side_out, side_out), mode="bilinear", align_corners=False)
+    return out.reshape(side_in * side_in, side_out * side_out).T.contiguous().to(torch.float32)
+
+
+def _layer_norm(x: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
+    """LayerNorm computed in float32 (fp32 parameters), result in the input dtype."""
+    y = F.layer_norm(x.float(), ln.normalized_shape, ln.weight.float(), ln.bias.float(), ln.eps)
+    return y.to(x.dtype)
+
+
+class _Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.scale = self.head_dim**-0.5
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (F, N, C)
+        n, c = x.shape[1], x.shape[2]
+        q = (self.q_proj(x) * self.scale).reshape(-1, n, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).reshape(-1, n, self.heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).reshape(-1, n, self.heads, self.head_dim).transpose(1, 2)
+        p = torch.matmul(q, k.transpose(-1, -2)).float().softmax(dim=-1).to(x.dtype)
+        o = torch.matmul(p, v).transpose(1, 2).reshape(-1, n, c)
+        return self.out_proj(o)
+
+
+class _MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class _EncoderLayer(nn.Module):
+    def __init__(self, dim: int, heads: int, hidden: int, eps: float):
+        super().__init__()
+        self.layer_norm1 = nn.LayerNorm(dim, eps=eps)
+        self.self_attn = _Attention(dim, heads)
+        self.layer_norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = _MLP(dim, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(_layer_norm(x, self.layer_norm1))
+        return x + self.mlp(_layer_norm(x, self.layer_norm2))
+
+
+class _Embeddings(nn.Module):
+    def __init__(self, dim: int, patch: int, num_patches: int):
+        super().__init__()
+        self.patch_embedding = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
+        self.position_embedding = nn.Embedding(num_patches, dim)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # (F, 3, S, S) -> (F, P, C)
+        x = self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)
+        return x + self.position_embedding.weight.to(x.dtype)
+
+
+class _Encoder(nn.Module):
+    def __init__(self, layers: list[nn.Module]):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+
+class SiglipTower(nn.Module):
+    """SigLIP vision transformer without post_layernorm and head (parameter names as HF)."""
+
+    def __init__(self, bb: Backbone):
+        super().__init__()
+        self.embeddings = _Embeddings(bb.vision_hidden, bb.patch, bb.num_patches)
+        self.encoder = _Encoder(
+            [
+                _EncoderLayer(bb.vision_hidden, bb.vision_heads, bb.vision_intermediate, bb.vision_layer_norm_eps)
+                for _ in range(bb.vision_layers)
+            ]
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = self.embeddings(pixel_values)
+        for layer in self.encoder.layers:
+            x = layer(x)
+        return x
+
+
+class Projector(nn.Module):
+    """LLaVA's multimodal projector: Linear(G -> D), exact GELU, Linear(D -> D)."""
+
+    def __init__(self, vision_hidden: int, text_hidden: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(vision_hidden, text_hidden)
+        self.linear_2 = nn.Linear(text_hidden, text_hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.gelu(self.linear_1(x)))
+
+
+class _MAPHead(nn.Module):
+    """SigLIP's multihead attention pooling head, with its probe attention made explicit.
+
+    Parameter names are those of ``SiglipMultiheadAttentionPoolingHead`` (``nn.MultiheadAttention``
+    packs q, k, v into ``in_proj_weight`` (3G, G) / ``in_proj_bias`` (3G,)).
+    """
+
+    def __init__(self, dim: int, heads: int, hidden: int, eps: float):
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.probe = nn.Parameter(torch.zeros(1, 1, dim))
+        self.attention = nn.Module()
+        self.attention.in_proj_weight = nn.Parameter(torch.zeros(3 * dim, dim))
+        self.attention.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
+        self.attention.out_proj = nn.Linear(dim, dim)
+        self.layernorm = nn.LayerNorm(dim, eps=eps)
+        self.mlp = _MLP(dim, hidden)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (F, P, G) float32 -> (pooled (F, G), head-averaged probe attention (F, P))."""
+        g = x.shape[2]
+        p = x.shape[1]
+        w, b = self.attention.in_proj_weight, self.attention.in_proj_bias
+        q = F.linear(self.probe, w[:g], b[:g]).reshape(1, self.heads, 1, self.head_dim)
+        k = F.linear(x, w[g : 2 * g], b[g : 2 * g]).reshape(-1, p, self.heads, self.head_dim).transpose(1, 2)
+        v = F.linear(x, w[2 * g :], b[2 * g :]).reshape(-1, p, self.heads, self.head_dim).transpose(1, 2)
+        attn = (torch.matmul(q, k.transpose(-1, -2)) * (self.head_dim**-0.5)).softmax(dim=-1)  # (F, h, 1, P)
+        o = torch.matmul(attn, v).transpose(1, 2).reshape(-1, 1, g)
+        o = self.attention.out_proj(o)
+        o = o + self.mlp(self.layernorm(o))
+        return o[:, 0], attn.mean(dim=1)[:, 0]
+
+
+class SiglipHead(nn.Module):
+    """post_layernorm + MAP head of the original SigLIP (``vision_model.post_layernorm`` / ``.head``)."""
+
+    def __init__(self, bb: Backbone):
+        super().__init__()
+        self.post_layernorm = nn.LayerNorm(bb.vision_hidden, eps=bb.vision_layer_norm_eps)
+        self.head = _MAPHead(bb.vision_hidden, bb.vision_heads, bb.vision_intermediate, bb.vision_layer_norm_eps)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(self.post_layernorm(x))
+
+
+class VisionEncoder(nn.Module):
+    """Frames -> (H, A, g) for one backbone (see the module docstring for shapes and dtypes).
+
+    Attributes:
+        backbone: the :class:`Backbone` it was built for.
+        compute_dtype: torch.float32 or torch.float16: dtype of the tower, projector and ``H``.
+        vision_tower, multi_modal_projector, siglip_head: the three parts (HF parameter names).
+        image_newline: (D,) float32 buffer, the LLaVA newline embedding.
+        pool: (196, 729) float32 buffer, the bilinear 27x27 -> 14x14 map.
+    """
+
+    def __init__(self, backbone: Backbone, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        if dtype not in (torch.float32, torch.float16):
+            raise ValueError(f"dtype must be torch.float32 or torch.float16, got {dtype}")
+        self.backbone = backbone
+        self.compute_dtype = torch.float32
+        self.vision_tower = SiglipTower(backbone)
+        self.multi_modal_projector = Projector(backbone.vision_hidden, backbone.text_hidden)
+        self.siglip_head = SiglipHead(backbone)
+        self.register_buffer("image_newline", torch.zeros(backbone.text_hidden), persistent=True)
+        self.register_buffer(
+            "pool", bilinear_pool_matrix(backbone.patch_side, backbone.pooled_side), persistent=False
+        )
+        if dtype == torch.float16:
+            self.to_compute_dtype(torch.float16)
+
+    # --- precision ---------------------------------------------------------------------------
+    def to_compute_dtype(self, dtype: torch.dtype) -> VisionEncoder:
+        """Cast tower + projector weights to ``dtype`` in place; LayerNorms and the head stay fp32."""
+        for mod in (self.vision_tower, self.multi_modal_projector):
+            for sub in mod.modules():
+                if isinstance(sub, nn.LayerNorm):
+                    continue
+                for p in sub.parameters(recurse=False):
+                    p.data = p.data.to(dtype)
+        self.compute_dtype = dtype
+        return self
+
+    # --- forward -----------------------------------------------------------------------------
+    def tower(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(F, 3, S, S) float32 -> 26-layer output before post_layernorm (F, 729, G), compute dtype."""
+        return self.vision_tower(pixel_values.to(self.compute_dtype))
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """pixel_values (F, 3, 384, 384) float32 -> H (F, 196, D), A (F, 196) fp32, g (F, G) fp32."""
+        x = self.tower(pixel_values)
+        h = self.multi_modal_projector(x)  # (F, 729, D)
+        h = torch.matmul(self.pool.to(h.dtype), h)  # (F, 196, D)
+        g, attn = self.siglip_head(x.float())
+        a = torch.matmul(attn, self.pool.T)  # (F, 196)
+        return h, a, g
+
+    # --- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_backbone(
+        cls,
+        backbone: Backbone | str,
+        model_path: str | Path | None = None,
+        *,
+        random_weights: bool = False,
+        dtype: torch.dtype = torch.float32,
+        siglip_path: str | Path | None = None,
+        seed: int = 0,
+    ) -> VisionEncoder:
+        """Build the encoder of ``backbone`` with its weights (or random ones).
+
+        Only the vision tower, projector and ``image_newline`` tensors are read from the LLaVA
+        checkpoint (never the language model's), and post_layernorm + head from the SigLIP
+        checkpoint; see :func:`infomerge.backbones.loading.load_vision_state`.
+
+        Args:
+            backbone: a :class:`Backbone` or its registry name.
+            model_path: local checkpoint directory (default: the hub id, or the built tiny one).
+            random_weights: full-size random weights from ``seed``; nothing is read or downloaded.
+            dtype: compute dtype, torch.float32 or torch.float16 (see the module docstring).
+            siglip_path: local directory of the SigLIP head checkpoint (default: ``siglip_head/``
+                inside ``model_path`` when present, else ``backbone.siglip_head_id``).
+            seed: seed of the random weights.
+
+        Raises:
+            UnknownBackboneError: an unknown backbone name.
+            CheckpointNotFoundError: a checkpoint that is neither local nor downloadable.
+            ArtifactError: a checkpoint that lacks a tensor the encoder needs, or has the wrong shape.
+        """
+        from infomerge.backbones.loading import load_vision_state
+        from infomerge.backbones.registry import get_backbone
+
+        bb = get_backbone(backbone) if isinstance(backbone, str) else backbone
+        enc = cls(bb)
+        if random_weights:
+            enc.init_random(seed)
+            enc.source = {"weights": "random", "seed": seed}
+        else:
+            state, source = load_vision_state(bb, model_path, siglip_path=siglip_path)
+            enc.load_encoder_state(state)
+            enc.source = source
+        enc.eval()
+        if dtype != torch.float32:
+            enc.to_compute_dtype(dtype)
+        return enc
+
+    def load_encoder_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a state dict with this module's keys (float32 copies; strict, shapes checked)."""
+        from infomerge.errors import ArtifactError
+
+        own = self.state_dict()
+        missing = sorted(set(own) - set(state))
+        if missing:
+            raise ArtifactError(f"checkpoint lacks {len(missing)} vision tensors, e.g. {missing[:3]}")
+        for k, v in own.items():
+            if tuple(state[k].shape) != tuple(v.shape):
+                raise ArtifactError(
+                    f"checkpoint tensor {k} has shape {tuple(state[k].shape)}, the backbone "
+                    f"{self.backbone.name!r} expects {tuple(v.shape)}: wrong --backbone for this checkpoint?"
+                )
+        self.load_state_dict({k: state[k].to(torch.float32) for k in own}, strict=True, assign=False)
+
+    @torch.no_grad()
+    def init_random(self, seed: int = 0) -> None:
+        """Deterministic random weights (normal std 0.02 for matrices, randomised LayerNorms)."""
+        gen = torch.Generator().manual_seed(seed)
+        for name, p in self.named_parameters():
+            if name.endswith("probe"):
+                p.copy_(torch.randn(p.shape, generator=gen))
+            elif "norm" in name and name.endswith("weight"):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+            elif name.endswith("bias"):
+                p.copy_(0.02 * torch.randn(p.shape, generator=gen))
+            elif "position_embedding" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p.shape[-1]))
+            else:
+                p.copy_(0.02 * torch.randn(p.shape, generator=gen))
+        self.image_newline.copy_(torch.randn(self.image_newline.shape, generator=gen) / math.sqrt(self.backbone.text_hidden))
+
+
+__all__ = ["Projector", "SiglipHead", "SiglipTower", "VisionEncoder", "bilinear_pool_matrix"]
