@@ -1,0 +1,229 @@
+"""infomerge-plan: memory plans checked against hand calculations.
+
+The two hand calculations below write every term out from the published model dimensions
+(SigLIP so400m/14-384 with 26 layers; Qwen2-7B and Qwen2-0.5B; shared/spec/pipeline.md) and the
+formulas stated in infomerge/jetson/planner.py's docstring. They do not call the planner's helpers.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from infomerge.backbones.registry import get_backbone
+from infomerge.errors import BudgetError, UnknownBackboneError
+from infomerge.jetson.devices import DEVICES, MIB, UnknownDeviceError, get_device
+from infomerge.jetson.planner import (
+    Assumptions,
+    kv_cache_bytes,
+    largest_frames,
+    largest_retention,
+    llm_weight_bytes,
+    main,
+    plan_memory,
+    vision_params,
+)
+
+
+def rows(plan):
+    return {r.name: r for r in plan.rows}
+
+
+# SigLIP so400m/14-384, 26 layers (both backbones), by hand
+D_V, FF_V, L_V, H_V = 1152, 4304, 26, 16
+T = (384 // 14) ** 2  # 729 patches
+LAYER_V = 4 * (D_V * D_V + D_V) + (D_V * FF_V + FF_V + FF_V * D_V + D_V) + 4 * D_V
+TOWER = 3 * 14 * 14 * D_V + D_V + T * D_V + L_V * LAYER_V + 2 * D_V
+HEAD = D_V + (3 * D_V * D_V + 3 * D_V) + (D_V * D_V + D_V) + 2 * D_V + (D_V * FF_V + FF_V + FF_V * D_V + D_V)
+
+
+def test_siglip_counts_match_the_published_size():
+    # so400m: ~428M parameters with 27 layers and the head; our tower has 26 layers
+    assert TOWER + HEAD + LAYER_V == pytest.approx(428.2e6, rel=1e-3)
+    assert TOWER == 397_747_744 and HEAD == 15_238_352
+
+
+def test_hand_calculation_ov7b_int4_agx_orin_32gb():
+    plan = plan_memory("ov-7b", "agx-orin-32gb", "int4", 0.15, 32)
+    r = rows(plan)
+    F, N, D = 32, 196, 3584
+
+    # B: paper rule, T_s = floor(0.6 * 0.15 * 196) = 17 per frame, context round(0.4*0.15*32*196)=376
+    B = 32 * 17 + 376
+    assert B == 920 and plan.tokens == B
+
+    projector = D_V * D + D + D * D + D
+    vision_weights = (TOWER + HEAD + projector + D) * 2
+    attention = F * T * 4 * D_V * 2 + F * H_V * T * T * 4
+    mlp = F * T * (2 * D_V + FF_V) * 2
+    proj = F * T * (D_V + 2 * D) * 2 + F * N * D * 2
+    assert attention > max(mlp, proj)
+    assert (r["Vision engine"].weights, r["Vision engine"].runtime) == (vision_weights, attention)
+    assert vision_weights == 859_941_344  # 429,970,672 parameters
+
+    fn = F * N
+    compression = fn * D * 2 + fn * D * 4 + fn * fn * 4 + B * fn * 2 + B * D * 2
+    assert r["Compression engine"].total == compression
+
+    # Qwen2-7B: 28 layers, d 3584, 28 heads x 128, 4 kv heads, d_ff 18944, vocab 152064, untied
+    def int4(out_f, in_f):  # 4-bit weights + one fp16 scale per 32 inputs
+        return out_f * in_f // 2 + out_f * (in_f // 32) * 2
+
+    layer = (int4(3584, 3584) + int4(512, 3584) * 2 + int4(3584, 3584)
+             + int4(18944, 3584) * 2 + int4(3584, 18944))
+    other = (3584 + 512 + 512 + 2 * 3584) * 2
+    llm = 28 * (layer + other) + 152064 * 3584 * 2 + int4(152064, 3584) + 3584 * 2
+    assert r["LLM weights"].weights == llm == 5_067_697_152
+
+    seq = B + 1 + 256
+    assert plan.seq == seq == 1177
+    assert r["KV cache"].runtime == 2 * 28 * 4 * 128 * seq * 2 == 67_493_888
+
+    llm_act = seq * (2 * 3584 + max(2 * 3584 + 2 * 512, 3 * 18944)) * 2 + seq * 152064 * 2 + 256 * MIB
+    assert r["LLM activations + workspace"].runtime == llm_act
+
+    overhead = 512 * MIB + 768 * MIB + 32 * 1920 * 1080 * 3 + 32 * 3 * 384 * 384 * 4
+    assert r["Runtime overhead"].runtime == overhead
+
+    total = vision_weights + attention + compression + llm + 2 * 28 * 4 * 128 * seq * 2 + llm_act + overhead
+    assert plan.total == total
+    assert plan.usable == (30697 - 1024) * MIB
+    assert plan.fits
+
+
+def test_hand_calculation_ov05b_fp16_rtx4060_with_options():
+    a = Assumptions(text_tokens=128, logits="last", vision_batch=8)
+    plan = plan_memory("ov-0.5b", "rtx-4060-8gb", "fp16", 0.10, 16, a)
+    r = rows(plan)
+    F, N, D = 16, 196, 896
+
+    # T_s = floor(0.6 * 0.10 * 196) = 11 per frame, context round(0.4 * 0.10 * 16 * 196) = round(125.44)
+    B = 16 * 11 + 125
+    assert plan.tokens == B == 301
+
+    projector = D_V * D + D + D * D + D
+    vision_weights = (TOWER + HEAD + projector + D) * 2
+    fv = 8  # --vision-batch 8
+    attention = fv * T * 4 * D_V * 2 + fv * H_V * T * T * 4
+    assert attention > fv * T * (2 * D_V + FF_V) * 2
+    assert attention > fv * T * (D_V + 2 * D) * 2 + fv * N * D * 2
+    assert (r["Vision engine"].weights, r["Vision engine"].runtime) == (vision_weights, attention)
+
+    fn = F * N
+    assert r["Compression engine"].runtime == fn * D * 2 + fn * D * 4 + fn * fn * 4 + B * fn * 2 + B * D * 2
+
+    # Qwen2-0.5B: 24 layers, d 896, 14 heads x 64, 2 kv heads (kv width 128), d_ff 4864, vocab 151936,
+    # lm_head tied to the embeddings (no extra bytes), all fp16
+    layer = (896 * 896 + 128 * 896 * 2 + 896 * 896 + 4864 * 896 * 3) * 2
+    other = (896 + 128 + 128 + 2 * 896) * 2
+    llm = 24 * (layer + other) + 151936 * 896 * 2 + 896 * 2
+    assert r["LLM weights"].weights == llm
+    assert llm // 2 == 494_032_768  # Qwen2-0.5B: 494M parameters
+
+    seq = B + 1 + 128
+    assert r["KV cache"].runtime == 2 * 24 * 2 * 64 * seq * 2
+    assert r["LLM activations + workspace"].runtime == (
+        seq * (2 * 896 + max(2 * 896 + 2 * 128, 3 * 4864)) * 2 + 151936 * 2 + 256 * MIB
+    )
+    # a discrete GPU: only the CUDA context; host memory is not GPU memory
+    assert r["Runtime overhead"].runtime == 512 * MIB
+    assert plan.usable == (8192 - 512) * MIB
+    assert plan.fits
+
+
+def test_formulas_agree_with_the_transformers_modules():
+    """Independent check of the parameter formulas: instantiate the real modules on the meta device."""
+    torch = pytest.importorskip("torch")
+    from transformers import Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
+    from transformers.models.llava_onevision.modeling_llava_onevision import (
+        LlavaOnevisionMultiModalProjector,
+    )
+
+    def numel(module):
+        return sum(p.numel() for p in module.parameters())
+
+    for name in ("tiny", "ov-0.5b"):
+        bb = get_backbone(name)
+        cfg = bb.llava_config()
+        vc, tc = cfg.vision_config, cfg.text_config
+        with torch.device("meta"):
+            with_head = SiglipVisionConfig(**(vc.to_dict() | {"vision_use_head": True}))
+            vision = SiglipVisionModel(with_head)
+            projector = LlavaOnevisionMultiModalProjector(cfg)
+            llm = Qwen2ForCausalLM(tc)
+        vp = vision_params(vc, bb.siglip_head_config(), tc.hidden_size)
+        assert vp["tower"] + vp["head"] == numel(vision), name
+        assert vp["projector"] == numel(projector), name
+        lw = llm_weight_bytes(tc, "fp16", tied=bb.tie_word_embeddings)
+        assert sum(lw.values()) == 2 * numel(llm), name
+
+
+def test_kv_cache_formula():
+    tc = get_backbone("ov-7b").llava_config().text_config
+    assert kv_cache_bytes(tc, 1) == 2 * 28 * 4 * 128 * 2
+
+
+def test_quantization_orders_llm_weights():
+    sizes = [rows(plan_memory("ov-7b", "agx-orin-64gb", q))["LLM weights"].weights
+             for q in ("fp16", "int8", "int4")]
+    assert sizes[0] > sizes[1] > sizes[2]
+
+
+def test_largest_frames_and_retention_are_the_edge_of_fitting():
+    f = largest_frames("ov-7b", "orin-nx-16gb", "int4", 0.15)
+    assert f is not None and 32 <= f < 256
+    assert plan_memory("ov-7b", "orin-nx-16gb", "int4", 0.15, f).fits
+    assert not plan_memory("ov-7b", "orin-nx-16gb", "int4", 0.15, f + 1).fits
+
+    r = largest_retention("ov-7b", "orin-nx-16gb", "int4", 80)
+    assert r is not None and 0.15 <= r < 1.0
+    assert plan_memory("ov-7b", "orin-nx-16gb", "int4", r, 80).fits
+    assert not plan_memory("ov-7b", "orin-nx-16gb", "int4", round(r + 0.01, 2), 80).fits
+
+    assert largest_frames("ov-7b", "orin-nano-8gb", "fp16", 0.15) is None
+
+
+def test_device_table():
+    for dev in DEVICES.values():
+        assert 0 < dev.usable_mib < dev.visible_mib
+    assert get_device("orin-nano-8gb").shared and not get_device("rtx-4090").shared
+    with pytest.raises(UnknownDeviceError, match="orin-nano-8gb"):
+        get_device("orin-nano-4gb")
+
+
+def test_bad_inputs():
+    with pytest.raises(UnknownBackboneError):
+        plan_memory("ov-13b", "rtx-4090")
+    with pytest.raises(BudgetError):
+        plan_memory("ov-7b", "rtx-4090", retention=1.5)
+    with pytest.raises(ValueError, match="quantization"):
+        plan_memory("ov-7b", "rtx-4090", llm_quant="int3")
+
+
+def test_cli_json_fits(capsys):
+    assert main(["--device", "agx-orin-32gb", "--backbone", "ov-7b", "--llm-quant", "int4",
+                 "--retention", "0.15", "--frames", "32", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["fits"] and out["tokens"] == 920 and out["largest_retention"] == 1.0
+    assert out["total_bytes"] == plan_memory("ov-7b", "agx-orin-32gb", "int4", 0.15, 32).total
+
+
+def test_cli_table_no_fit_and_verdict(capsys):
+    assert main(["--device", "orin-nano-8gb", "--backbone", "ov-7b", "--llm-quant", "fp16"]) == 1
+    out = capsys.readouterr().out
+    assert "DOES NOT FIT" in out and "Vision engine" in out and "KV cache" in out
+    assert "Largest frames that fit" in out and "with --llm-quant int4" in out
+
+
+def test_cli_errors(capsys):
+    assert main(["--backbone", "ov-7b"]) == 2
+    assert "--device is required" in capsys.readouterr().err
+    assert main(["--device", "rtx-4090", "--backbone", "nope"]) == 2
+    assert "unknown backbone" in capsys.readouterr().err
+    assert main(["--device", "rtx-4090", "--retention", "0"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["--device", "orin-nano-4gb"])
+    assert exc.value.code == 2
+    assert main(["--list-devices"]) == 0
+    assert "agx-orin-64gb" in capsys.readouterr().out
