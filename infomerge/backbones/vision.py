@@ -56,8 +56,9 @@ def _layer_norm(x: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
 
 
 class _Attention(nn.Module):
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, tokens: int):
         super().__init__()
+        self.dim, self.tokens = dim, tokens  # static sizes: no Shape ops in the exported graph
         self.heads, self.head_dim = heads, dim // heads
         self.scale = self.head_dim**-0.5
         self.q_proj = nn.Linear(dim, dim)
@@ -66,7 +67,7 @@ class _Attention(nn.Module):
         self.out_proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (F, N, C)
-        n, c = x.shape[1], x.shape[2]
+        n, c = self.tokens, self.dim
         q = (self.q_proj(x) * self.scale).reshape(-1, n, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).reshape(-1, n, self.heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).reshape(-1, n, self.heads, self.head_dim).transpose(1, 2)
@@ -86,10 +87,10 @@ class _MLP(nn.Module):
 
 
 class _EncoderLayer(nn.Module):
-    def __init__(self, dim: int, heads: int, hidden: int, eps: float):
+    def __init__(self, dim: int, heads: int, hidden: int, eps: float, tokens: int):
         super().__init__()
         self.layer_norm1 = nn.LayerNorm(dim, eps=eps)
-        self.self_attn = _Attention(dim, heads)
+        self.self_attn = _Attention(dim, heads, tokens)
         self.layer_norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = _MLP(dim, hidden)
 
@@ -101,11 +102,12 @@ class _EncoderLayer(nn.Module):
 class _Embeddings(nn.Module):
     def __init__(self, dim: int, patch: int, num_patches: int):
         super().__init__()
+        self.dim, self.num_patches = dim, num_patches
         self.patch_embedding = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
         self.position_embedding = nn.Embedding(num_patches, dim)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # (F, 3, S, S) -> (F, P, C)
-        x = self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)
+        x = self.patch_embedding(pixel_values).reshape(-1, self.dim, self.num_patches).transpose(1, 2)
         return x + self.position_embedding.weight.to(x.dtype)
 
 
@@ -123,7 +125,9 @@ class SiglipTower(nn.Module):
         self.embeddings = _Embeddings(bb.vision_hidden, bb.patch, bb.num_patches)
         self.encoder = _Encoder(
             [
-                _EncoderLayer(bb.vision_hidden, bb.vision_heads, bb.vision_intermediate, bb.vision_layer_norm_eps)
+                _EncoderLayer(
+                    bb.vision_hidden, bb.vision_heads, bb.vision_intermediate, bb.vision_layer_norm_eps, bb.num_patches
+                )
                 for _ in range(bb.vision_layers)
             ]
         )
@@ -154,8 +158,9 @@ class _MAPHead(nn.Module):
     packs q, k, v into ``in_proj_weight`` (3G, G) / ``in_proj_bias`` (3G,)).
     """
 
-    def __init__(self, dim: int, heads: int, hidden: int, eps: float):
+    def __init__(self, dim: int, heads: int, hidden: int, eps: float, tokens: int):
         super().__init__()
+        self.dim, self.tokens = dim, tokens
         self.heads, self.head_dim = heads, dim // heads
         self.probe = nn.Parameter(torch.zeros(1, 1, dim))
         self.attention = nn.Module()
@@ -167,8 +172,7 @@ class _MAPHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (F, P, G) float32 -> (pooled (F, G), head-averaged probe attention (F, P))."""
-        g = x.shape[2]
-        p = x.shape[1]
+        g, p = self.dim, self.tokens
         w, b = self.attention.in_proj_weight, self.attention.in_proj_bias
         q = F.linear(self.probe, w[:g], b[:g]).reshape(1, self.heads, 1, self.head_dim)
         k = F.linear(x, w[g : 2 * g], b[g : 2 * g]).reshape(-1, p, self.heads, self.head_dim).transpose(1, 2)
@@ -186,7 +190,9 @@ class SiglipHead(nn.Module):
     def __init__(self, bb: Backbone):
         super().__init__()
         self.post_layernorm = nn.LayerNorm(bb.vision_hidden, eps=bb.vision_layer_norm_eps)
-        self.head = _MAPHead(bb.vision_hidden, bb.vision_heads, bb.vision_intermediate, bb.vision_layer_norm_eps)
+        self.head = _MAPHead(
+            bb.vision_hidden, bb.vision_heads, bb.vision_intermediate, bb.vision_layer_norm_eps, bb.num_patches
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.head(self.post_layernorm(x))

@@ -1,0 +1,160 @@
+"""``infomerge-export --llm int4|fp32``: the language model as an ONNX graph for the ``ort`` backend.
+
+The graph is built by onnxruntime-genai's model builder (``pip install 'infomerge[genai]'``) from
+the checkpoint's Qwen2 language model, extracted into a temporary standalone Qwen2 checkpoint
+(:func:`infomerge.runtime.llm_torch.extract_text_checkpoint`). Builder options:
+
+- ``exclude_embeds=true``: the graph takes ``inputs_embeds``, not token ids (the runtime splices
+  video tokens into the text embeddings itself); the embedding matrix is saved beside the graph
+  as ``embed_tokens.npy`` (float32, or float16 for matrices over 256 MiB in fp32);
+- rotary embeddings as separate ``RotaryEmbedding`` ops fed by a ``position_ids`` input
+  (the builder's own non-fused path, chosen by overriding its ``is_fused_rope_supported``):
+  the default fuses RoPE into ``GroupQueryAttention``, which derives a prompt's positions from the
+  KV length and reads only the first element of ``position_ids`` during a prompt, so compressed
+  tokens could not keep their original positions. ``disable_qkv_fusion=true`` goes with it (the
+  separate RoPE ops need separate Q and K);
+- ``prune_lm_head=true``: logits of the last position only ((1, 1, V) instead of (1, T, V),
+  which would be 6,300 x 152k floats for an uncompressed 7B prompt).
+
+``int4`` is the builder's weight-only RTN quantization (MatMulNBits, 4 bits, block 32, symmetric;
+the LM head included); ``fp32`` keeps the weights (the reference for the ORT loop itself).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from infomerge.errors import ArtifactError, BackendUnavailableError
+
+LLM_SUBDIR = "llm"
+Precision = Literal["int4", "fp32"]
+_EMBED_FP16_ABOVE = 256 * 2**20  # bytes of the fp32 embedding matrix above which it is stored in fp16
+
+
+@contextlib.contextmanager
+def _explicit_position_ids(builder_module):
+    """Make the builder emit RotaryEmbedding ops fed by ``position_ids`` (restored afterwards)."""
+    import sys
+
+    base = sys.modules.get("builders.base") or sys.modules.get(builder_module.__package__ + ".builders.base")
+    if base is None or not hasattr(base.Model, "is_fused_rope_supported"):
+        raise BackendUnavailableError(
+            "this onnxruntime-genai model builder has no is_fused_rope_supported hook; "
+            "install a supported version: `pip install 'infomerge[genai]'`"
+        )
+    original = base.Model.is_fused_rope_supported
+    base.Model.is_fused_rope_supported = lambda self: False
+    try:
+        yield
+    finally:
+        base.Model.is_fused_rope_supported = original
+
+
+def _import_builder():
+    try:
+        from onnxruntime_genai.models import builder
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"--llm needs onnxruntime-genai's model builder ({exc}); install it: `pip install 'infomerge[genai]'`"
+        ) from None
+    return builder
+
+
+def export_llm(
+    checkpoint: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    precision: Precision = "int4",
+    execution_provider: str = "cpu",
+    *,
+    log_file: str | os.PathLike | None = None,
+) -> dict:
+    """Build the LLM graph of a LLaVA-OneVision checkpoint into ``out_dir`` (usually ``<artifacts>/llm``).
+
+    Args:
+        checkpoint: local LLaVA-OneVision checkpoint directory (config, safetensors, tokenizer).
+        out_dir: output directory; replaced atomically (built in a temporary sibling).
+        precision: "int4" (MatMulNBits weight-only) or "fp32".
+        execution_provider: "cpu" or "cuda" (the builder picks dtypes per EP: fp32 I/O on the CPU,
+            fp16 on CUDA).
+        log_file: where the builder's console output goes (default ``out_dir/builder.log``).
+
+    Returns:
+        The manifest entry: files, precision, EP, builder options and versions, graph inputs.
+
+    Raises:
+        BackendUnavailableError: onnxruntime-genai is not installed.
+        ArtifactError: the built graph lacks ``position_ids`` / ``inputs_embeds`` (builder changed).
+        ValueError: an unknown precision or execution provider.
+    """
+    if precision not in ("int4", "fp32"):
+        raise ValueError(f"precision must be 'int4' or 'fp32', got {precision!r}")
+    if execution_provider not in ("cpu", "cuda"):
+        raise ValueError(f"execution_provider must be 'cpu' or 'cuda', got {execution_provider!r}")
+    builder = _import_builder()
+    import onnx
+    import onnxruntime_genai
+
+    from infomerge.runtime.llm_ort import EMBED_FILE, MODEL_FILE
+    from infomerge.runtime.llm_torch import extract_text_checkpoint, text_state_dict
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    options = ["exclude_embeds=true", "disable_qkv_fusion=true", "prune_lm_head=true"]
+    try:
+        text_dir = extract_text_checkpoint(checkpoint, work / "hf")
+        build = work / "onnx"
+        log = Path(log_file) if log_file else build / "builder.log"
+        build.mkdir()
+        quiet = logging.getLogger("onnxruntime.quantization")
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)
+        try:
+            with open(log, "w") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh), _explicit_position_ids(builder):
+                opts = builder.parse_extra_options(
+                    None, str(text_dir), str(build), precision, execution_provider, str(work / "cache"), options
+                )
+                builder.create_model(
+                    None, str(text_dir), str(build), precision, execution_provider, str(work / "cache"), **opts
+                )
+        finally:
+            quiet.setLevel(level)
+        graph = onnx.load(str(build / MODEL_FILE), load_external_data=False)
+        inputs = [i.name for i in graph.graph.input]
+        for needed in ("inputs_embeds", "position_ids"):
+            if needed not in inputs:
+                raise ArtifactError(f"the model builder's graph has no {needed} input (inputs: {inputs})")
+        embed = text_state_dict(checkpoint)["model.embed_tokens.weight"].float().numpy()
+        if embed.nbytes > _EMBED_FP16_ABOVE:
+            embed = embed.astype(np.float16)
+        np.save(build / EMBED_FILE, embed)
+        ops = sorted({n.op_type for n in graph.graph.node})
+        entry = {
+            "precision": precision,
+            "execution_provider": execution_provider,
+            "builder": f"onnxruntime-genai {onnxruntime_genai.__version__}",
+            "builder_options": options + ["rotary=RotaryEmbedding(position_ids)"],
+            "inputs": inputs,
+            "ops": ops,
+            "embed_dtype": str(embed.dtype),
+            "files": sorted(p.name for p in build.iterdir()),
+        }
+        (build / "llm_export.json").write_text(json.dumps(entry, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(build, out)
+        return entry
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+__all__ = ["LLM_SUBDIR", "export_llm"]

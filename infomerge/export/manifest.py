@@ -1,0 +1,235 @@
+"""``manifest.json``: what an artifact directory holds, how it was made, and its file hashes.
+
+Layout of a manifest (schema 1)::
+
+    {
+      "format": "infomerge-artifacts", "schema": 1,
+      "created": "2026-...Z", "command": "infomerge-export --backbone tiny ...",
+      "backbone": {"name", "hf_id", "frames", "newline", "tokens_per_frame", "text_hidden", "vision_hidden", ...},
+      "checkpoint": {"weights": "checkpoint"|"random", "checkpoint", "revision", "weights_sha256", ...},
+      "frames": F, "precision": "fp32"|"fp16", "opset": 17, "method": ..., "retention": ...,
+      "graphs":  {"vision": {"file", "external_data", "inputs": {name: {"shape", "dtype"}}, "outputs": {...},
+                             "validation": {...}}, ...},
+      "arrays":  {"image_newline": {"file", "shape", "dtype"}},
+      "engines": {...}, "llm": {...},          # free sections other steps fill
+      "versions": {"python", "torch", "transformers", "onnx", "onnxruntime", ...},
+      "files": {"relative/path": {"sha256", "bytes"}, ...}   # every file but manifest.json
+    }
+
+``files`` is computed from the directory when the manifest is written (:func:`write_manifest`), so
+a step that adds a file needs no bookkeeping beyond describing it in its own section.
+:func:`verify_manifest` is what the runtime and engine code call before using a directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from infomerge.errors import ArtifactError
+
+MANIFEST_NAME = "manifest.json"
+FORMAT = "infomerge-artifacts"
+SCHEMA = 1
+# Packages whose versions are recorded (those installed).
+TRACKED_PACKAGES = (
+    "infomerge",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "safetensors",
+    "numpy",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxruntime-genai",
+    "tensorrt",
+    "tensorrt-rtx-cu13-bindings",
+    "triton",
+)
+_CHUNK = 8 << 20
+
+
+def package_versions(packages: Iterable[str] = TRACKED_PACKAGES) -> dict[str, str]:
+    """{package: version} of the installed ones among ``packages``, plus ``python``."""
+    out = {"python": platform.python_version()}
+    for name in packages:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes (read in 8 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_hashes(directory: str | os.PathLike) -> dict[str, dict]:
+    """{posix relative path: {"sha256", "bytes"}} of every regular file under ``directory``.
+
+    ``manifest.json`` itself is left out; so are hidden temporary files (``.*.tmp*``).
+    """
+    root = Path(directory)
+    out: dict[str, dict] = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if not p.is_file() or rel == MANIFEST_NAME or (p.name.startswith(".") and ".tmp" in p.name):
+            continue
+        out[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+    return out
+
+
+def new_manifest(**fields) -> dict:
+    """A manifest skeleton (format, schema, creation time, versions, empty free sections) + ``fields``."""
+    data = {
+        "format": FORMAT,
+        "schema": SCHEMA,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": None,
+        **fields,
+    }
+    for section in ("graphs", "arrays", "engines"):
+        data.setdefault(section, {})
+    data.setdefault("versions", package_versions())
+    return data
+
+
+def tensor_spec(shape: Iterable[int], dtype: str) -> dict:
+    """``{"shape": [...], "dtype": "float32"}``: how graph inputs/outputs are described."""
+    return {"shape": [int(s) for s in shape], "dtype": str(dtype)}
+
+
+def write_manifest(directory: str | os.PathLike, data: dict) -> Path:
+    """Hash every file of ``directory`` into ``data["files"]`` and write ``manifest.json``.
+
+    Call it last, after every file is in place. Returns the manifest path.
+    """
+    root = Path(directory)
+    data = dict(data)
+    data["files"] = file_hashes(root)
+    path = root / MANIFEST_NAME
+    tmp = root / f".{MANIFEST_NAME}.tmp"
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_manifest(directory: str | os.PathLike) -> dict:
+    """Read ``<directory>/manifest.json`` (no checks beyond the format; see :func:`verify_manifest`).
+
+    Raises:
+        ArtifactError: no directory, no manifest, unreadable JSON, or not an infomerge manifest.
+    """
+    root = Path(directory)
+    fix = f"run `infomerge-export --output {root}` to create it"
+    if not root.is_dir():
+        raise ArtifactError(f"{root}: no such artifact directory; {fix}")
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing; not an artifact directory or an interrupted export; {fix} --force")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path}: unreadable ({exc}); re-export with --force") from None
+    if data.get("format") != FORMAT:
+        raise ArtifactError(f"{path}: not an infomerge manifest (format {data.get('format')!r})")
+    if data.get("schema") != SCHEMA:
+        raise ArtifactError(
+            f"{path}: manifest schema {data.get('schema')!r}, this infomerge reads schema {SCHEMA}; "
+            "re-export with this version (infomerge-export ... --force)"
+        )
+    return data
+
+
+def verify_manifest(
+    directory: str | os.PathLike,
+    *,
+    backbone: str | None = None,
+    frames: int | None = None,
+    hashes: bool = True,
+    versions: Iterable[str] = (),
+    require: Iterable[str] = (),
+) -> dict:
+    """Load the manifest and check the directory against it; return the manifest.
+
+    Args:
+        directory: the artifact directory.
+        backbone: expected backbone name (None: any).
+        frames: expected frame count F (None: any).
+        hashes: check the sha256 of every listed file (off: sizes only; faster on big graphs).
+        versions: package names whose installed version must equal the recorded one (e.g.
+            ``("tensorrt",)`` for serialized engines); a package recorded but not installed fails.
+        require: relative paths that must be listed and present (e.g. ``"vision.onnx"``).
+
+    Raises:
+        ArtifactError: the first mismatch found, naming it and the fix (re-export with ``--force``).
+    """
+    root = Path(directory)
+    data = load_manifest(root)
+    redo = f"re-export: infomerge-export --backbone {data.get('backbone', {}).get('name', '?')} --output {root} --force"
+    got_bb = data.get("backbone", {}).get("name")
+    if backbone is not None and got_bb != backbone:
+        raise ArtifactError(
+            f"{root}: artifacts are for backbone {got_bb!r}, not {backbone!r}; use --backbone {got_bb} or "
+            f"export {backbone}: infomerge-export --backbone {backbone}"
+        )
+    if frames is not None and data.get("frames") != frames:
+        raise ArtifactError(f"{root}: artifacts are for {data.get('frames')} frames, not {frames}; {redo} --frames {frames}")
+    files = data.get("files", {})
+    for rel in require:
+        if rel not in files:
+            raise ArtifactError(f"{root}: manifest lists no {rel}; {redo} (with the option that makes it)")
+    for rel, info in files.items():
+        p = root / rel
+        if not p.is_file():
+            raise ArtifactError(f"{root}: {rel} is listed in the manifest but missing; {redo}")
+        if p.stat().st_size != info.get("bytes"):
+            raise ArtifactError(f"{root}: {rel} has {p.stat().st_size} bytes, the manifest says {info.get('bytes')}; {redo}")
+        if hashes and sha256_file(p) != info.get("sha256"):
+            raise ArtifactError(f"{root}: {rel} does not match its sha256 in the manifest (modified or corrupt); {redo}")
+    installed = package_versions(versions)
+    recorded = data.get("versions", {})
+    for name in versions:
+        if name in recorded and installed.get(name) != recorded[name]:
+            raise ArtifactError(
+                f"{root}: made with {name} {recorded[name]}, installed is {installed.get(name, 'none')}; "
+                f"install {name}=={recorded[name]} or {redo}"
+            )
+    return data
+
+
+def command_line(argv: Iterable[str] | None, prog: str) -> str:
+    """The command as a shell-quoted string (``sys.argv[1:]`` when ``argv`` is None)."""
+    import shlex
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    return shlex.join([prog, *args])
+
+
+__all__ = [
+    "FORMAT",
+    "MANIFEST_NAME",
+    "SCHEMA",
+    "command_line",
+    "file_hashes",
+    "load_manifest",
+    "new_manifest",
+    "package_versions",
+    "sha256_file",
+    "tensor_spec",
+    "verify_manifest",
+    "write_manifest",
+]

@@ -1,0 +1,164 @@
+"""The vision steps of ``infomerge-export``: encoder, real frames, reference, ``vision.onnx``.
+
+Order and memory: the fp32 encoder is loaded (vision tensors only), the fp32 reference outputs on
+the real video are computed in chunks of frames, then (``--fp16``) the encoder is cast to fp16 in
+place, exported, and freed before ONNX Runtime validates the graph. The peak is therefore one fp32
+tower + the exporter's copy, or ONNX Runtime's session, not both.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import torch
+
+from infomerge.export.context import ExportContext, Step
+from infomerge.export.manifest import tensor_spec
+from infomerge.export.onnx_export import OPSET, export_onnx, graph_io, onnx_files
+
+VISION_ONNX = "vision.onnx"
+IMAGE_NEWLINE = "image_newline.npy"
+VISION_INPUTS = ("pixel_values",)
+VISION_OUTPUTS = ("H", "A", "g")
+TRACE_FRAMES = 2  # frames in the tracing example (the graph is pinned to F afterwards)
+REFERENCE_CHUNK = 4  # frames per fp32 reference forward (bounds activation memory)
+
+# Validation tolerances relative to each output's peak (tolerance = atol * max|reference|, see
+# validate.py). fp32: the graph and torch differ in summation order only. fp16: weights and
+# activations are rounded to 11 bits through 26 layers (measured on real frames: docs/export.md).
+DEFAULT_ATOL = {
+    "fp32": {"H": 1e-4, "A": 1e-4, "g": 1e-4},
+    "fp16": {"H": 2e-2, "A": 2e-2, "g": 2e-2},
+}
+
+
+def load_encoder(ctx: ExportContext) -> None:
+    """Build the fp32 encoder from the checkpoint (vision tensors only) or random weights."""
+    from infomerge.backbones.vision import VisionEncoder
+
+    a = ctx.args
+    ctx.encoder = VisionEncoder.from_backbone(
+        ctx.backbone,
+        a.model_path,
+        random_weights=a.random_weights,
+        siglip_path=getattr(a, "siglip_path", None),
+        seed=getattr(a, "seed", 0),
+    )
+    src = dict(ctx.encoder.source)
+    src.setdefault("weights", "checkpoint")
+    ctx.manifest["checkpoint"] = src
+    ctx.image_newline = ctx.encoder.image_newline.detach().to(torch.float32).numpy().copy()
+
+
+def read_frames(ctx: ExportContext) -> None:
+    """Decode, sample and preprocess F frames of the validation video."""
+    from infomerge.video import preprocess, read_video
+
+    clip = read_video(ctx.video, ctx.frames)
+    ctx.pixel_values = preprocess(clip.frames, ctx.backbone.image_size)
+    ctx.manifest["validation_video"] = {
+        "path": str(ctx.video),
+        "frame_indices": [int(i) for i in clip.indices],
+        "total_frames": int(clip.total_frames),
+    }
+
+
+@torch.no_grad()
+def compute_reference(ctx: ExportContext) -> None:
+    """fp32 PyTorch outputs H, A, g on the real frames (chunked), kept in ``ctx.reference``."""
+    enc = ctx.encoder
+    parts = [enc(ctx.pixel_values[i : i + REFERENCE_CHUNK]) for i in range(0, ctx.frames, REFERENCE_CHUNK)]
+    ctx.reference = {name: torch.cat([p[k] for p in parts]).float() for k, name in enumerate(VISION_OUTPUTS)}
+
+
+def save_image_newline(ctx: ExportContext) -> None:
+    """``image_newline.npy``: (D,) float32."""
+    np.save(ctx.path(IMAGE_NEWLINE), ctx.image_newline.astype(np.float32))
+    ctx.manifest["arrays"]["image_newline"] = {
+        "file": IMAGE_NEWLINE,
+        **tensor_spec(ctx.image_newline.shape, "float32"),
+    }
+
+
+def export_vision(ctx: ExportContext) -> None:
+    """``vision.onnx``: pixel_values (F,3,S,S) float32 -> H (F,196,D), A (F,196), g (F,G)."""
+    enc = ctx.encoder
+    if ctx.precision == "fp16":
+        enc.to_compute_dtype(torch.float16)
+    gen = torch.Generator().manual_seed(1234)
+    n = min(ctx.frames, TRACE_FRAMES)
+    s = ctx.backbone.image_size
+    example = torch.rand((n, 3, s, s), generator=gen) * 2 - 1  # not the validation frames
+    path = ctx.path(VISION_ONNX)
+    export_onnx(
+        enc,
+        (example,),
+        path,
+        input_names=VISION_INPUTS,
+        output_names=VISION_OUTPUTS,
+        frames=ctx.frames if n != ctx.frames else None,
+    )
+    inputs, outputs = graph_io(path)
+    files = onnx_files(path)
+    ctx.manifest["graphs"]["vision"] = {
+        "file": VISION_ONNX,
+        "external_data": files[1].name if len(files) > 1 else None,
+        "opset": OPSET,
+        "precision": ctx.precision,
+        "inputs": inputs,
+        "outputs": outputs,
+    }
+    # The graph holds the weights now; free the torch copy before ONNX Runtime loads its own.
+    ctx.encoder = None
+    del enc
+    gc.collect()
+
+
+def validate_vision(ctx: ExportContext) -> None:
+    """Run ``vision.onnx`` in ONNX Runtime on the real frames; compare with the fp32 reference."""
+    from infomerge.export.validate import validate_onnx
+
+    atol = {k: ctx.atol(v) for k, v in DEFAULT_ATOL[ctx.precision].items()}
+    report = validate_onnx(
+        ctx.work / VISION_ONNX,
+        ctx.reference,
+        {"pixel_values": ctx.pixel_values},
+        atol,
+        output_names=VISION_OUTPUTS,
+        console=ctx.console,
+        raise_on_failure=False,
+        display_name=str(ctx.output / VISION_ONNX),
+    )
+    ctx.manifest["graphs"]["vision"]["validation"] = {
+        **report.as_dict(),
+        "video": str(ctx.video),
+        "atol": atol,
+        "reference": "PyTorch fp32 VisionEncoder",
+    }
+    report.raise_for_failures()
+
+
+VISION_STEPS = [
+    Step("load vision encoder", load_encoder, flags=("--model-path", "--random-weights", "--siglip-path")),
+    Step("decode validation video", read_frames, flags=("--video",)),
+    Step("PyTorch fp32 reference", compute_reference),
+    Step("save image_newline.npy", save_image_newline),
+    Step("export vision.onnx", export_vision, flags=("--fp16",)),
+    Step("validate vision.onnx", validate_vision, flags=("--atol",)),
+]
+
+__all__ = [
+    "DEFAULT_ATOL",
+    "IMAGE_NEWLINE",
+    "VISION_INPUTS",
+    "VISION_ONNX",
+    "VISION_OUTPUTS",
+    "VISION_STEPS",
+    "compute_reference",
+    "export_vision",
+    "load_encoder",
+    "read_frames",
+    "save_image_newline",
+    "validate_vision",
+]
