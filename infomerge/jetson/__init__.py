@@ -1,1 +1,10 @@
-"""jetson"""
+"""Jetson Orin support.
+
+- :mod:`infomerge.jetson.tegrastats`  parser of ``tegrastats`` lines and ``TegrastatsSampler``, a
+  background sampler with averages and peaks of GPU load, RAM and power rails
+- :mod:`infomerge.jetson.devices`     memory of the devices the planner knows (Jetson Orin, RTX, H100)
+- :mod:`infomerge.jetson.planner`     ``infomerge-plan``: memory plan of a backbone on a device
+- :mod:`infomerge.jetson.trtexec`     ``trtexec`` command lines equivalent to the engines we build
+
+The shell side (setup, engine builds, containers) is in the repository's ``jetson/`` folder.
+"""

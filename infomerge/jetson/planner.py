@@ -28,8 +28,9 @@ Rows (bytes; "act" = activation dtype size, 2 for fp16):
    seq = B + newline tokens + text tokens (prompt template, question and answer; ``--text-tokens``).
 5. **LLM activations and workspace**: prefill of seq tokens with fused grouped-query attention (no
    score matrix): ``seq*(2D + max(2D + 2*kv_heads*head_dim, 3*d_ff))*act``, plus logits ``seq*vocab*act``
-   (``--logits all``: exported decoders return every position's logits in prefill) or ``vocab*act``
-   (``last``), plus a workspace for cuBLAS / the ORT arena (``--llm-workspace-mib``).
+   (``--logits all``, the default: assumes the decoder returns the logits of every prompt position in
+   prefill) or ``vocab*act`` (``last``), plus a workspace for cuBLAS / the ORT arena
+   (``--llm-workspace-mib``).
 6. **Runtime overhead**: one CUDA context with TensorRT, cuBLAS/cuDNN and the ORT CUDA provider loaded
    (``--cuda-context-mib``). On shared-memory devices (Jetson) also the host side of the process:
    Python with torch, transformers, onnxruntime and the tokenizer (``--host-runtime-mib``), the decoded
