@@ -214,7 +214,10 @@ main() {
     print_trtexec
     echo
     echo "Next: infomerge-run --artifacts $OUTPUT --video VIDEO.mp4 --prompt 'Describe the video.'" \
-        "--vision-backend trt --compress-backend trt --llm ort"
+        "--vision-backend trt --compress-backend trt --llm ort --device cuda"
+    if [[ ! -d "$OUTPUT/llm" ]]; then
+        echo "      (--llm ort needs the int4 LLM in $OUTPUT/llm: see jetson/README.md, step 4b)"
+    fi
 }
 
 main "$@"

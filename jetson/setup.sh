@@ -366,7 +366,8 @@ install() {
     run "$vpy" -m pip install --constraint "$constraints" -e "$spec"
 
     if ((ORT_GPU)) && [[ "$PY_ORT_CUDA" != "1" ]]; then
-        run "$vpy" -m pip uninstall -y onnxruntime
+        # both wheels own the same onnxruntime/ package folder: remove both, then install the GPU one
+        run "$vpy" -m pip uninstall -y onnxruntime onnxruntime-gpu
         run "$vpy" -m pip install --index-url "$TORCH_INDEX" --constraint "$constraints" onnxruntime-gpu
     fi
     verify "$vpy"
