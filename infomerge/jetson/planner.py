@@ -395,35 +395,33 @@ def plan_memory(
     )
 
 
+def _last_fitting(candidates, plan_for) -> float | int | None:
+    """The last candidate (ascending) whose plan fits; stops at the first that does not, since every
+    term of a plan grows with frames and with retention. Candidates with no token are skipped."""
+    best = None
+    for c in candidates:
+        try:
+            fits = plan_for(c).fits
+        except BudgetError:
+            continue
+        if not fits:
+            break
+        best = c
+    return best
+
+
 def largest_frames(backbone: str, device: str, llm_quant: str, retention: float,
                    assumptions: Assumptions | None = None, limit: int = FRAMES_SEARCH_LIMIT) -> int | None:
     """The largest F in [1, limit] whose plan fits at ``retention``; ``None`` when not even one frame fits."""
-    best = None
-    for f in range(1, limit + 1):
-        try:
-            p = plan_memory(backbone, device, llm_quant, retention, f, assumptions)
-        except BudgetError:
-            continue
-        if not p.fits:
-            break  # every term grows with F
-        best = f
-    return best
+    return _last_fitting(range(1, limit + 1),
+                         lambda f: plan_memory(backbone, device, llm_quant, retention, f, assumptions))
 
 
 def largest_retention(backbone: str, device: str, llm_quant: str, frames: int | None,
                       assumptions: Assumptions | None = None) -> float | None:
     """The largest r on the 0.01 grid in (0, 1] whose plan fits at ``frames``; ``None`` when none fits."""
-    best = None
-    for step in range(1, 101):
-        r = step / 100
-        try:
-            p = plan_memory(backbone, device, llm_quant, r, frames, assumptions)
-        except BudgetError:
-            continue
-        if not p.fits:
-            break  # every term grows with r
-        best = r
-    return best
+    return _last_fitting([step / 100 for step in range(1, 101)],
+                         lambda r: plan_memory(backbone, device, llm_quant, r, frames, assumptions))
 
 
 # ---- command line -----------------------------------------------------------------------------
