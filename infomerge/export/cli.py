@@ -28,6 +28,7 @@ from pathlib import Path
 from infomerge.backbones.registry import BACKBONES, get_backbone
 from infomerge.errors import BudgetError, CheckpointNotFoundError, InfomergeError, UnknownBackboneError
 from infomerge.export.context import ExportContext, Step
+from infomerge.export.llm_step import LLM_STEPS
 from infomerge.export.manifest import command_line, new_manifest, write_manifest
 from infomerge.export.onnx_export import OPSET
 from infomerge.export.vision_step import VISION_STEPS
@@ -41,7 +42,7 @@ class UsageError(InfomergeError, ValueError):
 
 def build_steps(args: argparse.Namespace) -> list[Step]:
     """The steps of this run, in order (each engineer's module contributes its list here)."""
-    steps: list[Step] = [*VISION_STEPS]
+    steps: list[Step] = [*VISION_STEPS, *LLM_STEPS]
     return [s for s in steps if s.when(args)]
 
 
@@ -76,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge-plugin", action="store_true", help="use the TensorRT merge plugin in engines")
     p.add_argument("--llm", choices=("none", "int4", "fp32"), default="none",
                    help="also build the LLM with onnxruntime-genai's model builder (default none)")
+    p.add_argument("--llm-ep", choices=("cpu", "cuda"), default="cpu",
+                   help="execution provider the LLM graph is built for (default cpu; cuda: fp16 I/O)")
     p.add_argument("--output", type=Path, default=None, help="artifact directory (default: artifacts/<backbone>)")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
     p.add_argument("--atol", type=float, default=None,

@@ -34,6 +34,7 @@ from typing import Literal
 import numpy as np
 
 from infomerge.errors import ArtifactError, BackendUnavailableError
+from infomerge.export.context import Step
 
 LLM_SUBDIR = "llm"
 Precision = Literal["int4", "fp32"]
@@ -64,7 +65,8 @@ def _import_builder():
         from onnxruntime_genai.models import builder
     except ImportError as exc:
         raise BackendUnavailableError(
-            f"--llm needs onnxruntime-genai's model builder ({exc}); install it: `pip install 'infomerge[genai]'`"
+            f"--llm needs onnxruntime-genai's model builder ({exc}); "
+            "install it: `pip install 'infomerge[genai]'`"
         ) from None
     return builder
 
@@ -119,12 +121,29 @@ def export_llm(
         level = quiet.level
         quiet.setLevel(logging.WARNING)
         try:
-            with open(log, "w") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh), _explicit_position_ids(builder):
+            with (
+                open(log, "w") as fh,
+                contextlib.redirect_stdout(fh),
+                contextlib.redirect_stderr(fh),
+                _explicit_position_ids(builder),
+            ):
                 opts = builder.parse_extra_options(
-                    None, str(text_dir), str(build), precision, execution_provider, str(work / "cache"), options
+                    None,
+                    str(text_dir),
+                    str(build),
+                    precision,
+                    execution_provider,
+                    str(work / "cache"),
+                    options,
                 )
                 builder.create_model(
-                    None, str(text_dir), str(build), precision, execution_provider, str(work / "cache"), **opts
+                    None,
+                    str(text_dir),
+                    str(build),
+                    precision,
+                    execution_provider,
+                    str(work / "cache"),
+                    **opts,
                 )
         finally:
             quiet.setLevel(level)
@@ -157,4 +176,36 @@ def export_llm(
         shutil.rmtree(work, ignore_errors=True)
 
 
-__all__ = ["LLM_SUBDIR", "export_llm"]
+# --- the infomerge-export step ---------------------------------------------------------------------
+def run_llm_step(ctx) -> None:
+    """Export step: build ``<artifacts>/llm`` for ``--llm int4|fp32`` and record it in the manifest.
+
+    Raises:
+        ArtifactError: with ``--random-weights`` (there is no tokenizer or text checkpoint to build from).
+        BackendUnavailableError: onnxruntime-genai is not installed (names the extra).
+    """
+    from infomerge.backbones.loading import resolve_checkpoint
+
+    args = ctx.args
+    if getattr(args, "random_weights", False):
+        raise ArtifactError(
+            "--llm needs a checkpoint with a tokenizer; it cannot be combined with --random-weights"
+        )
+    _import_builder()  # fail early, naming the extra
+    checkpoint = resolve_checkpoint(ctx.backbone, args.model_path)
+    ep = getattr(args, "llm_ep", "cpu") or "cpu"
+    entry = export_llm(checkpoint, ctx.path(LLM_SUBDIR), args.llm, ep)
+    ctx.manifest["llm"] = {"dir": LLM_SUBDIR, **entry}
+
+
+LLM_STEPS = [
+    Step(
+        "build LLM (onnxruntime-genai model builder)",
+        run_llm_step,
+        flags=("--llm", "--llm-ep"),
+        when=lambda args: getattr(args, "llm", "none") != "none",
+    ),
+]
+
+
+__all__ = ["LLM_STEPS", "LLM_SUBDIR", "export_llm", "run_llm_step"]

@@ -1,0 +1,219 @@
+"""Embedding assembly: the LLaVA-OneVision chat template, the video splice and RoPE position ids.
+
+Hugging Face's processor expands the one ``<video>`` placeholder of the templated prompt into
+``F * N + 1`` placeholder tokens and ``masked_scatter``s the video features over them. A compressed
+video keeps K < F * N tokens, so the runtime builds the LLM input itself (spec ``pipeline.md``,
+"splice"; ``infomerge.md`` step 7):
+
+    inputs_embeds = [ text before <video> | kept video tokens (sorted by flat index) | newline | text after ]
+    position_ids  = [ 0 .. t-1           | t + index                                | t + F*N | t+F*N+1 ..  ]
+
+``t`` is the number of text tokens before the placeholder, ``index`` a kept token's original flat
+position ``l * N + p`` (frame ``l``, pooled patch ``p``). The positions keep the gaps left by the
+dropped tokens, and the first generated token takes position ``t + F*N + 1 + len(after)``: the
+length of the uncompressed prompt. With every token kept (no compression) the positions are
+``0 .. T-1``, exactly those Hugging Face uses.
+
+Only the OneVision video layout (``newline="one"``: one ``image_newline`` vector after all frames)
+is supported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from infomerge.errors import ArtifactError, PromptTooLongError
+
+DEFAULT_PROMPT = "What is happening in this video?"
+
+
+@dataclass(frozen=True)
+class PromptIds:
+    """The templated prompt split at its one video placeholder.
+
+    Attributes:
+        before: token ids before ``<video>`` (system / user header), t = ``len(before)``.
+        after: token ids after it (the question, ``<|im_end|>``, the assistant header).
+        text: the templated prompt string, with the single ``<video>`` placeholder.
+    """
+
+    before: tuple[int, ...]
+    after: tuple[int, ...]
+    text: str
+
+
+@dataclass
+class Assembled:
+    """The LLM input of one question about one video.
+
+    Attributes:
+        inputs_embeds: (1, T, D) float tensor: text, kept video tokens, newline, text.
+        position_ids: (1, T) int64 RoPE positions (with gaps where tokens were dropped).
+        next_position: RoPE position of the first generated token: the uncompressed prompt
+            length ``len(before) + F*N + 1 + len(after)``.
+        video_tokens: kept video tokens spliced in, the newline included (K + 1).
+        uncompressed_video_tokens: F*N + 1.
+        prompt: the :class:`PromptIds` the text came from.
+    """
+
+    inputs_embeds: torch.Tensor
+    position_ids: torch.Tensor
+    next_position: int
+    video_tokens: int
+    uncompressed_video_tokens: int
+    prompt: PromptIds
+
+    @property
+    def length(self) -> int:
+        """T, the number of input tokens the LLM prefills."""
+        return int(self.inputs_embeds.shape[1])
+
+
+def load_chat_template(checkpoint: str | Path, tokenizer=None) -> str:
+    """The checkpoint's processor chat template (``chat_template.jinja`` / ``chat_template.json`` /
+    ``processor_config.json``), else the tokenizer's own.
+
+    Raises:
+        ArtifactError: none of them has a chat template.
+    """
+    import json
+
+    d = Path(checkpoint)
+    if (d / "chat_template.jinja").is_file():
+        return (d / "chat_template.jinja").read_text()
+    for name in ("chat_template.json", "processor_config.json"):
+        if (d / name).is_file():
+            template = json.loads((d / name).read_text()).get("chat_template")
+            if template:
+                return template
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        raise ArtifactError(
+            f"{d}: no chat template (chat_template.jinja, processor_config.json or tokenizer)"
+        )
+    return template
+
+
+def prompt_ids(tokenizer, chat_template: str, prompt: str, video_token_id: int) -> PromptIds:
+    """Apply the chat template to one user turn (a video, then ``prompt``) and split at ``<video>``.
+
+    The message is ``[{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]``
+    with the generation prompt appended, as lmms-eval / the llava-hf model cards build it.
+
+    Raises:
+        ArtifactError: the templated text does not tokenize to exactly one ``video_token_id``
+            (a tokenizer without the ``<video>`` special token, or a template without a video slot).
+    """
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
+    text = tokenizer.apply_chat_template(
+        messages, chat_template=chat_template, tokenize=False, add_generation_prompt=True
+    )
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    where = [i for i, t in enumerate(ids) if t == video_token_id]
+    if len(where) != 1:
+        raise ArtifactError(
+            f"the chat template + tokenizer give {len(where)} video placeholder tokens (id {video_token_id}) "
+            "for one video; the checkpoint's tokenizer must have <video> as one special token"
+        )
+    k = where[0]
+    return PromptIds(tuple(ids[:k]), tuple(ids[k + 1 :]), text)
+
+
+def check_context(next_position: int, max_new_tokens: int, context: int) -> None:
+    """Raise :class:`PromptTooLongError` unless the prompt and the answer fit in the context.
+
+    Positions continue from the uncompressed length, so ``next_position`` (not the number of kept
+    tokens) is what must fit: every RoPE position used is < ``next_position + max_new_tokens``.
+
+    Raises:
+        PromptTooLongError: ``next_position + max_new_tokens > context``; nothing is truncated.
+    """
+    if next_position > context:
+        raise PromptTooLongError(
+            f"the prompt spans {next_position} positions (text + video tokens, uncompressed length) "
+            f"but the LLM's context is {context}; shorten the prompt"
+        )
+    if next_position + max_new_tokens > context:
+        raise PromptTooLongError(
+            f"the prompt spans {next_position} positions and max_new_tokens={max_new_tokens} would reach "
+            f"position {next_position + max_new_tokens}, beyond the LLM's context of {context}; "
+            f"lower --max-new-tokens to at most {context - next_position} or shorten the prompt"
+        )
+
+
+def assemble(
+    embed: Callable[[Sequence[int]], torch.Tensor],
+    prompt: PromptIds,
+    tokens: torch.Tensor,
+    index: torch.Tensor,
+    newline: torch.Tensor,
+    frames: int,
+    tokens_per_frame: int,
+) -> Assembled:
+    """Splice kept video tokens and the newline into the text embeddings; compute position ids.
+
+    Args:
+        embed: text token ids -> (n, D) embeddings (the LLM's ``embed_tokens``).
+        prompt: the templated prompt split at ``<video>``.
+        tokens: (K, D) kept video tokens, in the order of ``index``.
+        index: (K,) int64 original flat positions ``l * N + p``, strictly increasing, in [0, F*N).
+        newline: (D,) the ``image_newline`` vector (one, after all frames: OneVision video).
+        frames: F.
+        tokens_per_frame: N.
+
+    Returns:
+        :class:`Assembled` in the dtype and on the device of ``tokens``.
+
+    Raises:
+        ValueError: shapes disagree, or ``index`` is not strictly increasing within [0, F*N).
+    """
+    total = frames * tokens_per_frame
+    if tokens.dim() != 2 or index.shape != (tokens.shape[0],) or newline.shape != (tokens.shape[1],):
+        raise ValueError(
+            f"assemble: tokens {tuple(tokens.shape)}, index {tuple(index.shape)}, "
+            f"newline {tuple(newline.shape)}"
+        )
+    index = index.to(device=tokens.device, dtype=torch.int64)
+    if index.numel() and (
+        int(index[0]) < 0 or int(index[-1]) >= total or bool((index[1:] <= index[:-1]).any())
+    ):
+        raise ValueError(f"assemble: index must be strictly increasing within [0, {total})")
+    t, a = len(prompt.before), len(prompt.after)
+    dtype, device = tokens.dtype, tokens.device
+    parts = []
+    if t:
+        parts.append(embed(prompt.before).to(device=device, dtype=dtype))
+    parts += [tokens, newline.view(1, -1).to(device=device, dtype=dtype)]
+    if a:
+        parts.append(embed(prompt.after).to(device=device, dtype=dtype))
+    positions = torch.cat(
+        [
+            torch.arange(t, device=device),
+            t + index,
+            torch.tensor([t + total], device=device),
+            torch.arange(t + total + 1, t + total + 1 + a, device=device),
+        ]
+    )
+    return Assembled(
+        inputs_embeds=torch.cat(parts).unsqueeze(0),
+        position_ids=positions.unsqueeze(0),
+        next_position=t + total + 1 + a,
+        video_tokens=int(index.numel()) + 1,
+        uncompressed_video_tokens=total + 1,
+        prompt=prompt,
+    )
+
+
+__all__ = [
+    "DEFAULT_PROMPT",
+    "Assembled",
+    "PromptIds",
+    "assemble",
+    "check_context",
+    "load_chat_template",
+    "prompt_ids",
+]

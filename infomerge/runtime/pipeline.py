@@ -1,0 +1,609 @@
+"""The video question-answering pipeline: video + question -> streamed answer, with stage timings.
+
+Stages (each a method, so a benchmark can time them one by one)::
+
+    decode()        video file -> sampled frames, pixel_values (F, 3, 384, 384)   [background thread]
+    encode()        pixel_values -> H (F, N, D), A (F, N), g (F, G)                 [vision backend]
+    compress()      (H, A, g) -> kept tokens (K, D) + original flat indices (K,)    [compress backend]
+    assemble()      chat template + text embeddings + kept tokens + newline, RoPE positions
+    prefill()       LLM over the assembled prompt -> first logits, KV cache         [LLM backend]
+    decode_tokens() one LLM step per token, positions continuing from the uncompressed length
+
+:meth:`Pipeline.generate` runs them all for one request and returns an :class:`Answer` with the
+text, the token ids and the :class:`~infomerge.runtime.timing.Timings`.
+
+Construction: :meth:`Pipeline.from_backbone` (a checkpoint; torch backends by default, no export
+needed: the ``tiny`` backbone is built locally) or :meth:`Pipeline.from_artifacts` (an
+``infomerge-export`` directory; ONNX Runtime backends by default).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from infomerge.errors import ArtifactError, BackendUnavailableError
+from infomerge.runtime.backends import (
+    COMPRESS_BACKENDS,
+    VISION_BACKENDS,
+    NoCompression,
+    OrtCompressor,
+    OrtVision,
+    TorchCompressor,
+    TorchVision,
+    TrtCompressor,
+    TrtVision,
+    VideoTokens,
+    VisionFeatures,
+)
+from infomerge.runtime.decode_thread import DecodedVideo, DecodeJob, decode_video
+from infomerge.runtime.embeddings import (
+    DEFAULT_PROMPT,
+    Assembled,
+    PromptIds,
+    assemble,
+    check_context,
+    load_chat_template,
+    prompt_ids,
+)
+from infomerge.runtime.llm import GREEDY, LLMBackend, Sampler, Sampling, TextStream, decode_ids, eos_ids_of
+from infomerge.runtime.timing import StageClock, Timings
+
+LLM_BACKENDS = ("torch", "ort")
+METHODS = ("infomerge", "fastvid")
+DEFAULT_RETENTION = 0.15
+
+
+def make_config(method: str = "infomerge", retention: float = DEFAULT_RETENTION):
+    """The compressor config: ``InfoMergeConfig.paper(r)`` or ``InfoMergeConfig.fastvid(r)``.
+
+    Raises:
+        ValueError: unknown method. BudgetError: retention outside (0, 1].
+    """
+    from infomerge.compress.config import InfoMergeConfig
+
+    if method == "infomerge":
+        return InfoMergeConfig.paper(retention)
+    if method == "fastvid":
+        return InfoMergeConfig.fastvid(retention)
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+def _check_choice(kind: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{kind} must be one of {', '.join(choices)}; got {value!r}")
+
+
+@dataclass
+class Answer:
+    """The result of :meth:`Pipeline.generate`.
+
+    Attributes:
+        text: the answer (special tokens removed).
+        token_ids: generated ids (EOS included when produced).
+        timings: stage timings, counts, peak memory.
+        video: the decoded video (frames, indices, timestamps, pixel values).
+        features: the vision features (H, A, g).
+        video_tokens: what the compressor kept (tokens, indices, reference detail).
+        position_ids: (T,) int64 RoPE positions of the prompt.
+        info: the pipeline's description (backbone, backends, method, retention, device).
+    """
+
+    text: str
+    token_ids: list[int]
+    timings: Timings
+    video: DecodedVideo
+    features: VisionFeatures
+    video_tokens: VideoTokens
+    position_ids: torch.Tensor
+    info: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-ready record: answer, tokens, timings, pipeline info and the video's sampling."""
+        clip = self.video.clip
+        return {
+            "answer": self.text,
+            "token_ids": list(self.token_ids),
+            "timings": self.timings.to_dict(),
+            "pipeline": self.info,
+            "video": {
+                "path": str(clip.path),
+                "frames": int(len(clip.indices)),
+                "decoded_frames": int(clip.total_frames),
+                "fps": float(clip.fps),
+                "frame_indices": [int(i) for i in clip.indices],
+            },
+            "kept_index": [int(i) for i in self.video_tokens.index],
+        }
+
+
+class Pipeline:
+    """Video QA with compressed video tokens (see the module docstring for the stages).
+
+    Args:
+        backbone: the :class:`~infomerge.backbones.registry.Backbone`.
+        tokenizer: its Hugging Face tokenizer.
+        chat_template: the processor's chat template (jinja).
+        vision: a vision backend (``__call__(pixel_values) -> VisionFeatures``, ``image_newline``).
+        compressor: a compression backend (``__call__(VisionFeatures) -> VideoTokens``).
+        llm: an :class:`~infomerge.runtime.llm.LLMBackend`.
+        config: the :class:`~infomerge.compress.config.InfoMergeConfig` (None: no compression).
+        video_token_id: the ``<video>`` placeholder id.
+        device: "cpu" or "cuda".
+        info: free description recorded in :attr:`Answer.info`.
+    """
+
+    def __init__(
+        self,
+        backbone,
+        tokenizer,
+        chat_template: str,
+        vision,
+        compressor,
+        llm: LLMBackend,
+        config=None,
+        *,
+        video_token_id: int,
+        device: str = "cpu",
+        info: dict | None = None,
+    ):
+        if backbone.newline != "one":
+            raise ArtifactError(
+                f"backbone {backbone.name!r} puts a newline after every row ('grid' layout); the runtime "
+                "supports the OneVision layout (one newline after all frames) only"
+            )
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
+        self.vision = vision
+        self.compressor = compressor
+        self.llm = llm
+        self.config = config
+        self.video_token_id = int(video_token_id)
+        self.device = device
+        self.frames = backbone.frames
+        self.tokens_per_frame = backbone.tokens_per_frame
+        self.info = dict(info or {})
+        self.load_ms: float | None = None
+        # embedding rows without a token in the tokenizer (vocabulary padding): never generated
+        self.suppress_ids = (
+            np.arange(len(tokenizer), llm.vocab_size) if len(tokenizer) < llm.vocab_size else None
+        )
+
+    # --- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_backbone(
+        cls,
+        name: str = "tiny",
+        *,
+        model_path: str | os.PathLike | None = None,
+        vision_backend: str = "torch",
+        compress_backend: str = "torch",
+        llm: str = "torch",
+        method: str = "infomerge",
+        retention: float | None = DEFAULT_RETENTION,
+        artifacts: str | os.PathLike | None = None,
+        device: str = "cpu",
+        siglip_path: str | os.PathLike | None = None,
+    ) -> Pipeline:
+        """A pipeline over the checkpoint of backbone ``name`` (``tiny`` is built locally).
+
+        Args:
+            name: registry name (``tiny``, ``ov-0.5b``, ``ov-7b``).
+            model_path: local checkpoint directory (default: resolved by
+                :func:`infomerge.backbones.loading.resolve_checkpoint`).
+            vision_backend, compress_backend, llm: backend names; ``ort`` / ``trt`` ones read
+                ``artifacts``. ``compress_backend="none"`` or ``retention=None``: no compression.
+            method: ``infomerge`` or ``fastvid``.
+            retention: kept share of the video tokens, in (0, 1].
+            artifacts: an ``infomerge-export`` directory (needed by ort/trt backends).
+            device: "cpu" or "cuda".
+            siglip_path: SigLIP head checkpoint for the torch vision backend.
+
+        Raises:
+            UnknownBackboneError, CheckpointNotFoundError: from the backbone registry / loader.
+            ArtifactError: an ort/trt backend without ``artifacts``, or a mismatched directory.
+            BackendUnavailableError: a backend whose package is not installed (names the extra).
+            ValueError: an unknown backend or method name.
+        """
+        from infomerge.backbones.loading import resolve_checkpoint
+        from infomerge.backbones.registry import get_backbone
+
+        bb = get_backbone(name)
+        checkpoint = resolve_checkpoint(bb, model_path)
+        return cls._build(
+            bb,
+            checkpoint=checkpoint,
+            artifacts=Path(artifacts) if artifacts is not None else None,
+            manifest=None,
+            vision_backend=vision_backend,
+            compress_backend=compress_backend,
+            llm=llm,
+            method=method,
+            retention=retention,
+            device=device,
+            siglip_path=siglip_path,
+            model_path=model_path,
+        )
+
+    @classmethod
+    def from_artifacts(
+        cls,
+        directory: str | os.PathLike,
+        *,
+        backbone: str | None = None,
+        model_path: str | os.PathLike | None = None,
+        vision_backend: str = "ort",
+        compress_backend: str | None = None,
+        llm: str | None = None,
+        method: str | None = None,
+        retention: float | None | str = "manifest",
+        device: str = "cpu",
+        verify_hashes: bool = False,
+    ) -> Pipeline:
+        """A pipeline over an ``infomerge-export`` artifact directory.
+
+        Defaults: vision ``ort``; compression ``ort`` when the directory has ``compress.onnx``,
+        else ``torch`` with the manifest's method and retention; LLM ``ort`` when it has ``llm/``,
+        else ``torch`` (which then reads the checkpoint).
+
+        Args:
+            directory: the artifact directory (with ``manifest.json``).
+            backbone: expected backbone name (checked against the manifest).
+            retention: "manifest" (the exported one), a ratio, or None (no compression).
+            verify_hashes: check every file's sha256 against the manifest (else sizes only).
+
+        Raises:
+            ArtifactError: missing / mismatched manifest (backbone, frames, infomerge version,
+                files), or a compress graph exported for another method or retention.
+            BackendUnavailableError, EngineMismatchError: from the ort / trt backends.
+        """
+        from infomerge.backbones.registry import get_backbone
+        from infomerge.export.manifest import verify_manifest
+
+        root = Path(directory)
+        manifest = verify_manifest(root, backbone=backbone, hashes=verify_hashes, versions=("infomerge",))
+        bb = get_backbone(manifest["backbone"]["name"])
+        if manifest.get("frames") not in (None, bb.frames):
+            raise ArtifactError(
+                f"{root}: exported for {manifest['frames']} frames; the runtime samples {bb.frames} for "
+                f"{bb.name}; re-export with --frames {bb.frames}"
+            )
+        has_compress = (root / "compress.onnx").is_file()
+        has_llm = (root / "llm").is_dir()
+        if compress_backend is None:
+            compress_backend = "ort" if has_compress and retention == "manifest" else "torch"
+        if retention == "manifest":
+            retention = manifest.get("retention") or DEFAULT_RETENTION
+        method = method or manifest.get("method") or "infomerge"
+        if llm is None:
+            llm = "ort" if has_llm else "torch"
+        checkpoint = None
+        if llm == "torch" or vision_backend == "torch" or not (root / "llm" / "tokenizer.json").is_file():
+            from infomerge.backbones.loading import resolve_checkpoint
+
+            checkpoint = resolve_checkpoint(bb, model_path)
+        return cls._build(
+            bb,
+            checkpoint=checkpoint,
+            artifacts=root,
+            manifest=manifest,
+            vision_backend=vision_backend,
+            compress_backend=compress_backend,
+            llm=llm,
+            method=method,
+            retention=retention,
+            device=device,
+            siglip_path=None,
+            model_path=model_path,
+        )
+
+    @classmethod
+    def _build(
+        cls,
+        bb,
+        *,
+        checkpoint: Path | None,
+        artifacts: Path | None,
+        manifest: dict | None,
+        vision_backend: str,
+        compress_backend: str,
+        llm: str,
+        method: str,
+        retention: float | None,
+        device: str,
+        siglip_path,
+        model_path,
+    ) -> Pipeline:
+        from transformers import AutoTokenizer
+
+        t0 = time.perf_counter()
+        _check_choice("vision backend", vision_backend, VISION_BACKENDS)
+        _check_choice("compress backend", compress_backend, COMPRESS_BACKENDS)
+        _check_choice("llm backend", llm, LLM_BACKENDS)
+        _check_choice("method", method, METHODS)
+        if device.startswith("cuda") and not torch.cuda.is_available() and "ort" not in (vision_backend, llm):
+            raise BackendUnavailableError(
+                "device cuda asked for, but this torch build sees no CUDA GPU; install a CUDA build of torch "
+                "or run with --device cpu"
+            )
+
+        def need_artifacts(what: str) -> Path:
+            if artifacts is None:
+                raise ArtifactError(
+                    f"the {what} backend reads exported graphs: pass --artifacts DIR (infomerge-export)"
+                )
+            return artifacts
+
+        if retention is None or compress_backend == "none":
+            config, compress_backend = None, "none"
+        else:
+            config = make_config(method, float(retention))
+
+        # --- vision
+        if vision_backend == "torch":
+            from infomerge.backbones.vision import VisionEncoder
+
+            vision = TorchVision(VisionEncoder.from_backbone(bb, checkpoint, siglip_path=siglip_path), device)
+        elif vision_backend == "ort":
+            root = need_artifacts("ort vision")
+            vision = OrtVision(root / "vision.onnx", root / "image_newline.npy", device)
+        else:
+            root = need_artifacts("trt vision")
+            vision = TrtVision(root, root / "image_newline.npy")
+
+        # --- compression
+        if compress_backend == "none":
+            compressor = NoCompression()
+        elif compress_backend == "torch":
+            compressor = TorchCompressor(config)
+        else:
+            root = need_artifacts(f"{compress_backend} compress")
+            _check_compress_manifest(root, manifest, method, float(retention))
+            compressor = (
+                OrtCompressor(root / "compress.onnx", device)
+                if compress_backend == "ort"
+                else TrtCompressor(root)
+            )
+
+        # --- tokenizer, chat template, LLM
+        llm_dir = artifacts / "llm" if artifacts is not None else None
+        text_source = checkpoint if checkpoint is not None else llm_dir
+        tokenizer = AutoTokenizer.from_pretrained(str(text_source))
+        chat_template = load_chat_template(text_source, tokenizer)
+        eos = eos_ids_of(text_source, tokenizer)
+        if llm == "torch":
+            from infomerge.runtime.llm_torch import TorchLLM
+
+            backend: LLMBackend = TorchLLM.from_checkpoint(checkpoint, eos, device)
+        else:
+            from infomerge.runtime.llm_ort import OrtLLM
+
+            if llm_dir is None or not llm_dir.is_dir():
+                raise ArtifactError(
+                    f"the ort LLM backend reads <artifacts>/llm: export it with "
+                    f"`infomerge-export --backbone {bb.name} --llm int4 --output DIR` "
+                    "and pass --artifacts DIR"
+                )
+            backend = OrtLLM(llm_dir, eos, device)
+        if backend.hidden_size != bb.text_hidden:
+            raise ArtifactError(
+                f"the LLM has hidden size {backend.hidden_size}, backbone {bb.name!r} has {bb.text_hidden}: "
+                "artifacts and checkpoint are of different models"
+            )
+        video_token_id = _video_token_id(checkpoint, bb)
+        info = {
+            "backbone": bb.name,
+            "checkpoint": str(checkpoint) if checkpoint is not None else None,
+            "artifacts": str(artifacts) if artifacts is not None else None,
+            "vision_backend": vision.name,
+            "compress_backend": compressor.name,
+            "llm_backend": backend.name,
+            "llm_precision": (manifest or {}).get("llm", {}).get("precision")
+            if llm == "ort"
+            else str(backend.dtype),
+            "method": method if config is not None else None,
+            "retention": float(retention) if config is not None else None,
+            "device": device,
+            "frames": bb.frames,
+        }
+        pipe = cls(
+            bb,
+            tokenizer,
+            chat_template,
+            vision,
+            compressor,
+            backend,
+            config,
+            video_token_id=video_token_id,
+            device=device,
+            info=info,
+        )
+        pipe.load_ms = (time.perf_counter() - t0) * 1000.0
+        return pipe
+
+    # --- stages --------------------------------------------------------------------------------
+    def start_decode(self, video: str | os.PathLike) -> DecodeJob:
+        """Start decoding ``video`` in a background thread (F = the backbone's frame count)."""
+        return DecodeJob(video, self.frames, self.backbone.image_size)
+
+    def decode(self, video: str | os.PathLike) -> DecodedVideo:
+        """Decode, sample and preprocess ``video`` in this thread. Raises VideoError subclasses."""
+        return decode_video(video, self.frames, self.backbone.image_size)
+
+    def encode(self, pixel_values: torch.Tensor) -> VisionFeatures:
+        """Vision stage: (F, 3, 384, 384) float32 -> H (F, N, D), A (F, N), g (F, G)."""
+        return self.vision(pixel_values)
+
+    def compress(self, features: VisionFeatures) -> VideoTokens:
+        """Compression stage: kept tokens (K, D) and their sorted original flat indices (K,)."""
+        return self.compressor(features)
+
+    def prompt_ids(self, prompt: str = DEFAULT_PROMPT) -> PromptIds:
+        """The chat-templated prompt's token ids, split at the ``<video>`` placeholder."""
+        return prompt_ids(self.tokenizer, self.chat_template, prompt, self.video_token_id)
+
+    def assemble(self, video_tokens: VideoTokens, prompt: str | PromptIds = DEFAULT_PROMPT) -> Assembled:
+        """Embedding assembly: text | kept video tokens | newline | text, with RoPE positions."""
+        ids = prompt if isinstance(prompt, PromptIds) else self.prompt_ids(prompt)
+        return assemble(
+            self.llm.embed,
+            ids,
+            video_tokens.tokens.float(),
+            video_tokens.index,
+            self.vision.image_newline,
+            self.frames,
+            self.tokens_per_frame,
+        )
+
+    def prefill(self, assembled: Assembled, max_new_tokens: int = 1) -> np.ndarray:
+        """LLM prefill: fills the KV cache, returns the (V,) logits of the first new token.
+
+        Raises:
+            PromptTooLongError: the prompt's positions + ``max_new_tokens`` exceed the context.
+        """
+        check_context(assembled.next_position, max_new_tokens, self.llm.context)
+        return self.llm.prefill(
+            assembled.inputs_embeds, assembled.position_ids, assembled.length + max_new_tokens
+        )
+
+    def decode_tokens(
+        self,
+        assembled: Assembled,
+        logits: np.ndarray,
+        max_new_tokens: int,
+        sampling: Sampling = GREEDY,
+    ) -> Iterator[int]:
+        """Streamed decode after :meth:`prefill`: yields token ids until EOS or the limit.
+
+        Ids in :attr:`suppress_ids` (embedding rows the tokenizer has no token for) are never
+        picked, as with Hugging Face ``generate(suppress_tokens=...)``.
+        """
+        return decode_ids(
+            self.llm, logits, assembled.next_position, max_new_tokens, Sampler(sampling, self.suppress_ids)
+        )
+
+    # --- one request ---------------------------------------------------------------------------
+    def generate(
+        self,
+        video: str | os.PathLike | DecodeJob | DecodedVideo,
+        prompt: str = DEFAULT_PROMPT,
+        *,
+        max_new_tokens: int = 64,
+        sampling: Sampling = GREEDY,
+        on_text: Callable[[str], Any] | None = None,
+    ) -> Answer:
+        """Answer ``prompt`` about ``video``; stream text pieces to ``on_text`` as they decode.
+
+        Args:
+            video: a video path, a :class:`DecodeJob` already running (see :meth:`start_decode`), or
+                a :class:`DecodedVideo` (from :meth:`decode`; its decode time is reported as is).
+            prompt: the question.
+            max_new_tokens: generation limit (>= 1).
+            sampling: greedy by default.
+            on_text: called with each newly decoded piece of text.
+
+        Raises:
+            VideoError: (subclasses) from decoding, unchanged.
+            PromptTooLongError: the prompt does not fit the LLM's context (checked before prefill).
+            ValueError: ``max_new_tokens < 1``.
+        """
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        timings = Timings()
+        cuda = self.device.startswith("cuda") and torch.cuda.is_available()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        clock = StageClock(timings, cuda=cuda)
+        if isinstance(video, DecodedVideo):
+            job = None
+        else:
+            job = video if isinstance(video, DecodeJob) else self.start_decode(video)
+        with clock.stage("assemble"):
+            ids = self.prompt_ids(prompt)  # overlaps with the decode thread
+        with clock.stage("decode_wait"):
+            decoded = video if job is None else job.result()
+        timings.stages_ms["decode"] = decoded.decode_ms
+        with clock.stage("vision"):
+            features = self.encode(decoded.pixel_values)
+        with clock.stage("compress"):
+            kept = self.compress(features)
+        with clock.stage("assemble"):
+            assembled = self.assemble(kept, ids)
+        timings.prompt_tokens = assembled.length
+        timings.video_tokens = assembled.video_tokens
+        timings.uncompressed_video_tokens = assembled.uncompressed_video_tokens
+        timings.next_position = assembled.next_position
+        with clock.stage("prefill"):
+            logits = self.prefill(assembled, max_new_tokens)
+        stream = TextStream(self.tokenizer)
+        token_ids: list[int] = []
+        t_first = None
+        for token in self.decode_tokens(assembled, logits, max_new_tokens, sampling):
+            if t_first is None:
+                timings.ttft_ms = clock.elapsed_ms()
+                t_first = time.perf_counter()
+            token_ids.append(token)
+            piece = stream.push(token)
+            if piece and on_text is not None:
+                on_text(piece)
+        timings.stages_ms["generate"] = (time.perf_counter() - t_first) * 1000.0
+        timings.new_tokens = len(token_ids)
+        timings.total_ms = clock.elapsed_ms()
+        if self.load_ms is not None:
+            timings.stages_ms["load"] = self.load_ms
+        timings.finish()
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        return Answer(
+            text=text,
+            token_ids=token_ids,
+            timings=timings,
+            video=decoded,
+            features=features,
+            video_tokens=kept,
+            position_ids=assembled.position_ids[0].cpu(),
+            info=dict(self.info),
+        )
+
+    def close(self) -> None:
+        """Free the LLM's KV cache and sessions."""
+        self.llm.close()
+
+
+def _video_token_id(checkpoint: Path | None, bb) -> int:
+    """``video_token_index`` of the checkpoint's config.json, else the backbone registry's."""
+    import json
+
+    if checkpoint is not None and (checkpoint / "config.json").is_file():
+        cfg = json.loads((checkpoint / "config.json").read_text())
+        for key in ("video_token_index", "video_token_id"):
+            if key in cfg:
+                return int(cfg[key])
+    return int(bb.video_token_id)
+
+
+def _check_compress_manifest(root: Path, manifest: dict | None, method: str, retention: float) -> None:
+    """The exported compress graph must be for the requested method and retention."""
+    if manifest is None:
+        from infomerge.export.manifest import load_manifest
+
+        manifest = load_manifest(root)
+    entry = manifest.get("graphs", {}).get("compress", {})
+    got_method = entry.get("method", manifest.get("method"))
+    got_ret = entry.get("retention", manifest.get("retention"))
+    if got_method not in (None, method) or (got_ret is not None and abs(float(got_ret) - retention) > 1e-9):
+        raise ArtifactError(
+            f"{root / 'compress.onnx'} was exported for {got_method} at retention {got_ret}, not {method} at "
+            f"{retention}; re-export with --method {method} --retention {retention}, "
+            "or use --compress-backend torch"
+        )
+
+
+__all__ = ["LLM_BACKENDS", "METHODS", "Answer", "Pipeline", "make_config"]
