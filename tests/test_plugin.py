@@ -94,30 +94,40 @@ FAKE_TRT = SimpleNamespace(float32="DataType.FLOAT", float16="DataType.HALF")
 def test_registration_declares_the_plugin_for_tensorrt():
     trtp = fake_trtp()
     fns = plugin.register_plugin(trtp=trtp, trt=FAKE_TRT)
-    assert set(trtp.registry) == {(k, "infomerge::MergeToAnchors") for k in ("register", "autotune", "aot_impl")}
+    assert set(trtp.registry) == {
+        (k, "infomerge::MergeToAnchors") for k in ("register", "autotune", "aot_impl")
+    }
     sig = inspect.signature(fns["register"])
     # tensorrt.plugin reads these annotations as objects: TensorDesc inputs first, then attributes
     assert [p.name for p in sig.parameters.values()] == ["x", "member", "anchor_index", "anchor_valid", "mu"]
     assert all(sig.parameters[n].annotation is Desc for n in ("x", "member", "anchor_index", "anchor_valid"))
     assert sig.parameters["mu"].annotation is float
     assert sig.return_annotation is Desc
-    assert fns["autotune"](None, None, None, None, None) == [("combination", "FP32|FP16, FP32, INT32, FP32, FP32|FP16")]
+    assert fns["autotune"](None, None, None, None, None) == [
+        ("combination", "FP32|FP16, FP32, INT32, FP32, FP32|FP16")
+    ]
 
 
 @pytest.mark.parametrize("dtype", ["DataType.FLOAT", "DataType.HALF"])
 def test_shape_and_type_function(dtype):
     fns = plugin.register_plugin(trtp=fake_trtp(), trt=FAKE_TRT)
-    out = fns["register"](Desc((8, 784, 896), dtype), Desc((8, 784), "f"), Desc((8, 12), "i"), Desc((8, 12), "f"), 0.6)
+    out = fns["register"](
+        Desc((8, 784, 896), dtype), Desc((8, 784), "f"), Desc((8, 12), "i"), Desc((8, 12), "f"), 0.6
+    )
     assert [e.v for e in out.shape_expr] == [8, 12, 896]
     assert out.dtype == dtype
-    out = fns["register"](Desc((2, 3, 50, 64), dtype), Desc((2, 3, 50), "f"), Desc((2, 3, 7), "i"), Desc((2, 3, 7), "f"), 0.6)
+    out = fns["register"](
+        Desc((2, 3, 50, 64), dtype), Desc((2, 3, 50), "f"), Desc((2, 3, 7), "i"), Desc((2, 3, 7), "f"), 0.6
+    )
     assert [e.v for e in out.shape_expr] == [2, 3, 7, 64]
 
 
 def test_shape_function_rejects_bad_ranks():
     fns = plugin.register_plugin(trtp=fake_trtp(), trt=FAKE_TRT)
     with pytest.raises(ValueError, match="rank"):
-        fns["register"](Desc((8, 784, 896), "f"), Desc((8,), "f"), Desc((8, 12), "i"), Desc((8, 12), "f"), 0.6)
+        fns["register"](
+            Desc((8, 784, 896), "f"), Desc((8,), "f"), Desc((8, 12), "i"), Desc((8, 12), "f"), 0.6
+        )
 
 
 def test_aot_implementation_compiles_the_triton_kernel_for_tensorrt():
@@ -128,7 +138,7 @@ def test_aot_implementation_compiles_the_triton_kernel_for_tensorrt():
     assert name == "merge_kernel"
     assert ".target sm_86" in ptx
     # TensorRT passes 4 inputs, 3 int32 args, 1 output: the PTX entry must declare exactly 8 parameters
-    entry = ptx[ptx.index(".entry merge_kernel("): ptx.index(")", ptx.index(".entry merge_kernel("))]
+    entry = ptx[ptx.index(".entry merge_kernel(") : ptx.index(")", ptx.index(".entry merge_kernel("))]
     assert len(re.findall(r"merge_kernel_param_\d+", entry)) == 8
     assert (params.grid_x.v, params.grid_y.v, params.grid_z.v) == (8, 1, 14)  # B, cdiv(12, 16), cdiv(896, 64)
     assert params.block_x % 32 == 0 and params.shared_mem >= 0
@@ -141,19 +151,31 @@ def test_aot_grid_for_rank2_and_many_anchors():
 
     def fake_compile(dtype, mu, block_k, arch=None):
         captured.update(dtype=dtype, mu=mu, block_k=block_k)
-        ptx = ".visible .entry k(\n\t.param .u64 k_param_0,\n\t.param .u64 k_param_8,\n\t.param .u64 k_param_9\n)\n"
-        return SimpleNamespace(asm={"ptx": ptx}, metadata=SimpleNamespace(name="k", num_warps=4, shared=0,
-                                                                          global_scratch_size=0))
+        ptx = (
+            ".visible .entry k(\n\t.param .u64 k_param_0,\n\t.param .u64 k_param_8,\n"
+            "\t.param .u64 k_param_9\n)\n"
+        )
+        return SimpleNamespace(
+            asm={"ptx": ptx}, metadata=SimpleNamespace(name="k", num_warps=4, shared=0, global_scratch_size=0)
+        )
 
-    _, ptx, params, _ = plugin.aot_kernel(trtp, FAKE_TRT, Desc((300, 64), FAKE_TRT.float32), Desc((100,), "i"), 0.5,
-                                          None, compile_fn=fake_compile)
+    _, ptx, params, _ = plugin.aot_kernel(
+        trtp,
+        FAKE_TRT,
+        Desc((300, 64), FAKE_TRT.float32),
+        Desc((100,), "i"),
+        0.5,
+        None,
+        compile_fn=fake_compile,
+    )
     assert captured == {"dtype": "fp32", "mu": 0.5, "block_k": 64}
     assert (params.grid_x.v, params.grid_y.v, params.grid_z.v) == (1, 2, 1)
     assert "k_param_8" not in ptx and "k_param_9" not in ptx
 
 
 def test_strip_unused_params_refuses_used_ones():
-    ptx = ".entry k(\n\t.param .u64 k_param_0,\n\t.param .u64 k_param_1\n)\n{\n\tld.param.u64 %rd1, [k_param_1];\n}\n"
+    ptx = ".entry k(\n\t.param .u64 k_param_0,\n\t.param .u64 k_param_1\n)\n"
+    ptx += "{\n\tld.param.u64 %rd1, [k_param_1];\n}\n"
     with pytest.raises(RuntimeError, match="used"):
         plugin.strip_unused_params(ptx, "k", 1)
 
@@ -185,8 +207,14 @@ def _inputs(dtype=torch.float32):
 @pytest.fixture(scope="module")
 def plugin_onnx(tmp_path_factory):
     path = tmp_path_factory.mktemp("plugin") / "merge_plugin.onnx"
-    torch.onnx.export(_MergeModel(plugin.plugin_merge), _inputs(), str(path), dynamo=False,
-                      input_names=["x", "member", "anchor_index", "anchor_valid"], output_names=["merged"])
+    torch.onnx.export(
+        _MergeModel(plugin.plugin_merge),
+        _inputs(),
+        str(path),
+        dynamo=False,
+        input_names=["x", "member", "anchor_index", "anchor_valid"],
+        output_names=["merged"],
+    )
     return path
 
 

@@ -213,9 +213,7 @@ def merge_to_anchors_triton(
     if x.dtype not in (torch.float32, torch.float16):
         raise ValueError(f"merge_to_anchors_triton: x must be fp32 or fp16, got {x.dtype}")
     if triton is None:
-        raise BackendUnavailableError(
-            "the Triton merge kernel needs triton: pip install 'infomerge[triton]'"
-        )
+        raise BackendUnavailableError("the Triton merge kernel needs triton: pip install 'infomerge[triton]'")
     if x.device.type != "cuda" and not interpreting():
         raise BackendUnavailableError(
             f"the Triton merge kernel runs on CUDA tensors (got {x.device}); on a CPU set "
@@ -275,8 +273,9 @@ def kernel_signature(dtype: str, index_dtype: str = "i32") -> dict[str, str]:
     }
 
 
-def compile_merge_kernel(dtype: str, mu: float, block_k: int, *, arch: int | None = None,
-                         index_dtype: str = "i32"):
+def compile_merge_kernel(
+    dtype: str, mu: float, block_k: int, *, arch: int | None = None, index_dtype: str = "i32"
+):
     """Compile :func:`merge_kernel` ahead of time (PTX), as the TensorRT AOT plugin needs it.
 
     Args:
@@ -294,7 +293,9 @@ def compile_merge_kernel(dtype: str, mu: float, block_k: int, *, arch: int | Non
         BackendUnavailableError: when triton is missing.
     """
     if triton is None:
-        raise BackendUnavailableError("compiling the merge kernel needs triton: pip install 'infomerge[triton]'")
+        raise BackendUnavailableError(
+            "compiling the merge kernel needs triton: pip install 'infomerge[triton]'"
+        )
     src = triton.compiler.ASTSource(
         fn=merge_kernel,
         signature=kernel_signature(dtype, index_dtype),

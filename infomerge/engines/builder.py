@@ -88,7 +88,7 @@ class EngineRecord:
 
 # --- ONNX inspection -----------------------------------------------------------------------------
 def onnx_precision(onnx_path: str | os.PathLike) -> str:
-    """"fp16" when an ONNX graph computes in fp16 anywhere (fp16 inputs, weights or casts), else "fp32".
+    """ "fp16" when an ONNX graph computes in fp16 anywhere (fp16 inputs, weights or casts), else "fp32".
 
     A graph exported with ``--fp16`` that keeps fp32 islands counts as "fp16".
     """
@@ -104,7 +104,9 @@ def onnx_precision(onnx_path: str | os.PathLike) -> str:
     for node in g.node:
         if node.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in node.attribute):
             return "fp16"
-        if node.op_type == "Constant" and any(a.HasField("t") and a.t.data_type == fp16 for a in node.attribute):
+        if node.op_type == "Constant" and any(
+            a.HasField("t") and a.t.data_type == fp16 for a in node.attribute
+        ):
             return "fp16"
     return "fp32"
 
@@ -205,7 +207,9 @@ def _make_logger(trt):
 
 def _pin_fp32_islands(trt, network) -> int:
     """On a weakly typed fp16 build, ask for fp32 in normalisation, softmax and reduction layers."""
-    kinds = {getattr(trt.LayerType, n) for n in ("NORMALIZATION", "SOFTMAX", "REDUCE") if hasattr(trt.LayerType, n)}
+    kinds = {
+        getattr(trt.LayerType, n) for n in ("NORMALIZATION", "SOFTMAX", "REDUCE") if hasattr(trt.LayerType, n)
+    }
     pinned = 0
     for i in range(network.num_layers):
         layer = network.get_layer(i)
@@ -247,7 +251,9 @@ def _parse(flavour: Flavour, onnx_path: Path, logger):
                 "(infomerge.engines.plugin.register_plugin, full TensorRT >= 10.6 only) or export "
                 "without --merge-plugin."
             )
-        raise ArtifactError(f"{onnx_path}: {flavour.label} could not parse the graph: {'; '.join(errors)}.{hint}")
+        raise ArtifactError(
+            f"{onnx_path}: {flavour.label} could not parse the graph: {'; '.join(errors)}.{hint}"
+        )
     return builder, network, parser
 
 
@@ -312,7 +318,8 @@ def build_engine(
         if precision is not None and precision != onnx_prec:
             raise ArtifactError(
                 f"{onnx_path}: {flavour.label} builds strongly typed networks, so the ONNX decides the "
-                f"precision, and this graph is {onnx_prec}; export it with{'' if precision == 'fp16' else 'out'} "
+                f"precision, and this graph is {onnx_prec}; export it "
+                f"{'with' if precision == 'fp16' else 'without'} "
                 f"--fp16 for an {precision} engine"
             )
         effective = onnx_prec
@@ -330,7 +337,9 @@ def build_engine(
             f"{onnx_path}: inputs {', '.join(dynamic)} have dynamic dimensions; export static shapes "
             "(the exporter's graphs are shape-static)"
         )
-    fp32_layers = _pin_fp32_islands(trt, network) if (flavour.fp16_builder_flag and effective == "fp16") else 0
+    fp32_layers = (
+        _pin_fp32_islands(trt, network) if (flavour.fp16_builder_flag and effective == "fp16") else 0
+    )
 
     cache_path = None
     cache = None
@@ -362,7 +371,8 @@ def build_engine(
         if serialized is None:
             detail = "; ".join(getattr(logger, "messages", [])[-5:]) or "no message"
             raise ArtifactError(
-                f"{onnx_path}: {flavour.label} failed to build an engine for compute capability {cc}: {detail}"
+                f"{onnx_path}: {flavour.label} failed to build an engine for compute capability {cc}: "
+                f"{detail}"
                 + (f" (workspace limit {workspace_mib} MiB: raise --workspace)" if workspace_mib else "")
             )
         data = memoryview(serialized)
@@ -438,7 +448,9 @@ def build_engines(
     artifact_dir = Path(artifact_dir)
     paths = [Path(g) for g in graphs] if graphs is not None else artifact_graphs(artifact_dir)
     if not paths:
-        raise ArtifactError(f"{artifact_dir}: no ONNX graph to build an engine from; run infomerge-export first")
+        raise ArtifactError(
+            f"{artifact_dir}: no ONNX graph to build an engine from; run infomerge-export first"
+        )
     flavour = flavour or load_flavour(engine)
     out_dir = Path(out_dir) if out_dir is not None else artifact_dir / "engines"
     records: list[EngineRecord] = []
@@ -485,7 +497,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for r in records:
         m = r.metadata
-        print(f"{r.engine_path}\t{m.compute_capability}\t{m.precision}\t{m.engine_bytes}\t{m.build_seconds:.1f}s")
+        print(
+            f"{r.engine_path}\t{m.compute_capability}\t{m.precision}\t{m.engine_bytes}\t{m.build_seconds:.1f}s"
+        )
     return 0
 
 

@@ -1,8 +1,10 @@
 """Backend comparison: the same inputs through ONNX Runtime and TensorRT, per-output agreement.
 
     python -m infomerge.engines.compare artifacts/tiny/compress.onnx
-    python -m infomerge.engines.compare artifacts/tiny/vision.onnx --engine-file artifacts/tiny/engines/vision.sm86.engine
-    python -m infomerge.engines.compare artifacts/tiny/compress.onnx --backends ort,ort-noopt --inputs feed.npz
+    python -m infomerge.engines.compare artifacts/tiny/vision.onnx \
+        --engine-file artifacts/tiny/engines/vision.sm86.engine
+    python -m infomerge.engines.compare artifacts/tiny/compress.onnx --backends ort,ort-noopt \
+        --inputs feed.npz
 
 Runners (Polygraphy ``Comparator.run`` / ``Comparator.compare_accuracy``):
 
@@ -94,8 +96,15 @@ def engine_runner_class():
 
 
 def _numpy_dtype(name: str):
-    return {"float": np.float32, "half": np.float16, "int32": np.int32, "int64": np.int64,
-            "bool": np.bool_, "int8": np.int8, "uint8": np.uint8}.get(name, np.float32)
+    return {
+        "float": np.float32,
+        "half": np.float16,
+        "int32": np.int32,
+        "int64": np.int64,
+        "bool": np.bool_,
+        "int8": np.int8,
+        "uint8": np.uint8,
+    }.get(name, np.float32)
 
 
 @dataclass
@@ -136,8 +145,10 @@ class ComparisonReport:
         if not self.outputs:
             lines.append("  nothing to compare: fewer than two runners ran")
             return "\n".join(lines)
-        lines.append(f"  {'reference':<18} {'runner':<18} {'output':<16} {'shape':<16} "
-                     f"{'max_abs':>10} {'max_rel':>10} {'mean_abs':>10}  result")
+        lines.append(
+            f"  {'reference':<18} {'runner':<18} {'output':<16} {'shape':<16} "
+            f"{'max_abs':>10} {'max_rel':>10} {'mean_abs':>10}  result"
+        )
         for o in self.outputs:
             lines.append(
                 f"  {o.reference:<18} {o.runner:<18} {o.output:<16} {str(tuple(o.shape)):<16} "
@@ -168,7 +179,9 @@ def make_runners(onnx_path: str | os.PathLike, backends=("ort", "trt"), engine_p
             from infomerge.engines.runner import load_engine_runner
 
             path = Path(engine_path) if engine_path else _default_engine(onnx_path)
-            runners.append(engine_runner_class()(load_engine_runner(path, expected_onnx=onnx_path), name=name))
+            runners.append(
+                engine_runner_class()(load_engine_runner(path, expected_onnx=onnx_path), name=name)
+            )
         except InfomergeError as exc:  # no TensorRT, no GPU, no engine, stale engine
             unavailable[name] = str(exc)
     return runners, unavailable
@@ -240,8 +253,9 @@ def compare_backends(
 
     G_LOGGER.module_severity = G_LOGGER.INFO if verbose else G_LOGGER.ERROR
     runners, unavailable = make_runners(onnx_path, backends, engine_path)
-    report = ComparisonReport(onnx=str(onnx_path), runners=[r.name for r in runners],
-                              unavailable=unavailable, atol=atol, rtol=rtol)
+    report = ComparisonReport(
+        onnx=str(onnx_path), runners=[r.name for r in runners], unavailable=unavailable, atol=atol, rtol=rtol
+    )
     if not runners:
         return report
     feeds = _load_inputs(inputs)
@@ -280,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("onnx", help="exported ONNX graph")
     ap.add_argument("--backends", default="ort,trt", help=f"comma list of {', '.join(BACKENDS)}")
-    ap.add_argument("--engine-file", default=None, help="TensorRT engine (default: engines/ beside the graph)")
+    ap.add_argument(
+        "--engine-file", default=None, help="TensorRT engine (default: engines/ beside the graph)"
+    )
     ap.add_argument("--inputs", default=None, help=".npz with one array per graph input")
     ap.add_argument("--atol", type=float, default=1e-3)
     ap.add_argument("--rtol", type=float, default=1e-3)

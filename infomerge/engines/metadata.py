@@ -60,7 +60,7 @@ def parse_compute_capabilities(text: str | None) -> list[str]:
 
 
 def sm_tag(cc: str) -> str:
-    """"8.6" -> "sm86" (the tag in engine file names)."""
+    """ "8.6" -> "sm86" (the tag in engine file names)."""
     return "sm" + normalize_cc(cc).replace(".", "")
 
 
@@ -234,7 +234,9 @@ class EngineMetadata:
                 "rebuild the engine (see docs/tensorrt.md)"
             ) from None
         except (ValueError, TypeError) as exc:
-            raise EngineMismatchError(f"{path}: unreadable engine metadata ({exc}); rebuild the engine") from None
+            raise EngineMismatchError(
+                f"{path}: unreadable engine metadata ({exc}); rebuild the engine"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -252,8 +254,12 @@ class RuntimeInfo:
     compute_capability: str | None = None
 
 
-def rebuild_command(meta: EngineMetadata, engine_path: str | os.PathLike | None = None,
-                    source: str | os.PathLike | None = None, runtime: RuntimeInfo | None = None) -> str:
+def rebuild_command(
+    meta: EngineMetadata,
+    engine_path: str | os.PathLike | None = None,
+    source: str | os.PathLike | None = None,
+    runtime: RuntimeInfo | None = None,
+) -> str:
     """The command that rebuilds an engine like ``meta`` for ``runtime`` (for error messages)."""
     out_dir = Path(engine_path).parent if engine_path else Path("engines")
     src = Path(source) if source else out_dir.parent / meta.source_onnx
@@ -292,7 +298,10 @@ def check_engine(
             f"built with {meta.flavour} {meta.trt_version}, the runtime has {runtime.trt_version} "
             "(engines are specific to the TensorRT version)"
         )
-    if runtime.compute_capability is not None and normalize_cc(runtime.compute_capability) != meta.compute_capability:
+    if (
+        runtime.compute_capability is not None
+        and normalize_cc(runtime.compute_capability) != meta.compute_capability
+    ):
         problems.append(
             f"built for compute capability {meta.compute_capability}, this GPU is "
             f"{normalize_cc(runtime.compute_capability)}"
@@ -313,6 +322,4 @@ def check_engine(
     if problems:
         where = f"{engine_path}: " if engine_path else ""
         rebuild = rebuild_command(meta, engine_path, expected_onnx, runtime)
-        raise EngineMismatchError(
-            f"{where}stale engine: " + "; ".join(problems) + f". Rebuild it: {rebuild}"
-        )
+        raise EngineMismatchError(f"{where}stale engine: " + "; ".join(problems) + f". Rebuild it: {rebuild}")

@@ -25,7 +25,6 @@ the registration function's annotations as objects.
 """
 
 import re
-import typing
 
 import torch
 
@@ -120,7 +119,11 @@ def _rank(desc) -> int:
 def check_ranks(x, member, anchor_index, anchor_valid) -> None:
     """Raise ValueError unless x is (..., M, D) and member/anchor_index/anchor_valid have rank x-1."""
     r = _rank(x)
-    ranks = {"member": _rank(member), "anchor_index": _rank(anchor_index), "anchor_valid": _rank(anchor_valid)}
+    ranks = {
+        "member": _rank(member),
+        "anchor_index": _rank(anchor_index),
+        "anchor_valid": _rank(anchor_valid),
+    }
     if r < 2 or any(v != r - 1 for v in ranks.values()):
         raise ValueError(f"{PLUGIN_ID}: x has rank {r}, need rank >= 2 and rank {r - 1} for {ranks}")
 
@@ -144,8 +147,9 @@ def _is_fp16(trt, dtype) -> bool:
     return dtype == getattr(trt, "float16", None) or str(dtype).split(".")[-1].upper() in ("HALF", "FLOAT16")
 
 
-def aot_kernel(trtp, trt, x, anchor_index, mu, outputs, *, arch: typing.Optional[int] = None,
-               compile_fn=compile_merge_kernel):
+def aot_kernel(
+    trtp, trt, x, anchor_index, mu, outputs, *, arch: int | None = None, compile_fn=compile_merge_kernel
+):
     """The ahead-of-time implementation (the body of ``@trtp.aot_impl``).
 
     Compiles :func:`infomerge.compress.merge_triton.merge_kernel` to PTX for x's dtype and ``mu``,
@@ -168,7 +172,9 @@ def aot_kernel(trtp, trt, x, anchor_index, mu, outputs, *, arch: typing.Optional
     dtype = "fp16" if _is_fp16(trt, x.dtype) else "fp32"
     compiled = compile_fn(dtype, float(mu), block_k, arch=arch)
     if getattr(compiled.metadata, "global_scratch_size", 0):
-        raise RuntimeError(f"{PLUGIN_ID}: the compiled kernel needs global scratch memory; TensorRT passes none")
+        raise RuntimeError(
+            f"{PLUGIN_ID}: the compiled kernel needs global scratch memory; TensorRT passes none"
+        )
     ptx = strip_unused_params(compiled.asm["ptx"], compiled.metadata.name, 8)
 
     params = trtp.KernelLaunchParams()

@@ -3,7 +3,8 @@
 For the runtime and the benchmark::
 
     from infomerge.engines.runner import find_engine, load_engine_runner
-    runner = load_engine_runner(find_engine("artifacts/tiny", "vision"), expected_onnx="artifacts/tiny/vision.onnx")
+    runner = load_engine_runner(find_engine("artifacts/tiny", "vision"),
+                                expected_onnx="artifacts/tiny/vision.onnx")
     outputs = runner({"pixel_values": frames})        # dict name -> CUDA torch.Tensor
 
 Order of checks (each with its own error): the metadata JSON exists and parses
@@ -128,7 +129,9 @@ class EngineRunner:
 
         missing = [n for n in self.input_names if n not in feed]
         if missing:
-            raise ValueError(f"{self.engine_path.name}: missing inputs {missing}; it takes {self.input_names}")
+            raise ValueError(
+                f"{self.engine_path.name}: missing inputs {missing}; it takes {self.input_names}"
+            )
         stream = torch.cuda.current_stream()
         keep = []
         for name in self.input_names:
@@ -172,13 +175,19 @@ def load_engine_runner(
     meta = EngineMetadata.read(metadata_path_for(engine_path))
     flavour = flavour or load_flavour(meta.flavour)
     device_cc = local_compute_capability()
-    check_engine(meta, RuntimeInfo(flavour.name, flavour.version, device_cc),
-                 engine_path=engine_path, expected_onnx=expected_onnx)
+    check_engine(
+        meta,
+        RuntimeInfo(flavour.name, flavour.version, device_cc),
+        engine_path=engine_path,
+        expected_onnx=expected_onnx,
+    )
     if device_cc is None:
         raise BackendUnavailableError(
-            f"{engine_path}: metadata checked ({flavour.label}, compute capability {meta.compute_capability}, "
+            f"{engine_path}: metadata checked ({flavour.label}, compute capability "
+            f"{meta.compute_capability}, "
             "source ONNX and engine bytes match), but no CUDA GPU is visible here, so the engine cannot run; "
-            f"run it on a GPU of compute capability {meta.compute_capability}, or use ONNX Runtime on this machine"
+            f"run it on a GPU of compute capability {meta.compute_capability}, or use ONNX Runtime on this "
+            "machine"
         )
     return EngineRunner(engine_path, meta, flavour)
 
@@ -205,7 +214,9 @@ def find_engine(artifact_dir: str | os.PathLike, graph: str, compute_capability:
     elif len(found) == 1:
         return found[0]
     have = ", ".join(p.name for p in found) or "none"
-    target = f"compute capability {normalize_cc(cc)}" if cc else "this machine (no GPU visible; name a target)"
+    target = (
+        f"compute capability {normalize_cc(cc)}" if cc else "this machine (no GPU visible; name a target)"
+    )
     raise ArtifactError(
         f"{folder}: no {graph} engine for {target} (have: {have}); build one with "
         f"python -m infomerge.engines.builder {artifact_dir} --engine rtx --compute-capability "

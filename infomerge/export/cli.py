@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from infomerge.backbones.registry import BACKBONES, get_backbone
+from infomerge.engines.export_step import ENGINE_STEPS, MERGE_PLUGIN_STEPS
 from infomerge.errors import BudgetError, CheckpointNotFoundError, InfomergeError, UnknownBackboneError
 from infomerge.export.context import ExportContext, Step
 from infomerge.export.llm_step import LLM_STEPS
@@ -42,7 +43,7 @@ class UsageError(InfomergeError, ValueError):
 
 def build_steps(args: argparse.Namespace) -> list[Step]:
     """The steps of this run, in order (each engineer's module contributes its list here)."""
-    steps: list[Step] = [*VISION_STEPS, *LLM_STEPS]
+    steps: list[Step] = [*VISION_STEPS, *MERGE_PLUGIN_STEPS, *LLM_STEPS, *ENGINE_STEPS]
     return [s for s in steps if s.when(args)]
 
 

@@ -1,0 +1,167 @@
+"""The TensorRT steps of ``infomerge-export``: ``--merge-plugin`` and ``--engine`` (with
+``--compute-capability``, ``--workspace``).
+
+``export compress_plugin.onnx`` (``--merge-plugin``, after the compression steps): the run's
+``StaticCompressor`` with its merge done by :data:`infomerge.engines.plugin.plugin_merge`, exported
+beside the standard ``compress.onnx`` (which stays what ONNX Runtime runs). Every merge becomes one
+``infomerge::MergeToAnchors`` node. The step checks the node count and that the plugin compressor
+and the standard one agree on the real video's features (same ``index``, ``tokens`` within
+tolerance) and records it under ``graphs.compress_plugin``.
+
+``build engines`` (``--engine trt|rtx``, last): an engine for every top-level ``*.onnx`` of the
+artifact, for every target compute capability, in ``engines/``, recorded in the manifest::
+
+    "engines": {"flavour": "rtx", "trt_version": "1.7.1.116", "compute_capabilities": ["8.6", "8.9"],
+                "workspace_mib": 1024, "skipped": {"compress_plugin.onnx": "why"},
+                "items": {"vision.sm86": {"graph", "engine", "metadata", "precision", "source_sha256",
+                                         "engine_sha256", "engine_bytes", "build_seconds", ...}, ...}}
+
+A graph holding the plugin op is built only by full TensorRT (after :func:`register_plugin`);
+TensorRT-RTX 1.7 has no plugin API, so it is skipped there with the reason (docs/tensorrt.md).
+"""
+
+from __future__ import annotations
+
+import copy
+
+from infomerge.engines.builder import DEFAULT_WORKSPACE_MIB, artifact_graphs, build_engines, onnx_plugin_ops
+from infomerge.engines.flavour import load_flavour
+from infomerge.engines.metadata import parse_compute_capabilities
+from infomerge.errors import ArtifactError, ValidationError
+from infomerge.export.context import ExportContext, Step
+
+PLUGIN_ONNX = "compress_plugin.onnx"
+
+
+def export_compress_plugin(ctx: ExportContext) -> None:
+    """Write ``compress_plugin.onnx``: the run's compressor with the merge as the TensorRT plugin op.
+
+    Raises:
+        ValidationError: the plugin compressor disagrees with the standard one on the real features,
+            or the graph does not hold one plugin node per merge.
+    """
+    import onnx
+    import torch
+
+    from infomerge.engines.plugin import PLUGIN_ID, PLUGIN_NAME, plugin_merge
+    from infomerge.export.compress_step import COMPRESS_INPUTS, COMPRESS_OUTPUTS, synthetic_features
+    from infomerge.export.onnx_export import export_onnx, graph_io
+
+    standard = ctx.extra["compressor"]
+    comp = copy.copy(standard)  # same module, same buffers; only the merge differs
+    comp.merge_impl = plugin_merge
+    bb = ctx.backbone
+    dtype = torch.float16 if ctx.precision == "fp16" else torch.float32
+    g_dim = int(ctx.reference["g"].shape[-1]) if "g" in ctx.reference else bb.vision_hidden
+    example = synthetic_features(ctx.frames, bb.tokens_per_frame, bb.text_hidden, g_dim, dtype)
+    path = ctx.path(PLUGIN_ONNX)
+    export_onnx(comp, example, path, input_names=COMPRESS_INPUTS, output_names=COMPRESS_OUTPUTS)
+
+    model = onnx.load(str(path), load_external_data=False)
+    nodes = [n for n in model.graph.node if n.op_type == PLUGIN_NAME]
+    merges = sum(1 for k in getattr(standard, "rank_slots", ()) if k)
+    if not nodes or (merges and len(nodes) != merges):
+        raise ValidationError(
+            f"{PLUGIN_ONNX}: {len(nodes)} {PLUGIN_NAME} nodes, expected one per merge ({merges})"
+        )
+
+    agreement = {}
+    if ctx.reference:
+        r = ctx.reference
+        feats = (r["H"].to(dtype), r["A"].float(), r["g"].float())
+        with torch.no_grad():
+            tok_s, idx_s = standard(*feats)
+            tok_p, idx_p = comp(*feats)
+        scale = float(tok_s.float().abs().max()) or 1.0
+        diff = float((tok_p.float() - tok_s.float()).abs().max())
+        agreement = {
+            "index_equal": bool(torch.equal(idx_p, idx_s)),
+            "tokens_max_abs": diff,
+            "tokens_peak": scale,
+            "device": str(tok_p.device),
+            "merge": "Triton kernel" if tok_p.is_cuda else "PyTorch form (CPU)",
+        }
+        tol = (2e-2 if ctx.precision == "fp16" else 1e-4) * scale
+        if not agreement["index_equal"] or diff > tol:
+            raise ValidationError(
+                f"{PLUGIN_ONNX}: plugin and standard merge disagree on the real video (index equal: "
+                f"{agreement['index_equal']}, tokens max |diff| {diff:.3g} > {tol:.3g})"
+            )
+    inputs, outputs = graph_io(path)
+    ctx.manifest["graphs"]["compress_plugin"] = {
+        "file": PLUGIN_ONNX,
+        "plugin": PLUGIN_ID,
+        "plugin_nodes": len(nodes),
+        "runs_in": "TensorRT >= 10.6 with infomerge.engines.plugin.register_plugin (not ONNX Runtime)",
+        "inputs": inputs,
+        "outputs": outputs,
+        "agreement": agreement,
+    }
+
+
+def build_engine_step(ctx: ExportContext) -> None:
+    """Build engines for every graph written so far and describe them in ``ctx.manifest["engines"]``.
+
+    Raises:
+        BackendUnavailableError: the flavour is not installed (names the extra), or full TensorRT
+            without a GPU.
+        ArtifactError: no graph, a graph TensorRT rejects, a failed build.
+        ValueError: bad ``--compute-capability``.
+    """
+    args = ctx.args
+    flavour = load_flavour(args.engine)
+    ccs = parse_compute_capabilities(args.compute_capability)
+    workspace = args.workspace if args.workspace is not None else DEFAULT_WORKSPACE_MIB
+    graphs, skipped = [], {}
+    for g in artifact_graphs(ctx.work):
+        if not onnx_plugin_ops(g):
+            graphs.append(g)
+        elif flavour.name == "rtx":
+            skipped[g.name] = (
+                f"holds the MergeToAnchors plugin op; TensorRT-RTX {flavour.version} has no plugin API "
+                "(build it with --engine trt; see docs/tensorrt.md)"
+            )
+            ctx.console.print(f"[yellow]skipping {g.name}[/yellow]: {skipped[g.name]}")
+        else:
+            from infomerge.engines.plugin import register_plugin
+
+            register_plugin()
+            graphs.append(g)
+    if not graphs:
+        raise ArtifactError(f"no graph to build an engine from ({', '.join(skipped) or 'none exported'})")
+    records = build_engines(
+        ctx.work,
+        compute_capabilities=ccs,
+        workspace_mib=workspace,
+        graphs=graphs,
+        flavour=flavour,
+        log=lambda line: ctx.console.print(line),
+    )
+    ctx.manifest["engines"] = {
+        "flavour": flavour.name,
+        "trt_version": flavour.version,
+        "compute_capabilities": sorted({r.metadata.compute_capability for r in records}),
+        "workspace_mib": workspace,
+        "skipped": skipped,
+        "items": {r.engine_path.stem: r.manifest_entry(ctx.work) for r in records},
+    }
+
+
+#: after the compression steps
+MERGE_PLUGIN_STEPS = [
+    Step(
+        "export compress_plugin.onnx",
+        export_compress_plugin,
+        flags=("--merge-plugin",),
+        when=lambda args: getattr(args, "merge_plugin", False),
+    ),
+]
+#: last: after every graph step
+ENGINE_STEPS = [
+    Step(
+        "build engines",
+        build_engine_step,
+        flags=("--engine", "--compute-capability", "--workspace"),
+        when=lambda args: getattr(args, "engine", "none") != "none",
+    ),
+]
