@@ -28,6 +28,7 @@ from pathlib import Path
 from infomerge.backbones.registry import BACKBONES, get_backbone
 from infomerge.engines.export_step import ENGINE_STEPS, MERGE_PLUGIN_STEPS
 from infomerge.errors import BudgetError, CheckpointNotFoundError, InfomergeError, UnknownBackboneError
+from infomerge.export.compress_step import COMPRESS_STEPS
 from infomerge.export.context import ExportContext, Step
 from infomerge.export.llm_step import LLM_STEPS
 from infomerge.export.manifest import command_line, new_manifest, write_manifest
@@ -43,7 +44,7 @@ class UsageError(InfomergeError, ValueError):
 
 def build_steps(args: argparse.Namespace) -> list[Step]:
     """The steps of this run, in order (each engineer's module contributes its list here)."""
-    steps: list[Step] = [*VISION_STEPS, *MERGE_PLUGIN_STEPS, *LLM_STEPS, *ENGINE_STEPS]
+    steps: list[Step] = [*VISION_STEPS, *COMPRESS_STEPS, *MERGE_PLUGIN_STEPS, *LLM_STEPS, *ENGINE_STEPS]
     return [s for s in steps if s.when(args)]
 
 

