@@ -62,8 +62,12 @@ def _hub_snapshot(repo_id: str, backbone: str, patterns: list[str], flag: str) -
     except Exception:  # noqa: BLE001 - any miss in the cache means: try the hub
         pass
     if hub_offline():
-        raise _not_found(repo_id, backbone, "not in the local Hugging Face cache and the hub is offline "
-                         "(HF_HUB_OFFLINE)", flag)
+        raise _not_found(
+            repo_id,
+            backbone,
+            "not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE)",
+            flag,
+        )
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as exc:  # noqa: BLE001 - network, auth, missing repo: all mean "not available"
@@ -72,7 +76,9 @@ def _hub_snapshot(repo_id: str, backbone: str, patterns: list[str], flag: str) -
 
 def _check_dir(path: Path, what: str, backbone: str, flag: str) -> Path:
     if not path.is_dir():
-        raise CheckpointNotFoundError(f"{flag} {path}: no such directory (checkpoint for backbone {backbone!r})")
+        raise CheckpointNotFoundError(
+            f"{flag} {path}: no such directory (checkpoint for backbone {backbone!r})"
+        )
     if not any(path.glob("*.safetensors")):
         raise CheckpointNotFoundError(
             f"{flag} {path}: no *.safetensors file in it; expected a Hugging Face checkpoint of {what}"
@@ -127,7 +133,9 @@ def resolve_siglip_head(
     if siglip_path is not None:
         return _check_dir(Path(siglip_path), bb.siglip_head_id or "the SigLIP head", bb.name, "--siglip-path")
     if checkpoint_dir is not None and (Path(checkpoint_dir) / SIGLIP_HEAD_SUBDIR).is_dir():
-        return _check_dir(Path(checkpoint_dir) / SIGLIP_HEAD_SUBDIR, "the SigLIP head", bb.name, "--siglip-path")
+        return _check_dir(
+            Path(checkpoint_dir) / SIGLIP_HEAD_SUBDIR, "the SigLIP head", bb.name, "--siglip-path"
+        )
     if bb.siglip_head_id is None:
         raise CheckpointNotFoundError(
             f"backbone {bb.name!r}: no {SIGLIP_HEAD_SUBDIR}/ in {checkpoint_dir}; pass the SigLIP head "
@@ -253,7 +261,9 @@ def load_vision_state(
     head_dir = resolve_siglip_head(bb, ckpt, siglip_path)
     state, read = read_tensors(ckpt, vision_key)
     if not state:
-        raise ArtifactError(f"{ckpt}: no vision tower / projector tensors found; is it a LLaVA-OneVision checkpoint?")
+        raise ArtifactError(
+            f"{ckpt}: no vision tower / projector tensors found; is it a LLaVA-OneVision checkpoint?"
+        )
     head, head_read = read_tensors(head_dir, head_key)
     if not head:
         raise ArtifactError(
@@ -304,7 +314,9 @@ def load_llava_model(
             return LlavaOnevisionForConditionalGeneration(bb.llava_config()).to(dtype).eval()
     path = resolve_checkpoint(bb, model_path)
     if bb.hf_id is not None and model_path is None and (path / INDEX_FILE).is_file():
-        path = _hub_snapshot(bb.hf_id, bb.name, ["*.json", "*.safetensors", "*.jinja", "*.txt"], "--model-path")
+        path = _hub_snapshot(
+            bb.hf_id, bb.name, ["*.json", "*.safetensors", "*.jinja", "*.txt"], "--model-path"
+        )
     return LlavaOnevisionForConditionalGeneration.from_pretrained(path, dtype=dtype).eval()
 
 

@@ -65,8 +65,10 @@ PROCESSOR_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' }}"
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}"
+    "{{ '<video>' }}{% endfor %}"
     "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
     "{{ '\n' + content['text'] }}{% endfor %}{% endif %}"
     "{{ '<|im_end|>\n' }}"
@@ -146,8 +148,17 @@ def build_tokenizer():
 
     Deterministic: trained on :data:`_CORPUS` with a 1024-entry budget (specials at ids 0-4).
     """
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from tokenizers import processors, trainers
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
@@ -171,7 +182,10 @@ def build_tokenizer():
     tok.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
     for i, t in enumerate(SPECIAL_TOKENS):
         assert tok.token_to_id(t) == i, (t, tok.token_to_id(t))
-    assert tok.token_to_id("<image>") == TINY.image_token_id and tok.token_to_id("<video>") == TINY.video_token_id
+    assert (
+        tok.token_to_id("<image>") == TINY.image_token_id
+        and tok.token_to_id("<video>") == TINY.video_token_id
+    )
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=None,

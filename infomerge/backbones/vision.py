@@ -126,7 +126,11 @@ class SiglipTower(nn.Module):
         self.encoder = _Encoder(
             [
                 _EncoderLayer(
-                    bb.vision_hidden, bb.vision_heads, bb.vision_intermediate, bb.vision_layer_norm_eps, bb.num_patches
+                    bb.vision_hidden,
+                    bb.vision_heads,
+                    bb.vision_intermediate,
+                    bb.vision_layer_norm_eps,
+                    bb.num_patches,
                 )
                 for _ in range(bb.vision_layers)
             ]
@@ -191,7 +195,11 @@ class SiglipHead(nn.Module):
         super().__init__()
         self.post_layernorm = nn.LayerNorm(bb.vision_hidden, eps=bb.vision_layer_norm_eps)
         self.head = _MAPHead(
-            bb.vision_hidden, bb.vision_heads, bb.vision_intermediate, bb.vision_layer_norm_eps, bb.num_patches
+            bb.vision_hidden,
+            bb.vision_heads,
+            bb.vision_intermediate,
+            bb.vision_layer_norm_eps,
+            bb.num_patches,
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -307,7 +315,11 @@ class VisionEncoder(nn.Module):
         own = self.state_dict()
         missing = sorted(set(own) - set(state))
         if missing:
-            raise ArtifactError(f"checkpoint lacks {len(missing)} vision tensors, e.g. {missing[:3]}")
+            raise ArtifactError(
+                f"checkpoint lacks {len(missing)} of the vision tensors backbone {self.backbone.name!r} "
+                f"needs (e.g. {missing[:3]}): wrong --backbone for this checkpoint, or not a "
+                "LLaVA-OneVision checkpoint?"
+            )
         for k, v in own.items():
             if tuple(state[k].shape) != tuple(v.shape):
                 raise ArtifactError(
@@ -331,7 +343,9 @@ class VisionEncoder(nn.Module):
                 p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p.shape[-1]))
             else:
                 p.copy_(0.02 * torch.randn(p.shape, generator=gen))
-        self.image_newline.copy_(torch.randn(self.image_newline.shape, generator=gen) / math.sqrt(self.backbone.text_hidden))
+        self.image_newline.copy_(
+            torch.randn(self.image_newline.shape, generator=gen) / math.sqrt(self.backbone.text_hidden)
+        )
 
 
 __all__ = ["Projector", "SiglipHead", "SiglipTower", "VisionEncoder", "bilinear_pool_matrix"]

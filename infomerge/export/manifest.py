@@ -5,7 +5,7 @@ Layout of a manifest (schema 1)::
     {
       "format": "infomerge-artifacts", "schema": 1,
       "created": "2026-...Z", "command": "infomerge-export --backbone tiny ...",
-      "backbone": {"name", "hf_id", "frames", "newline", "tokens_per_frame", "text_hidden", "vision_hidden", ...},
+      "backbone": {"name", "hf_id", "frames", "newline", "tokens_per_frame", "text_hidden", ...},
       "checkpoint": {"weights": "checkpoint"|"random", "checkpoint", "revision", "weights_sha256", ...},
       "frames": F, "precision": "fp32"|"fp16", "opset": 17, "method": ..., "retention": ...,
       "graphs":  {"vision": {"file", "external_data", "inputs": {name: {"shape", "dtype"}}, "outputs": {...},
@@ -139,7 +139,9 @@ def load_manifest(directory: str | os.PathLike) -> dict:
         raise ArtifactError(f"{root}: no such artifact directory; {fix}")
     path = root / MANIFEST_NAME
     if not path.is_file():
-        raise ArtifactError(f"{path}: missing; not an artifact directory or an interrupted export; {fix} --force")
+        raise ArtifactError(
+            f"{path}: missing; not an artifact directory or an interrupted export; {fix} --force"
+        )
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -179,7 +181,8 @@ def verify_manifest(
     """
     root = Path(directory)
     data = load_manifest(root)
-    redo = f"re-export: infomerge-export --backbone {data.get('backbone', {}).get('name', '?')} --output {root} --force"
+    name = data.get("backbone", {}).get("name", "?")
+    redo = f"re-export: infomerge-export --backbone {name} --output {root} --force"
     got_bb = data.get("backbone", {}).get("name")
     if backbone is not None and got_bb != backbone:
         raise ArtifactError(
@@ -187,7 +190,9 @@ def verify_manifest(
             f"export {backbone}: infomerge-export --backbone {backbone}"
         )
     if frames is not None and data.get("frames") != frames:
-        raise ArtifactError(f"{root}: artifacts are for {data.get('frames')} frames, not {frames}; {redo} --frames {frames}")
+        raise ArtifactError(
+            f"{root}: artifacts are for {data.get('frames')} frames, not {frames}; {redo} --frames {frames}"
+        )
     files = data.get("files", {})
     for rel in require:
         if rel not in files:
@@ -197,9 +202,13 @@ def verify_manifest(
         if not p.is_file():
             raise ArtifactError(f"{root}: {rel} is listed in the manifest but missing; {redo}")
         if p.stat().st_size != info.get("bytes"):
-            raise ArtifactError(f"{root}: {rel} has {p.stat().st_size} bytes, the manifest says {info.get('bytes')}; {redo}")
+            raise ArtifactError(
+                f"{root}: {rel} has {p.stat().st_size} bytes, the manifest says {info.get('bytes')}; {redo}"
+            )
         if hashes and sha256_file(p) != info.get("sha256"):
-            raise ArtifactError(f"{root}: {rel} does not match its sha256 in the manifest (modified or corrupt); {redo}")
+            raise ArtifactError(
+                f"{root}: {rel} does not match its sha256 in the manifest (modified or corrupt); {redo}"
+            )
     installed = package_versions(versions)
     recorded = data.get("versions", {})
     for name in versions:

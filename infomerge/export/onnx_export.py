@@ -44,8 +44,10 @@ def graph_io(path: str | os.PathLike) -> tuple[dict[str, dict], dict[str, dict]]
 
     def spec(v):
         t = v.type.tensor_type
-        return {"shape": [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim],
-                "dtype": onnx_dtype_name(t.elem_type)}
+        return {
+            "shape": [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim],
+            "dtype": onnx_dtype_name(t.elem_type),
+        }
 
     return {v.name: spec(v) for v in m.graph.input}, {v.name: spec(v) for v in m.graph.output}
 
@@ -86,7 +88,9 @@ def export_onnx(
     try:
         raw = scratch / path.name
         with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is the project's choice
+            warnings.simplefilter(
+                "ignore", DeprecationWarning
+            )  # the TorchScript exporter is the project's choice
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             torch.onnx.export(
                 module,
@@ -124,7 +128,9 @@ def _pin_frames(model, frames: int) -> None:
     for v in [*inferred.graph.value_info, *inferred.graph.output]:
         dims = v.type.tensor_type.shape.dim
         if any(not d.HasField("dim_value") for d in dims):
-            raise RuntimeError(f"ONNX export: {v.name} has a non-static shape after pinning frames to {frames}")
+            raise RuntimeError(
+                f"ONNX export: {v.name} has a non-static shape after pinning frames to {frames}"
+            )
 
 
 def _inference_skeleton(model):
@@ -151,8 +157,14 @@ def save_onnx(model, path: str | os.PathLike) -> Path:
         data.unlink()
     size = sum(_tensor_bytes(t) for t in model.graph.initializer)
     if size > EXTERNAL_DATA_THRESHOLD:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data.name, size_threshold=1024)
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data.name,
+            size_threshold=1024,
+        )
     else:
         onnx.save_model(model, str(path))
     return path

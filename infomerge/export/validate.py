@@ -7,10 +7,12 @@ mismatch or a missing / NaN output is always an error; a tolerance miss is an er
 caller raised the tolerance (``--atol``).
 
 Tolerance of an output = ``atol * max|reference|``: relative to the output's peak magnitude, so
-one ``atol`` means the same for H of a random tiny projector (peak ~0.05), of a real 7B one (peak
-in the tens), and for A (attention weights ~1/729). Note: ONNX Runtime's CPU provider runs fp16 nodes that have no fp16
-kernel in fp32 (it inserts Casts), so a CPU check of an fp16 graph sees fp16 weights and fp16
-storage between ops, not every fp16 rounding a GPU would make.
+one ``atol`` means the same for H whatever the projector's scale, and for A (attention weights of
+order 1/729).
+
+ONNX Runtime's CPU provider runs fp16 nodes that have no fp16 kernel in fp32 (it inserts Casts),
+so a CPU check of an fp16 graph sees fp16 weights and fp16 storage between ops, not every fp16
+rounding a GPU would make.
 """
 
 from __future__ import annotations
@@ -96,10 +98,12 @@ class ValidationReport:
                 problems.append(f"{c.name}: shape {tuple(c.onnx_shape)} != reference {tuple(c.ref_shape)}")
             elif not c.ok:
                 problems.append(
-                    f"{c.name}: max abs diff {c.max_abs:.3g} > tolerance {c.tolerance:.3g} (cosine {c.cosine:.6f})"
+                    f"{c.name}: max abs diff {c.max_abs:.3g} > tolerance {c.tolerance:.3g} "
+                    f"(cosine {c.cosine:.6f})"
                 )
         raise ValidationError(
-            f"{self.graph} does not match the PyTorch model: " + "; ".join(problems)
+            f"{self.graph} does not match the PyTorch model: "
+            + "; ".join(problems)
             + ". A tolerance miss can be accepted with a larger --atol; a shape mismatch is a bug."
         )
 
@@ -129,7 +133,11 @@ def compare(name: str, ref, got, atol: float) -> OutputCheck:
     finite = bool(np.isfinite(g64).all() and np.isfinite(r64).all())
     max_abs = float(np.max(np.abs(g64 - r64))) if (finite and r64.size) else float("nan")
     denom = np.linalg.norm(r64) * np.linalg.norm(g64)
-    cos = float(np.dot(r64, g64) / denom) if finite and denom > 0 else (1.0 if finite and max_abs == 0 else float("nan"))
+    cos = (
+        float(np.dot(r64, g64) / denom)
+        if finite and denom > 0
+        else (1.0 if finite and max_abs == 0 else float("nan"))
+    )
     return OutputCheck(name, r.shape, g.shape, str(g.dtype), max_abs, cos, tol, finite and max_abs <= tol)
 
 
@@ -206,7 +214,9 @@ def validate_onnx(
         import torch
 
         with torch.no_grad():
-            ref = reference(**{k: torch.from_numpy(np.ascontiguousarray(_to_numpy(v))) for k, v in inputs.items()})
+            ref = reference(
+                **{k: torch.from_numpy(np.ascontiguousarray(_to_numpy(v))) for k, v in inputs.items()}
+            )
         if not isinstance(ref, Mapping):
             ref = dict(zip(list(got), ref))
     else:
@@ -227,8 +237,10 @@ def validate_onnx(
         if c.shape_ok:
             say(f"\t\t-[✓] {tuple(c.onnx_shape)} matches {tuple(c.ref_shape)}")
             verdict = "[✓] all values close" if c.ok else "[✗] values not close enough"
-            say(f"\t\t-{verdict} (tolerance: {c.tolerance:.3g}) max abs diff {c.max_abs:.3g}, "
-                f"cosine {c.cosine:.6f}, dtype {c.onnx_dtype}")
+            say(
+                f"\t\t-{verdict} (tolerance: {c.tolerance:.3g}) max abs diff {c.max_abs:.3g}, "
+                f"cosine {c.cosine:.6f}, dtype {c.onnx_dtype}"
+            )
         else:
             say(f"\t\t-[✗] shape {tuple(c.onnx_shape)} != reference {tuple(c.ref_shape)}")
     report = ValidationReport(shown, checks, provider, seconds, missing)
