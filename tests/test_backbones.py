@@ -376,3 +376,23 @@ def test_tensors_sha256_is_order_free_and_sensitive():
     assert loading.tensors_sha256(a) == loading.tensors_sha256(b)
     b["x"] = torch.tensor([1.0, 1.0, np.nextafter(np.float32(1), np.float32(2))])
     assert loading.tensors_sha256(a) != loading.tensors_sha256(b)
+
+
+def test_hub_cache_snapshot_is_found_offline_with_its_revision(tmp_path, tiny_dir, monkeypatch):
+    """A checkpoint in the Hugging Face cache layout is used offline; a missing vision shard is named."""
+    cache = tmp_path / "hub"
+    repo = cache / "models--llava-hf--llava-onevision-qwen2-7b-ov-hf"
+    commit = "c0ffee" + "0" * 34
+    snap = repo / "snapshots" / commit
+    _write_synthetic_7b_layout(snap, tiny_dir, llm_mb=1, model_prefix=False)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    path = loading.resolve_checkpoint("ov-7b")
+    assert path.resolve() == snap.resolve() and loading.checkpoint_revision(path) == commit
+    (snap / "model-00001-of-00002.safetensors").unlink()  # the shard with the vision tensors
+    with pytest.raises(CheckpointNotFoundError, match="llava-onevision-qwen2-7b-ov-hf.*--model-path"):
+        loading.resolve_checkpoint("ov-7b")

@@ -53,25 +53,45 @@ def _not_found(what: str, backbone: str, reason: str, flag: str = "--model-path"
     )
 
 
-def _hub_snapshot(repo_id: str, backbone: str, patterns: list[str], flag: str) -> Path:
-    """A local snapshot of ``repo_id`` with files matching ``patterns`` (cache first, then hub)."""
+def _hub_snapshot(repo_id: str, backbone: str, patterns: list[str], required: list[str], flag: str) -> Path:
+    """A local snapshot of ``repo_id`` holding the ``required`` files (cache first, then the hub,
+    downloading only files that match ``patterns``)."""
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+        snap = Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+        if all((snap / f).is_file() for f in required):
+            return snap
     except Exception:  # noqa: BLE001 - any miss in the cache means: try the hub
         pass
     if hub_offline():
         raise _not_found(
             repo_id,
             backbone,
-            "not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE)",
+            "not (completely) in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE)",
             flag,
         )
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+        snap = Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as exc:  # noqa: BLE001 - network, auth, missing repo: all mean "not available"
         raise _not_found(repo_id, backbone, f"download failed ({type(exc).__name__}: {exc})", flag) from None
+    missing = [f for f in required if not (snap / f).is_file()]
+    if missing:
+        raise _not_found(repo_id, backbone, f"the hub snapshot has no {missing}", flag)
+    return snap
+
+
+def _hub_checkpoint(bb: Backbone, select: Callable[[str], object] | None) -> Path:
+    """The hub snapshot of ``bb.hf_id`` with the shards holding keys ``select`` maps to a value
+    (every shard when ``select`` is None)."""
+    snap = _hub_snapshot(bb.hf_id, bb.name, ["*.json"], ["config.json"], "--model-path")
+    if (snap / INDEX_FILE).is_file():
+        weight_map = _weight_map(snap / INDEX_FILE)
+        shards = sorted({f for k, f in weight_map.items() if select is None or select(k) is not None})
+    else:
+        shards = ["model.safetensors"]
+    patterns = ["*.json", "*.jinja", "*.txt", *shards]
+    return _hub_snapshot(bb.hf_id, bb.name, patterns, ["config.json", *shards], "--model-path")
 
 
 def _check_dir(path: Path, what: str, backbone: str, flag: str) -> Path:
@@ -104,14 +124,7 @@ def resolve_checkpoint(backbone: Backbone | str, model_path: str | os.PathLike |
         from infomerge.backbones.tiny import build_tiny_checkpoint
 
         return build_tiny_checkpoint()
-    snap = _hub_snapshot(bb.hf_id, bb.name, ["*.json"], "--model-path")
-    index = snap / INDEX_FILE
-    if index.is_file():
-        shards = sorted({f for k, f in _weight_map(index).items() if vision_key(k) is not None})
-        snap = _hub_snapshot(bb.hf_id, bb.name, ["*.json", *shards], "--model-path")
-    else:
-        snap = _hub_snapshot(bb.hf_id, bb.name, ["*.json", "model.safetensors"], "--model-path")
-    return _check_dir(snap, bb.hf_id, bb.name, "--model-path")
+    return _hub_checkpoint(bb, vision_key)
 
 
 def resolve_siglip_head(
@@ -141,7 +154,8 @@ def resolve_siglip_head(
             f"backbone {bb.name!r}: no {SIGLIP_HEAD_SUBDIR}/ in {checkpoint_dir}; pass the SigLIP head "
             "checkpoint with --siglip-path DIR"
         )
-    return _hub_snapshot(bb.siglip_head_id, bb.name, ["*.json", "model.safetensors"], "--siglip-path")
+    files = ["config.json", "model.safetensors"]
+    return _hub_snapshot(bb.siglip_head_id, bb.name, files, files, "--siglip-path")
 
 
 def checkpoint_revision(path: str | os.PathLike) -> str | None:
@@ -312,11 +326,10 @@ def load_llava_model(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return LlavaOnevisionForConditionalGeneration(bb.llava_config()).to(dtype).eval()
-    path = resolve_checkpoint(bb, model_path)
-    if bb.hf_id is not None and model_path is None and (path / INDEX_FILE).is_file():
-        path = _hub_snapshot(
-            bb.hf_id, bb.name, ["*.json", "*.safetensors", "*.jinja", "*.txt"], "--model-path"
-        )
+    if model_path is None and bb.hf_id is not None:
+        path = _hub_checkpoint(bb, None)  # every shard: the LLM is wanted here
+    else:
+        path = resolve_checkpoint(bb, model_path)
     return LlavaOnevisionForConditionalGeneration.from_pretrained(path, dtype=dtype).eval()
 
 
