@@ -133,8 +133,13 @@ def run(args) -> dict:
     video = args.video or sample_video()
     # Decoding starts before the models load: the two overlap.
     job = DecodeJob(video, _frames_for(args))
+    job.raise_early()  # a missing or non-video file: fail before loading models
     t0 = time.perf_counter()
-    pipe = _build_pipeline(args)
+    try:
+        pipe = _build_pipeline(args)
+    except BaseException:
+        job.join()  # a decoder thread left running at exit aborts the interpreter
+        raise
     pipe.load_ms = (time.perf_counter() - t0) * 1000.0  # imports, checkpoint / manifest checks included
     info = pipe.info
     compression = "off" if info["method"] is None else f"{info['method']} r={info['retention']:g}"

@@ -70,6 +70,18 @@ class DecodeJob:
     def done(self) -> bool:
         return not self._thread.is_alive()
 
+    def join(self) -> None:
+        """Wait for the thread, ignoring its outcome (call it on an error path: a decoder thread
+        still running at interpreter exit aborts the process)."""
+        self._thread.join()
+
+    def raise_early(self, wait: float = 0.2) -> None:
+        """Re-raise the thread's error if it failed within ``wait`` seconds (a missing or non-video
+        file fails in milliseconds), so a caller can report it before loading models."""
+        self._thread.join(wait)
+        if not self._thread.is_alive() and self._error is not None:
+            raise self._error
+
     def result(self, timeout: float | None = None) -> DecodedVideo:
         """Wait for the thread; return its :class:`DecodedVideo` or raise its exception.
 

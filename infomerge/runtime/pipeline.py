@@ -154,11 +154,7 @@ class Pipeline:
         device: str = "cpu",
         info: dict | None = None,
     ):
-        if backbone.newline != "one":
-            raise ArtifactError(
-                f"backbone {backbone.name!r} puts a newline after every row ('grid' layout); the runtime "
-                "supports the OneVision layout (one newline after all frames) only"
-            )
+        _check_layout(backbone)
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.chat_template = chat_template
@@ -217,6 +213,7 @@ class Pipeline:
         from infomerge.backbones.registry import get_backbone
 
         bb = get_backbone(name)
+        _check_layout(bb)  # before any download
         checkpoint = resolve_checkpoint(bb, model_path)
         return cls._build(
             bb,
@@ -271,6 +268,7 @@ class Pipeline:
         root = Path(directory)
         manifest = verify_manifest(root, backbone=backbone, hashes=verify_hashes, versions=("infomerge",))
         bb = get_backbone(manifest["backbone"]["name"])
+        _check_layout(bb)
         if manifest.get("frames") not in (None, bb.frames):
             raise ArtifactError(
                 f"{root}: exported for {manifest['frames']} frames; the runtime samples {bb.frames} for "
@@ -329,10 +327,10 @@ class Pipeline:
         _check_choice("compress backend", compress_backend, COMPRESS_BACKENDS)
         _check_choice("llm backend", llm, LLM_BACKENDS)
         _check_choice("method", method, METHODS)
-        if device.startswith("cuda") and not torch.cuda.is_available() and "ort" not in (vision_backend, llm):
+        if device.startswith("cuda") and "torch" in (vision_backend, llm) and not torch.cuda.is_available():
             raise BackendUnavailableError(
-                "device cuda asked for, but this torch build sees no CUDA GPU; install a CUDA build of torch "
-                "or run with --device cpu"
+                "device cuda asked for, but this torch build sees no CUDA GPU (torch backends); install a "
+                "CUDA build of torch, or run with --device cpu"
             )
 
         def need_artifacts(what: str) -> Path:
@@ -526,10 +524,30 @@ class Pipeline:
             job = None
         else:
             job = video if isinstance(video, DecodeJob) else self.start_decode(video)
+        try:
+            return self._run(job or video, prompt, max_new_tokens, sampling, on_text, timings, clock)
+        finally:
+            if job is not None:
+                job.join()  # never leave the decoder running (an error before result())
+
+    def _run(
+        self,
+        video: DecodeJob | DecodedVideo,
+        prompt: str,
+        max_new_tokens: int,
+        sampling: Sampling,
+        on_text: Callable[[str], Any] | None,
+        timings: Timings,
+        clock: StageClock,
+    ) -> Answer:
+        """The stages of :meth:`generate` for a decode already started (or done)."""
         with clock.stage("assemble"):
             ids = self.prompt_ids(prompt)  # overlaps with the decode thread
+        # the prompt spans the uncompressed positions whatever is kept: fail before any video work
+        span = len(ids.before) + self.frames * self.tokens_per_frame + 1 + len(ids.after)
+        check_context(span, max_new_tokens, self.llm.context)
         with clock.stage("decode_wait"):
-            decoded = video if job is None else job.result()
+            decoded = video.result() if isinstance(video, DecodeJob) else video
         timings.stages_ms["decode"] = decoded.decode_ms
         with clock.stage("vision"):
             features = self.encode(decoded.pixel_values)
@@ -575,6 +593,15 @@ class Pipeline:
     def close(self) -> None:
         """Free the LLM's KV cache and sessions."""
         self.llm.close()
+
+
+def _check_layout(bb) -> None:
+    """Raise :class:`ArtifactError` for a backbone whose video layout the runtime cannot assemble."""
+    if bb.newline != "one":
+        raise ArtifactError(
+            f"backbone {bb.name!r} puts a newline after every row ('grid' layout); the runtime "
+            "supports the OneVision layout (one newline after all frames) only"
+        )
 
 
 def _video_token_id(checkpoint: Path | None, bb) -> int:
