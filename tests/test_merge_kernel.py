@@ -90,6 +90,23 @@ CHILD = textwrap.dedent(
     print(json.dumps({"name": "plugin_eager_cpu",
                       "max_abs": (plugin_merge(x, member, ai, av, 0.6) - ref).abs().max().item(),
                       "triton_vs_ref": (kern - ref).abs().max().item()}))
+
+    # inside the shape-static compressor (8 tiny frames): the Triton merge keeps the same tokens
+    from infomerge.compress.config import InfoMergeConfig
+    from infomerge.compress.static import StaticCompressor
+    from infomerge.export.compress_step import synthetic_features
+
+    for dtype in (torch.float32, torch.float16):
+        h, a, gf = synthetic_features(8, 196, 64, 64, dtype)
+        std = StaticCompressor(InfoMergeConfig.paper(0.15), 8, 196, 64).eval()
+        ker = StaticCompressor(InfoMergeConfig.paper(0.15), 8, 196, 64,
+                               merge_impl=merge_to_anchors_triton).eval()
+        with torch.no_grad():
+            ts, i_s = std(h, a, gf)
+            tk, i_k = ker(h, a, gf)
+        print(json.dumps({"name": f"compressor_{str(dtype)[6:]}", "index_equal": bool(torch.equal(i_s, i_k)),
+                          "tokens": list(ts.shape), "max_abs": (ts.float() - tk.float()).abs().max().item(),
+                          "ref_scale": ts.float().abs().max().item()}))
     """
 )
 
@@ -137,6 +154,14 @@ def test_plugin_merge_eager_cpu_is_the_pytorch_form(kernel_cases):
     r = kernel_cases["plugin_eager_cpu"]
     assert r["max_abs"] == 0.0
     assert r["triton_vs_ref"] <= 1e-5
+
+
+@pytest.mark.parametrize("dtype, rel", [("float32", 1e-5), ("float16", 2.0**-9)])
+def test_static_compressor_with_the_triton_merge_keeps_the_same_tokens(kernel_cases, dtype, rel):
+    """Plugin-path merge vs standard merge inside the compressor: same indices, tokens within tolerance."""
+    r = kernel_cases[f"compressor_{dtype}"]
+    assert r["index_equal"] and r["tokens"] == [230, 64]
+    assert r["max_abs"] <= rel * r["ref_scale"], r
 
 
 def test_block_k_and_grid():
