@@ -26,6 +26,7 @@ from infomerge.engines.metadata import (
     EngineMetadata,
     RuntimeInfo,
     engine_paths,
+    inspect_onnx,
     normalize_cc,
     onnx_digest,
     parse_compute_capabilities,
@@ -306,9 +307,32 @@ def test_trt11_is_strongly_typed_and_takes_precision_from_the_onnx(tmp_path):
         B.build_engine(fp32, tmp_path / "e", precision="fp16", flavour=flavour, device_cc="8.7", **QUIET)
 
 
-def test_onnx_precision_detection(tmp_path):
-    assert B.onnx_precision(small_graph(tmp_path / "a.onnx")) == "fp32"
-    assert B.onnx_precision(small_graph(tmp_path / "b.onnx", fp16=True)) == "fp16"
+def test_onnx_inspection_and_digest(tmp_path):
+    from infomerge.export.manifest import sha256_file
+
+    a = inspect_onnx(small_graph(tmp_path / "a.onnx"))
+    assert (a.precision, a.plugin_ops, a.external_data) == ("fp32", (), ())
+    assert inspect_onnx(small_graph(tmp_path / "b.onnx", fp16=True)).precision == "fp16"
+    # single file: the digest is the file's sha256, as the artifact manifest lists it
+    assert onnx_digest(tmp_path / "a.onnx") == sha256_file(tmp_path / "a.onnx")
+    # external data: a change in the weights file changes the digest
+    model = onnx.load(str(tmp_path / "a.onnx"))
+    onnx.save_model(
+        model,
+        str(tmp_path / "ext.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="ext.onnx.data",
+        size_threshold=0,
+    )
+    info = inspect_onnx(tmp_path / "ext.onnx")
+    assert [p.name for p in info.external_data] == ["ext.onnx.data"]
+    before = onnx_digest(tmp_path / "ext.onnx")
+    data = tmp_path / "ext.onnx.data"
+    blob = bytearray(data.read_bytes())
+    blob[0] ^= 1
+    data.write_bytes(bytes(blob))
+    assert onnx_digest(tmp_path / "ext.onnx") != before
 
 
 # --- TensorRT-RTX, for real, without a GPU -------------------------------------------------------

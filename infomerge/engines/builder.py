@@ -35,6 +35,7 @@ from infomerge.engines.metadata import (
     EngineMetadata,
     atomic_write_bytes,
     engine_paths,
+    inspect_onnx,
     normalize_cc,
     onnx_digest,
     parse_compute_capabilities,
@@ -44,8 +45,6 @@ from infomerge.errors import ArtifactError, BackendUnavailableError
 #: default ``--workspace`` in MiB (bounded, so 8 GB Jetson boards can build)
 DEFAULT_WORKSPACE_MIB = 1024
 TIMING_CACHE_NAME = "timing.cache"
-#: op types of this project's TensorRT plugins (see infomerge.engines.plugin)
-PLUGIN_OPS = {"MergeToAnchors"}
 
 
 @dataclass
@@ -84,39 +83,6 @@ class EngineRecord:
             "workspace_bytes": m.workspace_bytes,
             "build_seconds": m.build_seconds,
         }
-
-
-# --- ONNX inspection -----------------------------------------------------------------------------
-def onnx_precision(onnx_path: str | os.PathLike) -> str:
-    """ "fp16" when an ONNX graph computes in fp16 anywhere (fp16 inputs, weights or casts), else "fp32".
-
-    A graph exported with ``--fp16`` that keeps fp32 islands counts as "fp16".
-    """
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    fp16 = onnx.TensorProto.FLOAT16
-    g = model.graph
-    if any(t.data_type == fp16 for t in g.initializer):
-        return "fp16"
-    if any(v.type.tensor_type.elem_type == fp16 for v in [*g.input, *g.output, *g.value_info]):
-        return "fp16"
-    for node in g.node:
-        if node.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in node.attribute):
-            return "fp16"
-        if node.op_type == "Constant" and any(
-            a.HasField("t") and a.t.data_type == fp16 for a in node.attribute
-        ):
-            return "fp16"
-    return "fp32"
-
-
-def onnx_plugin_ops(onnx_path: str | os.PathLike) -> list[str]:
-    """Op types in a graph that only a TensorRT plugin can run (e.g. ``MergeToAnchors``)."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    return sorted({n.op_type for n in model.graph.node if n.op_type in PLUGIN_OPS})
 
 
 # --- targets -------------------------------------------------------------------------------------
@@ -200,9 +166,7 @@ def _make_logger(trt):
 
         return _Logger()
     except Exception:  # noqa: BLE001 - fakes and exotic bindings
-        logger = trt.Logger(trt.Logger.WARNING)
-        logger.messages = []
-        return logger
+        return trt.Logger(trt.Logger.WARNING)
 
 
 def _pin_fp32_islands(trt, network) -> int:
@@ -230,7 +194,7 @@ def _io(network) -> tuple[dict, dict]:
     return inputs, outputs
 
 
-def _parse(flavour: Flavour, onnx_path: Path, logger):
+def _parse(flavour: Flavour, onnx_path: Path, plugin_ops: tuple[str, ...], logger):
     trt = flavour.module
     builder = trt.Builder(logger)
     flags = 0
@@ -244,10 +208,9 @@ def _parse(flavour: Flavour, onnx_path: Path, logger):
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         hint = ""
-        plugins = onnx_plugin_ops(onnx_path)
-        if plugins:
+        if plugin_ops:
             hint = (
-                f" The graph holds the TensorRT plugin op(s) {', '.join(plugins)}: register them first "
+                f" The graph holds the TensorRT plugin op(s) {', '.join(plugin_ops)}: register them first "
                 "(infomerge.engines.plugin.register_plugin, full TensorRT >= 10.6 only) or export "
                 "without --merge-plugin."
             )
@@ -313,7 +276,8 @@ def build_engine(
     out_dir = Path(out_dir) if out_dir is not None else onnx_path.parent / "engines"
     graph = graph or onnx_path.stem
 
-    onnx_prec = onnx_precision(onnx_path)
+    info = inspect_onnx(onnx_path)
+    onnx_prec = info.precision
     if flavour.strongly_typed:
         if precision is not None and precision != onnx_prec:
             raise ArtifactError(
@@ -325,11 +289,11 @@ def build_engine(
         effective = onnx_prec
     else:
         effective = precision or onnx_prec
-    source_sha = onnx_digest(onnx_path)
+    source_sha = onnx_digest(onnx_path, info)
 
     trt = flavour.module
     logger = _make_logger(trt)
-    builder, network, _parser = _parse(flavour, onnx_path, logger)
+    builder, network, _parser = _parse(flavour, onnx_path, info.plugin_ops, logger)
     inputs, outputs = _io(network)
     dynamic = [n for n, d in inputs.items() if any(s < 0 for s in d["shape"])]
     if dynamic:

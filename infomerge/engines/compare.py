@@ -76,9 +76,13 @@ def engine_runner_class():
         def get_input_metadata_impl(self):
             from polygraphy.common import TensorMetadata
 
+            from infomerge.engines.runner import torch_dtype
+
             meta = TensorMetadata()
             for name, spec in self._runner.metadata.inputs.items():
-                meta.add(name, _numpy_dtype(spec["dtype"]), tuple(spec["shape"]))
+                meta.add(
+                    name, torch_dtype(spec["dtype"]), tuple(spec["shape"])
+                )  # Polygraphy takes torch dtypes
             return meta
 
         def infer_impl(self, feed_dict):
@@ -93,18 +97,6 @@ def engine_runner_class():
             pass
 
     return InfomergeTrtRunner
-
-
-def _numpy_dtype(name: str):
-    return {
-        "float": np.float32,
-        "half": np.float16,
-        "int32": np.int32,
-        "int64": np.int64,
-        "bool": np.bool_,
-        "int8": np.int8,
-        "uint8": np.uint8,
-    }.get(name, np.float32)
 
 
 @dataclass

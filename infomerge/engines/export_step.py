@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import copy
 
-from infomerge.engines.builder import DEFAULT_WORKSPACE_MIB, artifact_graphs, build_engines, onnx_plugin_ops
+from infomerge.engines.builder import DEFAULT_WORKSPACE_MIB, artifact_graphs, build_engines
 from infomerge.engines.flavour import load_flavour
-from infomerge.engines.metadata import parse_compute_capabilities
+from infomerge.engines.metadata import inspect_onnx, parse_compute_capabilities
 from infomerge.errors import ArtifactError, ValidationError
 from infomerge.export.context import ExportContext, Step
 
@@ -114,7 +114,7 @@ def build_engine_step(ctx: ExportContext) -> None:
     workspace = args.workspace if args.workspace is not None else DEFAULT_WORKSPACE_MIB
     graphs, skipped = [], {}
     for g in artifact_graphs(ctx.work):
-        if not onnx_plugin_ops(g):
+        if not inspect_onnx(g).plugin_ops:
             graphs.append(g)
         elif flavour.name == "rtx":
             skipped[g.name] = (

@@ -22,9 +22,9 @@ from pathlib import Path
 
 from infomerge import __version__
 from infomerge.errors import ArtifactError, EngineMismatchError
+from infomerge.export.manifest import sha256_file
 
 METADATA_FORMAT = 1
-_CHUNK = 1 << 22
 
 
 # --- compute capabilities ------------------------------------------------------------------------
@@ -76,47 +76,83 @@ def metadata_path_for(engine_path: str | os.PathLike) -> Path:
     return p.with_suffix(".json")
 
 
-# --- hashing and atomic writes -------------------------------------------------------------------
-def sha256_file(path: str | os.PathLike, digest=None):
-    """sha256 hex of a file (or update ``digest`` with its bytes and return it)."""
-    h = digest if digest is not None else hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h if digest is not None else h.hexdigest()
+# --- ONNX graphs: one inspection, one digest ------------------------------------------------------
+#: op types of this project's TensorRT plugins (see infomerge.engines.plugin)
+PLUGIN_OPS = frozenset({"MergeToAnchors"})
 
 
-def onnx_digest(onnx_path: str | os.PathLike) -> str:
-    """sha256 of an ONNX graph together with its external-data files.
+@dataclass(frozen=True)
+class OnnxInfo:
+    """What the engine code needs to know of an ONNX graph (read once, weights not loaded).
 
-    The bytes of the ``.onnx`` file, then those of every external-data file it references (sorted by
-    name): a graph whose weights changed in ``model.onnx.data`` gets a new digest too.
+    Attributes:
+        precision: "fp16" when the graph computes in fp16 anywhere (fp16 I/O, weights, casts or
+            constants; a ``--fp16`` export with fp32 islands counts), else "fp32".
+        plugin_ops: op types only a TensorRT plugin runs (e.g. ``MergeToAnchors``), sorted.
+        external_data: the external-data files it references that exist, sorted.
+    """
+
+    precision: str
+    plugin_ops: tuple[str, ...]
+    external_data: tuple[Path, ...]
+
+
+def inspect_onnx(onnx_path: str | os.PathLike) -> OnnxInfo:
+    """Read an ONNX graph's structure (not its external weights) into an :class:`OnnxInfo`.
+
+    Raises:
+        ArtifactError: when the file does not exist.
+    """
+    import onnx
+
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: ONNX graph not found")
+    model = onnx.load(str(path), load_external_data=False)
+    g = model.graph
+    fp16 = onnx.TensorProto.FLOAT16
+    tensors = list(_all_tensors(g))
+    is_fp16 = (
+        any(t.data_type == fp16 for t in tensors)
+        or any(v.type.tensor_type.elem_type == fp16 for v in [*g.input, *g.output, *g.value_info])
+        or any(
+            n.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in n.attribute) for n in g.node
+        )
+    )
+    locations = {
+        kv.value
+        for t in tensors
+        if t.data_location == onnx.TensorProto.EXTERNAL
+        for kv in t.external_data
+        if kv.key == "location"
+    }
+    return OnnxInfo(
+        precision="fp16" if is_fp16 else "fp32",
+        plugin_ops=tuple(sorted({n.op_type for n in g.node if n.op_type in PLUGIN_OPS})),
+        external_data=tuple(sorted(p for n in locations if (p := path.parent / n).is_file())),
+    )
+
+
+def onnx_digest(onnx_path: str | os.PathLike, info: OnnxInfo | None = None) -> str:
+    """sha256 identifying an ONNX graph with its weights.
+
+    A single-file graph: the file's sha256 (the same as the artifact manifest lists). A graph with
+    external data: the sha256 of the lines ``NAME:SHA256`` of the ``.onnx`` and of each external-data
+    file, so a change in ``model.onnx.data`` changes the digest too.
+
+    Args:
+        onnx_path: the graph.
+        info: its :func:`inspect_onnx` result when already read.
 
     Raises:
         ArtifactError: when the file does not exist.
     """
     path = Path(onnx_path)
-    if not path.is_file():
-        raise ArtifactError(f"{path}: ONNX graph not found")
-    h = sha256_file(path, hashlib.sha256())
-    for data in external_data_files(path):
-        h.update(b"\0" + data.name.encode())
-        sha256_file(data, h)
-    return h.hexdigest()
-
-
-def external_data_files(onnx_path: Path) -> list[Path]:
-    """External-data files that an ONNX graph references (existing ones, sorted)."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    names = set()
-    for t in _all_tensors(model.graph):
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            for kv in t.external_data:
-                if kv.key == "location":
-                    names.add(kv.value)
-    return sorted(p for n in names if (p := onnx_path.parent / n).is_file())
+    info = info or inspect_onnx(path)
+    if not info.external_data:
+        return sha256_file(path)
+    lines = [f"{p.name}:{sha256_file(p)}" for p in (path, *info.external_data)]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def _all_tensors(graph):
