@@ -1,0 +1,136 @@
+"""Full-size random-weight checkpoints for ``infomerge-bench --random-weights``.
+
+Timing does not need trained weights, but every backend has to run the SAME weights: the torch
+pipeline, ``vision.onnx`` and the onnxruntime-genai LLM graph are all built from one checkpoint
+directory. :func:`random_checkpoint` writes one in the layout of the ``tiny`` checkpoint
+(:mod:`infomerge.backbones.tiny`), with the real backbone's sizes:
+
+- ``config.json`` + ``model.safetensors``: ``LlavaOnevisionForConditionalGeneration`` built from
+  :meth:`Backbone.llava_config` with transformers' random initialisation (seeded);
+- the tiny tokenizer and chat template (a 1,024-token byte-level BPE: the prompt's token count
+  differs from Qwen2's by a few tokens, which does not matter for timing); the config's
+  ``image_token_index`` / ``video_token_index`` are set to its ``<image>`` / ``<video>`` ids;
+- ``siglip_head/``: a random SigLIP post_layernorm + MAP head of the backbone's width.
+
+The directory is built in a temporary sibling and renamed into place, and reused when complete
+(``$INFOMERGE_CACHE`` or ``~/.cache/infomerge``, subfolder ``random-<backbone>-seed<seed>``).
+Size on disk: about 3.6 GB for ``ov-0.5b`` (fp32); the 7B backbones are stored in bf16 (~16 GB).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from infomerge.backbones.registry import TINY, Backbone, get_backbone
+
+# above this many parameters the checkpoint is written in bf16 (the torch backend casts on load)
+_BF16_ABOVE = 2_000_000_000
+
+
+def default_directory(backbone: str, seed: int = 0) -> Path:
+    """``$INFOMERGE_CACHE/random-<backbone>-seed<seed>`` (default cache ``~/.cache/infomerge``)."""
+    root = os.environ.get("INFOMERGE_CACHE")
+    base = Path(root) if root else Path.home() / ".cache" / "infomerge"
+    return base / f"random-{backbone}-seed{seed}"
+
+
+def _is_complete(d: Path) -> bool:
+    return (
+        (d / "config.json").is_file()
+        and (d / "tokenizer.json").is_file()
+        and ((d / "model.safetensors").is_file() or (d / "model.safetensors.index.json").is_file())
+        and (d / "siglip_head" / "model.safetensors").is_file()
+    )
+
+
+def _siglip_head_state(bb: Backbone, seed: int) -> dict[str, torch.Tensor]:
+    """Random post_layernorm + MAP head, keys as in ``google/siglip-so400m-patch14-384``."""
+    from torch import nn
+    from transformers.models.siglip.modeling_siglip import SiglipMultiheadAttentionPoolingHead
+
+    cfg = bb.siglip_head_config()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 2)
+        head = SiglipMultiheadAttentionPoolingHead(cfg)
+        post = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        with torch.no_grad():
+            head.probe.normal_(0.0, 1.0)
+            head.attention.in_proj_bias.normal_(0.0, 0.02)
+            head.attention.out_proj.bias.normal_(0.0, 0.02)
+    state = {f"vision_model.post_layernorm.{k}": v for k, v in post.state_dict().items()}
+    state.update({f"vision_model.head.{k}": v for k, v in head.state_dict().items()})
+    return {k: v.detach().contiguous().clone() for k, v in state.items()}
+
+
+def _write(out: Path, bb: Backbone, seed: int) -> None:
+    from safetensors.torch import save_file
+
+    from infomerge.backbones.loading import load_llava_model
+    from infomerge.backbones.tiny import PROCESSOR_CHAT_TEMPLATE, SIGLIP_HEAD_SUBDIR, build_tokenizer
+
+    tokenizer = build_tokenizer()
+    spec = dataclasses.replace(bb, image_token_id=TINY.image_token_id, video_token_id=TINY.video_token_id)
+    model = load_llava_model(spec, random_weights=True, seed=seed)
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for cfg in (model.config.text_config, model.generation_config):
+        cfg.eos_token_id, cfg.pad_token_id, cfg.bos_token_id = eos, tokenizer.pad_token_id, None
+    if sum(p.numel() for p in model.parameters()) > _BF16_ABOVE:
+        model = model.to(torch.bfloat16)
+    model.save_pretrained(out, safe_serialization=True)
+    del model
+    tokenizer.save_pretrained(out)
+    (out / "chat_template.jinja").write_text(PROCESSOR_CHAT_TEMPLATE)
+    head = out / SIGLIP_HEAD_SUBDIR
+    head.mkdir()
+    bb.siglip_head_config().save_pretrained(head)
+    save_file(_siglip_head_state(bb, seed), str(head / "model.safetensors"), metadata={"format": "pt"})
+    (out / "README.md").write_text(
+        f"# random-weight {bb.name}\n\nFull-size random weights (seed {seed}) for timing only; "
+        "tokenizer and chat template of the infomerge tiny checkpoint.\n"
+    )
+
+
+def random_checkpoint(backbone: str, seed: int = 0, directory: str | os.PathLike | None = None) -> Path:
+    """Write (or reuse) a full-size random-weight LLaVA-OneVision checkpoint of ``backbone``.
+
+    Args:
+        backbone: registry name (``ov-0.5b``, ``ov-7b``; ``tiny`` returns the tiny checkpoint).
+        seed: seed of the weights.
+        directory: where to write it (default :func:`default_directory`).
+
+    Returns:
+        The checkpoint directory (loadable by :class:`infomerge.runtime.pipeline.Pipeline` through
+        ``model_path`` and by ``infomerge-export --model-path``).
+
+    Raises:
+        UnknownBackboneError: ``backbone`` is not registered.
+        OSError: the directory cannot be written (nothing half-written is left).
+    """
+    bb = get_backbone(backbone)
+    if bb.hf_id is None:
+        from infomerge.backbones.tiny import build_tiny_checkpoint
+
+        return build_tiny_checkpoint()
+    target = Path(directory) if directory is not None else default_directory(bb.name, seed)
+    if _is_complete(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        _write(tmp, bb, seed)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+__all__ = ["default_directory", "random_checkpoint"]

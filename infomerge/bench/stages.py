@@ -1,0 +1,553 @@
+"""Stage-by-stage measurement of the runtime's backends on the same inputs.
+
+The stages are the runtime's own (:class:`infomerge.runtime.pipeline.Pipeline`): ``decode`` (video
+decode + SigLIP preprocessing), ``encode`` (vision encoder), ``compress``, ``assemble`` (chat
+template + splice + RoPE positions), ``prefill``, and one LLM ``step`` per decoded token. Nothing of
+the pipeline is reimplemented here: this module builds one pipeline per backend, swaps its
+compressor per (method, retention), and times each stage with :func:`infomerge.bench.timing.measure`.
+
+Same inputs for every backend: the video is decoded once; every vision backend gets the same
+``pixel_values``; every compressor gets the reference backend's vision features (H, A, g); every
+LLM gets the reference compressor's kept tokens (so the prefill lengths are equal across
+backends). The reference is the first backend that runs (``torch`` when it is requested). Each
+stage's output is compared with the reference's (:class:`CrossCheck`); a backend whose outputs
+disagree beyond tolerance is marked ``mismatch`` in the table.
+
+The end-to-end time to first token is measured separately, as the request the user runs:
+:meth:`Pipeline.generate` with ``max_new_tokens=1`` on the video file, each backend's own chain.
+
+Backends:
+- ``torch``: the checkpoint in PyTorch (eager; on CUDA also ``torch.compile``, its own rows);
+- ``ort``: ``vision.onnx`` and ``compress.onnx`` graphs and the onnxruntime-genai LLM graph of an
+  ``infomerge-export`` directory, on the CUDA execution provider when installed and asked for, else
+  the CPU one. Without ``--artifacts``, the benchmark exports what it needs into the output folder;
+- ``trt``: the TensorRT engines of that directory. Where TensorRT cannot run (not installed, no
+  GPU, TensorRT-RTX on compute capability 8.7 / 9.0, no engines) the backend gets one row with the
+  reason.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from infomerge.bench.flops import dims_from_config, nominal_tokens, paper_flops, prefill_flops, tflops
+from infomerge.bench.results import BASELINE_METHOD, FAILED, MISMATCH, UNAVAILABLE, Row
+from infomerge.bench.timing import Measurement, measure, summarize
+from infomerge.errors import BackendUnavailableError, InfomergeError
+
+BACKENDS = ("torch", "ort", "trt")
+# TensorRT-RTX runs on desktop / laptop RTX GPUs only (spec deployment.md)
+_RTX_CAPABILITIES = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")
+
+
+# ---- tolerances -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Tolerances:
+    """When a backend's stage output counts as agreeing with the reference backend's.
+
+    Attributes:
+        vision: max |a - b| over max |reference| of H, A and g (fp32 graphs: 1e-3).
+        index: least Jaccard overlap of the kept original indices. The exported compressor is the
+            fixed-budget variant: it keeps exactly B tokens where the reference keeps B +- a few,
+            and its CABA uses an in-graph estimate of the richness (spec "Fixed-budget variant").
+        logits: least cosine similarity of the first-token logits (int4 weights shift them).
+    """
+
+    vision: float = 1e-3
+    index: float = 0.85
+    logits: float = 0.98
+
+
+def _rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().float().cpu(), b.detach().float().cpu()
+    if a.shape != b.shape:
+        return math.inf
+    scale = float(b.abs().max()) or 1.0
+    return float((a - b).abs().max()) / scale
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    den = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(a @ b) / den if den > 0 else 1.0
+
+
+def _jaccard(a: torch.Tensor, b: torch.Tensor) -> float:
+    sa, sb = set(a.tolist()), set(b.tolist())
+    return len(sa & sb) / max(1, len(sa | sb))
+
+
+@dataclass
+class CrossCheck:
+    """Stage outputs of one backend against the reference backend's (same inputs)."""
+
+    reference: str
+    details: list[dict] = field(default_factory=list)
+
+    def add(self, stage: str, metric: str, value: float, limit: float, higher_is_better: bool) -> None:
+        ok = value >= limit if higher_is_better else value <= limit
+        self.details.append(
+            {"stage": stage, "metric": metric, "value": value, "limit": limit, "ok": bool(ok)}
+        )
+
+    @property
+    def ok(self) -> bool:
+        return all(d["ok"] for d in self.details)
+
+    def failures(self) -> str:
+        return "; ".join(
+            f"{d['stage']} {d['metric']} {d['value']:.3g} (limit {d['limit']:g})"
+            for d in self.details
+            if not d["ok"]
+        )
+
+    def to_dict(self) -> dict:
+        return {"reference": self.reference, "ok": self.ok, "details": self.details}
+
+
+# ---- what a run needs -------------------------------------------------------------------------
+@dataclass
+class BenchConfig:
+    """Everything one benchmark run is asked to do (the parsed command line).
+
+    Attributes:
+        backbone: registry name.
+        checkpoint: the checkpoint directory every backend is built from.
+        frames: F, frames sampled per video (the backbone's unless reduced for a slow machine).
+        retentions: ratios in (0, 1]; 1.0 is the uncompressed baseline (always measured first).
+        methods: compressors for the ratios below 1.0.
+        backends: any of ``BACKENDS``.
+        device: "cpu" or "cuda".
+        runs, warmup: N timed runs after W warm-ups, for every stage.
+        ttft_runs: timed end-to-end requests per row (0: not measured).
+        decode_tokens: tokens per decode measurement.
+        video: the video file.
+        prompt: the question.
+        artifacts: ``infomerge-export`` directory for ort / trt (None: export into ``work``).
+        work: folder for exported graphs.
+        llm_precision: precision of the ORT LLM graph when the benchmark exports it.
+        torch_variants: "eager", "compile".
+        tolerances: cross-check limits.
+    """
+
+    backbone: str
+    checkpoint: Path
+    frames: int
+    retentions: list[float]
+    methods: list[str]
+    backends: list[str]
+    device: str = "cpu"
+    runs: int = 10
+    warmup: int = 2
+    ttft_runs: int = 10
+    decode_tokens: int = 16
+    video: Path | None = None
+    prompt: str | None = None
+    artifacts: Path | None = None
+    work: Path | None = None
+    llm_precision: str = "int4"
+    torch_variants: list[str] = field(default_factory=lambda: ["eager"])
+    tolerances: Tolerances = field(default_factory=Tolerances)
+
+    def cases(self) -> list[tuple[str, float]]:
+        """(method, retention) pairs in order: the baseline (``"none"``, 1.0) first."""
+        out = [(BASELINE_METHOD, 1.0)] if 1.0 in self.retentions else []
+        out += [(m, r) for m in self.methods for r in sorted(self.retentions, reverse=True) if r < 1.0]
+        return out
+
+
+class Unavailable(Exception):
+    """A backend that cannot run on this machine; ``str()`` is the reason shown in the table."""
+
+
+# ---- TensorRT availability --------------------------------------------------------------------
+def trt_unavailable_reason(device: str) -> str | None:
+    """Why TensorRT engines cannot run here, or None when a flavour and a suitable GPU exist."""
+    from infomerge.engines.builder import local_compute_capability
+    from infomerge.engines.flavour import load_flavour
+
+    flavours = {}
+    for name in ("trt", "rtx"):
+        try:
+            flavours[name] = load_flavour(name)
+        except BackendUnavailableError:
+            pass
+    if not flavours:
+        return "TensorRT not installed (pip install 'infomerge[trt]', or JetPack's TensorRT on Jetson)"
+    cc = local_compute_capability()
+    labels = " and ".join(f.label for f in flavours.values())
+    if cc is None or not str(device).startswith("cuda"):
+        return (
+            f"{labels} installed, but no CUDA GPU {'visible' if cc is None else 'selected (--device cpu)'}: "
+            "engines cannot run here"
+        )
+    if "trt" not in flavours and cc not in _RTX_CAPABILITIES:
+        return f"TensorRT-RTX cannot run on compute capability {cc} (RTX GPUs only); install full TensorRT"
+    return None
+
+
+# ---- artifacts for the ort / trt backends ------------------------------------------------------
+def _compress_key(method: str, retention: float) -> str:
+    return f"{method}-r{retention:g}"
+
+
+def export_artifacts(cfg: BenchConfig, console=None) -> Path:
+    """An ``infomerge-export`` directory for ``cfg`` (vision.onnx, compress.onnx, llm/), reused
+    when one with a manifest is already in ``cfg.work``. Returns its path.
+
+    Raises:
+        InfomergeError: from ``infomerge-export`` (nothing half-written is left).
+    """
+    from infomerge.export.cli import build_parser, run_export
+
+    out = Path(cfg.work) / f"{cfg.backbone}-f{cfg.frames}-{cfg.llm_precision}"
+    if (out / "manifest.json").is_file():
+        return out
+    first = next(((m, r) for m, r in cfg.cases() if m != BASELINE_METHOD), ("infomerge", 0.15))
+    argv = [
+        "--backbone",
+        cfg.backbone,
+        "--model-path",
+        str(cfg.checkpoint),
+        "--frames",
+        str(cfg.frames),
+        "--method",
+        first[0],
+        "--retention",
+        str(first[1]),
+        "--llm",
+        cfg.llm_precision,
+        "--llm-ep",
+        "cuda" if cfg.device.startswith("cuda") else "cpu",
+        "--output",
+        str(out),
+    ]
+    if cfg.backbone == "tiny":  # the tiny checkpoint is found without --model-path
+        argv = argv[:2] + argv[4:]
+    if cfg.video is not None:
+        argv += ["--video", str(cfg.video)]
+    run_export(build_parser().parse_args(argv), ["infomerge-export", *argv], console=console)
+    return out
+
+
+def compress_graph(cfg: BenchConfig, artifacts: Path, method: str, retention: float) -> Path:
+    """``compress.onnx`` for (method, retention): the artifact directory's own when it was exported
+    for them, else one exported into ``cfg.work/compress/`` (``StaticCompressor`` traced as
+    ``infomerge-export`` does it; its agreement with the reference is the benchmark's cross-check).
+    """
+    from infomerge.export.manifest import load_manifest
+
+    entry = load_manifest(artifacts).get("graphs", {}).get("compress")
+    if entry and entry.get("method") == method and abs(float(entry.get("retention", -1)) - retention) < 1e-9:
+        return artifacts / entry["file"]
+    path = (
+        Path(cfg.work) / "compress" / f"{cfg.backbone}-f{cfg.frames}-{_compress_key(method, retention)}.onnx"
+    )
+    if path.is_file():
+        return path
+    from infomerge.backbones.registry import get_backbone
+    from infomerge.compress.static import StaticCompressor
+    from infomerge.export.compress_step import (
+        COMPRESS_INPUTS,
+        COMPRESS_OUTPUTS,
+        method_config,
+        synthetic_features,
+    )
+    from infomerge.export.onnx_export import export_onnx
+
+    bb = get_backbone(cfg.backbone)
+    comp = StaticCompressor(method_config(method, retention), cfg.frames, bb.tokens_per_frame, bb.text_hidden)
+    example = synthetic_features(
+        cfg.frames, bb.tokens_per_frame, bb.text_hidden, bb.vision_hidden, torch.float32
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        export_onnx(comp.eval(), example, tmp, input_names=COMPRESS_INPUTS, output_names=COMPRESS_OUTPUTS)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+# ---- one backend ------------------------------------------------------------------------------
+@dataclass
+class LoadedBackend:
+    """A runtime pipeline of one backend, and how to get its compressor for a case."""
+
+    name: str
+    variant: str
+    pipe: object  # infomerge.runtime.pipeline.Pipeline
+    compressor_for: Callable[[str, float], object]
+
+
+def load_backend(cfg: BenchConfig, name: str, variant: str, artifacts: Path | None) -> LoadedBackend:
+    """Build the runtime pipeline of backend ``name`` (``variant``: torch "eager" / "compile").
+
+    Raises:
+        Unavailable: the backend cannot run here (the message is the reason).
+        InfomergeError: a broken checkpoint or artifact directory.
+    """
+    from infomerge.runtime.backends import NoCompression, OrtCompressor, TorchCompressor, TrtCompressor
+    from infomerge.runtime.pipeline import Pipeline, make_config
+
+    if name == "trt":
+        reason = trt_unavailable_reason(cfg.device)
+        if reason:
+            raise Unavailable(reason)
+    common = dict(model_path=cfg.checkpoint, method="infomerge", retention=None, device=cfg.device)
+    try:
+        if name == "torch":
+            pipe = Pipeline.from_backbone(cfg.backbone, **common)
+        elif name == "ort":
+            pipe = Pipeline.from_backbone(
+                cfg.backbone,
+                vision_backend="ort",
+                compress_backend="none",
+                llm="ort",
+                artifacts=artifacts,
+                **common,
+            )
+        else:
+            pipe = Pipeline.from_backbone(
+                cfg.backbone,
+                vision_backend="trt",
+                compress_backend="none",
+                llm="torch",
+                artifacts=artifacts,
+                **common,
+            )
+    except BackendUnavailableError as exc:
+        raise Unavailable(str(exc)) from None
+    pipe.frames = cfg.frames  # the video's frame count, also the exported graphs' (--frames)
+    if variant == "compile":
+        pipe.vision.encoder = torch.compile(pipe.vision.encoder)
+        pipe.llm.model = torch.compile(pipe.llm.model)
+
+    def compressor_for(method: str, retention: float):
+        if method == BASELINE_METHOD:
+            return NoCompression()
+        if name == "torch":
+            return TorchCompressor(make_config(method, retention))
+        if name == "ort":
+            return OrtCompressor(compress_graph(cfg, artifacts, method, retention), cfg.device)
+        return TrtCompressor(artifacts)
+
+    return LoadedBackend(
+        name, variant if name == "torch" else _variant_of(name, cfg.device), pipe, compressor_for
+    )
+
+
+def _variant_of(name: str, device: str) -> str:
+    """The row's variant label: the ORT execution provider ("cpu-ep" / "cuda-ep") or "engines"."""
+    if name == "ort":
+        return "cuda-ep" if str(device).startswith("cuda") else "cpu-ep"
+    return "engines"
+
+
+# ---- the measurement --------------------------------------------------------------------------
+@dataclass
+class Reference:
+    """The reference backend's stage outputs: the inputs of the next stage for every backend."""
+
+    name: str | None = None
+    features: object = None  # VisionFeatures
+    kept: dict = field(default_factory=dict)  # (method, r) -> VideoTokens
+    logits: dict = field(default_factory=dict)  # (method, r) -> (V,) ndarray
+
+
+class StageBench:
+    """Runs the measurements of one :class:`BenchConfig`; one call of :meth:`run_backend` per backend.
+
+    Args:
+        cfg: the run.
+        advance: called with a short text after every measurement (progress display).
+    """
+
+    def __init__(self, cfg: BenchConfig, advance: Callable[[str], None] | None = None):
+        from infomerge.backbones.registry import get_backbone
+        from infomerge.runtime.decode_thread import decode_video
+
+        self.cfg = cfg
+        self.bb = get_backbone(cfg.backbone)
+        self.advance = advance or (lambda text: None)
+        self.dims = dims_from_config(self.bb)
+        self.ref = Reference()
+        self.decoded = decode_video(cfg.video, cfg.frames, self.bb.image_size)
+        self.decode_stage = self._measure(lambda: decode_video(cfg.video, cfg.frames, self.bb.image_size))
+        self.advance("decode + preprocess")
+
+    def steps_per_backend(self) -> int:
+        """Progress steps of one backend: vision + 5 per case (compress, assemble, prefill, decode, ttft)."""
+        return 1 + 5 * len(self.cfg.cases())
+
+    def _measure(self, fn, setup=None, runs=None) -> Measurement:
+        return measure(
+            fn, runs=runs or self.cfg.runs, warmup=self.cfg.warmup, device=self.cfg.device, setup=setup
+        )
+
+    def flops(self, kept: int, retention: float) -> dict:
+        """Theoretical prefill FLOPs of the kept visual tokens and of the paper's nominal count."""
+        total = self.cfg.frames * self.bb.tokens_per_frame
+        return {
+            "formula": "layers * (N d^2 (2 + 2 kv/heads) + 2 N^2 d + 3 N d d_ff), visual tokens (App. A.2)",
+            "dims": self.dims.to_dict(),
+            "video_tokens": total,
+            "kept_tokens": kept,
+            "kept_tflops": tflops(prefill_flops(kept, self.dims)),
+            "nominal_tokens": nominal_tokens(retention, total),
+            "paper_tflops": tflops(paper_flops(retention, self.dims, total)),
+        }
+
+    def unavailable_row(self, name: str, variant: str, reason: str, status: str = UNAVAILABLE) -> Row:
+        return Row(name, variant, "-", None, status=status, reason=reason)
+
+    def run_backend(self, name: str, variant: str = "eager", artifacts: Path | None = None) -> list[Row]:
+        """Measure every case on backend ``name``; returns its rows (one row with the reason when it
+        cannot run). Never raises for a backend problem: a failure becomes a ``failed`` row."""
+        try:
+            backend = load_backend(self.cfg, name, variant, artifacts)
+        except Unavailable as exc:
+            return [self.unavailable_row(name, variant if name == "torch" else "-", str(exc))]
+        except (InfomergeError, ImportError, OSError, RuntimeError) as exc:
+            return [self.unavailable_row(name, variant, f"{type(exc).__name__}: {exc}", FAILED)]
+        try:
+            return self._measure_backend(backend)
+        except (InfomergeError, ImportError, OSError, RuntimeError, ValueError) as exc:
+            return [
+                self.unavailable_row(backend.name, backend.variant, f"{type(exc).__name__}: {exc}", FAILED)
+            ]
+        finally:
+            backend.pipe.close()
+            del backend
+            gc.collect()
+
+    def _measure_backend(self, be: LoadedBackend) -> list[Row]:
+        cfg, pipe, ref = self.cfg, be.pipe, self.ref
+        is_ref = ref.name is None
+        if is_ref:
+            ref.name = f"{be.name}/{be.variant}"
+        check_vision = CrossCheck(ref.name)
+        vision = self._measure(lambda: pipe.encode(self.decoded.pixel_values))
+        self.advance(f"{be.name}: vision encoder")
+        if is_ref:
+            ref.features = vision.output
+        else:
+            worst = max(
+                _rel_diff(getattr(vision.output, k), getattr(ref.features, k)) for k in ("H", "A", "g")
+            )
+            check_vision.add("vision", "max rel |diff| of H, A, g", worst, cfg.tolerances.vision, False)
+        prompt = pipe.prompt_ids(cfg.prompt) if cfg.prompt else pipe.prompt_ids()
+        cap = cfg.decode_tokens + 1  # KV slots beyond the prompt
+        rows = []
+        for method, retention in cfg.cases():
+            key = (method, retention)
+            check = CrossCheck(ref.name, list(check_vision.details))
+            pipe.compressor = be.compressor_for(method, retention)
+            comp = self._measure(lambda: pipe.compress(ref.features))
+            self.advance(f"{be.name}: compress {method} r={retention:g}")
+            if is_ref:
+                ref.kept[key] = comp.output
+            elif method != BASELINE_METHOD:
+                check.add(
+                    "compression",
+                    "kept-index Jaccard",
+                    _jaccard(comp.output.index, ref.kept[key].index),
+                    cfg.tolerances.index,
+                    True,
+                )
+            kept = ref.kept[key]
+            asm = self._measure(lambda kept=kept: pipe.assemble(kept, prompt))
+            self.advance(f"{be.name}: assemble")
+            assembled = asm.output
+            prefill = self._measure(lambda a=assembled: pipe.prefill(a, cap))
+            self.advance(f"{be.name}: prefill")
+            if is_ref:
+                ref.logits[key] = prefill.output
+            else:
+                check.add(
+                    "prefill",
+                    "first-token logits cosine",
+                    _cosine(prefill.output, ref.logits[key]),
+                    cfg.tolerances.logits,
+                    True,
+                )
+            first = int(np.argmax(prefill.output))
+            start = assembled.next_position
+
+            def decode_loop(first=first, start=start):
+                token = first
+                for i in range(cfg.decode_tokens):
+                    token = int(np.argmax(pipe.llm.step(token, start + i)))
+                return token
+
+            decode = self._measure(decode_loop, setup=lambda a=assembled: pipe.prefill(a, cap))
+            self.advance(f"{be.name}: decode")
+            ttft = self._ttft(pipe) if cfg.ttft_runs > 0 else None
+            self.advance(f"{be.name}: time to first token")
+            row = Row(
+                be.name,
+                be.variant,
+                method,
+                retention,
+                visual_tokens=assembled.video_tokens,
+                stages={
+                    "decode_preprocess": self.decode_stage,
+                    "vision": vision,
+                    "compression": comp,
+                    "assemble": asm,
+                    "prefill": prefill,
+                    "decode": decode,
+                },
+                ttft=ttft,
+                decode_tokens=cfg.decode_tokens,
+                flops=self.flops(int(kept.index.numel()), retention),
+                check=None if is_ref else check.to_dict(),
+            )
+            if not is_ref and not check.ok:
+                row.status, row.reason = MISMATCH, check.failures()
+            for m in (comp, asm, prefill, decode):
+                m.output = None  # keep no tensors alive past their row
+            rows.append(row)
+        vision.output = None
+        return rows
+
+    def _ttft(self, pipe) -> Measurement:
+        """End-to-end requests (video file -> first token) with this backend's own chain."""
+        samples: list[float] = []
+
+        def request():
+            answer = pipe.generate(self.cfg.video, self.cfg.prompt or _default_prompt(), max_new_tokens=1)
+            samples.append(answer.timings.ttft_ms)
+
+        m = measure(request, runs=self.cfg.ttft_runs, warmup=0, device=self.cfg.device)
+        return Measurement(summarize(samples), m.peak_memory_bytes, m.memory_kind)
+
+
+def _default_prompt() -> str:
+    from infomerge.runtime.embeddings import DEFAULT_PROMPT
+
+    return DEFAULT_PROMPT
+
+
+__all__ = [
+    "BACKENDS",
+    "BenchConfig",
+    "CrossCheck",
+    "LoadedBackend",
+    "StageBench",
+    "Tolerances",
+    "Unavailable",
+    "compress_graph",
+    "export_artifacts",
+    "load_backend",
+    "trt_unavailable_reason",
+]

@@ -1,0 +1,223 @@
+"""Benchmark harness: timing statistics, memory probe, report files, and ``infomerge-bench`` end to end."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+import pytest
+
+from infomerge.bench import timing
+from infomerge.bench.results import MISMATCH, OK, UNAVAILABLE, Row, fill_speedups
+from infomerge.bench.timing import Measurement, measure, speedup, summarize
+
+
+def _p90_by_hand(xs):
+    """Linear-interpolation percentile, written out (rank 0.9 * (n - 1) between order statistics)."""
+    s = sorted(xs)
+    rank = 0.9 * (len(s) - 1)
+    lo = int(rank)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (rank - lo) * (s[hi] - s[lo])
+
+
+@pytest.mark.parametrize(
+    "xs",
+    [[5.0], [3.0, 1.0], [1.0, 2.0, 3.0, 4.0, 100.0], [float(i * i % 17) for i in range(1, 24)], [2.5] * 7],
+)
+def test_summarize_matches_independent_computation(xs):
+    st = summarize(xs)
+    assert st.median_ms == pytest.approx(statistics.median(xs))
+    assert st.p90_ms == pytest.approx(_p90_by_hand(xs))
+    assert st.mean_ms == pytest.approx(statistics.fmean(xs))
+    assert st.std_ms == pytest.approx(statistics.pstdev(xs))
+    assert (st.min_ms, st.max_ms, st.runs) == (min(xs), max(xs), len(xs))
+    assert list(st.samples_ms) == xs
+
+
+def test_summarize_rejects_bad_samples():
+    for bad in ([], [1.0, -1.0], [float("nan")]):
+        with pytest.raises(ValueError):
+            summarize(bad)
+
+
+def test_measure_counts_warmups_and_times_sleep():
+    calls = []
+
+    def fn():
+        calls.append(1)
+        time.sleep(0.01)
+        return len(calls)
+
+    m = measure(fn, runs=4, warmup=2)
+    assert len(calls) == 6
+    assert m.stats.runs == 4
+    assert m.output == 6  # the last run's return value
+    assert 9.0 <= m.stats.median_ms < 60.0
+    assert m.memory_kind == "rss" and m.peak_memory_bytes > 0
+    with pytest.raises(ValueError):
+        measure(fn, runs=0)
+
+
+def test_peak_rss_sees_a_transient_allocation():
+    import numpy as np
+
+    before = timing.current_rss()
+    m = measure(lambda: np.ones(40 * 2**20 // 8).sum(), runs=1, warmup=0)  # 40 MiB, freed at once
+    assert m.peak_memory_bytes >= before + 30 * 2**20
+
+
+def test_speedups_against_the_baseline_row():
+    def meas(ms):
+        return Measurement(summarize([ms]), None, "none")
+
+    base = Row("torch", "eager", "none", 1.0, stages={"prefill": meas(100.0)}, ttft=meas(400.0))
+    r15 = Row("torch", "eager", "infomerge", 0.15, stages={"prefill": meas(20.0)}, ttft=meas(160.0))
+    other = Row("ort", "cpu-ep", "infomerge", 0.15, stages={"prefill": meas(5.0)}, ttft=meas(5.0))
+    missing = Row("trt", "-", "infomerge", 0.15, status=UNAVAILABLE, reason="TensorRT not installed")
+    fill_speedups([base, r15, other, missing])
+    assert base.prefill_speedup == 1.0
+    assert r15.prefill_speedup == pytest.approx(5.0)
+    assert r15.ttft_speedup == pytest.approx(2.5)
+    assert other.prefill_speedup is None  # no ORT baseline in this list
+    assert missing.prefill_speedup is None
+    assert speedup(None, 1.0) is None and speedup(1.0, 0.0) is None
+
+
+def test_report_files(tmp_path):
+    from rich.console import Console
+
+    from infomerge.bench import report
+
+    def meas(ms):
+        return Measurement(summarize([ms, ms * 1.1]), 2**20, "rss")
+
+    def stages(k):
+        names = ("decode_preprocess", "vision", "compression", "assemble", "prefill", "decode")
+        return {s: meas(k * v) for s, v in zip(names, (5, 20, 1, 0.5, 40, 30))}
+
+    rows = [
+        Row("torch", "eager", "none", 1.0, stages=stages(1.0), ttft=meas(66), flops={"kept_tflops": 1.0}),
+        Row(
+            "torch",
+            "eager",
+            "infomerge",
+            0.15,
+            stages=stages(0.5),
+            ttft=meas(30),
+            flops={"kept_tflops": 0.15},
+        ),
+        Row(
+            "ort",
+            "cpu-ep",
+            "none",
+            1.0,
+            status=MISMATCH,
+            reason="vision max|diff| 0.5",
+            stages=stages(1.0),
+            ttft=meas(60),
+        ),
+        Row("trt", "-", "none", 1.0, status=UNAVAILABLE, reason="TensorRT not installed"),
+    ]
+    fill_speedups(rows)
+    console = Console(record=True, width=250)
+    console.print(report.table(rows))
+    text = console.export_text()
+    assert "CHECK FAILED [1]" in text and "unavailable [2]" in text and "2.00x" in text
+    assert report.footnotes(rows) == [
+        "[1] ort/cpu-ep: vision max|diff| 0.5",
+        "[2] trt/-: TensorRT not installed",
+    ]
+    js = report.write_json(tmp_path / "r" / "results.json", {"rows": rows})
+    data = json.loads(js.read_text())
+    assert data["rows"][1]["prefill_speedup"] == pytest.approx(2.0)
+    assert data["rows"][0]["stages"]["vision"]["samples_ms"] == [20.0, 22.0]
+    png = report.plot(rows, tmp_path / "r" / "plot.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["plot.png", "results.json"]
+    assert rows[0].status == OK
+
+
+def test_infomerge_bench_tiny_end_to_end(tmp_path, capsys):
+    """`infomerge-bench --backbone tiny` with small runs: every stage on torch and ort, the trt row with its
+    reason, table, results.json and plot. A strict logits tolerance makes the int4 ORT LLM fail its
+    cross-check, which must flag the ort rows (still measured) and leave the torch rows ok."""
+    from infomerge.bench.cli import PLOT_PNG, RESULTS_JSON, main
+    from infomerge.bench.results import STAGES
+
+    out = tmp_path / "out"
+    argv = [
+        "--backbone",
+        "tiny",
+        "--frames",
+        "4",
+        "--retention",
+        "1.0",
+        "0.15",
+        "--runs",
+        "2",
+        "--warmup",
+        "1",
+        "--ttft-runs",
+        "1",
+        "--decode-tokens",
+        "2",
+        "--tol-logits",
+        "0.999999",
+        "--device",
+        "cpu",
+        "--output",
+        str(out),
+        "--work",
+        str(tmp_path / "work"),
+    ]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "torch/eager" in text and "ort/cpu-ep" in text and "trt/-" in text
+    assert "CHECK FAILED" in text and "first-token logits cosine" in text
+
+    data = json.loads((out / RESULTS_JSON).read_text())
+    assert data["command"].startswith("infomerge-bench --backbone tiny")
+    assert data["machine"]["cpu"] and "torch" in data["machine"]["libraries"]
+    rows = {(r["backend"], r["method"], r["retention"]): r for r in data["rows"]}
+    assert set(rows) == {
+        ("torch", "none", 1.0),
+        ("torch", "infomerge", 0.15),
+        ("ort", "none", 1.0),
+        ("ort", "infomerge", 0.15),
+        ("trt", "-", None),
+    }
+    for backend in ("torch", "ort"):
+        base, comp = rows[(backend, "none", 1.0)], rows[(backend, "infomerge", 0.15)]
+        for r in (base, comp):
+            assert set(r["stages"]) == set(STAGES)
+            for m in r["stages"].values():
+                assert m["runs"] == 2 and len(m["samples_ms"]) == 2 and m["median_ms"] >= 0
+                assert m["peak_memory_bytes"] > 0
+            assert r["ttft"]["runs"] == 1 and r["decode_tokens_per_s"] > 0
+        assert base["visual_tokens"] == 4 * 196 + 1 and comp["visual_tokens"] < 0.2 * base["visual_tokens"]
+        assert base["prefill_speedup"] == 1.0 and comp["prefill_speedup"] > 0
+        assert comp["flops"]["nominal_tokens"] == round(0.15 * 4 * 196)
+    assert rows[("torch", "none", 1.0)]["status"] == "ok" and rows[("torch", "none", 1.0)]["check"] is None
+    ort = rows[("ort", "infomerge", 0.15)]
+    assert ort["status"] == "mismatch" and not ort["check"]["ok"]
+    by_metric = {d["metric"]: d for d in ort["check"]["details"]}
+    assert by_metric["max rel |diff| of H, A, g"]["ok"]  # same fp32 vision graph
+    assert by_metric["kept-index Jaccard"]["value"] > 0.85
+    assert (
+        rows[("trt", "-", None)]["status"] == "unavailable"
+        and "TensorRT" in rows[("trt", "-", None)]["reason"]
+    )
+    assert (out / PLOT_PNG).read_bytes()[:4] == b"\x89PNG"
+    assert data["goals"] and {g["backend"] for g in data["goals"]} == {"torch/eager", "ort/cpu-ep"}
+
+
+def test_bad_usage_writes_nothing(tmp_path, capsys):
+    from infomerge.bench.cli import main
+
+    out = tmp_path / "out"
+    assert main(["--retention", "0", "--output", str(out)]) == 2
+    assert "--retention" in capsys.readouterr().err
+    assert main(["--video", str(tmp_path / "missing.mp4"), "--output", str(out)]) == 2
+    assert not out.exists()
