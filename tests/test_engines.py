@@ -25,6 +25,7 @@ from infomerge.engines.flavour import Flavour, load_flavour
 from infomerge.engines.metadata import (
     EngineMetadata,
     RuntimeInfo,
+    TargetError,
     engine_paths,
     inspect_onnx,
     normalize_cc,
@@ -237,7 +238,7 @@ def test_unknown_flavour():
 def test_compute_capability_parsing():
     assert parse_compute_capabilities("86, 89,8.6,sm_120") == ["8.6", "8.9", "12.0"]
     assert normalize_cc((8, 7)) == "8.7" and normalize_cc("sm87") == "8.7"
-    with pytest.raises(ValueError, match="compute capability"):
+    with pytest.raises(TargetError, match="compute capability"):
         normalize_cc("ampere")
 
 
@@ -495,10 +496,24 @@ def test_export_writes_the_plugin_graph_beside_the_standard_one(tiny_export):
     )  # ONNX Runtime's graph stays standard
 
 
-def test_export_without_tensorrt_fails_cleanly(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--engine", "trt"], r"infomerge\[trt\]"),
+        (["--engine", "rtx"], "give --compute-capability"),
+        (["--engine", "rtx", "--compute-capability", "87"], "Jetson Orin is 8.7"),
+        (["--engine", "rtx", "--compute-capability", "ampere"], "not a compute capability"),
+    ],
+)
+def test_export_refuses_unusable_engine_options_before_any_work(tmp_path, capsys, args, message):
+    import re
+    import time
+
     from infomerge.export import cli
 
     out = tmp_path / "x"
-    assert cli.main(["--frames", "2", "--engine", "trt", "--output", str(out)]) == 1
-    assert "infomerge[trt]" in capsys.readouterr().err
+    t0 = time.perf_counter()
+    assert cli.main(["--frames", "2", *args, "--output", str(out)]) == 1
+    assert time.perf_counter() - t0 < 10  # refused by the first step, not after the export
+    assert re.search(message, capsys.readouterr().err)
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".x")]

@@ -33,6 +33,7 @@ from pathlib import Path
 from infomerge.engines.flavour import Flavour, load_flavour
 from infomerge.engines.metadata import (
     EngineMetadata,
+    TargetError,
     atomic_write_bytes,
     engine_paths,
     inspect_onnx,
@@ -105,7 +106,7 @@ def resolve_targets(flavour: Flavour, requested: Iterable[str], device_cc: str |
     cannot build for another architecture); a request for another one is refused.
 
     Raises:
-        ValueError: a request full TensorRT cannot meet, an architecture TensorRT-RTX does not know,
+        TargetError: a request full TensorRT cannot meet, an architecture TensorRT-RTX does not know,
             or a TensorRT-RTX build with neither a request nor a GPU.
         BackendUnavailableError: full TensorRT without a visible GPU.
     """
@@ -113,14 +114,14 @@ def resolve_targets(flavour: Flavour, requested: Iterable[str], device_cc: str |
     if flavour.ahead_of_time:
         targets = requested or ([device_cc] if device_cc else [])
         if not targets:
-            raise ValueError(
+            raise TargetError(
                 "TensorRT-RTX builds ahead of time for chosen GPUs and no GPU is visible here: "
                 "give --compute-capability, e.g. 86,89 (RTX 30xx, RTX 40xx)"
             )
         known = _rtx_capabilities(flavour)
         for cc in targets:
             if known and cc not in known:
-                raise ValueError(
+                raise TargetError(
                     f"{flavour.label} cannot target compute capability {cc}; it knows {', '.join(known)}"
                     + (" (Jetson Orin is 8.7: build there with --engine trt)" if cc == "8.7" else "")
                 )
@@ -133,7 +134,7 @@ def resolve_targets(flavour: Flavour, requested: Iterable[str], device_cc: str |
     device_cc = normalize_cc(device_cc)
     others = [c for c in requested if c != device_cc]
     if others:
-        raise ValueError(
+        raise TargetError(
             f"{flavour.label} only builds for this GPU (compute capability {device_cc}), not for "
             f"{', '.join(others)}; use --engine rtx for ahead-of-time builds"
         )
@@ -259,7 +260,8 @@ def build_engine(
             on a strongly typed flavour, or a failed build (with TensorRT's errors).
         BackendUnavailableError: the flavour is not installed (names the pip extra), or full
             TensorRT without a GPU.
-        ValueError: bad compute capabilities or precision.
+        TargetError: bad or unbuildable compute capabilities.
+        ValueError: bad precision.
     """
     log = log or (lambda s: print(s, file=sys.stderr))
     onnx_path = Path(onnx_path)

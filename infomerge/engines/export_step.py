@@ -99,6 +99,21 @@ def export_compress_plugin(ctx: ExportContext) -> None:
     }
 
 
+def check_engine_options(ctx: ExportContext) -> None:
+    """Fail fast, before any export work: the flavour is installed and can build for the targets.
+
+    Raises:
+        BackendUnavailableError: the flavour is not installed (names the extra), or full TensorRT
+            without a GPU.
+        TargetError: a malformed or unbuildable ``--compute-capability``.
+    """
+    from infomerge.engines.builder import local_compute_capability, resolve_targets
+
+    flavour = load_flavour(ctx.args.engine)
+    device = None if flavour.ahead_of_time else local_compute_capability()
+    resolve_targets(flavour, parse_compute_capabilities(ctx.args.compute_capability), device)
+
+
 def build_engine_step(ctx: ExportContext) -> None:
     """Build engines for every graph written so far and describe them in ``ctx.manifest["engines"]``.
 
@@ -106,7 +121,7 @@ def build_engine_step(ctx: ExportContext) -> None:
         BackendUnavailableError: the flavour is not installed (names the extra), or full TensorRT
             without a GPU.
         ArtifactError: no graph, a graph TensorRT rejects, a failed build.
-        ValueError: bad ``--compute-capability``.
+        TargetError: bad ``--compute-capability``.
     """
     args = ctx.args
     flavour = load_flavour(args.engine)
@@ -155,6 +170,10 @@ MERGE_PLUGIN_STEPS = [
         flags=("--merge-plugin",),
         when=lambda args: getattr(args, "merge_plugin", False),
     ),
+]
+#: first: refuse unusable engine options before the export does any work
+ENGINE_CHECK_STEPS = [
+    Step("check TensorRT", check_engine_options, when=lambda args: getattr(args, "engine", "none") != "none"),
 ]
 #: last: after every graph step
 ENGINE_STEPS = [

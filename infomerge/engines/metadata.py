@@ -21,18 +21,22 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from infomerge import __version__
-from infomerge.errors import ArtifactError, EngineMismatchError
+from infomerge.errors import ArtifactError, EngineMismatchError, InfomergeError
 from infomerge.export.manifest import sha256_file
 
 METADATA_FORMAT = 1
 
 
 # --- compute capabilities ------------------------------------------------------------------------
+class TargetError(InfomergeError, ValueError):
+    """A compute capability that is malformed, or that the chosen TensorRT flavour cannot build for."""
+
+
 def normalize_cc(cc) -> str:
     """A compute capability as "major.minor": 86, "86", "8.6", "sm86", "sm_86", (8, 6) -> "8.6".
 
     Raises:
-        ValueError: for anything else.
+        TargetError: for anything else.
     """
     if isinstance(cc, tuple | list) and len(cc) == 2:
         return f"{int(cc[0])}.{int(cc[1])}"
@@ -43,7 +47,7 @@ def normalize_cc(cc) -> str:
             return f"{int(major)}.{int(minor)}"
     elif text.isdigit() and len(text) in (2, 3):
         return f"{int(text[:-1])}.{int(text[-1])}"
-    raise ValueError(f"not a compute capability: {cc!r} (write 86, 8.6 or sm86)")
+    raise TargetError(f"not a compute capability: {cc!r} (write 86, 8.6 or sm86)")
 
 
 def parse_compute_capabilities(text: str | None) -> list[str]:

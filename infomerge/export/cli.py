@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from infomerge.backbones.registry import BACKBONES, get_backbone
-from infomerge.engines.export_step import ENGINE_STEPS, MERGE_PLUGIN_STEPS
+from infomerge.engines.export_step import ENGINE_CHECK_STEPS, ENGINE_STEPS, MERGE_PLUGIN_STEPS
 from infomerge.errors import BudgetError, CheckpointNotFoundError, InfomergeError, UnknownBackboneError
 from infomerge.export.compress_step import COMPRESS_STEPS
 from infomerge.export.context import ExportContext, Step
@@ -44,7 +44,14 @@ class UsageError(InfomergeError, ValueError):
 
 def build_steps(args: argparse.Namespace) -> list[Step]:
     """The steps of this run, in order (each engineer's module contributes its list here)."""
-    steps: list[Step] = [*VISION_STEPS, *COMPRESS_STEPS, *MERGE_PLUGIN_STEPS, *LLM_STEPS, *ENGINE_STEPS]
+    steps: list[Step] = [
+        *ENGINE_CHECK_STEPS,
+        *VISION_STEPS,
+        *COMPRESS_STEPS,
+        *MERGE_PLUGIN_STEPS,
+        *LLM_STEPS,
+        *ENGINE_STEPS,
+    ]
     return [s for s in steps if s.when(args)]
 
 
