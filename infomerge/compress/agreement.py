@@ -110,8 +110,10 @@ class Row:
     keep: float
     max_diff: float
     peak: float
+    equal: float  # shared tokens equal within 1e-5 x peak
     keep_seg: float
     max_diff_seg: float
+    equal_seg: float
     segments: int
     bk_differ: int  # segments whose B_k differ: richness estimate vs exact (static split)
     bk_max: int
@@ -123,15 +125,21 @@ def _shared(ref_index: torch.Tensor, st_index: torch.Tensor):
     return [(i, pos[int(x)]) for i, x in enumerate(ref_index.tolist()) if int(x) in pos]
 
 
-def compare(ref, tokens: torch.Tensor, index: torch.Tensor) -> tuple[float, float]:
-    """(fraction of ref's indices kept by the static output, max |token diff| on shared indices)."""
+def compare(ref, tokens: torch.Tensor, index: torch.Tensor) -> tuple[float, float, float]:
+    """Static output vs reference on the indices both keep.
+
+    Returns:
+        (fraction of ref's indices the static output keeps, max |token diff| on shared indices,
+        fraction of shared tokens equal within 1e-5 x the reference's peak |token|).
+    """
     pairs = _shared(ref.index, index)
     if not pairs:
-        return 0.0, float("nan")
+        return 0.0, float("nan"), float("nan")
     ri = torch.tensor([p[0] for p in pairs])
     si = torch.tensor([p[1] for p in pairs])
-    diff = (ref.tokens[ri].float() - tokens[si].float()).abs().max().item()
-    return len(pairs) / ref.index.numel(), diff
+    diff = (ref.tokens[ri].float() - tokens[si].float()).abs().amax(-1)
+    peak = float(ref.tokens.abs().max())
+    return len(pairs) / ref.index.numel(), float(diff.max()), float((diff <= 1e-5 * peak).float().mean())
 
 
 def study(backbones, videos, retentions, cache: Path | None = None, log=print) -> list[Row]:
@@ -148,9 +156,9 @@ def study(backbones, videos, retentions, cache: Path | None = None, log=print) -
                     cfg = make(r)
                     ref = reference(H, A, g, cfg)
                     dec = StaticCompressor(cfg, L, N, D).decisions(H, A, g)
-                    keep, diff = compare(ref, dec.tokens, dec.index)
+                    keep, diff, equal = compare(ref, dec.tokens, dec.index)
                     seg_t, seg_i = StaticCompressor(cfg, L, N, D, merge_scope="segment")(H, A, g)
-                    keep_seg, diff_seg = compare(ref, seg_t, seg_i)
+                    keep_seg, diff_seg, equal_seg = compare(ref, seg_t, seg_i)
                     segs = dec.segments()
                     bk_differ, bk_max, keep_exact = 0, 0, keep
                     if cfg.caba:
@@ -158,7 +166,7 @@ def study(backbones, videos, retentions, cache: Path | None = None, log=print) -
                         exact = StaticCompressor(cfg, L, N, D, richness="input").decisions(H, A, g, rich)
                         delta = (dec.segment_budget - exact.segment_budget).abs()[: len(segs)]
                         bk_differ, bk_max = int((delta > 0).sum()), int(delta.max())
-                        keep_exact, _ = compare(ref, exact.tokens, exact.index)
+                        keep_exact = compare(ref, exact.tokens, exact.index)[0]
                     row = Row(
                         bb,
                         Path(video).stem,
@@ -169,8 +177,10 @@ def study(backbones, videos, retentions, cache: Path | None = None, log=print) -
                         keep,
                         diff,
                         float(ref.tokens.abs().max()),
+                        equal,
                         keep_seg,
                         diff_seg,
+                        equal_seg,
                         len(segs),
                         bk_differ,
                         bk_max,
@@ -190,8 +200,9 @@ def table(rows: list[Row]) -> str:
     """Markdown table of :func:`study` rows."""
     head = (
         "| backbone | video | preset | r | ref kept | static kept | keep | max abs token diff (peak) "
-        "| keep, exact e_k | segments | B_k differ (max) | keep / max diff, segment scope |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| tokens equal | keep, exact e_k | segments | B_k differ (max) "
+        "| segment scope: keep / max diff / tokens equal |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for w in rows:
@@ -199,8 +210,8 @@ def table(rows: list[Row]) -> str:
         exact = f"{w.keep_exact:.3f}" if w.preset == "infomerge" else "-"
         lines.append(
             f"| {w.backbone} | {w.video} | {w.preset} | {w.retention:.2f} | {w.ref_kept} | {w.static_kept} "
-            f"| {w.keep:.3f} | {w.max_diff:.1e} ({w.peak:.2g}) | {exact} | {w.segments} | {caba} "
-            f"| {w.keep_seg:.3f} / {w.max_diff_seg:.1e} |"
+            f"| {w.keep:.3f} | {w.max_diff:.1e} ({w.peak:.2g}) | {w.equal:.3f} | {exact} | {w.segments} "
+            f"| {caba} | {w.keep_seg:.3f} / {w.max_diff_seg:.1e} / {w.equal_seg:.3f} |"
         )
     return head + "\n".join(lines) + "\n"
 

@@ -23,8 +23,10 @@ How each data-dependent step becomes static:
   becomes ``(cos + 2 [same segment]) / 3``, the same order within a segment and always above any
   other segment's anchor; the extra columns are dropped from the merged tokens, which are exactly
   the merge of the original tokens.
-- output: the kept mask (exactly B ones) -> sorted flat index through a cumsum and a one-hot
-  compare, tokens by Gather.
+- compaction (anchor slots, the output): a cumsum gives every True entry of a mask its slot and
+  every False entry a distinct slot past the end; one plain ScatterElements (distinct indices, no
+  reduction) writes the positions, and the first k slots are the sorted positions (:func:`compact`).
+  The output is the kept mask (exactly B ones) compacted to B sorted flat indices; tokens by Gather.
 
 Integer-exact counts ([D] for this variant, see docs/compression.md):
 
@@ -106,6 +108,28 @@ def largest_remainder(share: torch.Tensor, total: int | torch.Tensor, valid: tor
     up = (rank_desc(torch.where(valid, rem, _NEG)) < missing) & valid
     down = (rank_asc(torch.where(valid & (base_i > 0), rem, float("inf"))) < -missing) & valid
     return base_i + up.to(torch.int64) - down.to(torch.int64)
+
+
+def compact(mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of the first ``k`` True entries of a 1-D mask, in order, with a static ``k``.
+
+    The i-th True entry goes to slot i, every False entry to its own slot past ``k`` (so all
+    scatter indices are distinct: a plain ScatterElements, no reduction, no NonZero).
+
+    Args:
+        mask: (M,) bool.
+        k: the number of slots (static).
+
+    Returns:
+        ``(index (k,) int64, used (k,) bool)``; unused slots (fewer than ``k`` True entries) hold 0.
+    """
+    m = mask.shape[0]
+    on = mask.to(torch.int64)
+    slot = torch.where(mask, torch.cumsum(on, 0) - 1, k + torch.cumsum(1 - on, 0) - 1)
+    positions = torch.arange(m, device=mask.device)
+    index = torch.zeros(k + m, dtype=torch.int64, device=mask.device).scatter(0, slot, positions)[:k]
+    used = torch.zeros(k + m, dtype=torch.int64, device=mask.device).scatter(0, slot, on)[:k] > 0
+    return index, used
 
 
 @dataclass
@@ -406,7 +430,6 @@ class StaticCompressor(nn.Module):
         anchors_flat = anchors.reshape(flat_n)
         rank_flat = anchor_rank.unsqueeze(1).expand(L, N).reshape(flat_n)
         naf_flat = n_af.unsqueeze(1).expand(L, N).reshape(flat_n)
-        positions = torch.arange(flat_n, device=dev)
         merged_parts, slot_of_token = [], torch.zeros(flat_n, dtype=torch.int64, device=dev)
         offset = 0
         for j, kj in enumerate(self.rank_slots):
@@ -414,11 +437,8 @@ class StaticCompressor(nn.Module):
                 continue
             am = anchors_flat & (rank_flat == j) if self.merge_scope == "anchor_frame" else anchors_flat
             pos = torch.cumsum(am.to(torch.int64), 0) - 1
-            slots = torch.arange(kj, device=dev)
-            hit = (pos.unsqueeze(0) == slots.unsqueeze(1)) & am.unsqueeze(0)  # (K_j, LN)
-            hit64 = hit.to(torch.int64)
-            slot_index = (hit64 * positions.unsqueeze(0)).sum(1)
-            slot_valid = hit64.sum(1).to(f32)
+            slot_index, slot_used = compact(am, kj)
+            slot_valid = slot_used.to(f32)
             member = (cand_flat & (naf_flat > j) if self.merge_scope == "anchor_frame" else cand_flat).to(f32)
             merged = self.merge_impl(xt, member, slot_index, slot_valid, cfg.anchor_weight)
             merged_parts.append(merged[:, :D])
@@ -428,11 +448,7 @@ class StaticCompressor(nn.Module):
 
         # ---- step 7: sorted output ---------------------------------------------------------------
         B = self.budget
-        kept_flat = kept.reshape(flat_n)
-        kpos = torch.cumsum(kept_flat.to(torch.int64), 0) - 1
-        out_slots = torch.arange(B, device=dev)
-        ohit = ((kpos.unsqueeze(0) == out_slots.unsqueeze(1)) & kept_flat.unsqueeze(0)).to(torch.int64)
-        index = (ohit * positions.unsqueeze(0)).sum(1)  # (B,) sorted
+        index, _ = compact(kept.reshape(flat_n), B)  # (B,) sorted: exactly B kept
         is_anchor_out = anchors_flat.index_select(0, index)
         from_merge = merged_all.index_select(0, slot_of_token.index_select(0, index))
         from_h = xf.index_select(0, index)
@@ -489,4 +505,4 @@ class StaticCompressor(nn.Module):
         return torch.where(cand, rho * delta, _NEG)
 
 
-__all__ = ["StaticCompressor", "StaticDecisions", "largest_remainder", "rank_asc", "rank_desc"]
+__all__ = ["StaticCompressor", "StaticDecisions", "compact", "largest_remainder", "rank_asc", "rank_desc"]
