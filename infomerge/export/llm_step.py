@@ -90,7 +90,7 @@ def export_llm(
         log_file: where the builder's console output goes (default ``out_dir/builder.log``).
 
     Returns:
-        The manifest entry: files, precision, EP, builder options and versions, graph inputs.
+        The manifest entry: precision, EP, builder and its options, graph inputs and op types.
 
     Raises:
         BackendUnavailableError: onnxruntime-genai is not installed.
@@ -165,7 +165,6 @@ def export_llm(
             "inputs": inputs,
             "ops": ops,
             "embed_dtype": str(embed.dtype),
-            "files": sorted(p.name for p in build.iterdir()),
         }
         (build / "llm_export.json").write_text(json.dumps(entry, indent=2) + "\n")
         if out.exists():

@@ -129,6 +129,8 @@ def run(args) -> dict:
     console = Console(highlight=False, soft_wrap=True)
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.no_compression and (args.compress_backend or args.method):
+        raise ValueError("--no-compression keeps every token: drop --compress-backend / --method")
     sampling = Sampling(args.sample, args.temperature, args.top_k, args.top_p, args.seed)
     video = args.video or sample_video()
     # Decoding starts before the models load: the two overlap.
