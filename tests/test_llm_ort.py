@@ -227,3 +227,21 @@ def test_cuda_without_cuda_ep_names_the_extra(exported):
 def test_missing_llm_files(tmp_path):
     with pytest.raises(ArtifactError, match="infomerge-export --llm"):
         OrtLLM(tmp_path)
+
+
+def test_export_cli_has_the_llm_step():
+    from infomerge.export.cli import build_parser, build_steps
+
+    args = build_parser().parse_args(["--llm", "int4", "--llm-ep", "cpu"])
+    assert any(s.name.startswith("build LLM") for s in build_steps(args))
+    assert not any(s.name.startswith("build LLM") for s in build_steps(build_parser().parse_args([])))
+
+
+def test_llm_step_refuses_random_weights(tmp_path):
+    from types import SimpleNamespace
+
+    from infomerge.export.llm_step import run_llm_step
+
+    ctx = SimpleNamespace(args=SimpleNamespace(random_weights=True, llm="int4"))
+    with pytest.raises(ArtifactError, match="random-weights"):
+        run_llm_step(ctx)
