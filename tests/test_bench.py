@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 
@@ -139,12 +140,28 @@ def test_report_files(tmp_path):
     assert rows[0].status == OK
 
 
-def test_infomerge_bench_tiny_end_to_end(tmp_path, capsys):
+def _fake_tegrastats(tmp_path, monkeypatch):
+    """A stand-in `tegrastats` on PATH printing one Orin-format line every 50 ms (GPU 37 %, VDD_IN 5 W)."""
+    line = (
+        "RAM 2448/7620MB (lfb 2x4MB) SWAP 0/3810MB (cached 0MB) CPU [1%@729,2%@729] GR3D_FREQ 37% "
+        "VDD_IN 5000mW/5000mW"
+    )
+    exe = tmp_path / "bin" / "tegrastats"
+    exe.parent.mkdir()
+    exe.write_text(f"#!/bin/sh\nwhile true; do echo '{line}'; sleep 0.05; done\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{exe.parent}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_infomerge_bench_tiny_end_to_end(tmp_path, capsys, monkeypatch):
     """`infomerge-bench --backbone tiny` with small runs: every stage on torch and ort, the trt row with its
     reason, table, results.json and plot. A strict logits tolerance makes the int4 ORT LLM fail its
-    cross-check, which must flag the ort rows (still measured) and leave the torch rows ok."""
+    cross-check, which must flag the ort rows (still measured) and leave the torch rows ok. A stand-in
+    tegrastats checks the --tegrastats wiring."""
     from infomerge.bench.cli import PLOT_PNG, RESULTS_JSON, main
     from infomerge.bench.results import STAGES
+
+    _fake_tegrastats(tmp_path, monkeypatch)
 
     out = tmp_path / "out"
     argv = [
@@ -171,6 +188,7 @@ def test_infomerge_bench_tiny_end_to_end(tmp_path, capsys):
         str(out),
         "--work",
         str(tmp_path / "work"),
+        "--tegrastats",
     ]
     assert main(argv) == 0
     text = capsys.readouterr().out
@@ -211,6 +229,11 @@ def test_infomerge_bench_tiny_end_to_end(tmp_path, capsys):
     )
     assert (out / PLOT_PNG).read_bytes()[:4] == b"\x89PNG"
     assert data["goals"] and {g["backend"] for g in data["goals"]} == {"torch/eager", "ort/cpu-ep"}
+    tele = data["telemetry"]
+    assert set(tele) == {"torch/eager", "ort/cpu-ep", "trt/-"}
+    assert tele["torch/eager"]["gpu_load_pct"]["peak"] == 37.0
+    assert tele["ort/cpu-ep"]["power_mw"]["VDD_IN"]["avg"] == 5000.0
+    assert "tegrastats torch/eager" in text
 
 
 def test_bad_usage_writes_nothing(tmp_path, capsys):

@@ -188,9 +188,6 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError("--runs must be >= 1, --warmup and --ttft-runs >= 0")
     if args.decode_tokens < 1:
         raise UsageError("--decode-tokens must be >= 1")
-    frames = args.frames if args.frames is not None else bb.frames
-    if frames < 2:
-        raise UsageError(f"--frames must be >= 2, got {frames}")
     if args.random_weights and args.model_path is not None:
         raise UsageError("--random-weights builds its own checkpoint; drop --model-path or --random-weights")
     if args.model_path is not None and not args.model_path.is_dir():
@@ -201,12 +198,23 @@ def _check(args: argparse.Namespace) -> None:
         from infomerge.errors import VideoNotFoundError
 
         raise VideoNotFoundError(args.video, "no such file (--video)")
-    if args.artifacts is not None and not (args.artifacts / "manifest.json").is_file():
-        from infomerge.errors import ArtifactError
+    if args.artifacts is not None:
+        from infomerge.export.manifest import load_manifest
 
-        raise ArtifactError(
-            f"--artifacts {args.artifacts}: no manifest.json (not an infomerge-export directory)"
-        )
+        manifest = load_manifest(args.artifacts)  # ArtifactError when it is no export directory
+        exported = manifest.get("backbone", {}).get("name")
+        if exported != bb.name:
+            raise UsageError(f"--artifacts {args.artifacts} holds {exported!r}, not --backbone {bb.name}")
+        if args.frames is None:
+            args.frames = int(manifest.get("frames") or bb.frames)
+        elif int(manifest.get("frames") or bb.frames) != args.frames:
+            raise UsageError(
+                f"--artifacts {args.artifacts} was exported for {manifest.get('frames')} frames, "
+                f"not --frames {args.frames}"
+            )
+    frames = args.frames if args.frames is not None else bb.frames
+    if frames < 2:
+        raise UsageError(f"--frames must be >= 2, got {frames}")
     if args.device == "cuda":
         import torch
 
@@ -336,10 +344,10 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> tuple[dict, 
                         )
                         progress.update(task, advance=bench.steps_per_backend())
                         continue
-            sampler = _start_tegrastats(args, telemetry, name, variant, console)
+            sampler = _start_tegrastats(telemetry, console) if args.tegrastats else None
             got = bench.run_backend(name, variant, artifacts)
             if sampler is not None:
-                telemetry[f"{name}/{variant}"] = _stop_tegrastats(sampler)
+                telemetry[f"{got[0].backend}/{got[0].variant}"] = _stop_tegrastats(sampler)
             rows += got
             if len(got) == 1 and got[0].retention is None:  # could not run: skip its progress steps
                 progress.update(task, advance=bench.steps_per_backend(), step=got[0].status)
@@ -398,14 +406,15 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> tuple[dict, 
     output.mkdir(parents=True, exist_ok=True)
     report.write_json(output / RESULTS_JSON, payload)
     report.plot(rows, output / PLOT_PNG, title=title)
+    _print_telemetry(console, telemetry)
     _print_goals(console, payload["goals"], device)
     console.print(f"wrote {output / RESULTS_JSON} and {output / PLOT_PNG}")
     return payload, rows
 
 
-def _start_tegrastats(args, telemetry: dict, name: str, variant: str, console):
-    if not args.tegrastats:
-        return None
+def _start_tegrastats(telemetry: dict, console):
+    """A started :class:`~infomerge.jetson.tegrastats.TegrastatsSampler`, or None (reason in
+    ``telemetry["error"]``, printed once) where tegrastats cannot run."""
     from infomerge.jetson.tegrastats import TegrastatsError, TegrastatsSampler
 
     try:
@@ -418,8 +427,30 @@ def _start_tegrastats(args, telemetry: dict, name: str, variant: str, console):
 
 
 def _stop_tegrastats(sampler) -> dict:
-    sampler.stop()
-    return sampler.summary()
+    """The sampler's summary (averages and peaks), or {"error": ...} when tegrastats failed."""
+    from infomerge.jetson.tegrastats import TegrastatsError
+
+    try:
+        return sampler.stop()
+    except TegrastatsError as exc:
+        return {"error": str(exc)}
+
+
+def _print_telemetry(console, telemetry: dict) -> None:
+    """One line per backend: GPU load, RAM and power rails, average / peak."""
+
+    def stat(d, unit):
+        return "-" if not d else f"{d['avg']:.0f}/{d['peak']:.0f}{unit}"
+
+    for key, t in telemetry.items():
+        if key == "error" or "error" in t:
+            continue
+        rails = ", ".join(f"{name} {stat(v, ' mW')}" for name, v in (t.get("power_mw") or {}).items())
+        console.print(
+            f"tegrastats {key} (avg/peak of {t['samples']} samples): "
+            f"GPU load {stat(t['gpu_load_pct'], '%')}, RAM {stat(t['ram_used_mb'], ' MB')}"
+            + (f", {rails}" if rails else ", no power rails (run as root)")
+        )
 
 
 def _print_goals(console, goals: list[dict], device: str) -> None:

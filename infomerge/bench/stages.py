@@ -41,7 +41,7 @@ import torch
 from infomerge.bench.flops import dims_from_config, nominal_tokens, paper_flops, prefill_flops, tflops
 from infomerge.bench.results import BASELINE_METHOD, FAILED, MISMATCH, UNAVAILABLE, Row
 from infomerge.bench.timing import Measurement, measure, summarize
-from infomerge.errors import BackendUnavailableError, InfomergeError
+from infomerge.errors import ArtifactError, BackendUnavailableError, InfomergeError
 
 BACKENDS = ("torch", "ort", "trt")
 # TensorRT-RTX runs on desktop / laptop RTX GPUs only (spec deployment.md)
@@ -208,7 +208,17 @@ def export_artifacts(cfg: BenchConfig, console=None) -> Path:
     """
     from infomerge.export.cli import build_parser, run_export
 
-    out = Path(cfg.work) / f"{cfg.backbone}-f{cfg.frames}-{cfg.llm_precision}"
+    engine = None
+    if "trt" in cfg.backends and trt_unavailable_reason(cfg.device) is None:
+        from infomerge.engines.flavour import load_flavour
+
+        try:
+            engine = load_flavour("trt").name
+        except BackendUnavailableError:
+            engine = "rtx"
+    ep = "cuda" if cfg.device.startswith("cuda") else "cpu"
+    name = f"{cfg.backbone}-f{cfg.frames}-{cfg.llm_precision}-{ep}" + (f"-{engine}" if engine else "")
+    out = Path(cfg.work) / name
     if (out / "manifest.json").is_file():
         return out
     first = next(((m, r) for m, r in cfg.cases() if m != BASELINE_METHOD), ("infomerge", 0.15))
@@ -226,16 +236,23 @@ def export_artifacts(cfg: BenchConfig, console=None) -> Path:
         "--llm",
         cfg.llm_precision,
         "--llm-ep",
-        "cuda" if cfg.device.startswith("cuda") else "cpu",
+        ep,
         "--output",
         str(out),
     ]
-    if cfg.backbone == "tiny":  # the tiny checkpoint is found without --model-path
-        argv = argv[:2] + argv[4:]
+    if engine:
+        argv += ["--engine", engine]
     if cfg.video is not None:
         argv += ["--video", str(cfg.video)]
     run_export(build_parser().parse_args(argv), ["infomerge-export", *argv], console=console)
     return out
+
+
+def _exported_compress(artifacts: Path) -> dict | None:
+    """The manifest entry of the artifact directory's compress graph (method, retention, file)."""
+    from infomerge.export.manifest import load_manifest
+
+    return load_manifest(artifacts).get("graphs", {}).get("compress")
 
 
 def compress_graph(cfg: BenchConfig, artifacts: Path, method: str, retention: float) -> Path:
@@ -243,9 +260,7 @@ def compress_graph(cfg: BenchConfig, artifacts: Path, method: str, retention: fl
     for them, else one exported into ``cfg.work/compress/`` (``StaticCompressor`` traced as
     ``infomerge-export`` does it; its agreement with the reference is the benchmark's cross-check).
     """
-    from infomerge.export.manifest import load_manifest
-
-    entry = load_manifest(artifacts).get("graphs", {}).get("compress")
+    entry = _exported_compress(artifacts)
     if entry and entry.get("method") == method and abs(float(entry.get("retention", -1)) - retention) < 1e-9:
         return artifacts / entry["file"]
     path = (
@@ -339,6 +354,13 @@ def load_backend(cfg: BenchConfig, name: str, variant: str, artifacts: Path | No
             return TorchCompressor(make_config(method, retention))
         if name == "ort":
             return OrtCompressor(compress_graph(cfg, artifacts, method, retention), cfg.device)
+        entry = _exported_compress(artifacts)
+        if entry is None or (entry.get("method"), float(entry.get("retention", -1))) != (method, retention):
+            have = f"{entry.get('method')} at r={entry.get('retention')}" if entry else "no compress graph"
+            raise ArtifactError(
+                f"{artifacts}: its compress engine is for {have}; TensorRT rows need "
+                f"`infomerge-export --method {method} --retention {retention} --engine trt`"
+            )
         return TrtCompressor(artifacts)
 
     return LoadedBackend(
@@ -417,7 +439,7 @@ class StageBench:
             backend = load_backend(self.cfg, name, variant, artifacts)
         except Unavailable as exc:
             return [self.unavailable_row(name, variant if name == "torch" else "-", str(exc))]
-        except (InfomergeError, ImportError, OSError, RuntimeError) as exc:
+        except (InfomergeError, ImportError, OSError, RuntimeError, ValueError) as exc:
             return [self.unavailable_row(name, variant, f"{type(exc).__name__}: {exc}", FAILED)]
         try:
             return self._measure_backend(backend)
@@ -431,94 +453,108 @@ class StageBench:
             gc.collect()
 
     def _measure_backend(self, be: LoadedBackend) -> list[Row]:
+        """Vision once, then every case; a case that raises becomes a ``failed`` row of its own."""
         cfg, pipe, ref = self.cfg, be.pipe, self.ref
-        is_ref = ref.name is None
-        if is_ref:
-            ref.name = f"{be.name}/{be.variant}"
-        check_vision = CrossCheck(ref.name)
+        label = f"{be.name}/{be.variant}"
         vision = self._measure(lambda: pipe.encode(self.decoded.pixel_values))
         self.advance(f"{be.name}: vision encoder")
-        if is_ref:
-            ref.features = vision.output
-        else:
+        if ref.name is None:  # the first backend whose vision ran is the reference
+            ref.name, ref.features = label, vision.output
+        vision_check = CrossCheck(ref.name)
+        if ref.name != label:
             worst = max(
                 _rel_diff(getattr(vision.output, k), getattr(ref.features, k)) for k in ("H", "A", "g")
             )
-            check_vision.add("vision", "max rel |diff| of H, A, g", worst, cfg.tolerances.vision, False)
+            vision_check.add("vision", "max rel |diff| of H, A, g", worst, cfg.tolerances.vision, False)
+        vision.output = None
         prompt = pipe.prompt_ids(cfg.prompt) if cfg.prompt else pipe.prompt_ids()
-        cap = cfg.decode_tokens + 1  # KV slots beyond the prompt
         rows = []
         for method, retention in cfg.cases():
-            key = (method, retention)
-            check = CrossCheck(ref.name, list(check_vision.details))
-            pipe.compressor = be.compressor_for(method, retention)
-            comp = self._measure(lambda: pipe.compress(ref.features))
-            self.advance(f"{be.name}: compress {method} r={retention:g}")
-            if is_ref:
-                ref.kept[key] = comp.output
-            elif method != BASELINE_METHOD:
-                check.add(
-                    "compression",
-                    "kept-index Jaccard",
-                    _jaccard(comp.output.index, ref.kept[key].index),
-                    cfg.tolerances.index,
-                    True,
+            try:
+                rows.append(self._measure_case(be, vision, vision_check, prompt, method, retention))
+            except (InfomergeError, ImportError, OSError, RuntimeError, ValueError) as exc:
+                rows.append(
+                    Row(
+                        be.name,
+                        be.variant,
+                        method,
+                        retention,
+                        status=FAILED,
+                        reason=f"{type(exc).__name__}: {exc}",
+                    )
                 )
-            kept = ref.kept[key]
-            asm = self._measure(lambda kept=kept: pipe.assemble(kept, prompt))
-            self.advance(f"{be.name}: assemble")
-            assembled = asm.output
-            prefill = self._measure(lambda a=assembled: pipe.prefill(a, cap))
-            self.advance(f"{be.name}: prefill")
-            if is_ref:
-                ref.logits[key] = prefill.output
-            else:
-                check.add(
-                    "prefill",
-                    "first-token logits cosine",
-                    _cosine(prefill.output, ref.logits[key]),
-                    cfg.tolerances.logits,
-                    True,
-                )
-            first = int(np.argmax(prefill.output))
-            start = assembled.next_position
-
-            def decode_loop(first=first, start=start):
-                token = first
-                for i in range(cfg.decode_tokens):
-                    token = int(np.argmax(pipe.llm.step(token, start + i)))
-                return token
-
-            decode = self._measure(decode_loop, setup=lambda a=assembled: pipe.prefill(a, cap))
-            self.advance(f"{be.name}: decode")
-            ttft = self._ttft(pipe) if cfg.ttft_runs > 0 else None
-            self.advance(f"{be.name}: time to first token")
-            row = Row(
-                be.name,
-                be.variant,
-                method,
-                retention,
-                visual_tokens=assembled.video_tokens,
-                stages={
-                    "decode_preprocess": self.decode_stage,
-                    "vision": vision,
-                    "compression": comp,
-                    "assemble": asm,
-                    "prefill": prefill,
-                    "decode": decode,
-                },
-                ttft=ttft,
-                decode_tokens=cfg.decode_tokens,
-                flops=self.flops(int(kept.index.numel()), retention),
-                check=None if is_ref else check.to_dict(),
-            )
-            if not is_ref and not check.ok:
-                row.status, row.reason = MISMATCH, check.failures()
-            for m in (comp, asm, prefill, decode):
-                m.output = None  # keep no tensors alive past their row
-            rows.append(row)
-        vision.output = None
         return rows
+
+    def _measure_case(self, be, vision, vision_check, prompt, method: str, retention: float) -> Row:
+        """Compression, assembly, prefill, decode and TTFT of one (method, retention) on one backend.
+
+        Inputs are the reference's: its features, and its kept tokens for this case (a backend that
+        meets a case the reference could not run provides that case's reference itself).
+        """
+        cfg, pipe, ref = self.cfg, be.pipe, self.ref
+        key = (method, retention)
+        is_ref = key not in ref.kept
+        check = CrossCheck(ref.name, list(vision_check.details))
+        cap = (cfg.warmup + cfg.runs) * cfg.decode_tokens + 1  # KV slots after the prompt: every decode run
+        pipe.compressor = be.compressor_for(method, retention)
+        comp = self._measure(lambda: pipe.compress(ref.features))
+        self.advance(f"{be.name}: compress {method} r={retention:g}")
+        if is_ref:
+            ref.kept[key] = comp.output
+        elif method != BASELINE_METHOD:
+            jaccard = _jaccard(comp.output.index, ref.kept[key].index)
+            check.add("compression", "kept-index Jaccard", jaccard, cfg.tolerances.index, True)
+        kept = ref.kept[key]
+        asm = self._measure(lambda: pipe.assemble(kept, prompt))
+        self.advance(f"{be.name}: assemble")
+        assembled = asm.output
+        prefill = self._measure(lambda: pipe.prefill(assembled, cap))
+        self.advance(f"{be.name}: prefill")
+        if is_ref:
+            ref.logits[key] = prefill.output
+        else:
+            cosine = _cosine(prefill.output, ref.logits[key])
+            check.add("prefill", "first-token logits cosine", cosine, cfg.tolerances.logits, True)
+        # decode continues the KV cache the last prefill left (it reserved ``cap`` slots), run after
+        # run: greedy tokens at positions from the uncompressed prompt length on
+        state = {"token": int(np.argmax(prefill.output)), "position": assembled.next_position}
+
+        def decode_loop():
+            token, position = state["token"], state["position"]
+            for _ in range(cfg.decode_tokens):
+                token = int(np.argmax(pipe.llm.step(token, position)))
+                position += 1
+            state.update(token=token, position=position)
+            return token
+
+        decode = self._measure(decode_loop)
+        self.advance(f"{be.name}: decode")
+        ttft = self._ttft(pipe) if cfg.ttft_runs > 0 else None
+        self.advance(f"{be.name}: time to first token")
+        for m in (comp, asm, prefill, decode):
+            m.output = None  # keep no tensors alive past their row
+        row = Row(
+            be.name,
+            be.variant,
+            method,
+            retention,
+            visual_tokens=assembled.video_tokens,
+            stages={
+                "decode_preprocess": self.decode_stage,
+                "vision": vision,
+                "compression": comp,
+                "assemble": asm,
+                "prefill": prefill,
+                "decode": decode,
+            },
+            ttft=ttft,
+            decode_tokens=cfg.decode_tokens,
+            flops=self.flops(int(kept.index.numel()), retention),
+            check=None if is_ref and not check.details else check.to_dict(),
+        )
+        if not check.ok:
+            row.status, row.reason = MISMATCH, check.failures()
+        return row
 
     def _ttft(self, pipe) -> Measurement:
         """End-to-end requests (video file -> first token) with this backend's own chain."""
