@@ -19,7 +19,7 @@ from infomerge.export.manifest import load_manifest, sha256_file, verify_manifes
 from infomerge.export.validate import run_onnx, validate_onnx
 from infomerge.video import load_frames, sample_video
 
-F = 8  # frames of the test exports (the graph is pinned to F; tracing uses 2)
+F = 8  # frames of the test exports (the graph is pinned to F; tracing uses 1)
 
 
 def _export(out: Path, *extra: str) -> Path:
@@ -68,7 +68,7 @@ def test_artifact_layout_and_graph_contract(fp32_dir):
 
 
 def test_graph_computes_the_function_on_other_inputs(fp32_dir, real_frames):
-    """The graph was traced on 2 random frames and validated on bigbuckbunny; run it on another real
+    """The graph was traced on 1 random frame and validated on bigbuckbunny; run it on another real
     clip and on random input and compare with the torch model."""
     ref = VisionEncoder.from_backbone("tiny")
     noise = torch.rand(F, 3, 384, 384, generator=torch.Generator().manual_seed(7)) * 2 - 1

@@ -257,17 +257,19 @@ def run_export(args: argparse.Namespace, argv: list[str] | None = None, console=
     t_start = time.perf_counter()
     try:
         console.print(f"[bold]{PROG}[/bold] {bb.name} -> {output} ({frames} frames, {precision})")
-        timings = {}
+        timings, peaks = {}, {}
         for i, step in enumerate(steps, 1):
             t0 = time.perf_counter()
             with console.status(f"[{i}/{len(steps)}] {step.name}..."):
                 step.run(ctx)
             timings[step.name] = round(time.perf_counter() - t0, 3)
+            peaks[step.name] = round(_peak_rss_mb(), 1)  # process peak so far: where it jumps, that step
             console.print(f"[green]✓[/green] [{i}/{len(steps)}] {step.name} ({timings[step.name]:.1f} s)")
         manifest["export"] = {
             "seconds": round(time.perf_counter() - t_start, 3),
             "step_seconds": timings,
             "peak_rss_mb": round(_peak_rss_mb(), 1),
+            "peak_rss_mb_after_step": peaks,
         }
         write_manifest(work, manifest)
         _move_into_place(work, output)

@@ -5,7 +5,7 @@ The project-wide convention: ``torch.onnx.export(..., dynamo=False, opset_versio
 
 - **tracing on fewer frames.** Tracing runs the model once; a full-size fp16 tower on 32 frames
   takes many minutes on a CPU without fp16 arithmetic. A module whose frame axis is never
-  reshaped into anything else (every reshape keeps it as ``-1``) can be traced on 2 frames with
+  reshaped into anything else (every reshape keeps it as ``-1``) can be traced on 1 frame with
   that axis marked dynamic, and the final graph is then pinned to F frames: the input and output
   dims are set and ONNX shape inference makes every intermediate shape static. Validation on F
   real frames (:mod:`infomerge.export.validate`) proves the pinned graph computes the function.
