@@ -137,6 +137,9 @@ def test_report_files(tmp_path):
     png = report.plot(rows, tmp_path / "r" / "plot.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["plot.png", "results.json"]
+    again = report.rows_from_json(json.loads(js.read_text()))
+    assert report.markdown(again) == report.markdown(rows)
+    assert "| ort/cpu-ep | none | 1 |" in report.markdown(rows)
     assert rows[0].status == OK
 
 
@@ -158,7 +161,7 @@ def test_infomerge_bench_tiny_end_to_end(tmp_path, capsys, monkeypatch):
     reason, table, results.json and plot. A strict logits tolerance makes the int4 ORT LLM fail its
     cross-check, which must flag the ort rows (still measured) and leave the torch rows ok. A stand-in
     tegrastats checks the --tegrastats wiring."""
-    from infomerge.bench.cli import PLOT_PNG, RESULTS_JSON, main
+    from infomerge.bench.cli import PLOT_PNG, RESULTS_JSON, RESULTS_MD, main
     from infomerge.bench.results import STAGES
 
     _fake_tegrastats(tmp_path, monkeypatch)
@@ -228,6 +231,8 @@ def test_infomerge_bench_tiny_end_to_end(tmp_path, capsys, monkeypatch):
         and "TensorRT" in rows[("trt", "-", None)]["reason"]
     )
     assert (out / PLOT_PNG).read_bytes()[:4] == b"\x89PNG"
+    md = (out / RESULTS_MD).read_text()
+    assert "| torch/eager | infomerge | 0.15 |" in md and "] trt/-: TensorRT" in md
     assert data["goals"] and {g["backend"] for g in data["goals"]} == {"torch/eager", "ort/cpu-ep"}
     tele = data["telemetry"]
     assert set(tele) == {"torch/eager", "ort/cpu-ep", "trt/-"}

@@ -27,13 +27,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from infomerge.bench.results import BASELINE_METHOD, FAILED, Row, fill_speedups
-from infomerge.bench.stages import BACKENDS, BenchConfig, StageBench, Tolerances
+from infomerge.bench.stages import BACKENDS, TORCH_COMPILE_MODE, BenchConfig, StageBench, Tolerances
 from infomerge.errors import InfomergeError
 
 PROG = "infomerge-bench"
 DEFAULT_RETENTIONS = (1.0, 0.25, 0.15, 0.10, 0.05)
 RESULTS_JSON = "results.json"
 PLOT_PNG = "bench.png"
+RESULTS_MD = "results.md"
 SCHEMA = 1
 
 # Goals on a GPU (issue 7): (name, backend-independent check description)
@@ -372,6 +373,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> tuple[dict, 
             "methods": cfg.methods,
             "backends": cfg.backends,
             "torch_variants": cfg.torch_variants,
+            "torch_compile_mode": TORCH_COMPILE_MODE["cuda" if device == "cuda" else "cpu"],
             "device": device,
             "runs": cfg.runs,
             "warmup": cfg.warmup,
@@ -405,10 +407,14 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> tuple[dict, 
         console.print(line, style="yellow")
     output.mkdir(parents=True, exist_ok=True)
     report.write_json(output / RESULTS_JSON, payload)
+    report.write_text(
+        output / RESULTS_MD,
+        f"# {title}\n\n`{payload['command']}`, {payload['date']}\n\n{caption}\n\n{report.markdown(rows)}",
+    )
     report.plot(rows, output / PLOT_PNG, title=title)
     _print_telemetry(console, telemetry)
     _print_goals(console, payload["goals"], device)
-    console.print(f"wrote {output / RESULTS_JSON} and {output / PLOT_PNG}")
+    console.print(f"wrote {output / RESULTS_JSON}, {output / RESULTS_MD} and {output / PLOT_PNG}")
     return payload, rows
 
 

@@ -100,46 +100,76 @@ def footnotes(rows: list[Row]) -> list[str]:
     return [seen[n] for n in sorted(seen)]
 
 
+# (header, right-aligned) of the table's columns; stage columns are inserted after "video tokens"
+_HEAD = [("backend", False), ("method", False), ("r", True), ("video\ntokens", True)]
+_TAIL = [
+    ("TTFT\nms", True),
+    ("decode\ntok/s", True),
+    ("prefill\nspeedup", True),
+    ("TTFT\nspeedup", True),
+    ("prefill\nFLOPs", True),
+    ("peak\nMiB", True),
+    ("status", False),
+]
+
+
+def _columns() -> list[tuple[str, bool]]:
+    return _HEAD + [(f"{_SHORT[s]}\nms", True) for s in TTFT_STAGES] + _TAIL
+
+
+def _cells(rows: list[Row]) -> list[list[str]]:
+    """The text of every cell, row by row, in the order of :func:`_columns`."""
+    notes = _notes(rows)
+    out = []
+    for i, r in enumerate(rows):
+        status = {MISMATCH: "CHECK FAILED"}.get(r.status, r.status)
+        if i in notes:
+            status += f" [{notes[i]}]"
+        out.append(
+            [
+                row_label(r),
+                r.method,
+                "-" if r.retention is None else f"{r.retention:g}",
+                "-" if r.visual_tokens is None else str(r.visual_tokens),
+                *[_ms(r.median(s)) for s in TTFT_STAGES],
+                _ms(r.median("ttft")),
+                _rate(r.decode_tokens_per_s()),
+                _x(r.prefill_speedup),
+                _x(r.ttft_speedup),
+                _flops(r.flops.get("kept_tflops")),
+                _mb(r.peak_memory_bytes()),
+                status,
+            ]
+        )
+    return out
+
+
 def table(rows: list[Row], title: str = "infomerge-bench", caption: str | None = None) -> Table:
     """A rich Table of the rows (medians in ms; p90 and raw samples are in results.json).
 
     A row that is not OK shows its status and a footnote number; :func:`footnotes` gives the texts.
     """
     t = Table(title=title, caption=caption, show_lines=False, header_style="bold")
-    t.add_column("backend", no_wrap=True)
-    t.add_column("method", no_wrap=True)
-    t.add_column("r", justify="right")
-    t.add_column("video\ntokens", justify="right")
-    for stage in TTFT_STAGES:
-        t.add_column(f"{_SHORT[stage]}\nms", justify="right")
-    t.add_column("TTFT\nms", justify="right")
-    t.add_column("decode\ntok/s", justify="right")
-    t.add_column("prefill\nspeedup", justify="right")
-    t.add_column("TTFT\nspeedup", justify="right")
-    t.add_column("prefill\nFLOPs", justify="right")
-    t.add_column("peak\nMiB", justify="right")
-    t.add_column("status", no_wrap=True)
-    notes = _notes(rows)
-    for i, r in enumerate(rows):
-        status = {MISMATCH: "CHECK FAILED"}.get(r.status, r.status)
-        if i in notes:
-            status += f" [{notes[i]}]"
-        style = _STATUS_STYLE.get(r.status, "")
-        t.add_row(
-            row_label(r),
-            r.method,
-            "-" if r.retention is None else f"{r.retention:g}",
-            "-" if r.visual_tokens is None else str(r.visual_tokens),
-            *[_ms(r.median(s)) for s in TTFT_STAGES],
-            _ms(r.median("ttft")),
-            _rate(r.decode_tokens_per_s()),
-            _x(r.prefill_speedup),
-            _x(r.ttft_speedup),
-            _flops(r.flops.get("kept_tflops")),
-            _mb(r.peak_memory_bytes()),
-            f"[{style}]{status}[/]" if style else status,
+    for name, right in _columns():
+        t.add_column(
+            name, justify="right" if right else "left", no_wrap=name in ("backend", "method", "status")
         )
+    for r, cells in zip(rows, _cells(rows)):
+        style = _STATUS_STYLE.get(r.status, "")
+        t.add_row(*cells[:-1], f"[{style}]{cells[-1]}[/]" if style else cells[-1])
     return t
+
+
+def markdown(rows: list[Row]) -> str:
+    """The same table in GitHub Markdown, footnotes below it (for docs and ``results.md``)."""
+    cols = _columns()
+    lines = [
+        "| " + " | ".join(name.replace("-\n", "").replace("\n", " ") for name, _ in cols) + " |",
+        "|" + "|".join("---:" if right else "---" for _, right in cols) + "|",
+    ]
+    lines += ["| " + " | ".join(cells) + " |" for cells in _cells(rows)]
+    notes = footnotes(rows)
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -160,6 +190,48 @@ def write_json(path: str | os.PathLike, payload: dict) -> Path:
     data = json.dumps(payload, indent=2, default=_json_default).encode()
     _atomic_write(path, lambda fh: fh.write(data))
     return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically; returns the path."""
+    path = Path(path)
+    _atomic_write(path, lambda fh: fh.write(text.encode()))
+    return path
+
+
+def rows_from_json(payload: dict) -> list[Row]:
+    """The rows of a ``results.json`` payload (as :func:`write_json` wrote them), speedups included."""
+    from infomerge.bench.timing import Measurement, Stats
+
+    fields = set(Stats.__dataclass_fields__)
+
+    def meas(d):
+        if d is None:
+            return None
+        stats = Stats(**{k: (tuple(v) if k == "samples_ms" else v) for k, v in d.items() if k in fields})
+        return Measurement(stats, d.get("peak_memory_bytes"), d.get("memory_kind", "none"))
+
+    rows = []
+    for d in payload["rows"]:
+        rows.append(
+            Row(
+                d["backend"],
+                d["variant"],
+                d["method"],
+                d["retention"],
+                d["status"],
+                d["reason"],
+                d["visual_tokens"],
+                {k: meas(v) for k, v in (d["stages"] or {}).items()},
+                meas(d["ttft"]),
+                d["decode_tokens"],
+                d["flops"] or {},
+                d["check"],
+                d["prefill_speedup"],
+                d["ttft_speedup"],
+            )
+        )
+    return rows
 
 
 def _json_default(o):
@@ -267,4 +339,13 @@ def plot(rows: list[Row], path: str | os.PathLike, title: str = "infomerge-bench
     return path
 
 
-__all__ = ["footnotes", "plot", "row_label", "table", "write_json"]
+__all__ = [
+    "footnotes",
+    "markdown",
+    "plot",
+    "row_label",
+    "rows_from_json",
+    "table",
+    "write_json",
+    "write_text",
+]
