@@ -136,13 +136,11 @@ def run(args) -> dict:
     # Decoding starts before the models load: the two overlap.
     job = DecodeJob(video, _frames_for(args))
     job.raise_early()  # a missing or non-video file: fail before loading models
-    t0 = time.perf_counter()
     try:
         pipe = _build_pipeline(args)
     except BaseException:
         job.join()  # a decoder thread left running at exit aborts the interpreter
         raise
-    pipe.load_ms = (time.perf_counter() - t0) * 1000.0  # imports, checkpoint / manifest checks included
     info = pipe.info
     compression = "off" if info["method"] is None else f"{info['method']} r={info['retention']:g}"
     console.print(

@@ -2,8 +2,10 @@
 
 A backend takes ``inputs_embeds`` with explicit RoPE ``position_ids`` (compressed video tokens
 keep their original positions, with gaps), keeps its own KV cache, and returns next-token logits.
-:func:`generate_ids` runs prefill, then one :meth:`LLMBackend.step` per new token, at positions
-continuing from the uncompressed prompt length, until EOS or ``max_new_tokens``.
+:meth:`LLMBackend.prefill` fills the cache and :func:`decode_ids` then runs one
+:meth:`LLMBackend.step` per new token, at positions continuing from the uncompressed prompt length,
+until EOS or ``max_new_tokens`` (:meth:`infomerge.runtime.pipeline.Pipeline.prefill` checks the
+context first).
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from infomerge.runtime.embeddings import Assembled, check_context
 
 
 @dataclass(frozen=True)
@@ -149,29 +149,6 @@ def decode_ids(
         logits = llm.step(token, next_position + i)
 
 
-def generate_ids(
-    llm: LLMBackend,
-    assembled: Assembled,
-    max_new_tokens: int,
-    sampling: Sampling = GREEDY,
-    suppress: Sequence[int] | None = None,
-) -> Iterator[int]:
-    """Prefill ``assembled``, then yield generated token ids (see :func:`decode_ids`).
-
-    Decode positions continue from ``assembled.next_position`` (the uncompressed length).
-
-    Raises:
-        PromptTooLongError: the prompt's positions plus ``max_new_tokens`` exceed ``llm.context``
-            (raised before any work).
-        ValueError: ``max_new_tokens < 1``.
-    """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    check_context(assembled.next_position, max_new_tokens, llm.context)
-    logits = llm.prefill(assembled.inputs_embeds, assembled.position_ids, assembled.length + max_new_tokens)
-    yield from decode_ids(llm, logits, assembled.next_position, max_new_tokens, Sampler(sampling, suppress))
-
-
 def eos_ids_of(checkpoint: str | Path, tokenizer=None) -> tuple[int, ...]:
     """EOS ids: ``generation_config.json``'s and ``config.json``'s (text config) plus the tokenizer's."""
     d = Path(checkpoint)
@@ -224,5 +201,4 @@ __all__ = [
     "TextStream",
     "decode_ids",
     "eos_ids_of",
-    "generate_ids",
 ]

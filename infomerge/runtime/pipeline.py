@@ -167,7 +167,7 @@ class Pipeline:
         self.frames = backbone.frames
         self.tokens_per_frame = backbone.tokens_per_frame
         self.info = dict(info or {})
-        self.load_ms: float | None = None
+        self.load_ms: float | None = None  # set by from_backbone / from_artifacts: checks and loading
         # embedding rows without a token in the tokenizer (vocabulary padding): never generated
         self.suppress_ids = (
             np.arange(len(tokenizer), llm.vocab_size) if len(tokenizer) < llm.vocab_size else None
@@ -212,10 +212,11 @@ class Pipeline:
         from infomerge.backbones.loading import resolve_checkpoint
         from infomerge.backbones.registry import get_backbone
 
+        t0 = time.perf_counter()
         bb = get_backbone(name)
         _check_layout(bb)  # before any download
         checkpoint = resolve_checkpoint(bb, model_path)
-        return cls._build(
+        pipe = cls._build(
             bb,
             checkpoint=checkpoint,
             artifacts=Path(artifacts) if artifacts is not None else None,
@@ -227,8 +228,9 @@ class Pipeline:
             retention=retention,
             device=device,
             siglip_path=siglip_path,
-            model_path=model_path,
         )
+        pipe.load_ms = (time.perf_counter() - t0) * 1000.0
+        return pipe
 
     @classmethod
     def from_artifacts(
@@ -265,6 +267,7 @@ class Pipeline:
         from infomerge.backbones.registry import get_backbone
         from infomerge.export.manifest import verify_manifest
 
+        t0 = time.perf_counter()
         root = Path(directory)
         manifest = verify_manifest(root, backbone=backbone, hashes=verify_hashes, versions=("infomerge",))
         bb = get_backbone(manifest["backbone"]["name"])
@@ -288,7 +291,7 @@ class Pipeline:
             from infomerge.backbones.loading import resolve_checkpoint
 
             checkpoint = resolve_checkpoint(bb, model_path)
-        return cls._build(
+        pipe = cls._build(
             bb,
             checkpoint=checkpoint,
             artifacts=root,
@@ -300,8 +303,9 @@ class Pipeline:
             retention=retention,
             device=device,
             siglip_path=None,
-            model_path=model_path,
         )
+        pipe.load_ms = (time.perf_counter() - t0) * 1000.0
+        return pipe
 
     @classmethod
     def _build(
@@ -318,11 +322,9 @@ class Pipeline:
         retention: float | None,
         device: str,
         siglip_path,
-        model_path,
     ) -> Pipeline:
         from transformers import AutoTokenizer
 
-        t0 = time.perf_counter()
         _check_choice("vision backend", vision_backend, VISION_BACKENDS)
         _check_choice("compress backend", compress_backend, COMPRESS_BACKENDS)
         _check_choice("llm backend", llm, LLM_BACKENDS)
@@ -424,7 +426,6 @@ class Pipeline:
             device=device,
             info=info,
         )
-        pipe.load_ms = (time.perf_counter() - t0) * 1000.0
         return pipe
 
     # --- stages --------------------------------------------------------------------------------
