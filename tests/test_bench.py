@@ -249,3 +249,34 @@ def test_bad_usage_writes_nothing(tmp_path, capsys):
     assert "--retention" in capsys.readouterr().err
     assert main(["--video", str(tmp_path / "missing.mp4"), "--output", str(out)]) == 2
     assert not out.exists()
+
+
+def test_trt_reasons(monkeypatch):
+    """The reason a trt row shows, for the machines this cannot be tried on (stand-in flavours)."""
+    from infomerge.bench import stages
+    from infomerge.engines import builder, flavour
+    from infomerge.errors import BackendUnavailableError
+
+    class Fake:
+        def __init__(self, name):
+            self.name, self.label, self.module = name, f"{name}-label", None
+
+    def flavours(*names):
+        def load(name):
+            if name not in names:
+                raise BackendUnavailableError(f"{name} missing")
+            return Fake(name)
+
+        monkeypatch.setattr(flavour, "load_flavour", load)
+
+    flavours()
+    assert stages.trt_unavailable_reason("cuda").startswith("TensorRT not installed")
+    flavours("rtx")
+    monkeypatch.setattr(builder, "local_compute_capability", lambda: "9.0")
+    assert "cannot run on compute capability 9.0" in stages.trt_unavailable_reason("cuda")
+    assert "selected (--device cpu)" in stages.trt_unavailable_reason("cpu")
+    monkeypatch.setattr(builder, "local_compute_capability", lambda: "8.9")
+    assert stages.trt_unavailable_reason("cuda") is None
+    flavours("trt")
+    monkeypatch.setattr(builder, "local_compute_capability", lambda: "9.0")
+    assert stages.trt_unavailable_reason("cuda") is None

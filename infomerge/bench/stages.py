@@ -20,7 +20,7 @@ Backends:
 - ``torch``: the checkpoint in PyTorch (eager; on CUDA also ``torch.compile``, its own rows);
 - ``ort``: ``vision.onnx`` and ``compress.onnx`` graphs and the onnxruntime-genai LLM graph of an
   ``infomerge-export`` directory, on the CUDA execution provider when installed and asked for, else
-  the CPU one. Without ``--artifacts``, the benchmark exports what it needs into the output folder;
+  the CPU one. Without ``--artifacts``, the benchmark exports what it needs (``--work``);
 - ``trt``: the TensorRT engines of that directory. Where TensorRT cannot run (not installed, no
   GPU, TensorRT-RTX on compute capability 8.7 / 9.0, no engines) the backend gets one row with the
   reason.
@@ -46,7 +46,8 @@ from infomerge.errors import ArtifactError, BackendUnavailableError, InfomergeEr
 BACKENDS = ("torch", "ort", "trt")
 # torch.compile mode of the "compile" rows per device
 TORCH_COMPILE_MODE = {"cpu": None, "cuda": "reduce-overhead"}
-# TensorRT-RTX runs on desktop / laptop RTX GPUs only (spec deployment.md)
+# TensorRT-RTX runs on desktop / laptop RTX GPUs only (spec deployment.md); used where the installed
+# module does not list its targets
 _RTX_CAPABILITIES = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")
 
 
@@ -173,7 +174,7 @@ class Unavailable(Exception):
 # ---- TensorRT availability --------------------------------------------------------------------
 def trt_unavailable_reason(device: str) -> str | None:
     """Why TensorRT engines cannot run here, or None when a flavour and a suitable GPU exist."""
-    from infomerge.engines.builder import local_compute_capability
+    from infomerge.engines.builder import _rtx_capabilities, local_compute_capability
     from infomerge.engines.flavour import load_flavour
 
     flavours = {}
@@ -191,7 +192,7 @@ def trt_unavailable_reason(device: str) -> str | None:
             f"{labels} installed, but no CUDA GPU {'visible' if cc is None else 'selected (--device cpu)'}: "
             "engines cannot run here"
         )
-    if "trt" not in flavours and cc not in _RTX_CAPABILITIES:
+    if "trt" not in flavours and cc not in (_rtx_capabilities(flavours["rtx"]) or _RTX_CAPABILITIES):
         return f"TensorRT-RTX cannot run on compute capability {cc} (RTX GPUs only); install full TensorRT"
     return None
 
