@@ -224,6 +224,19 @@ def test_cuda_without_cuda_ep_names_the_extra(exported):
         OrtLLM(root / "int4", device="cuda")
 
 
+def test_graph_for_the_other_execution_provider(exported, tmp_path):
+    import json
+    import shutil
+
+    root, _ = exported
+    d = tmp_path / "llm"
+    shutil.copytree(root / "int4", d)
+    meta = json.loads((d / "llm_export.json").read_text())
+    (d / "llm_export.json").write_text(json.dumps({**meta, "execution_provider": "cuda"}))
+    with pytest.raises(ArtifactError, match="--llm-ep cpu"):
+        OrtLLM(d)
+
+
 def test_missing_llm_files(tmp_path):
     with pytest.raises(ArtifactError, match="infomerge-export --llm"):
         OrtLLM(tmp_path)

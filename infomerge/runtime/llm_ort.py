@@ -70,8 +70,9 @@ class OrtLLM(LLMBackend):
         threads: intra-op threads (0: ONNX Runtime's default).
 
     Raises:
-        ArtifactError: a missing file, or a graph without an explicit ``position_ids`` input or
-            with full-sequence logits (exported by something other than ``infomerge-export``).
+        ArtifactError: a missing file, a graph built for the other execution provider, or a graph
+            without an explicit ``position_ids`` input or with full-sequence logits (exported by
+            something other than ``infomerge-export``).
         BackendUnavailableError: see :func:`providers_for`.
     """
 
@@ -92,6 +93,15 @@ class OrtLLM(LLMBackend):
                 raise ArtifactError(
                     f"{d}: missing {f}; re-run `infomerge-export --llm int4` for these artifacts"
                 )
+        providers = providers_for(device)  # first: a missing CUDA EP is the more basic problem
+        built = d / "llm_export.json"
+        built_for = json.loads(built.read_text()).get("execution_provider") if built.is_file() else None
+        wanted = "cuda" if str(device).startswith("cuda") else "cpu"
+        if built_for not in (None, wanted):
+            raise ArtifactError(
+                f"{d} was built for the {built_for} execution provider, not {wanted}; run with --device "
+                f"{built_for}, or re-export with `infomerge-export --llm ... --llm-ep {wanted}`"
+            )
         cfg = json.loads((d / GENAI_CONFIG).read_text())["model"]
         dec = cfg["decoder"]
         self.layers = int(dec["num_hidden_layers"])
@@ -107,7 +117,7 @@ class OrtLLM(LLMBackend):
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(d / MODEL_FILE), so, providers=providers_for(device))
+        self.session = ort.InferenceSession(str(d / MODEL_FILE), so, providers=providers)
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name: o for o in self.session.get_outputs()}
         if "position_ids" not in inputs:
@@ -163,8 +173,10 @@ class OrtLLM(LLMBackend):
                 value = self._kv[2 * i + j]
                 binding.bind_ortvalue_input(f"past_key_values.{i}.{kind}", value)
                 binding.bind_ortvalue_output(f"present.{i}.{kind}", value)
-        if self._logits is None:
-            self._logits = self._ortvalue(np.zeros((1, 1, self.vocab_size), self.io_dtype))
+        if self._logits is None:  # host memory on every EP: ORT copies the (1, 1, V) row out
+            self._logits = self._ort.OrtValue.ortvalue_from_numpy(
+                np.zeros((1, 1, self.vocab_size), self.io_dtype)
+            )
         binding.bind_ortvalue_output("logits", self._logits)
         self._binding = binding
 
