@@ -414,7 +414,7 @@ class Pipeline:
             "device": device,
             "frames": bb.frames,
         }
-        pipe = cls(
+        return cls(
             bb,
             tokenizer,
             chat_template,
@@ -426,7 +426,6 @@ class Pipeline:
             device=device,
             info=info,
         )
-        return pipe
 
     # --- stages --------------------------------------------------------------------------------
     def start_decode(self, video: str | os.PathLike) -> DecodeJob:
