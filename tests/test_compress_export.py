@@ -84,6 +84,30 @@ def test_onnx_graph_is_static_and_correct_on_another_video(preset, videos, tmp_p
         np.testing.assert_allclose(got_tok, tok.numpy(), rtol=0, atol=1e-5 * float(tok.abs().max()))
 
 
+def test_exact_richness_mode_exports_with_a_fourth_input(videos, tmp_path):
+    import onnxruntime as ort
+
+    (h1, a1, g1), (h2, a2, g2) = videos
+    comp = StaticCompressor(InfoMergeConfig.paper(0.05), *h1.shape, richness="input").eval()
+    r1, r2 = comp.exact_richness(h1, g1), comp.exact_richness(h2, g2)
+    path = tmp_path / "compress_exact.onnx"
+    torch.onnx.export(
+        comp,
+        (h1, a1, g1, r1),
+        str(path),
+        input_names=["H", "A", "g", "richness"],
+        output_names=["tokens", "index"],
+        opset_version=17,
+        dynamo=False,
+    )
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    tok, idx = sess.run(None, {"H": h2.numpy(), "A": a2.numpy(), "g": g2.numpy(), "richness": r2.numpy()})
+    with torch.no_grad():
+        etok, eidx = comp(h2, a2, g2, r2)
+    assert np.array_equal(idx, eidx.numpy())
+    np.testing.assert_allclose(tok, etok.numpy(), rtol=0, atol=1e-5 * float(etok.abs().max()))
+
+
 def test_cli_writes_and_validates_compress_graphs(tmp_path):
     """``infomerge-export --method fastvid --retention 0.1 --fused`` on the tiny backbone."""
     import json

@@ -208,8 +208,10 @@ def test_richness_input_mode_uses_the_given_entropy(tiny_video):
     H, A, g = tiny_video
     cfg = InfoMergeConfig.paper(0.15)
     est = StaticCompressor(cfg, L, N, H.shape[-1]).decisions(H, A, g)
-    rich = segment_richness_exact(H, est.segments(), L)
-    exact = StaticCompressor(cfg, L, N, H.shape[-1], richness="input").decisions(H, A, g, rich)
+    comp = StaticCompressor(cfg, L, N, H.shape[-1], richness="input")
+    rich = comp.exact_richness(H, g)
+    assert torch.allclose(rich, segment_richness_exact(H, est.segments(), L))
+    exact = comp.decisions(H, A, g, rich)
     assert torch.allclose(exact.richness, rich)
     assert int(exact.segment_budget.sum()) == int(est.segment_budget.sum())
     assert (exact.segment_budget - est.segment_budget).abs().max() <= 2

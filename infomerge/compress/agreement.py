@@ -41,7 +41,6 @@ from pathlib import Path
 import torch
 
 from infomerge.compress.config import InfoMergeConfig
-from infomerge.compress.richness import segment_richness_exact
 from infomerge.compress.static import StaticCompressor
 
 HEAVY_LOCK = "/tmp/infomerge-heavy.lock"
@@ -181,8 +180,8 @@ def study(backbones, videos, retentions, cache: Path | None = None, log=print) -
                     bk_differ, bk_max, keep_exact = 0, 0, keep
                     bk_ref = dec.segment_budget
                     if cfg.caba:
-                        rich = segment_richness_exact(H, segs, L)
-                        exact = StaticCompressor(cfg, L, N, D, richness="input").decisions(H, A, g, rich)
+                        exact_comp = StaticCompressor(cfg, L, N, D, richness="input")
+                        exact = exact_comp.decisions(H, A, g, exact_comp.exact_richness(H, g))
                         delta = (dec.segment_budget - exact.segment_budget).abs()[: len(segs)]
                         bk_differ, bk_max = int((delta > 0).sum()), int(delta.max())
                         keep_exact = compare(ref, exact.tokens, exact.index)[0]

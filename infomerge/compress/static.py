@@ -57,7 +57,7 @@ from torch import nn
 
 from infomerge.compress.config import InfoMergeConfig
 from infomerge.compress.merge import merge_to_anchors
-from infomerge.compress.richness import RICHNESS_MODES, renyi2_richness, sketch_basis
+from infomerge.compress.richness import RICHNESS_MODES, renyi2_richness, segment_richness_exact, sketch_basis
 from infomerge.errors import BudgetError
 
 MergeImpl = Callable[..., torch.Tensor]
@@ -295,16 +295,7 @@ class StaticCompressor(nn.Module):
         frame_ids = torch.arange(L, device=dev)
 
         # ---- step 1: segmentation -> membership ------------------------------------------------
-        if L > 1:
-            gn = gg / gg.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            t = (gn[:-1] * gn[1:]).sum(-1)  # (L-1,)
-            boundary = (rank_asc(t) < cfg.min_segments - 1) | (t < cfg.seg_threshold)
-            b64 = boundary.to(torch.int64)
-            segment = torch.cat([torch.zeros(1, dtype=torch.int64, device=dev), torch.cumsum(b64, 0)])
-            start = torch.cat([torch.ones(1, dtype=f32, device=dev), boundary.to(f32)])  # (L,)
-        else:
-            segment = torch.zeros(1, dtype=torch.int64, device=dev)
-            start = torch.ones(1, dtype=f32, device=dev)
+        segment, start = self._segment(gg)
         onehot = (segment.unsqueeze(0) == frame_ids.unsqueeze(1)).to(f32)  # (K=L slots, L frames)
         seg_len = onehot.sum(1)  # (K,)
         seg_valid = seg_len > 0.5
@@ -467,6 +458,39 @@ class StaticCompressor(nn.Module):
         )
 
     # ---- helpers -----------------------------------------------------------------------------------
+    def _segment(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step 1: (L,) int64 segment id per frame and (L,) float32 1.0 where a segment starts."""
+        cfg, L, dev = self.config, self.frames, g.device
+        if L == 1:
+            return torch.zeros(1, dtype=torch.int64, device=dev), torch.ones(
+                1, dtype=torch.float32, device=dev
+            )
+        gn = g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        t = (gn[:-1] * gn[1:]).sum(-1)  # (L-1,) adjacent cosines
+        boundary = (rank_asc(t) < cfg.min_segments - 1) | (t < cfg.seg_threshold)
+        zero = torch.zeros(1, dtype=torch.int64, device=dev)
+        segment = torch.cat([zero, torch.cumsum(boundary.to(torch.int64), 0)])
+        start = torch.cat([torch.ones(1, dtype=torch.float32, device=dev), boundary.to(torch.float32)])
+        return segment, start
+
+    def exact_richness(self, H: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """The ``richness`` input of the ``"input"`` mode: the paper's entropy per segment slot.
+
+        Host-side (eager, uses an eigen-decomposition): the segments are formed by the same code as
+        in the graph, then :func:`infomerge.compress.richness.segment_richness_exact`.
+
+        Args:
+            H: (L, N, D) tokens. g: (L, G) global features.
+
+        Returns:
+            (L,) float32.
+        """
+        with torch.no_grad():
+            ids = self._segment(g.to(torch.float32))[0].tolist()
+        bounds = [l for l in range(1, len(ids)) if ids[l] != ids[l - 1]]
+        segments = list(zip([0, *bounds], [*bounds, len(ids)]))
+        return segment_richness_exact(H, segments, self.frames)
+
     @staticmethod
     def _zscore(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """z-score over the valid slots, population std + 1e-6 (spec step 4, [D]); 0 elsewhere."""
