@@ -134,6 +134,7 @@ class Row:
     bk_max: int
     keep_exact: float  # keep with the exact richness input
     bk_ref_differ: int  # segments whose B_k differ: static with exact e_k vs the reference (rounding rule)
+    filled: int  # tokens added by the shortfall fill
 
 
 def _shared(ref_index: torch.Tensor, st_index: torch.Tensor):
@@ -211,6 +212,7 @@ def study(backbones, videos, retentions, cache: Path | None = None, log=print) -
                         bk_max,
                         keep_exact,
                         bk_ref_differ,
+                        int(dec.filled.sum()),
                     )
                     rows.append(row)
                     log(
@@ -260,6 +262,7 @@ def summary(rows: list[Row]) -> str:
         f"differ ({100.0 * differ / max(segs, 1):.1f}%), by at most {worst_bk} token(s).\n"
         f"Static split (exact e_k) vs the reference's max(1, round(.)): {ref_differ} of {ref_segs} segment "
         f"budgets differ; segmentations identical in {len(ref_rows)} of {len(rows)} rows.\n"
+        f"Shortfall fill used in {sum(w.filled > 0 for w in rows)} of {len(rows)} rows.\n"
     )
 
 
