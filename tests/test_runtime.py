@@ -149,7 +149,7 @@ def test_sampler():
 
 def test_text_stream_holds_back_partial_characters(pipe):
     ids = pipe.tokenizer("rabbit é", add_special_tokens=False)["input_ids"]
-    ids = [b for i in ids for b in ([i] if len(pipe.tokenizer.decode([i])) else [i])]
+    assert any("\ufffd" in pipe.tokenizer.decode([i]) for i in ids)  # "é" is two byte tokens here
     stream = TextStream(pipe.tokenizer)
     text = "".join(stream.push(i) for i in ids)
     assert text == "rabbit é" and "\ufffd" not in text
