@@ -35,10 +35,11 @@ Integer-exact counts ([D] for this variant, see docs/compression.md):
   largest remainder (ties: lower segment) so they sum to ``R = round(B_DTM)`` (paper) or ``C L``
   (fastvid). When R < L this falls back to plain largest remainder (a segment may get 0).
 - anchor frames: ``B_k // n_af`` each, the ``B_k % n_af`` remainder one more to the latest frames.
-- a frame budget above its unmasked candidates is capped (as the reference); the shortfall, which
-  no configuration up to r = 25% can reach on 32 x 196 (docs), is filled with the unkept tokens
-  with the best (attention rank within the frame, frame) key, unmerged, so the count stays B.
-- static-candidate slots ``K_j``: a rank-j anchor frame exists only in segments of more than j*p
+- a frame budget above its unmasked candidates is capped (as the reference); the shortfall (the
+  FastVID preset cannot reach it up to r = 25% on 32 x 196, and no measured run did) is filled
+  with the unkept tokens with the best (attention rank within the frame, frame) key, unmerged, so
+  the count stays B.
+- merge slots ``K_j``: a rank-j anchor frame exists only in segments of more than j*p
   frames (at most ``m_j = L // (j p + 1)`` of them) and gets at most ``ceil(B_k / (j+1))``
   anchors, so rank j holds at most ``(R + m_j j) // (j + 1)`` anchors.
 
@@ -58,7 +59,6 @@ from torch import nn
 from infomerge.compress.config import InfoMergeConfig
 from infomerge.compress.merge import merge_to_anchors
 from infomerge.compress.richness import RICHNESS_MODES, renyi2_richness, segment_richness_exact, sketch_basis
-from infomerge.errors import BudgetError
 
 MergeImpl = Callable[..., torch.Tensor]
 
@@ -224,24 +224,15 @@ class StaticCompressor(nn.Module):
         self.budget = config.total_budget(L, N)  # B, raises BudgetError
         self.salient_count = config.salient_per_frame(N)  # T_s
         self.context_total = self.budget - L * self.salient_count  # R = round(B_DTM) or C*L
-        if self.context_total < 0:
-            raise BudgetError(f"context budget {self.context_total} < 0 for {L}x{N}")
         self.static_count = config.static_candidates(N) if config.tfd else 0
-        p = config.anchor_interval
+        R, p = self.context_total, config.anchor_interval
         self.ranks = math.ceil(L / p)
-        caps = []
-        for j in range(self.ranks):
-            m_j = L // (j * p + 1)
-            caps.append(
-                max(
-                    0,
-                    min(
-                        self.context_total,
-                        (self.context_total + m_j * j) // (j + 1),
-                        m_j * (N - self.salient_count),
-                    ),
-                )
-            )
+        # rank j: at most m_j = L // (j p + 1) segments have a j-th anchor frame, each with at most
+        # ceil(B_k / (j + 1)) anchors (and at most N - T_s candidates)
+        caps = [
+            min(R, (R + (L // (j * p + 1)) * j) // (j + 1), (L // (j * p + 1)) * (N - self.salient_count))
+            for j in range(self.ranks)
+        ]
         self.rank_slots = caps if merge_scope == "anchor_frame" else [self.context_total]  # K_j
         basis = sketch_basis(hidden) if (config.caba and richness == "estimate") else None
         self.register_buffer("sketch", basis if basis is not None else torch.zeros(0), persistent=False)
