@@ -124,6 +124,7 @@ def test_cache_location_follows_env(tmp_path, monkeypatch):
 
     monkeypatch.setenv("INFOMERGE_CACHE", str(tmp_path))
     assert default_cache_dir() == tmp_path / "tiny-v1"
+    assert default_cache_dir(3) == tmp_path / "tiny-v1-seed3"
 
 
 # --- vision encoder against Hugging Face ---------------------------------------------------------

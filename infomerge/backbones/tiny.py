@@ -94,11 +94,12 @@ Actions: running, jumping, eating, sleeping, talking, driving, cooking, playing,
 """
 
 
-def default_cache_dir() -> Path:
-    """``$INFOMERGE_CACHE/tiny-v1`` if the variable is set, else ``~/.cache/infomerge/tiny-v1``."""
+def default_cache_dir(seed: int = 0) -> Path:
+    """``$INFOMERGE_CACHE/tiny-v1`` if the variable is set, else ``~/.cache/infomerge/tiny-v1``
+    (``tiny-v1-seed<N>`` for a seed other than 0)."""
     root = os.environ.get("INFOMERGE_CACHE")
     base = Path(root) if root else Path.home() / ".cache" / "infomerge"
-    return base / TINY_VERSION
+    return base / (TINY_VERSION if seed == 0 else f"{TINY_VERSION}-seed{seed}")
 
 
 def is_complete(directory: str | os.PathLike) -> bool:
@@ -112,7 +113,8 @@ def build_tiny_checkpoint(directory: str | os.PathLike | None = None, seed: int 
 
     Args:
         directory: where to put it; default :func:`default_cache_dir` (``$INFOMERGE_CACHE`` or
-            ``~/.cache/infomerge``, subfolder ``tiny-v1``). Reused as is when already complete.
+            ``~/.cache/infomerge``, subfolder ``tiny-v1``, ``tiny-v1-seed<N>`` for other seeds).
+            Reused as is when already complete (whatever seed built it).
         seed: seed of the random weights (the same seed gives the same bytes of weights).
 
     Returns:
@@ -121,7 +123,7 @@ def build_tiny_checkpoint(directory: str | os.PathLike | None = None, seed: int 
     Raises:
         OSError: the directory cannot be written.
     """
-    target = Path(directory) if directory is not None else default_cache_dir()
+    target = Path(directory) if directory is not None else default_cache_dir(seed)
     if is_complete(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

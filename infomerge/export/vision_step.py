@@ -112,7 +112,19 @@ def export_vision(ctx: ExportContext) -> None:
     # The graph holds the weights now; free the torch copy before ONNX Runtime loads its own.
     ctx.encoder = None
     del enc
+    release_memory()
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``), so the
+    next step's peak does not stack on memory this process no longer uses."""
     gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def validate_vision(ctx: ExportContext) -> None:
@@ -159,6 +171,7 @@ __all__ = [
     "export_vision",
     "load_encoder",
     "read_frames",
+    "release_memory",
     "save_image_newline",
     "validate_vision",
 ]
