@@ -259,7 +259,7 @@ def plot(rows: list[Row], path: str | os.PathLike, title: str = "infomerge-bench
 
     measured = [r for r in rows if r.measured]
     fig, (ax_bar, ax_sp) = plt.subplots(
-        1, 2, figsize=(13, max(3.5, 0.32 * len(measured) + 1.8)), gridspec_kw={"width_ratios": [3, 2]}
+        1, 2, figsize=(13, max(4.0, 0.32 * len(measured) + 2.4)), gridspec_kw={"width_ratios": [3, 2]}
     )
     labels = [f"{row_label(r)} {r.method} r={r.retention:g}" for r in measured]
     y = list(range(len(measured)))[::-1]
@@ -285,7 +285,7 @@ def plot(rows: list[Row], path: str | os.PathLike, title: str = "infomerge-bench
     ax_bar.set_yticks(y)
     ax_bar.set_yticklabels(labels, fontsize=7)
     ax_bar.set_xlabel("median latency per stage (ms), stacked = time to first token")
-    ax_bar.legend(fontsize=7, loc="lower right")
+    ax_bar.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
     ax_bar.grid(axis="x", alpha=0.3)
 
     series: dict[tuple, list[Row]] = {}
