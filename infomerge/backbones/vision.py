@@ -309,7 +309,8 @@ class VisionEncoder(nn.Module):
         return enc
 
     def load_encoder_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Load a state dict with this module's keys (float32 copies; strict, shapes checked)."""
+        """Copy a state dict with this module's keys into it (any float dtype, converted to the
+        parameters' dtype; every key required, shapes checked; extra keys ignored)."""
         from infomerge.errors import ArtifactError
 
         own = self.state_dict()
@@ -326,7 +327,9 @@ class VisionEncoder(nn.Module):
                     f"checkpoint tensor {k} has shape {tuple(state[k].shape)}, the backbone "
                     f"{self.backbone.name!r} expects {tuple(v.shape)}: wrong --backbone for this checkpoint?"
                 )
-        self.load_state_dict({k: state[k].to(torch.float32) for k in own}, strict=True, assign=False)
+        with torch.no_grad():  # in place, one tensor at a time: no second full-size copy
+            for k, v in own.items():
+                v.copy_(state[k])
 
     @torch.no_grad()
     def init_random(self, seed: int = 0) -> None:
