@@ -88,9 +88,8 @@ def export_onnx(
     try:
         raw = scratch / path.name
         with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter(
-                "ignore", DeprecationWarning
-            )  # the TorchScript exporter is the project's choice
+            # the TorchScript exporter is the project's choice: silence its deprecation notice
+            warnings.simplefilter("ignore", DeprecationWarning)
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             torch.onnx.export(
                 module,
