@@ -329,27 +329,14 @@ def load_backend(cfg: BenchConfig, name: str, variant: str, artifacts: Path | No
         if reason:
             raise Unavailable(reason)
     common = dict(model_path=cfg.checkpoint, method="infomerge", retention=None, device=cfg.device)
+    graphs = dict(compress_backend="none", artifacts=artifacts)  # the compressor is set per case
+    backends = {
+        "torch": {},
+        "ort": dict(vision_backend="ort", llm="ort", **graphs),
+        "trt": dict(vision_backend="trt", llm="torch", **graphs),  # no TensorRT LLM: torch's
+    }
     try:
-        if name == "torch":
-            pipe = Pipeline.from_backbone(cfg.backbone, **common)
-        elif name == "ort":
-            pipe = Pipeline.from_backbone(
-                cfg.backbone,
-                vision_backend="ort",
-                compress_backend="none",
-                llm="ort",
-                artifacts=artifacts,
-                **common,
-            )
-        else:
-            pipe = Pipeline.from_backbone(
-                cfg.backbone,
-                vision_backend="trt",
-                compress_backend="none",
-                llm="torch",
-                artifacts=artifacts,
-                **common,
-            )
+        pipe = Pipeline.from_backbone(cfg.backbone, **backends[name], **common)
     except BackendUnavailableError as exc:
         raise Unavailable(str(exc)) from None
     pipe.frames = cfg.frames  # the video's frame count, also the exported graphs' (--frames)
