@@ -278,6 +278,7 @@ def bench(
 
     rows = []
     with heavy_lock():
+        load = os.getloadavg()[0]
         for method, make in PRESETS.items():
             cfg = make(retention)
             comp = StaticCompressor(cfg, frames, n, d).eval()
@@ -331,7 +332,8 @@ def bench(
     cpu = platform.processor() or platform.machine()
     head = (
         f"Shape {frames} x {n} x {d}, r = {retention:.2f}, fp32, median of {repeat} after a warm-up; "
-        f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, onnxruntime {ort.__version__}.\n\n"
+        f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, onnxruntime {ort.__version__}; "
+        f"1-min load average {load:.1f} at the start (a shared machine).\n\n"
         "| preset | B | PyTorch eager (s) | ONNX Runtime CPU (s) | export (s) | ORT index == eager |\n"
         "|---|---|---|---|---|---|\n"
     )

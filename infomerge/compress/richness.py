@@ -68,7 +68,7 @@ def renyi2_richness(
     trace = (gram * eye).sum((-1, -2))
     frob2 = (gram * gram).sum((-1, -2))
     purity = frob2 / (trace * trace).clamp_min(1e-30)  # sum pi^2 in (0, 1]
-    rank = (seg_len * n).clamp(max=float(d))
+    rank = torch.clamp(seg_len * n, max=d)
     log_rank = torch.log(rank.clamp_min(1.0))
     ent = -torch.log(purity.clamp_min(1e-30)) / log_rank.clamp_min(1e-6)
     usable = (rank > 1.5) & (trace > 0)

@@ -235,6 +235,7 @@ class StaticCompressor(nn.Module):
         ]
         self.rank_slots = caps if merge_scope == "anchor_frame" else [self.context_total]  # K_j
         basis = sketch_basis(hidden) if (config.caba and richness == "estimate") else None
+        self.use_sketch = basis is not None
         self.register_buffer("sketch", basis if basis is not None else torch.zeros(0), persistent=False)
 
     # ---- public API ----------------------------------------------------------------------------
@@ -321,7 +322,7 @@ class StaticCompressor(nn.Module):
             if self.richness_mode == "input":
                 rich = richness.to(f32)
             else:
-                rich = renyi2_richness(h, onehot, seg_len, self.sketch if self.sketch.numel() else None)
+                rich = renyi2_richness(h, onehot, seg_len, self.sketch if self.use_sketch else None)
             rich_out = torch.where(seg_valid, rich, 0)
             prio = cfg.alpha * self._zscore(uniq, seg_valid) + cfg.beta * self._zscore(rich, seg_valid)
             weight = torch.sigmoid(cfg.tau * prio) * seg_len
