@@ -1,0 +1,52 @@
+"""Small tensor helpers shared by the compression steps.
+
+Deterministic tie-breaking (spec step 6, [D]): in every top-k of the algorithm (segmentation,
+attention selection, static candidates, density score) equal values are ordered by index, the
+lower index first. ``torch.topk`` does not promise that, so every top-k here is a stable sort.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the reference computes in: float64 for float64 input, float32 for everything else.
+
+    fp16 / bf16 inputs are scored in fp32 (spec: the spectral entropy "computed in fp32"; the
+    remaining scores follow it), and their outputs are cast back to the input dtype at the end.
+    """
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def stable_topk(x: torch.Tensor, k: int, largest: bool = True) -> torch.Tensor:
+    """Indices of the ``k`` largest (or smallest) entries along the last dimension, best first.
+
+    Ties go to the lower index (a stable sort), unlike ``torch.topk``. ``k`` is clipped to the
+    size of the last dimension; ``k <= 0`` gives an empty index tensor.
+
+    Args:
+        x: (..., M) scores. ``-inf`` sorts last for ``largest=True`` (masked entries).
+        k: how many indices to return.
+        largest: ``True`` for the largest values, ``False`` for the smallest.
+
+    Returns:
+        (..., min(k, M)) int64 indices into the last dimension, in rank order.
+    """
+    k = max(0, min(int(k), x.shape[-1]))
+    order = torch.sort(x, dim=-1, descending=largest, stable=True).indices
+    return order[..., :k]
+
+
+def topk_mask(x: torch.Tensor, k: int, largest: bool = True) -> torch.Tensor:
+    """Bool mask (same shape as ``x``) of the :func:`stable_topk` entries along the last dim."""
+    mask = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
+    idx = stable_topk(x, k, largest)
+    if idx.shape[-1]:
+        mask.scatter_(-1, idx, True)
+    return mask
+
+
+def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """``x / ||x||`` along the last dim; an all-zero vector stays zero (its cosines are 0)."""
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)

@@ -1,0 +1,408 @@
+"""Paper-exact InfoMerge (and FastVID, its ablation): the PyTorch reference.
+
+``reference(H, A, g, config) -> Compressed`` follows ``shared/spec/infomerge.md`` step by step;
+it is the ground truth that the shape-static export variant, the Triton kernel and the engines are
+measured against. Dynamic shapes, Python loops over segments and frames; nothing here is meant
+to be traced. The building blocks live one concept per module, with standalone signatures that
+the static variant reuses where they are shape-static:
+
+==========================  =====================================================================
+step                        functions
+==========================  =====================================================================
+1 segmentation              :mod:`~infomerge.compress.segmentation`: ``adjacent_similarity``,
+                            ``boundary_mask``, ``segments_from_boundaries``, ``segment_frames``
+2 budget split              :class:`~infomerge.compress.config.InfoMergeConfig`:
+                            ``salient_per_frame``, ``context_budget``, ``total_budget``
+3 static candidates         :mod:`~infomerge.compress.tfd`: ``tfd_scores``, ``adjacent_scores``,
+                            ``static_scores``, ``static_candidates``
+4 CABA                      :mod:`~infomerge.compress.caba`: ``segment_uniqueness``,
+                            ``spectral_entropy``, ``segment_richness``, ``zscore``,
+                            ``caba_priority``, ``caba_weights``, ``allocate_budgets``
+5 selection + replacement   :mod:`~infomerge.compress.selection`: ``penalized_scores``,
+                            ``select_salient``, ``apply_static_replacement``
+6 density, anchors, merge   :mod:`~infomerge.compress.density`: ``pairwise_distances``,
+                            ``density_scores``, ``anchor_frames``, ``select_anchors``;
+                            :func:`~infomerge.compress.merge.merge_to_anchors`
+7 output                    :func:`reference` (this module)
+==========================  =====================================================================
+
+Decisions where the spec is silent (all in ``docs/algorithm.md`` too):
+
+- Precision: everything is computed in float32, or float64 when ``H`` is float64 (fp16 / bf16 inputs
+  are scored in fp32); CABA's ``m_k``, ``w_k`` and shares in float64. Output tokens are cast back
+  to ``H``'s dtype; a salient token that was not replaced is bit-identical to its input.
+- Ties: every top-k is a stable sort, the lower index wins (segmentation, static candidates,
+  attention, density score, equal densities); cosine ties in the merge assignment go to the anchor
+  with the lower flat index (anchors are passed to the merge sorted by index; argmax takes the first).
+- Merge scope (spec step 6, "as FastVID"): the anchors of ALL anchor frames of a segment form one
+  pool, and every candidate token of the segment is assigned to its nearest anchor of that pool
+  (FastVID's code: one cosine matmul of the segment's tokens against all its anchors, argmax), so
+  each candidate is merged exactly once. A single-frame segment therefore merges within its frame.
+- Candidates (merge members) are the tokens not selected in step 5, after the static replacement
+  of step 5.4 (their values may be a static mean); salient tokens take no part in the merge.
+- Non-finite inputs are rejected (``ValueError``) rather than silently propagated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from infomerge.compress._ops import compute_dtype
+from infomerge.compress.caba import (
+    allocate_budgets,
+    caba_priority,
+    caba_weights,
+    segment_richness,
+    segment_uniqueness,
+)
+from infomerge.compress.config import InfoMergeConfig
+from infomerge.compress.density import anchor_frames, density_scores, select_anchors
+from infomerge.compress.merge import merge_to_anchors
+from infomerge.compress.segmentation import segment_frames
+from infomerge.compress.selection import apply_static_replacement, select_salient
+from infomerge.compress.tfd import static_candidates, static_scores
+
+__all__ = [
+    "CabaStats",
+    "Compressed",
+    "InfoMergeConfig",
+    "main",
+    "reference",
+    "synthetic_inputs",
+    "time_reference",
+]
+
+
+@dataclass(frozen=True)
+class CabaStats:
+    """CABA's per-segment quantities (float64, shape (K,)): uniqueness ``u``, richness ``e``,
+    priority ``m`` and weight ``w`` (eqs. 3-8)."""
+
+    u: torch.Tensor
+    e: torch.Tensor
+    m: torch.Tensor
+    w: torch.Tensor
+
+
+@dataclass
+class Compressed:
+    """What InfoMerge keeps of one video.
+
+    Attributes:
+        tokens: (K, D) kept tokens in H's dtype, in ``index`` order: salient tokens (after static
+            replacement) and merged context tokens.
+        index: (K,) int64 original flat positions ``l * N + p``, sorted ascending, unique. A merged
+            token carries the index of its anchor.
+        segments: ``[(start, end), ...]`` frame ranges, end exclusive.
+        budgets: per-segment context budgets ``B_k`` (before the anchor-frame split).
+        static: (num_segments, N) bool, the static candidates ``S_k`` of each segment (all False
+            for single-frame segments and with TFD off).
+        salient: int64 sorted flat indices of the salient tokens (``L * T_s`` of them).
+        anchors: int64 sorted flat indices of the merged context tokens' anchors.
+        replaced: int64 sorted flat indices of every token overwritten by its static mean in step
+            5.4 (kept or not).
+        anchor_frames: per segment, the absolute frame indices of its anchor frames.
+        frames: L.  tokens_per_frame: N.
+        salient_per_frame: T_s.  context_budget: B_DTM (a float under the paper rule).
+        caba: CABA's u, e, m, w, or None with CABA off.
+    """
+
+    tokens: torch.Tensor
+    index: torch.Tensor
+    segments: list[tuple[int, int]]
+    budgets: list[int]
+    static: torch.Tensor
+    salient: torch.Tensor
+    anchors: torch.Tensor
+    replaced: torch.Tensor
+    anchor_frames: list[list[int]]
+    frames: int
+    tokens_per_frame: int
+    salient_per_frame: int
+    context_budget: float
+    caba: CabaStats | None = field(default=None)
+
+    @property
+    def kept(self) -> int:
+        """Number of kept tokens K."""
+        return int(self.index.numel())
+
+    @property
+    def is_salient(self) -> torch.Tensor:
+        """(K,) bool aligned with ``index``: True for salient tokens, False for merged ones."""
+        return torch.isin(self.index, self.salient)
+
+    def per_frame(self, which: str = "salient") -> list[torch.Tensor]:
+        """Positions (0..N-1) per frame of ``which`` in {"salient", "anchors", "replaced", "index"}."""
+        flat = getattr(self, which)
+        n = self.tokens_per_frame
+        return [flat[(flat // n) == l] % n for l in range(self.frames)]
+
+
+def _check_inputs(h: torch.Tensor, a: torch.Tensor, g: torch.Tensor) -> tuple[int, int, int]:
+    if h.dim() != 3:
+        raise ValueError(f"reference: H must be (L, N, D), got shape {tuple(h.shape)}")
+    big_l, n, d = h.shape
+    if big_l < 1 or n < 1 or d < 1:
+        raise ValueError(f"reference: H must have L, N, D >= 1, got shape {tuple(h.shape)}")
+    if tuple(a.shape) != (big_l, n):
+        raise ValueError(f"reference: A must be (L, N) = {(big_l, n)}, got {tuple(a.shape)}")
+    if g.dim() != 2 or g.shape[0] != big_l or g.shape[1] < 1:
+        raise ValueError(f"reference: g must be (L, G) with L = {big_l}, got {tuple(g.shape)}")
+    for name, t in (("H", h), ("A", a), ("g", g)):
+        if not t.is_floating_point():
+            raise ValueError(f"reference: {name} must be a float tensor, got {t.dtype}")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"reference: {name} contains NaN or infinite values")
+    return big_l, n, d
+
+
+@torch.no_grad()
+def reference(
+    H: torch.Tensor,  # noqa: N803 (the spec's symbols)
+    A: torch.Tensor,  # noqa: N803
+    g: torch.Tensor,
+    config: InfoMergeConfig | None = None,
+) -> Compressed:
+    """Compress one video's tokens with InfoMerge, exactly as the spec says (steps 1-7).
+
+    Args:
+        H: (L, N, D) video tokens after projector and 14x14 pooling (float16/bfloat16/32/64).
+        A: (L, N) per-frame saliency (SigLIP MAP-head attention resized to the token grid).
+        g: (L, G) per-frame global features (the MAP head's pooled output).
+        config: hyperparameters; default ``InfoMergeConfig.paper(0.15)``. The FastVID preset
+            (``InfoMergeConfig.fastvid(r)``) is TFD off + CABA off + the "fastvid" budget rule.
+
+    Returns:
+        :class:`Compressed`. Kept count = ``L * T_s + sum_k a_k * min(B_k // a_k, unmasked
+        candidates)`` with ``a_k = ceil(T_k / p)`` anchor frames: the anchor-frame remainder is
+        dropped (FastVID), so it may differ from ``config.total_budget`` by a few tokens.
+
+    Raises:
+        ValueError: shapes, dtypes or non-finite values of the inputs.
+        BudgetError: a retention ratio that keeps no token at this shape.
+
+    Steps (spec numbering; decisions where the paper is silent marked [D]):
+        1. Segments from ``g`` (:func:`~infomerge.compress.segmentation.segment_frames`).
+        2. ``T_s`` and ``B_DTM`` from ``config`` (``budget_rule`` "paper" or "fastvid").
+        3. Per multi-frame segment with TFD on: ``S_k`` = the ``floor(rho N)`` positions with the
+           smallest TFD (or adjacent difference), on the ORIGINAL tokens; empty for T = 1 [D].
+        4. ``B_k`` from CABA on the original tokens, or proportional to ``T_k`` with CABA off.
+        5. Per segment and frame: penalised attention top-``T_s``; static hits replace
+           ``H[r, p]`` by the segment mean of position p for ``r >= l`` [D: before step 6].
+        6. Per segment: anchor frames (last, then every p-th backwards), frame budget
+           ``B_k // a_k``; density scores on the frame's candidates (after replacement) with the
+           hard mask; anchors = top-budget (capped at unmasked candidates); all candidates of the
+           segment merged into the segment's anchor pool by
+           :func:`~infomerge.compress.merge.merge_to_anchors`.
+        7. Salient + merged tokens with their original flat indices, sorted by index.
+    """
+    config = config if config is not None else InfoMergeConfig.paper(0.15)
+    big_l, n, d = _check_inputs(H, A, g)
+    config.total_budget(big_l, n)  # BudgetError when the ratio keeps nothing at this shape
+    cdt = compute_dtype(H.dtype)
+    dev = H.device
+    h = H.to(cdt)
+    a = A.to(cdt)
+    t_s = config.salient_per_frame(n)
+    b_dtm = config.context_budget(big_l, n)
+
+    # step 1: segmentation
+    segments = segment_frames(g.to(cdt), config.min_segments, config.seg_threshold)
+    lengths = [e - s for s, e in segments]
+
+    # step 3: static candidates (original tokens)
+    n_static = config.static_candidates(n) if config.tfd else 0
+    static = torch.zeros(len(segments), n, dtype=torch.bool, device=dev)
+    for k, (s, e) in enumerate(segments):
+        if n_static > 0 and e - s > 1:
+            scores = static_scores(h[s:e], config.static_estimator, config.adjacent_window)
+            static[k] = static_candidates(scores, n_static)
+
+    # step 4: budgets (original tokens)
+    caba = None
+    if config.caba:
+        u = segment_uniqueness(h, segments).double()
+        e_k = segment_richness(h, segments).double()
+        w = caba_weights(u, e_k, lengths, config.tau, config.alpha, config.beta)
+        caba = CabaStats(u=u, e=e_k, m=caba_priority(u, e_k, config.alpha, config.beta), w=w)
+    else:
+        w = torch.tensor(lengths, dtype=torch.float64)
+    budgets = allocate_budgets(w, b_dtm)
+
+    # steps 5-6, per segment
+    out_index, out_tokens, sal_index, anc_index, rep_index, seg_anchor_frames = [], [], [], [], [], []
+    for k, (s, e) in enumerate(segments):
+        t = e - s
+        salient, replaced = select_salient(a[s:e], static[k], t_s, config.lam)
+        hs = apply_static_replacement(h[s:e], replaced)
+        candidate = ~salient
+
+        frames = anchor_frames(t, config.anchor_interval)
+        per_frame = budgets[k] // len(frames)  # remainder dropped (FastVID)
+        chosen_static = torch.zeros(n, dtype=torch.bool, device=dev)
+        local_anchors = []
+        for f in frames:  # temporal order: the hard mask depends on it
+            scores = density_scores(hs[f], config.knn, valid=candidate[f])
+            picked = select_anchors(scores, per_frame, blocked=static[k] & chosen_static)
+            chosen_static[picked] |= static[k][picked]
+            local_anchors.append(f * n + picked)
+        seg_anchor_frames.append([s + f for f in frames])
+
+        base = s * n
+        sal_flat = salient.reshape(-1).nonzero().squeeze(-1)  # ascending (row-major)
+        flat_h = hs.reshape(-1, d)
+        sal_index.append(base + sal_flat)
+        out_index.append(base + sal_flat)
+        out_tokens.append(flat_h[sal_flat])
+        rep_index.append(base + replaced.reshape(-1).nonzero().squeeze(-1))
+
+        anchors = torch.cat(local_anchors).sort().values
+        if anchors.numel():
+            merged = merge_to_anchors(
+                flat_h,
+                candidate.reshape(-1).to(cdt),
+                anchors,
+                torch.ones(anchors.shape, dtype=cdt, device=dev),
+                config.anchor_weight,
+            )
+            anc_index.append(base + anchors)
+            out_index.append(base + anchors)
+            out_tokens.append(merged)
+
+    # step 7: output sorted by original index
+    index = torch.cat(out_index)
+    order = torch.argsort(index)
+    empty = torch.zeros(0, dtype=torch.int64, device=dev)
+    return Compressed(
+        tokens=torch.cat(out_tokens)[order].to(H.dtype),
+        index=index[order],
+        segments=segments,
+        budgets=budgets,
+        static=static,
+        salient=torch.cat(sal_index).sort().values,
+        anchors=torch.cat(anc_index).sort().values if anc_index else empty,
+        replaced=torch.cat(rep_index).sort().values,
+        anchor_frames=seg_anchor_frames,
+        frames=big_l,
+        tokens_per_frame=n,
+        salient_per_frame=t_s,
+        context_budget=b_dtm,
+        caba=caba,
+    )
+
+
+# ---- synthetic inputs and the timing entry point -------------------------------------------------
+LAYOUTS = {
+    "even": [4] * 8,  # 8 segments of 4 frames: the typical c = 8 case
+    "worst": [25] + [1] * 7,  # one 25-frame segment: the largest Gram matrix (D x D) of CABA
+    "single": [1] * 32,  # every frame its own segment (what unstructured random g gives)
+}
+
+
+def synthetic_inputs(
+    segment_lengths: list[int],
+    tokens: int = 196,
+    dim: int = 3584,
+    global_dim: int = 1152,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    noise: float = 0.3,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Deterministic ``(H, A, g)`` with a known segmentation (for timing and tests).
+
+    Each segment has its own random base tokens and base global feature; frames add noise (a
+    third of the positions nearly static, the rest dynamic), so adjacent global cosines are about
+    0.99 inside a segment and about 0 across: with ``len(segment_lengths) >= c`` the segmentation
+    reproduces ``segment_lengths`` exactly. ``A`` is a per-frame softmax of random logits.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    frames = sum(segment_lengths)
+    h = torch.empty(frames, tokens, dim, dtype=torch.float64)
+    g = torch.empty(frames, global_dim, dtype=torch.float64)
+    static_pos = torch.arange(tokens) % 3 == 0
+    scale = torch.where(static_pos, 0.05, noise).to(torch.float64).unsqueeze(-1)
+    start = 0
+    for length in segment_lengths:
+        base = torch.randn(tokens, dim, generator=gen, dtype=torch.float64)
+        gbase = torch.randn(global_dim, generator=gen, dtype=torch.float64)
+        for l in range(start, start + length):
+            h[l] = base + scale * torch.randn(tokens, dim, generator=gen, dtype=torch.float64)
+            g[l] = gbase + 0.1 * torch.randn(global_dim, generator=gen, dtype=torch.float64)
+        start += length
+    a = torch.softmax(2.0 * torch.randn(frames, tokens, generator=gen, dtype=torch.float64), dim=-1)
+    return h.to(dtype), a.to(dtype), g.to(dtype)
+
+
+def time_reference(
+    layout: str = "even",
+    retention: float = 0.15,
+    tokens: int = 196,
+    dim: int = 3584,
+    repeat: int = 3,
+    rule: str = "paper",
+) -> dict:
+    """Time :func:`reference` on :func:`synthetic_inputs` (float32) at the 7B shape by default.
+
+    Returns:
+        dict with ``layout``, ``segments``, ``kept``, ``seconds`` (each run) and ``median``.
+    """
+    h, a, g = synthetic_inputs(LAYOUTS[layout], tokens, dim)
+    config = InfoMergeConfig.paper(retention) if rule == "paper" else InfoMergeConfig.fastvid(retention)
+    seconds, out = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = reference(h, a, g, config)
+        seconds.append(time.perf_counter() - t0)
+    return {
+        "layout": layout,
+        "rule": rule,
+        "shape": tuple(h.shape),
+        "segments": [e - s for s, e in out.segments],
+        "kept": out.kept,
+        "seconds": seconds,
+        "median": statistics.median(seconds),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m infomerge.compress.infomerge --time``: time the reference at the 7B shape."""
+    parser = argparse.ArgumentParser(prog="python -m infomerge.compress.infomerge", description=main.__doc__)
+    parser.add_argument("--time", action="store_true", help="time the reference on synthetic 7B-shape input")
+    parser.add_argument("--layout", choices=[*LAYOUTS, "all"], default="all")
+    parser.add_argument("--retention", type=float, default=0.15)
+    parser.add_argument("--rule", choices=["paper", "fastvid"], default="paper")
+    parser.add_argument("--tokens", type=int, default=196)
+    parser.add_argument("--dim", type=int, default=3584)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own)")
+    args = parser.parse_args(argv)
+    if not args.time:
+        parser.print_help()
+        return 0
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    layouts = list(LAYOUTS) if args.layout == "all" else [args.layout]
+    worst = 0.0
+    for layout in layouts:
+        r = time_reference(layout, args.retention, args.tokens, args.dim, args.repeat, args.rule)
+        runs = ", ".join(f"{s:.2f}" for s in r["seconds"])
+        print(
+            f"{layout:>6}: shape {r['shape']} r={args.retention:g} ({r['rule']}) segments {r['segments']} "
+            f"kept {r['kept']}  median {r['median']:.2f} s  (runs {runs}; torch threads {r['threads']})"
+        )
+        worst = max(worst, r["median"])
+    print(f"slowest median: {worst:.2f} s (bound: 10 s)")
+    return 0 if math.isfinite(worst) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
