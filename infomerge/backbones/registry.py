@@ -103,18 +103,21 @@ class Backbone:
     # --- transformers configs --------------------------------------------------------------
     def vision_config(self):
         """The tower's ``SiglipVisionConfig`` (no head, ``vision_use_head=False``), built offline."""
+        return self._siglip_config(self.vision_layers, use_head=False)
+
+    def _siglip_config(self, layers: int, use_head: bool):
         from transformers import SiglipVisionConfig
 
         return SiglipVisionConfig(
             hidden_size=self.vision_hidden,
             intermediate_size=self.vision_intermediate,
-            num_hidden_layers=self.vision_layers,
+            num_hidden_layers=layers,
             num_attention_heads=self.vision_heads,
             image_size=self.image_size,
             patch_size=self.patch,
             hidden_act="gelu_pytorch_tanh",
             layer_norm_eps=self.vision_layer_norm_eps,
-            vision_use_head=False,
+            vision_use_head=use_head,
         )
 
     def text_config(self):
@@ -162,19 +165,7 @@ class Backbone:
         Only ``post_layernorm`` and ``head`` are used from it: hidden size, heads, MLP width and
         LayerNorm epsilon are those of the tower. ``num_hidden_layers`` is the original 27.
         """
-        from transformers import SiglipVisionConfig
-
-        return SiglipVisionConfig(
-            hidden_size=self.vision_hidden,
-            intermediate_size=self.vision_intermediate,
-            num_hidden_layers=self.vision_layers + 1,
-            num_attention_heads=self.vision_heads,
-            image_size=self.image_size,
-            patch_size=self.patch,
-            hidden_act="gelu_pytorch_tanh",
-            layer_norm_eps=self.vision_layer_norm_eps,
-            vision_use_head=True,
-        )
+        return self._siglip_config(self.vision_layers + 1, use_head=True)
 
 
 # Qwen2-7B text model shared by the 7B backbones.

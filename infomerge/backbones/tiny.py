@@ -31,7 +31,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from infomerge.backbones.registry import TINY
+from infomerge.backbones.registry import TINY, Backbone
 
 TINY_VERSION = "tiny-v1"
 SIGLIP_HEAD_SUBDIR = "siglip_head"
@@ -229,8 +229,9 @@ def build_model(seed: int = 0):
     return model.eval()
 
 
-def build_siglip_head(seed: int = 0) -> dict:
-    """State dict of the tiny SigLIP post_layernorm + MAP head, keys as in the original SigLIP.
+def build_siglip_head(seed: int = 0, backbone: Backbone = TINY) -> dict:
+    """Random SigLIP post_layernorm + MAP head of ``backbone`` (default tiny), keys as in the
+    original SigLIP checkpoint; deterministic from ``seed``.
 
     Keys: ``vision_model.post_layernorm.{weight,bias}``, ``vision_model.head.probe``,
     ``vision_model.head.attention.{in_proj_weight,in_proj_bias,out_proj.weight,out_proj.bias}``,
@@ -240,7 +241,7 @@ def build_siglip_head(seed: int = 0) -> dict:
     from torch import nn
     from transformers.models.siglip.modeling_siglip import SiglipMultiheadAttentionPoolingHead
 
-    cfg = TINY.siglip_head_config()
+    cfg = backbone.siglip_head_config()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 2)
         head = SiglipMultiheadAttentionPoolingHead(cfg)
