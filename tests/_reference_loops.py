@@ -137,39 +137,39 @@ def loop_reference(h, a, g, cfg) -> dict:
 
         a_frames = sorted(range(t - 1, -1, -cfg.anchor_interval))
         per = budgets[k] // len(a_frames)
-        chosen_static, pool = set(), []
+        chosen_static, frame_anchors = set(), []
         for f in a_frames:
             cand = [p for p in range(n) if p not in sal[f]]
             score = density(seg[f], cand, cfg.knn)
             free = [p for p in cand if not (p in static[k] and p in chosen_static)]
             picked = sorted(free, key=lambda p: (-score[p], p))[: min(per, len(free))]
             chosen_static |= set(picked) & static[k]
-            pool += [f * n + p for p in picked]
-        pool.sort()
+            frame_anchors.append(sorted(f * n + p for p in picked))
 
         members = [f * n + p for f in range(t) for p in range(n) if p not in sal[f]]
-        groups = {q: [] for q in pool}
-        for i in members:
-            if i in groups:
-                continue
-            xi = seg[i // n][i % n]
-            best, best_q = -math.inf, None
-            for q in pool:  # ascending: the lower index wins ties
-                c = cos(xi, seg[q // n][q % n])
-                if c > best:
-                    best, best_q = c, q
-            if best_q is not None:
-                groups[best_q].append(i)
-        for q in pool:
-            anchor = seg[q // n][q % n]
-            cnt = len(groups[q])
-            mean = [
-                (anchor[j] + sum(seg[i // n][i % n][j] for i in groups[q])) / (cnt + 1)
-                for j in range(len(anchor))
-            ]
-            wq = max(1 / (cnt + 1), cfg.anchor_weight)
-            kept[s * n + q] = [wq * x + (1 - wq) * y for x, y in zip(anchor, mean)]
-            anchors_all.append(s * n + q)
+        for pool in frame_anchors:  # every anchor frame merges ALL candidates of the segment
+            groups = {q: [] for q in pool}
+            for i in members:
+                if i in groups:
+                    continue
+                xi = seg[i // n][i % n]
+                best, best_q = -math.inf, None
+                for q in pool:  # ascending: the lower index wins ties
+                    c = cos(xi, seg[q // n][q % n])
+                    if c > best:
+                        best, best_q = c, q
+                if best_q is not None:
+                    groups[best_q].append(i)
+            for q in pool:
+                anchor = seg[q // n][q % n]
+                cnt = len(groups[q])
+                mean = [
+                    (anchor[j] + sum(seg[i // n][i % n][j] for i in groups[q])) / (cnt + 1)
+                    for j in range(len(anchor))
+                ]
+                wq = max(1 / (cnt + 1), cfg.anchor_weight)
+                kept[s * n + q] = [wq * x + (1 - wq) * y for x, y in zip(anchor, mean)]
+                anchors_all.append(s * n + q)
         for f in range(t):
             for p in sal[f]:
                 kept[(s + f) * n + p] = seg[f][p]

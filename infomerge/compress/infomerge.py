@@ -34,10 +34,12 @@ Decisions where the spec is silent (all in ``docs/algorithm.md`` too):
 - Ties: every top-k is a stable sort, the lower index wins (segmentation, static candidates,
   attention, density score, equal densities); cosine ties in the merge assignment go to the anchor
   with the lower flat index (anchors are passed to the merge sorted by index; argmax takes the first).
-- Merge scope (spec step 6, "as FastVID"): the anchors of ALL anchor frames of a segment form one
-  pool, and every candidate token of the segment is assigned to its nearest anchor of that pool
-  (FastVID's code: one cosine matmul of the segment's tokens against all its anchors, argmax), so
-  each candidate is merged exactly once. A single-frame segment therefore merges within its frame.
+- Merge scope (spec step 6, "as FastVID", read literally): in a multi-frame segment EVERY anchor
+  frame assigns ALL candidate tokens of the segment to its own nearest anchor (one cosine matmul of
+  the segment's candidates against that frame's anchors, argmax) and merges them; a candidate
+  therefore feeds one anchor in each anchor frame of its segment, and another frame's anchor token
+  is an ordinary member for this frame's anchors. A single-frame segment merges within its frame.
+  The shape-static variant does the same (``StaticCompressor(merge_scope="anchor_frame")``).
 - Candidates (merge members) are the tokens not selected in step 5, after the static replacement
   of step 5.4 (their values may be a static mean); salient tokens take no part in the merge.
 - Non-finite inputs are rejected (``ValueError``) rather than silently propagated.
@@ -264,11 +266,14 @@ def reference(
         out_tokens.append(flat_h[sal_flat])
         rep_index.append(base + replaced.reshape(-1).nonzero().squeeze(-1))
 
-        anchors = torch.cat(local_anchors).sort().values
-        if anchors.numel():
+        members = candidate.reshape(-1).to(cdt)
+        for picked in local_anchors:  # one merge per anchor frame, over the whole segment
+            if picked.numel() == 0:
+                continue
+            anchors = picked.sort().values
             merged = merge_to_anchors(
                 flat_h,
-                candidate.reshape(-1).to(cdt),
+                members,
                 anchors,
                 torch.ones(anchors.shape, dtype=cdt, device=dev),
                 config.anchor_weight,
