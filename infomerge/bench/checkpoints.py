@@ -49,30 +49,16 @@ def _is_complete(d: Path) -> bool:
     )
 
 
-def _siglip_head_state(bb: Backbone, seed: int) -> dict[str, torch.Tensor]:
-    """Random post_layernorm + MAP head, keys as in ``google/siglip-so400m-patch14-384``."""
-    from torch import nn
-    from transformers.models.siglip.modeling_siglip import SiglipMultiheadAttentionPoolingHead
-
-    cfg = bb.siglip_head_config()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed + 2)
-        head = SiglipMultiheadAttentionPoolingHead(cfg)
-        post = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        with torch.no_grad():
-            head.probe.normal_(0.0, 1.0)
-            head.attention.in_proj_bias.normal_(0.0, 0.02)
-            head.attention.out_proj.bias.normal_(0.0, 0.02)
-    state = {f"vision_model.post_layernorm.{k}": v for k, v in post.state_dict().items()}
-    state.update({f"vision_model.head.{k}": v for k, v in head.state_dict().items()})
-    return {k: v.detach().contiguous().clone() for k, v in state.items()}
-
-
 def _write(out: Path, bb: Backbone, seed: int) -> None:
     from safetensors.torch import save_file
 
     from infomerge.backbones.loading import load_llava_model
-    from infomerge.backbones.tiny import PROCESSOR_CHAT_TEMPLATE, SIGLIP_HEAD_SUBDIR, build_tokenizer
+    from infomerge.backbones.tiny import (
+        PROCESSOR_CHAT_TEMPLATE,
+        SIGLIP_HEAD_SUBDIR,
+        build_siglip_head,
+        build_tokenizer,
+    )
 
     tokenizer = build_tokenizer()
     spec = dataclasses.replace(bb, image_token_id=TINY.image_token_id, video_token_id=TINY.video_token_id)
@@ -89,7 +75,7 @@ def _write(out: Path, bb: Backbone, seed: int) -> None:
     head = out / SIGLIP_HEAD_SUBDIR
     head.mkdir()
     bb.siglip_head_config().save_pretrained(head)
-    save_file(_siglip_head_state(bb, seed), str(head / "model.safetensors"), metadata={"format": "pt"})
+    save_file(build_siglip_head(seed, bb), str(head / "model.safetensors"), metadata={"format": "pt"})
     (out / "README.md").write_text(
         f"# random-weight {bb.name}\n\nFull-size random weights (seed {seed}) for timing only; "
         "tokenizer and chat template of the infomerge tiny checkpoint.\n"
