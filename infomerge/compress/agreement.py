@@ -10,7 +10,7 @@ it runs :func:`infomerge.compress.infomerge.reference` and
 
 - ``keep``: the fraction of the reference's kept indices that the static variant also keeps;
 - ``max |dtok|``: the max abs token difference where both keep an index (and the peak |token|);
-- the same two with ``merge_scope="segment"`` (the reference's merge scope, see docs);
+- the same two with ``merge_scope="segment"`` (the pooled alternative reading of the merge scope, see docs);
 - CABA budgets: segments whose B_k differ between the in-graph richness estimate and the exact
   entropy (both through the static variant's integer split), and the largest difference.
 
