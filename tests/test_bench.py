@@ -66,6 +66,8 @@ def test_peak_rss_sees_a_transient_allocation():
 
     Compared with the RSS observed inside the call rather than with the RSS before it: the
     allocator may reuse pages that an earlier test left resident, so "before + size" is not a law.
+    The kernel updates VmHWM lazily (at unmap time), so it may trail an instantaneous VmRSS reading
+    by a few pages: 1 MiB of slack.
     """
     import numpy as np
 
@@ -78,7 +80,7 @@ def test_peak_rss_sees_a_transient_allocation():
 
     m = measure(work, runs=1, warmup=0)
     assert m.memory_kind == "rss"
-    assert m.peak_memory_bytes >= seen[0]
+    assert m.peak_memory_bytes >= seen[0] - 2**20
     assert m.peak_memory_bytes >= 64 * 2**20
 
 
