@@ -24,8 +24,6 @@ step (the TensorRT merge plugin's, ``--merge-plugin``) put another callable with
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
@@ -132,13 +130,9 @@ def validate_compress(ctx: ExportContext) -> None:
         raise_on_failure=False,
         display_name=str(ctx.output / COMPRESS_ONNX),
     )
-    ctx.manifest["graphs"]["compress"]["validation"] = {
-        **report.as_dict(),
-        "video": str(ctx.video),
-        "atol": atol,
-        "reference": "PyTorch eager StaticCompressor on the video's fp32 H, A, g",
-    }
-    report.raise_for_failures()
+    ctx.record_validation(
+        "compress", report, atol, "PyTorch eager StaticCompressor on the video's fp32 H, A, g"
+    )
 
 
 def export_fused(ctx: ExportContext) -> None:
@@ -170,18 +164,6 @@ def export_fused(ctx: ExportContext) -> None:
     }
 
 
-def _run_unoptimized(path, feed: dict) -> dict[str, np.ndarray]:
-    """Run a graph in ONNX Runtime (CPU) with graph optimizations off."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(None, {k: np.ascontiguousarray(v) for k, v in feed.items()})))
-
-
 def validate_fused(ctx: ExportContext) -> None:
     """ORT ``vision_compress.onnx`` == eager compressor on ORT ``vision.onnx``'s outputs (same frames).
 
@@ -191,37 +173,32 @@ def validate_fused(ctx: ExportContext) -> None:
     ``vision.onnx``'s output is rounded to fp16, and near-tied decisions can differ (measured on
     the tiny backbone: 3 of 920 indices). That is the optimizer, not the fusion.
     """
-    from infomerge.export.validate import ValidationReport, compare
+    from infomerge.export.validate import run_onnx, validate_onnx
 
     comp = ctx.extra["compressor"]
     px = {"pixel_values": _numpy(ctx.pixel_values)}
-    vis = _run_unoptimized(ctx.work / "vision.onnx", px)
+    vis, _, _ = run_onnx(ctx.work / "vision.onnx", px, optimization="off")
     with torch.no_grad():
         tokens, index = comp(*(torch.from_numpy(np.ascontiguousarray(vis[k])) for k in COMPRESS_INPUTS))
     atol = {k: (ctx.atol(v) if v > 0 else 0.0) for k, v in DEFAULT_ATOL[ctx.precision].items()}
-    shown = str(ctx.output / FUSED_ONNX)
-    t0 = time.perf_counter()
-    got = _run_unoptimized(ctx.work / FUSED_ONNX, px)
-    seconds = time.perf_counter() - t0
-    say = lambda text: ctx.console.print(text, highlight=False, markup=False, soft_wrap=True)  # noqa: E731
-    say(f"Validating ONNX model {shown} (ONNX Runtime graph optimizations off)...")
-    checks = []
-    for name, ref in (("tokens", tokens), ("index", index)):
-        c = compare(name, ref, got[name], atol[name])
-        checks.append(c)
-        mark = "[✓] all values close" if c.ok else "[✗] values not close enough"
-        say(f'\t- Validating ONNX Model output "{name}":')
-        say(f"\t\t-[{'✓' if c.shape_ok else '✗'}] {tuple(c.onnx_shape)} vs reference {tuple(c.ref_shape)}")
-        say(f"\t\t-{mark} (tolerance: {c.tolerance:.3g}) max abs diff {c.max_abs:.3g}, dtype {c.onnx_dtype}")
-    report = ValidationReport(shown, checks, "CPUExecutionProvider", seconds)
-    ctx.manifest["graphs"]["vision_compress"]["validation"] = {
-        **report.as_dict(),
-        "video": str(ctx.video),
-        "atol": atol,
-        "ort_graph_optimizations": "off",
-        "reference": "vision.onnx in ONNX Runtime, then the eager StaticCompressor",
-    }
-    report.raise_for_failures()
+    report = validate_onnx(
+        ctx.work / FUSED_ONNX,
+        {"tokens": tokens, "index": index},
+        px,
+        atol,
+        output_names=COMPRESS_OUTPUTS,
+        console=ctx.console,
+        raise_on_failure=False,
+        display_name=str(ctx.output / FUSED_ONNX),
+        optimization="off",
+    )
+    ctx.record_validation(
+        "vision_compress",
+        report,
+        atol,
+        "vision.onnx in ONNX Runtime, then the eager StaticCompressor",
+        ort_graph_optimizations="off",
+    )
 
 
 def _numpy(x) -> np.ndarray:

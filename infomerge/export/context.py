@@ -83,6 +83,20 @@ class ExportContext:
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
 
+    def record_validation(self, graph: str, report, atol, reference: str, **extra) -> None:
+        """Store a :class:`~infomerge.export.validate.ValidationReport` in the manifest under
+        ``graphs[graph]["validation"]`` (with the video, tolerances and what the reference was),
+        then raise its :class:`~infomerge.errors.ValidationError` if a check failed.
+        """
+        self.manifest["graphs"][graph]["validation"] = {
+            **report.as_dict(),
+            "video": str(self.video),
+            "atol": atol,
+            "reference": reference,
+            **extra,
+        }
+        report.raise_for_failures()
+
     def atol(self, default: float) -> float:
         """A validation tolerance base: ``--atol`` when given, else ``default``."""
         given = getattr(self.args, "atol", None)

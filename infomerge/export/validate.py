@@ -150,8 +150,10 @@ def run_onnx(
 ) -> tuple[dict[str, np.ndarray], float, str]:
     """Run a graph once in ONNX Runtime: ({output: array}, seconds of the run, provider used).
 
-    ``optimization``: ``"basic"`` (constant folding only; default) or ``"all"`` (ONNX Runtime's
-    fusions too). The default keeps memory low: with ``"all"`` the CPU provider constant-folds the
+    ``optimization``: ``"basic"`` (constant folding only; default), ``"all"`` (ONNX Runtime's
+    fusions too) or ``"off"`` (no graph rewrite at all: the CPU optimizer may drop fp16 roundings
+    between joined graphs, see ``vision_compress.onnx``). The default keeps memory low: with
+    ``"all"`` the CPU provider constant-folds the
     Casts it inserts around fp16 nodes into fp32 copies of every weight at session creation
     (measured on the ov-0.5b fp16 vision graph, 2 frames: 2.9 GB peak against 2.4 GB), and the
     arena is off so one run's activations are freed as it goes.
@@ -164,6 +166,7 @@ def run_onnx(
     opts.graph_optimization_level = {
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "off": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     }[optimization]
     if threads:
         opts.intra_op_num_threads = threads
@@ -189,6 +192,7 @@ def validate_onnx(
     console=None,
     raise_on_failure: bool = True,
     display_name: str | None = None,
+    optimization: str = "basic",
 ) -> ValidationReport:
     """Run ``onnx_path`` in ONNX Runtime and compare every output with the reference.
 
@@ -205,6 +209,7 @@ def validate_onnx(
         console: a ``rich.console.Console`` to print to (default: a new one on stdout).
         raise_on_failure: raise :class:`ValidationError` when a check fails (after printing).
         display_name: how to name the graph in the printout and errors (default: ``onnx_path``).
+        optimization: ONNX Runtime graph optimization level, as :func:`run_onnx`.
 
     Returns:
         The :class:`ValidationReport`.
@@ -220,8 +225,9 @@ def validate_onnx(
     def say(text: str) -> None:
         console.print(text, highlight=False, markup=False, soft_wrap=True)
 
-    say(f"Validating ONNX model {shown}...")
-    got, seconds, provider = run_onnx(onnx_path, inputs, providers)
+    note = " (ONNX Runtime graph optimizations off)" if optimization == "off" else ""
+    say(f"Validating ONNX model {shown}{note}...")
+    got, seconds, provider = run_onnx(onnx_path, inputs, providers, optimization=optimization)
     names = list(output_names) if output_names is not None else list(got)
     if callable(reference):
         import torch

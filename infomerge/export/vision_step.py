@@ -142,13 +142,7 @@ def validate_vision(ctx: ExportContext) -> None:
         raise_on_failure=False,
         display_name=str(ctx.output / VISION_ONNX),
     )
-    ctx.manifest["graphs"]["vision"]["validation"] = {
-        **report.as_dict(),
-        "video": str(ctx.video),
-        "atol": atol,
-        "reference": "PyTorch fp32 VisionEncoder",
-    }
-    report.raise_for_failures()
+    ctx.record_validation("vision", report, atol, "PyTorch fp32 VisionEncoder")
 
 
 VISION_STEPS = [
