@@ -22,15 +22,7 @@ from infomerge.compress.segmentation import boundary_mask, segment_frames, segme
 from infomerge.compress.selection import apply_static_replacement, select_salient
 from infomerge.compress.tfd import adjacent_scores, static_candidates, tfd_scores
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run many small ops; one intra-op thread avoids OpenMP stalls on a busy 2-core
-    machine (the rest of the suite keeps torch's default)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cos(a, b) -> float:

@@ -16,15 +16,7 @@ from _reference_loops import loop_reference
 from infomerge.compress.infomerge import InfoMergeConfig, reference, synthetic_inputs
 from infomerge.errors import BudgetError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run many small ops; one intra-op thread avoids OpenMP stalls on a busy 2-core
-    machine (the rest of the suite keeps torch's default)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 EVEN = [4] * 8  # 8 segments of 4 frames = one anchor frame each, no remainder dropped
