@@ -76,3 +76,21 @@ class ValidationError(InfomergeError):
 
 class PromptTooLongError(InfomergeError, ValueError):
     """A prompt plus video tokens that does not fit in the LLM's context window."""
+
+
+class TargetError(InfomergeError, ValueError):
+    """A compute capability that is malformed, or that the chosen TensorRT flavour cannot build for."""
+
+
+class UnknownMethodError(InfomergeError, KeyError):
+    """A compression method name that is not in the method registry; the message lists the choices."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownBackendError(InfomergeError, KeyError):
+    """A backend name that is not in a stage's backend registry; the message lists the choices."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

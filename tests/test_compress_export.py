@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from infomerge.compress.config import InfoMergeConfig
-from infomerge.compress.static import StaticCompressor
+from infomerge.compress.fixed_budget import FixedBudgetCompressor
 
 FORBIDDEN = {"NonZero", "Unique", "Loop", "If", "Scan", "Einsum", "ScatterND"}
 TOPK_LIMIT = 3840
@@ -23,7 +23,7 @@ TOPK_LIMIT = 3840
 
 @pytest.fixture(scope="module")
 def videos():
-    from infomerge.compress.agreement import video_features
+    from infomerge.bench.studies.agreement import video_features
 
     return video_features("tiny", "bigbuckbunny.mp4"), video_features("tiny", "bikes.mp4")
 
@@ -38,7 +38,7 @@ def _constant_value(model: onnx.ModelProto, name: str):
     return None
 
 
-def export(comp: StaticCompressor, feats, path) -> onnx.ModelProto:
+def export(comp: FixedBudgetCompressor, feats, path) -> onnx.ModelProto:
     torch.onnx.export(
         comp,
         tuple(feats),
@@ -57,7 +57,7 @@ def test_onnx_graph_is_static_and_correct_on_another_video(preset, videos, tmp_p
 
     cfg = InfoMergeConfig.paper(0.15) if preset == "infomerge" else InfoMergeConfig.fastvid(0.15)
     (h1, a1, g1), (h2, a2, g2) = videos
-    comp = StaticCompressor(cfg, *h1.shape).eval()
+    comp = FixedBudgetCompressor(cfg, *h1.shape).eval()
     model = export(comp, (h1, a1, g1), tmp_path / "compress.onnx")
 
     # forbidden ops: none, and the only TopK has a constant k <= 3840
@@ -88,7 +88,7 @@ def test_exact_richness_mode_exports_with_a_fourth_input(videos, tmp_path):
     import onnxruntime as ort
 
     (h1, a1, g1), (h2, a2, g2) = videos
-    comp = StaticCompressor(InfoMergeConfig.paper(0.05), *h1.shape, richness="input").eval()
+    comp = FixedBudgetCompressor(InfoMergeConfig.paper(0.05), *h1.shape, richness="input").eval()
     r1, r2 = comp.exact_richness(h1, g1), comp.exact_richness(h2, g2)
     path = tmp_path / "compress_exact.onnx"
     torch.onnx.export(

@@ -1,4 +1,4 @@
-"""The paper-exact InfoMerge reference end to end (shared/spec/infomerge.md steps 1-7).
+"""The paper-exact InfoMerge reference end to end (InfoMerge (arXiv 2606.02161, docs/algorithm.md) steps 1-7).
 
 Each test checks against something computed independently: a plain-loop second implementation
 (tests/_reference_loops.py), budgets and counts worked out by hand from the spec's rules, or
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from _reference_loops import loop_reference
 
-from infomerge.compress.infomerge import InfoMergeConfig, reference, synthetic_inputs
+from infomerge.compress.reference import InfoMergeConfig, reference, synthetic_inputs
 from infomerge.errors import BudgetError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -93,13 +93,13 @@ CHILD = textwrap.dedent(
 
     # inside the shape-static compressor (8 tiny frames): the Triton merge keeps the same tokens
     from infomerge.compress.config import InfoMergeConfig
-    from infomerge.compress.static import StaticCompressor
+    from infomerge.compress.fixed_budget import FixedBudgetCompressor
     from infomerge.export.compress_step import synthetic_features
 
     for dtype in (torch.float32, torch.float16):
         h, a, gf = synthetic_features(8, 196, 64, 64, dtype)
-        std = StaticCompressor(InfoMergeConfig.paper(0.15), 8, 196, 64).eval()
-        ker = StaticCompressor(InfoMergeConfig.paper(0.15), 8, 196, 64,
+        std = FixedBudgetCompressor(InfoMergeConfig.paper(0.15), 8, 196, 64).eval()
+        ker = FixedBudgetCompressor(InfoMergeConfig.paper(0.15), 8, 196, 64,
                                merge_impl=merge_to_anchors_triton).eval()
         with torch.no_grad():
             ts, i_s = std(h, a, gf)

@@ -1,7 +1,7 @@
 """infomerge-plan: memory plans checked against hand calculations.
 
 The two hand calculations below write every term out from the published model dimensions
-(SigLIP so400m/14-384 with 26 layers; Qwen2-7B and Qwen2-0.5B; shared/spec/pipeline.md) and the
+(SigLIP so400m/14-384 with 26 layers; Qwen2-7B and Qwen2-0.5B; docs/export.md) and the
 formulas stated in infomerge/jetson/planner.py's docstring. They do not call the planner's helpers.
 """
 

@@ -1,4 +1,4 @@
-"""The shape-static compressor (infomerge.compress.static) in eager mode.
+"""The shape-static compressor (infomerge.compress.fixed_budget) in eager mode.
 
 Independent checks: ranks and largest remainder against plain Python, B against the spec's
 numbers, segmentation / static candidates / kept indices against the paper-exact reference on real
@@ -15,7 +15,7 @@ import torch
 from infomerge.compress.config import InfoMergeConfig
 from infomerge.compress.merge import merge_to_anchors
 from infomerge.compress.richness import renyi2_richness, segment_richness_exact, sketch_basis
-from infomerge.compress.static import StaticCompressor, largest_remainder, rank_asc, rank_desc
+from infomerge.compress.fixed_budget import FixedBudgetCompressor, largest_remainder, rank_asc, rank_desc
 from infomerge.errors import BudgetError
 
 L, N = 32, 196
@@ -30,7 +30,7 @@ def synthetic(d: int = 32, seed: int = 0, frames: int = L):
 @pytest.fixture(scope="module")
 def tiny_video():
     """(H, A, g) of bigbuckbunny through the embedded tiny encoder (real frames)."""
-    from infomerge.compress.agreement import video_features
+    from infomerge.bench.studies.agreement import video_features
 
     return video_features("tiny", "bigbuckbunny.mp4")
 
@@ -79,7 +79,7 @@ def test_largest_remainder_matches_python(seed):
 def test_exact_budget_and_index_invariants(make, r, budget):
     cfg = make(r)
     H, A, g = synthetic()
-    comp = StaticCompressor(cfg, L, N, H.shape[-1])
+    comp = FixedBudgetCompressor(cfg, L, N, H.shape[-1])
     d = comp.decisions(H, A, g)
     b = cfg.total_budget(L, N)
     assert budget is None or b == budget
@@ -98,14 +98,14 @@ def test_exact_budget_and_index_invariants(make, r, budget):
 
 def test_full_retention_keeps_every_token_through_the_fill():
     H, A, g = synthetic()
-    d = StaticCompressor(InfoMergeConfig.fastvid(1.0), L, N, H.shape[-1]).decisions(H, A, g)
+    d = FixedBudgetCompressor(InfoMergeConfig.fastvid(1.0), L, N, H.shape[-1]).decisions(H, A, g)
     assert torch.equal(d.index, torch.arange(L * N))
     assert int(d.filled.sum()) > 0  # frame budgets above the candidates were filled, not dropped
 
 
 def test_deterministic_and_dtype():
     H, A, g = synthetic(seed=3)
-    comp = StaticCompressor(InfoMergeConfig.paper(0.15), L, N, H.shape[-1])
+    comp = FixedBudgetCompressor(InfoMergeConfig.paper(0.15), L, N, H.shape[-1])
     t1, i1 = comp(H, A, g)
     t2, i2 = comp(H, A, g)
     assert torch.equal(t1, t2) and torch.equal(i1, i2)
@@ -118,17 +118,17 @@ def test_deterministic_and_dtype():
 
 def test_bad_input_errors():
     with pytest.raises(BudgetError):
-        StaticCompressor(InfoMergeConfig.paper(0.001), 4, 4, 8)
+        FixedBudgetCompressor(InfoMergeConfig.paper(0.001), 4, 4, 8)
     with pytest.raises(ValueError, match="richness"):
-        StaticCompressor(InfoMergeConfig.paper(0.15), L, N, 8, richness="svd")
+        FixedBudgetCompressor(InfoMergeConfig.paper(0.15), L, N, 8, richness="svd")
     with pytest.raises(ValueError, match="merge_scope"):
-        StaticCompressor(InfoMergeConfig.paper(0.15), L, N, 8, merge_scope="video")
-    comp = StaticCompressor(InfoMergeConfig.paper(0.15), L, N, 32)
+        FixedBudgetCompressor(InfoMergeConfig.paper(0.15), L, N, 8, merge_scope="video")
+    comp = FixedBudgetCompressor(InfoMergeConfig.paper(0.15), L, N, 32)
     H, A, g = synthetic()
     with pytest.raises(ValueError, match="got H"):
         comp(H[:, :100], A, g)
     with pytest.raises(ValueError, match="richness"):
-        StaticCompressor(InfoMergeConfig.paper(0.15), L, N, 32, richness="input")(H, A, g)
+        FixedBudgetCompressor(InfoMergeConfig.paper(0.15), L, N, 32, richness="input")(H, A, g)
 
 
 # ---- merge routing ------------------------------------------------------------------------------
@@ -144,13 +144,13 @@ def test_all_merging_goes_through_merge_impl():
 
     H, A, g = synthetic(seed=1)
     cfg = InfoMergeConfig.fastvid(0.15)
-    base = StaticCompressor(cfg, L, N, H.shape[-1])
+    base = FixedBudgetCompressor(cfg, L, N, H.shape[-1])
     t0, i0 = base(H, A, g)
-    t1, i1 = StaticCompressor(cfg, L, N, H.shape[-1], merge_impl=spy)(H, A, g)
+    t1, i1 = FixedBudgetCompressor(cfg, L, N, H.shape[-1], merge_impl=spy)(H, A, g)
     assert torch.equal(i0, i1) and torch.equal(t0, t1)
     assert calls == [k for k in base.rank_slots if k > 0] and len(calls) == math.ceil(L / cfg.anchor_interval)
     d = base.decisions(H, A, g)
-    t2, i2 = StaticCompressor(cfg, L, N, H.shape[-1], merge_impl=unmerged)(H, A, g)
+    t2, i2 = FixedBudgetCompressor(cfg, L, N, H.shape[-1], merge_impl=unmerged)(H, A, g)
     anchor_out = d.anchors.reshape(-1)[i2]
     assert torch.equal(t2, H.reshape(-1, H.shape[-1])[i2])  # FastVID: no replacement, so H itself
     assert not torch.allclose(t0[anchor_out], t2[anchor_out])  # the merge changed every anchor row
@@ -159,12 +159,12 @@ def test_all_merging_goes_through_merge_impl():
 
 # ---- against the paper-exact reference on real video --------------------------------------------
 def test_segments_static_candidates_and_kept_indices_match_reference(tiny_video):
-    from infomerge.compress.infomerge import reference
+    from infomerge.compress.reference import reference
 
     H, A, g = tiny_video
     for cfg in (InfoMergeConfig.paper(0.15), InfoMergeConfig.fastvid(0.15)):
         ref = reference(H, A, g, cfg)
-        d = StaticCompressor(cfg, L, N, H.shape[-1]).decisions(H, A, g)
+        d = FixedBudgetCompressor(cfg, L, N, H.shape[-1]).decisions(H, A, g)
         assert d.segments() == ref.segments
         assert torch.equal(d.static[: len(ref.segments)], ref.static)
         kept = set(d.index.tolist())
@@ -177,7 +177,7 @@ def test_segments_static_candidates_and_kept_indices_match_reference(tiny_video)
 
 def test_fewer_frames_than_min_segments_are_single_segments():
     H, A, g = synthetic(frames=4)
-    d = StaticCompressor(InfoMergeConfig.paper(0.15), 4, N, H.shape[-1]).decisions(H, A, g)
+    d = FixedBudgetCompressor(InfoMergeConfig.paper(0.15), 4, N, H.shape[-1]).decisions(H, A, g)
     assert d.segments() == [(0, 1), (1, 2), (2, 3), (3, 4)]
     assert not bool(d.static.any())  # single-frame segments have no static candidates
 
@@ -207,8 +207,8 @@ def test_richness_estimate_is_renyi2_entropy_when_d_is_small(tiny_video):
 def test_richness_input_mode_uses_the_given_entropy(tiny_video):
     H, A, g = tiny_video
     cfg = InfoMergeConfig.paper(0.15)
-    est = StaticCompressor(cfg, L, N, H.shape[-1]).decisions(H, A, g)
-    comp = StaticCompressor(cfg, L, N, H.shape[-1], richness="input")
+    est = FixedBudgetCompressor(cfg, L, N, H.shape[-1]).decisions(H, A, g)
+    comp = FixedBudgetCompressor(cfg, L, N, H.shape[-1], richness="input")
     rich = comp.exact_richness(H, g)
     assert torch.allclose(rich, segment_richness_exact(H, est.segments(), L))
     exact = comp.decisions(H, A, g, rich)

@@ -1,6 +1,6 @@
 """Theoretical LLM prefill FLOPs of the visual tokens (InfoMerge paper, App. A.2).
 
-Source: ``shared/spec/infomerge.md``, "Reference numbers": per decoder layer
+Source: InfoMerge (arXiv 2606.02161; summary in ``docs/algorithm.md``), "Reference numbers": per decoder layer
 
     N * d^2 * (2 + 2 * kv / heads)  +  2 * N^2 * d  +  3 * N * d * d_ff
 

@@ -181,7 +181,7 @@ class Unavailable(Exception):
 # ---- TensorRT availability --------------------------------------------------------------------
 def trt_unavailable_reason(device: str) -> str | None:
     """Why TensorRT engines cannot run here, or None when a flavour and a suitable GPU exist."""
-    from infomerge.engines.builder import _rtx_capabilities, local_compute_capability
+    from infomerge.engines.builder import rtx_capabilities, local_compute_capability
     from infomerge.engines.flavour import load_flavour
 
     flavours = {}
@@ -199,7 +199,7 @@ def trt_unavailable_reason(device: str) -> str | None:
             f"{labels} installed, but no CUDA GPU {'visible' if cc is None else 'selected (--device cpu)'}: "
             "engines cannot run here"
         )
-    if "trt" not in flavours and cc not in (_rtx_capabilities(flavours["rtx"]) or _RTX_CAPABILITIES):
+    if "trt" not in flavours and cc not in (rtx_capabilities(flavours["rtx"]) or _RTX_CAPABILITIES):
         return f"TensorRT-RTX cannot run on compute capability {cc} (RTX GPUs only); install full TensorRT"
     return None
 
@@ -267,7 +267,7 @@ def _exported_compress(artifacts: Path) -> dict | None:
 
 def compress_graph(cfg: BenchConfig, artifacts: Path, method: str, retention: float) -> Path:
     """``compress.onnx`` for (method, retention): the artifact directory's own when it was exported
-    for them, else one exported into ``cfg.work/compress/`` (``StaticCompressor`` traced as
+    for them, else one exported into ``cfg.work/compress/`` (``FixedBudgetCompressor`` traced as
     ``infomerge-export`` does it; its agreement with the reference is the benchmark's cross-check).
     """
     entry = _exported_compress(artifacts)
@@ -279,7 +279,7 @@ def compress_graph(cfg: BenchConfig, artifacts: Path, method: str, retention: fl
     if path.is_file():
         return path
     from infomerge.backbones.registry import get_backbone
-    from infomerge.compress.static import StaticCompressor
+    from infomerge.compress.fixed_budget import FixedBudgetCompressor
     from infomerge.export.compress_step import (
         COMPRESS_INPUTS,
         COMPRESS_OUTPUTS,
@@ -289,7 +289,7 @@ def compress_graph(cfg: BenchConfig, artifacts: Path, method: str, retention: fl
     from infomerge.export.onnx_export import export_onnx
 
     bb = get_backbone(cfg.backbone)
-    comp = StaticCompressor(method_config(method, retention), cfg.frames, bb.tokens_per_frame, bb.text_hidden)
+    comp = FixedBudgetCompressor(method_config(method, retention), cfg.frames, bb.tokens_per_frame, bb.text_hidden)
     example = synthetic_features(
         cfg.frames, bb.tokens_per_frame, bb.text_hidden, bb.vision_hidden, torch.float32
     )

@@ -3,18 +3,18 @@ functions, the budget config and the shared merge contract.
 
 Public names (step functions are importable from their modules too):
 
-- :func:`reference`, :class:`Compressed`, :class:`CabaStats` (:mod:`.infomerge`)
+- :data:`METHODS`, :func:`get_method`, :class:`Method` (:mod:`.methods`): the method registry
+- :func:`reference`, :class:`Compressed`, :class:`CabaStats` (:mod:`.reference`)
+- :class:`FixedBudgetCompressor` (:mod:`.fixed_budget`): the shape-static export form
 - :class:`InfoMergeConfig` (:mod:`.config`)
 - step 1 :mod:`.segmentation`, step 3 :mod:`.tfd`, step 4 :mod:`.caba`, step 5 :mod:`.selection`,
   step 6 :mod:`.density` and :mod:`.merge`.
 
-:mod:`.infomerge` is imported lazily so that ``python -m infomerge.compress.infomerge --time``
-runs without a double-import warning.
+This package imports torch, numpy and :mod:`infomerge.errors` only (the import-layer check in
+``pyproject.toml`` enforces it).
 """
 
 from __future__ import annotations
-
-import importlib
 
 from infomerge.compress._ops import stable_topk, topk_mask
 from infomerge.compress.caba import (
@@ -28,7 +28,10 @@ from infomerge.compress.caba import (
 )
 from infomerge.compress.config import InfoMergeConfig
 from infomerge.compress.density import anchor_frames, density_scores, pairwise_distances, select_anchors
+from infomerge.compress.fixed_budget import FixedBudgetCompressor
 from infomerge.compress.merge import assign_to_anchors, merge_to_anchors
+from infomerge.compress.methods import METHODS, Method, get_method, method_names
+from infomerge.compress.reference import CabaStats, Compressed, reference
 from infomerge.compress.segmentation import (
     adjacent_similarity,
     boundary_mask,
@@ -38,14 +41,12 @@ from infomerge.compress.segmentation import (
 from infomerge.compress.selection import apply_static_replacement, penalized_scores, select_salient
 from infomerge.compress.tfd import adjacent_scores, static_candidates, static_scores, tfd_scores
 
-_LAZY = {
-    "reference": "infomerge",
-    "Compressed": "infomerge",
-    "CabaStats": "infomerge",
-    "synthetic_inputs": "infomerge",
-}
-
 __all__ = [
+    "METHODS",
+    "FixedBudgetCompressor",
+    "Method",
+    "get_method",
+    "method_names",
     "CabaStats",
     "Compressed",
     "InfoMergeConfig",
@@ -73,14 +74,8 @@ __all__ = [
     "stable_topk",
     "static_candidates",
     "static_scores",
-    "synthetic_inputs",
     "tfd_scores",
     "topk_mask",
     "zscore",
 ]
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

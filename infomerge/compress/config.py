@@ -1,11 +1,12 @@
 """Hyperparameters and token budgets of InfoMerge and FastVID.
 
-Source: ``shared/spec/infomerge.md`` ("Hyperparameters", "Step 2: budget split", "Fixed-budget,
+Source: InfoMerge (arXiv 2606.02161; summary in ``docs/algorithm.md``) ("Hyperparameters",
+"Step 2: budget split", "Fixed-budget,
 shape-static variant"); InfoMerge paper (arXiv 2606.02161) Table 7 and eqs. 18-21; FastVID
 (arXiv 2503.11187) code for the "fastvid" rounding rule.
 
-Both the paper-exact reference (:mod:`infomerge.compress.infomerge`) and the shape-static export
-variant (:mod:`infomerge.compress.static`) take their numbers from here, so a budget is computed in
+Both the paper-exact reference (:mod:`infomerge.compress.reference`) and the shape-static export
+variant (:mod:`infomerge.compress.fixed_budget`) take their numbers from here, so a budget is computed in
 exactly one place.
 """
 

@@ -81,7 +81,7 @@ def segment_richness_exact(h: torch.Tensor, segments: list[tuple[int, int]], slo
     Args:
         h: (L, N, D) ORIGINAL tokens (any float dtype; computed in fp32, float64 kept).
         segments: ``[(start, end), ...]`` in temporal order (e.g. from
-            :meth:`infomerge.compress.static.StaticCompressor.decisions` or
+            :meth:`infomerge.compress.fixed_budget.FixedBudgetCompressor.decisions` or
             :func:`infomerge.compress.segmentation.segment_frames`).
         slots: length of the result (the graph's frame count L).
 

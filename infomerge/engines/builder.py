@@ -30,22 +30,21 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from infomerge.engines.flavour import Flavour, load_flavour
-from infomerge.engines.metadata import (
-    EngineMetadata,
-    TargetError,
-    atomic_write_bytes,
+from infomerge.artifacts.atomic import atomic_write_bytes
+from infomerge.artifacts.layout import (
+    TIMING_CACHE,
     engine_paths,
-    inspect_onnx,
     normalize_cc,
-    onnx_digest,
     parse_compute_capabilities,
 )
-from infomerge.errors import ArtifactError, BackendUnavailableError
+from infomerge.artifacts.onnx_graph import inspect_onnx, onnx_digest
+from infomerge.engines.flavour import Flavour, load_flavour
+from infomerge.engines.metadata import EngineMetadata
+from infomerge.errors import ArtifactError, BackendUnavailableError, TargetError
 
 #: default ``--workspace`` in MiB (bounded, so 8 GB Jetson boards can build)
 DEFAULT_WORKSPACE_MIB = 1024
-TIMING_CACHE_NAME = "timing.cache"
+TIMING_CACHE_NAME = TIMING_CACHE
 
 
 @dataclass
@@ -118,7 +117,7 @@ def resolve_targets(flavour: Flavour, requested: Iterable[str], device_cc: str |
                 "TensorRT-RTX builds ahead of time for chosen GPUs and no GPU is visible here: "
                 "give --compute-capability, e.g. 86,89 (RTX 30xx, RTX 40xx)"
             )
-        known = _rtx_capabilities(flavour)
+        known = rtx_capabilities(flavour)
         for cc in targets:
             if known and cc not in known:
                 raise TargetError(
@@ -141,7 +140,7 @@ def resolve_targets(flavour: Flavour, requested: Iterable[str], device_cc: str |
     return [device_cc]
 
 
-def _rtx_capabilities(flavour: Flavour) -> list[str]:
+def rtx_capabilities(flavour: Flavour) -> list[str]:
     enum = getattr(flavour.module, "ComputeCapability", None)
     members = getattr(enum, "__members__", {}) if enum is not None else {}
     out = []

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from infomerge.engines.ort import ort_session
 from infomerge.errors import ArtifactError, BackendUnavailableError, InfomergeError
 
 BACKENDS = ("ort", "ort-noopt", "trt")
@@ -51,12 +52,7 @@ def _polygraphy():
 
 def _ort_session(onnx_path: Path, optimize: bool):
     def load():
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        if not optimize:
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        return ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+        return ort_session(onnx_path, "cpu", optimization="all" if optimize else "off")
 
     return load
 
@@ -182,11 +178,11 @@ def make_runners(onnx_path: str | os.PathLike, backends=("ort", "trt"), engine_p
 def _default_engine(onnx_path: Path) -> Path:
     """The engine beside a graph for this GPU; without a GPU, the first one there (so its metadata is
     still checked and the reason it cannot run is the missing GPU)."""
+    from infomerge.artifacts.layout import find_engine
     from infomerge.engines.builder import local_compute_capability
-    from infomerge.engines.runner import find_engine
 
     try:
-        return find_engine(onnx_path.parent, onnx_path.stem)
+        return find_engine(onnx_path.parent, onnx_path.stem, local_compute_capability())
     except ArtifactError:
         found = sorted((onnx_path.parent / "engines").glob(f"{onnx_path.stem}.sm*.engine"))
         if found and local_compute_capability() is None:

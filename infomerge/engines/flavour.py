@@ -1,6 +1,6 @@
 """Which TensorRT is installed, and what its builder can do: one code path for every flavour.
 
-Source: ``shared/spec/deployment.md`` ("TensorRT flavours") and NVIDIA's TensorRT 10.x -> 11.x
+Source: the deployment notes of ``docs/tensorrt.md`` ("TensorRT flavours") and NVIDIA's TensorRT 10.x -> 11.x
 migration guide: TensorRT 10.x (JetPack 6) builds weakly typed networks and makes fp16 with
 ``BuilderFlag.FP16``; TensorRT 11.x only builds strongly typed networks (the ONNX carries the
 precision, the flag is gone); TensorRT for RTX is strongly typed only, has no timing cache (its

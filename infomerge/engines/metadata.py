@@ -1,7 +1,7 @@
 """Engine provenance: the JSON written next to every engine, and the check that refuses a stale one.
 
 An engine is specific to its TensorRT flavour and version, its GPU architecture (compute capability)
-and the ONNX it was built from (``shared/spec/deployment.md``). Each ``NAME.smXY.engine`` therefore
+and the ONNX it was built from (the deployment notes of ``docs/tensorrt.md``). Each ``NAME.smXY.engine`` therefore
 has a ``NAME.smXY.json`` beside it (:class:`EngineMetadata`); :func:`check_engine` compares it with
 the runtime and the source ONNX and raises :class:`~infomerge.errors.EngineMismatchError` with the
 command that rebuilds it.
@@ -13,184 +13,19 @@ sha256, so an engine swapped or truncated afterwards is refused too.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from infomerge import __version__
-from infomerge.errors import ArtifactError, EngineMismatchError, InfomergeError
-from infomerge.export.manifest import sha256_file
+from infomerge.artifacts.atomic import atomic_write_text
+from infomerge.artifacts.layout import normalize_cc, sm_tag
+from infomerge.artifacts.manifest import sha256_file
+from infomerge.artifacts.onnx_graph import onnx_digest
+from infomerge.errors import ArtifactError, EngineMismatchError
 
 METADATA_FORMAT = 1
-
-
-# --- compute capabilities ------------------------------------------------------------------------
-class TargetError(InfomergeError, ValueError):
-    """A compute capability that is malformed, or that the chosen TensorRT flavour cannot build for."""
-
-
-def normalize_cc(cc) -> str:
-    """A compute capability as "major.minor": 86, "86", "8.6", "sm86", "sm_86", (8, 6) -> "8.6".
-
-    Raises:
-        TargetError: for anything else.
-    """
-    if isinstance(cc, tuple | list) and len(cc) == 2:
-        return f"{int(cc[0])}.{int(cc[1])}"
-    text = str(cc).strip().lower().removeprefix("sm").removeprefix("_")
-    if "." in text:
-        major, _, minor = text.partition(".")
-        if major.isdigit() and minor.isdigit():
-            return f"{int(major)}.{int(minor)}"
-    elif text.isdigit() and len(text) in (2, 3):
-        return f"{int(text[:-1])}.{int(text[-1])}"
-    raise TargetError(f"not a compute capability: {cc!r} (write 86, 8.6 or sm86)")
-
-
-def parse_compute_capabilities(text: str | None) -> list[str]:
-    """``--compute-capability`` "86,89" -> ["8.6", "8.9"] (duplicates dropped, order kept); None/"" -> []."""
-    if not text:
-        return []
-    out: list[str] = []
-    for part in str(text).split(","):
-        if part.strip():
-            cc = normalize_cc(part)
-            if cc not in out:
-                out.append(cc)
-    return out
-
-
-def sm_tag(cc: str) -> str:
-    """ "8.6" -> "sm86" (the tag in engine file names)."""
-    return "sm" + normalize_cc(cc).replace(".", "")
-
-
-def engine_paths(out_dir: str | os.PathLike, graph: str, cc: str) -> tuple[Path, Path]:
-    """(engine path, metadata path) of graph ``graph`` built for ``cc``: ``vision.sm86.engine/.json``."""
-    base = Path(out_dir) / f"{graph}.{sm_tag(cc)}"
-    return base.with_name(base.name + ".engine"), base.with_name(base.name + ".json")
-
-
-def metadata_path_for(engine_path: str | os.PathLike) -> Path:
-    """``X.sm86.engine`` -> ``X.sm86.json``."""
-    p = Path(engine_path)
-    return p.with_suffix(".json")
-
-
-# --- ONNX graphs: one inspection, one digest ------------------------------------------------------
-#: op types of this project's TensorRT plugins (see infomerge.engines.plugin)
-PLUGIN_OPS = frozenset({"MergeToAnchors"})
-
-
-@dataclass(frozen=True)
-class OnnxInfo:
-    """What the engine code needs to know of an ONNX graph (read once, weights not loaded).
-
-    Attributes:
-        precision: "fp16" when the graph computes in fp16 anywhere (fp16 I/O, weights, casts or
-            constants; a ``--fp16`` export with fp32 islands counts), else "fp32".
-        plugin_ops: op types only a TensorRT plugin runs (e.g. ``MergeToAnchors``), sorted.
-        external_data: the external-data files it references that exist, sorted.
-    """
-
-    precision: str
-    plugin_ops: tuple[str, ...]
-    external_data: tuple[Path, ...]
-
-
-def inspect_onnx(onnx_path: str | os.PathLike) -> OnnxInfo:
-    """Read an ONNX graph's structure (not its external weights) into an :class:`OnnxInfo`.
-
-    Raises:
-        ArtifactError: when the file does not exist.
-    """
-    import onnx
-
-    path = Path(onnx_path)
-    if not path.is_file():
-        raise ArtifactError(f"{path}: ONNX graph not found")
-    model = onnx.load(str(path), load_external_data=False)
-    g = model.graph
-    fp16 = onnx.TensorProto.FLOAT16
-    tensors = list(_all_tensors(g))
-    is_fp16 = (
-        any(t.data_type == fp16 for t in tensors)
-        or any(v.type.tensor_type.elem_type == fp16 for v in [*g.input, *g.output, *g.value_info])
-        or any(
-            n.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in n.attribute) for n in g.node
-        )
-    )
-    locations = {
-        kv.value
-        for t in tensors
-        if t.data_location == onnx.TensorProto.EXTERNAL
-        for kv in t.external_data
-        if kv.key == "location"
-    }
-    return OnnxInfo(
-        precision="fp16" if is_fp16 else "fp32",
-        plugin_ops=tuple(sorted({n.op_type for n in g.node if n.op_type in PLUGIN_OPS})),
-        external_data=tuple(sorted(p for n in locations if (p := path.parent / n).is_file())),
-    )
-
-
-def onnx_digest(onnx_path: str | os.PathLike, info: OnnxInfo | None = None) -> str:
-    """sha256 identifying an ONNX graph with its weights.
-
-    A single-file graph: the file's sha256 (the same as the artifact manifest lists). A graph with
-    external data: the sha256 of the lines ``NAME:SHA256`` of the ``.onnx`` and of each external-data
-    file, so a change in ``model.onnx.data`` changes the digest too.
-
-    Args:
-        onnx_path: the graph.
-        info: its :func:`inspect_onnx` result when already read.
-
-    Raises:
-        ArtifactError: when the file does not exist.
-    """
-    path = Path(onnx_path)
-    info = info or inspect_onnx(path)
-    if not info.external_data:
-        return sha256_file(path)
-    lines = [f"{p.name}:{sha256_file(p)}" for p in (path, *info.external_data)]
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
-
-
-def _all_tensors(graph):
-    yield from graph.initializer
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            if attr.HasField("g"):
-                yield from _all_tensors(attr.g)
-            for g in attr.graphs:
-                yield from _all_tensors(g)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data) -> None:
-    """Write ``data`` (bytes-like) to ``path`` atomically: temp file in the same folder, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(memoryview(data))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 # --- the record ----------------------------------------------------------------------------------

@@ -2,9 +2,8 @@
 
 For the runtime and the benchmark::
 
-    from infomerge.engines.runner import find_engine, load_engine_runner
-    runner = load_engine_runner(find_engine("artifacts/tiny", "vision"),
-                                expected_onnx="artifacts/tiny/vision.onnx")
+    from infomerge.engines.runner import load_artifact_engine
+    runner = load_artifact_engine("artifacts/tiny", "vision")   # checked against vision.onnx
     outputs = runner({"pixel_values": frames})        # dict name -> CUDA torch.Tensor
 
 Order of checks (each with its own error): the metadata JSON exists and parses
@@ -20,16 +19,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from infomerge.artifacts.layout import find_engine, graph_file, metadata_path_for
 from infomerge.engines.builder import local_compute_capability
 from infomerge.engines.flavour import Flavour, load_flavour
-from infomerge.engines.metadata import (
-    EngineMetadata,
-    RuntimeInfo,
-    check_engine,
-    metadata_path_for,
-    normalize_cc,
-    sm_tag,
-)
+from infomerge.engines.metadata import EngineMetadata, RuntimeInfo, check_engine
 from infomerge.errors import ArtifactError, BackendUnavailableError, EngineMismatchError
 
 _TORCH_DTYPES = {
@@ -192,33 +185,17 @@ def load_engine_runner(
     return EngineRunner(engine_path, meta, flavour)
 
 
-def find_engine(artifact_dir: str | os.PathLike, graph: str, compute_capability: str | None = None) -> Path:
-    """The engine of ``graph`` in ``ARTIFACT_DIR/engines`` for a compute capability.
+def load_artifact_engine(artifact_dir: str | os.PathLike, graph: str) -> EngineRunner:
+    """The checked runner of ``<artifact_dir>/engines/<graph>.smXY.engine`` for this machine's GPU.
 
-    Args:
-        artifact_dir: the exporter's output folder.
-        graph: "vision", "compress", "vision_compress", ...
-        compute_capability: target; default the local GPU's, or, without a GPU, the only engine
-            there is.
+    The engine is found by :func:`infomerge.artifacts.layout.find_engine` for the local compute
+    capability and checked against its source ``<artifact_dir>/<graph>.onnx``.
 
     Raises:
-        ArtifactError: no engine for that graph/target (the message lists what exists).
+        ArtifactError: no engine of that graph for this GPU (the message lists what exists).
+        BackendUnavailableError: no TensorRT flavour installed (names the extra) or no CUDA GPU here.
+        EngineMismatchError: the engine was built for another GPU, TensorRT version or source ONNX.
     """
-    folder = Path(artifact_dir) / "engines"
-    found = sorted(folder.glob(f"{graph}.sm*.engine"))
-    cc = compute_capability or local_compute_capability()
-    if cc is not None:
-        want = folder / f"{graph}.{sm_tag(normalize_cc(cc))}.engine"
-        if want.is_file():
-            return want
-    elif len(found) == 1:
-        return found[0]
-    have = ", ".join(p.name for p in found) or "none"
-    target = (
-        f"compute capability {normalize_cc(cc)}" if cc else "this machine (no GPU visible; name a target)"
-    )
-    raise ArtifactError(
-        f"{folder}: no {graph} engine for {target} (have: {have}); build one with "
-        f"python -m infomerge.engines.builder {artifact_dir} --engine rtx --compute-capability "
-        f"{sm_tag(normalize_cc(cc))[2:] if cc else '86'}"
-    )
+    root = Path(artifact_dir)
+    engine = find_engine(root, graph, local_compute_capability())
+    return load_engine_runner(engine, expected_onnx=root / graph_file(graph))

@@ -1,6 +1,6 @@
 """The compression steps of ``infomerge-export``: ``compress.onnx`` and the fused ``vision_compress.onnx``.
 
-``compress.onnx`` is :class:`~infomerge.compress.static.StaticCompressor` for the run's backbone,
+``compress.onnx`` is :class:`~infomerge.compress.fixed_budget.FixedBudgetCompressor` for the run's backbone,
 frame count, ``--method`` (``infomerge`` = ``InfoMergeConfig.paper(r)``, ``fastvid`` =
 ``InfoMergeConfig.fastvid(r)``) and ``--retention``:
 
@@ -54,13 +54,13 @@ def method_config(method: str, retention: float) -> InfoMergeConfig:
 
 
 def build_compressor(ctx: ExportContext):
-    """The eager :class:`StaticCompressor` of this run (shape from the backbone and ``--frames``)."""
-    from infomerge.compress.static import StaticCompressor
+    """The eager :class:`FixedBudgetCompressor` of this run (shape from the backbone and ``--frames``)."""
+    from infomerge.compress.fixed_budget import FixedBudgetCompressor
 
     bb = ctx.backbone
     cfg = method_config(ctx.args.method, ctx.args.retention)
     merge_impl = ctx.extra.get("merge_impl", merge_to_anchors)
-    return StaticCompressor(
+    return FixedBudgetCompressor(
         cfg, ctx.frames, bb.tokens_per_frame, bb.text_hidden, merge_impl=merge_impl
     ).eval()
 
@@ -131,7 +131,7 @@ def validate_compress(ctx: ExportContext) -> None:
         display_name=str(ctx.output / COMPRESS_ONNX),
     )
     ctx.record_validation(
-        "compress", report, atol, "PyTorch eager StaticCompressor on the video's fp32 H, A, g"
+        "compress", report, atol, "PyTorch eager FixedBudgetCompressor on the video's fp32 H, A, g"
     )
 
 
@@ -196,7 +196,7 @@ def validate_fused(ctx: ExportContext) -> None:
         "vision_compress",
         report,
         atol,
-        "vision.onnx in ONNX Runtime, then the eager StaticCompressor",
+        "vision.onnx in ONNX Runtime, then the eager FixedBudgetCompressor",
         ort_graph_optimizations="off",
     )
 

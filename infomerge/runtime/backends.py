@@ -7,7 +7,7 @@ the kept tokens and their original flat indices, sorted.
 
 | backend | vision | compression |
 |---|---|---|
-| torch | ``VisionEncoder`` on the checkpoint | paper-exact reference (``compress.infomerge.reference``) |
+| torch | ``VisionEncoder`` on the checkpoint | paper-exact reference (``compress.reference.reference``) |
 | ort | ``vision.onnx`` of an artifact directory | ``compress.onnx`` (fixed budget, shape-static) |
 | trt | the vision engine (:mod:`infomerge.engines`) | the compression engine |
 """
@@ -45,7 +45,7 @@ class VideoTokens:
         tokens: (K, D) kept video tokens (merged context tokens included), sorted by ``index``.
         index: (K,) int64 original flat positions ``l * N + p``, strictly increasing.
         detail: the reference compressor's full record (segments, budgets, salient and anchor
-            sets; :class:`infomerge.compress.infomerge.Compressed`) when the torch backend ran,
+            sets; :class:`infomerge.compress.reference.Compressed`) when the torch backend ran,
             else None.
     """
 
@@ -132,7 +132,7 @@ class TorchCompressor:
         self.config = config
 
     def __call__(self, f: VisionFeatures) -> VideoTokens:
-        from infomerge.compress.infomerge import reference
+        from infomerge.compress.reference import reference
 
         c = reference(f.H, f.A, f.g, self.config)
         tokens, index = c.tokens, c.index.to(torch.int64)

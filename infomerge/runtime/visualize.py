@@ -12,7 +12,7 @@ One panel per sampled frame, in a grid, with the 14 x 14 token grid laid over th
 - a timeline strip underneath shows the segments over the frame axis with their budgets.
 
 The structure (segments, budgets, salient and anchor sets) is that of the paper-exact reference
-(:func:`infomerge.compress.infomerge.reference`). When the tokens came from the ONNX Runtime or
+(:func:`infomerge.compress.reference.reference`). When the tokens came from the ONNX Runtime or
 TensorRT graph (fixed budget), the reference is recomputed on the same features for the drawing,
 while "kept" shows what the graph actually kept.
 """
@@ -52,7 +52,7 @@ def _structure(answer, config):
     detail = answer.video_tokens.detail
     if detail is not None or config is None:
         return detail
-    from infomerge.compress.infomerge import reference
+    from infomerge.compress.reference import reference
 
     f = answer.features
     return reference(f.H, f.A, f.g, config)

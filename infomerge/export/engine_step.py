@@ -2,7 +2,7 @@
 ``--compute-capability``, ``--workspace``).
 
 ``export compress_plugin.onnx`` (``--merge-plugin``, after the compression steps): the run's
-``StaticCompressor`` with its merge done by :data:`infomerge.engines.plugin.plugin_merge`, exported
+``FixedBudgetCompressor`` with its merge done by :data:`infomerge.engines.plugin.plugin_merge`, exported
 beside the standard ``compress.onnx`` (which stays what ONNX Runtime runs). Every merge becomes one
 ``infomerge::MergeToAnchors`` node. The step checks the node count and that the plugin compressor
 and the standard one agree on the real video's features (same ``index``, ``tokens`` within

@@ -1,6 +1,7 @@
 """InfoMerge / FastVID as a fixed-budget, shape-static torch module that exports to ONNX.
 
-Spec: ``shared/spec/infomerge.md``, "Fixed-budget, shape-static variant" and steps 1-7. The module
+Spec: InfoMerge (arXiv 2606.02161; summary in ``docs/algorithm.md`` and ``docs/compression.md``),
+"Fixed-budget, shape-static variant" and steps 1-7. The module
 returns exactly ``B = config.total_budget(L, N)`` tokens for every input, and its graph has no
 data-dependent shape: no NonZero, boolean indexing, Unique, ``.item()``, Python branches on tensor
 values, cdist or scatter-reduce, and its only TopK has ``k = k_nn``. Every Python ``if``/``for``
@@ -133,7 +134,7 @@ def compact(mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @dataclass
-class StaticDecisions:
+class FixedBudgetDecisions:
     """Every intermediate decision of one run (for tests and the agreement study).
 
     Attributes:
@@ -168,7 +169,7 @@ class StaticDecisions:
         return out
 
 
-class StaticCompressor(nn.Module):
+class FixedBudgetCompressor(nn.Module):
     """Fixed-budget, shape-static InfoMerge (or FastVID) for one video shape.
 
     Args:
@@ -186,7 +187,7 @@ class StaticCompressor(nn.Module):
             assigns all candidates of its segment to ITS nearest anchor, so a token feeds one
             anchor per anchor frame) or ``"segment"`` (each candidate is assigned once, to the
             nearest anchor of its segment's whole pool; one merge call; what
-            :func:`infomerge.compress.infomerge.reference` does).
+            :func:`infomerge.compress.reference.reference` does).
 
     Raises:
         BudgetError: the budget is impossible for this shape (from ``config.total_budget``).
@@ -207,7 +208,7 @@ class StaticCompressor(nn.Module):
         super().__init__()
         if frames < 1 or tokens_per_frame < 1 or hidden < 1:
             raise ValueError(
-                f"StaticCompressor: need L, N, D >= 1, got {frames}, {tokens_per_frame}, {hidden}"
+                f"FixedBudgetCompressor: need L, N, D >= 1, got {frames}, {tokens_per_frame}, {hidden}"
             )
         if richness not in RICHNESS_MODES:
             raise ValueError(f"richness must be one of {RICHNESS_MODES}, got {richness!r}")
@@ -258,7 +259,7 @@ class StaticCompressor(nn.Module):
 
     def decisions(
         self, H: torch.Tensor, A: torch.Tensor, g: torch.Tensor, richness: torch.Tensor | None = None
-    ) -> StaticDecisions:
+    ) -> FixedBudgetDecisions:
         """Like :meth:`forward`, with every intermediate decision (eager use only)."""
         return self._run(H, A, g, richness)
 
@@ -267,14 +268,14 @@ class StaticCompressor(nn.Module):
         L, N, D = self.frames, self.n, self.hidden
         if tuple(H.shape) != (L, N, D) or tuple(A.shape) != (L, N) or g.dim() != 2 or g.shape[0] != L:
             raise ValueError(
-                f"StaticCompressor({L}x{N}x{D}): got H {tuple(H.shape)}, A {tuple(A.shape)}, "
+                f"FixedBudgetCompressor({L}x{N}x{D}): got H {tuple(H.shape)}, A {tuple(A.shape)}, "
                 f"g {tuple(g.shape)}"
             )
         if self.config.caba and self.richness_mode == "input":
             if richness is None or tuple(richness.shape) != (L,):
                 raise ValueError(f"richness='input' mode needs a (L,) = ({L},) richness tensor")
 
-    def _run(self, H, A, g, richness) -> StaticDecisions:
+    def _run(self, H, A, g, richness) -> FixedBudgetDecisions:
         if not torch.jit.is_tracing():  # shapes are pinned in a traced graph (and checks would warn)
             self._check(H, A, g, richness)
         cfg = self.config
@@ -436,7 +437,7 @@ class StaticCompressor(nn.Module):
         from_merge = merged_all.index_select(0, slot_of_token.index_select(0, index))
         from_h = xf.index_select(0, index)
         tokens = torch.where(is_anchor_out.unsqueeze(1), from_merge, from_h).to(H.dtype)
-        return StaticDecisions(
+        return FixedBudgetDecisions(
             segment=segment,
             segment_budget=torch.where(seg_valid, seg_budget, 0),
             frame_budget=frame_budget,
@@ -521,4 +522,11 @@ class StaticCompressor(nn.Module):
         return torch.where(cand, rho * delta, _NEG)
 
 
-__all__ = ["StaticCompressor", "StaticDecisions", "compact", "largest_remainder", "rank_asc", "rank_desc"]
+__all__ = [
+    "FixedBudgetCompressor",
+    "FixedBudgetDecisions",
+    "compact",
+    "largest_remainder",
+    "rank_asc",
+    "rank_desc",
+]

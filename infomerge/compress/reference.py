@@ -1,8 +1,8 @@
 """Paper-exact InfoMerge (and FastVID, its ablation): the PyTorch reference.
 
-``reference(H, A, g, config) -> Compressed`` follows ``shared/spec/infomerge.md`` step by step;
-it is the ground truth that the shape-static export variant, the Triton kernel and the engines are
-measured against. Dynamic shapes, Python loops over segments and frames; nothing here is meant
+``reference(H, A, g, config) -> Compressed`` follows InfoMerge (arXiv 2606.02161; summary in
+``docs/algorithm.md``) step by step; it is the ground truth that the shape-static export variant,
+the Triton kernel and the engines are measured against. Dynamic shapes, Python loops over segments and frames; nothing here is meant
 to be traced. The building blocks live one concept per module, with standalone signatures that
 the static variant reuses where they are shape-static:
 
@@ -39,7 +39,7 @@ Decisions where the spec is silent (all in ``docs/algorithm.md`` too):
   the segment's candidates against that frame's anchors, argmax) and merges them; a candidate
   therefore feeds one anchor in each anchor frame of its segment, and another frame's anchor token
   is an ordinary member for this frame's anchors. A single-frame segment merges within its frame.
-  The shape-static variant does the same (``StaticCompressor(merge_scope="anchor_frame")``).
+  The shape-static variant does the same (``FixedBudgetCompressor(merge_scope="anchor_frame")``).
 - Candidates (merge members) are the tokens not selected in step 5, after the static replacement
   of step 5.4 (their values may be a static mean); salient tokens take no part in the merge.
 - Non-finite inputs are rejected (``ValueError``) rather than silently propagated.
@@ -47,11 +47,6 @@ Decisions where the spec is silent (all in ``docs/algorithm.md`` too):
 
 from __future__ import annotations
 
-import argparse
-import math
-import statistics
-import sys
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -75,10 +70,7 @@ __all__ = [
     "CabaStats",
     "Compressed",
     "InfoMergeConfig",
-    "main",
     "reference",
-    "synthetic_inputs",
-    "time_reference",
 ]
 
 
@@ -302,112 +294,3 @@ def reference(
         context_budget=b_dtm,
         caba=caba,
     )
-
-
-# ---- synthetic inputs and the timing entry point -------------------------------------------------
-LAYOUTS = {
-    "even": [4] * 8,  # 8 segments of 4 frames: the typical c = 8 case
-    "worst": [25] + [1] * 7,  # one 25-frame segment: the largest Gram matrix (D x D) of CABA
-    "single": [1] * 32,  # every frame its own segment (what unstructured random g gives)
-}
-
-
-def synthetic_inputs(
-    segment_lengths: list[int],
-    tokens: int = 196,
-    dim: int = 3584,
-    global_dim: int = 1152,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-    noise: float = 0.3,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Deterministic ``(H, A, g)`` with a known segmentation (for timing and tests).
-
-    Each segment has its own random base tokens and base global feature; frames add noise (a
-    third of the positions nearly static, the rest dynamic), so adjacent global cosines are about
-    0.99 inside a segment and about 0 across: with ``len(segment_lengths) >= c`` the segmentation
-    reproduces ``segment_lengths`` exactly. ``A`` is a per-frame softmax of random logits.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    frames = sum(segment_lengths)
-    h = torch.empty(frames, tokens, dim, dtype=torch.float64)
-    g = torch.empty(frames, global_dim, dtype=torch.float64)
-    static_pos = torch.arange(tokens) % 3 == 0
-    scale = torch.where(static_pos, 0.05, noise).to(torch.float64).unsqueeze(-1)
-    start = 0
-    for length in segment_lengths:
-        base = torch.randn(tokens, dim, generator=gen, dtype=torch.float64)
-        gbase = torch.randn(global_dim, generator=gen, dtype=torch.float64)
-        for l in range(start, start + length):
-            h[l] = base + scale * torch.randn(tokens, dim, generator=gen, dtype=torch.float64)
-            g[l] = gbase + 0.1 * torch.randn(global_dim, generator=gen, dtype=torch.float64)
-        start += length
-    a = torch.softmax(2.0 * torch.randn(frames, tokens, generator=gen, dtype=torch.float64), dim=-1)
-    return h.to(dtype), a.to(dtype), g.to(dtype)
-
-
-def time_reference(
-    layout: str = "even",
-    retention: float = 0.15,
-    tokens: int = 196,
-    dim: int = 3584,
-    repeat: int = 3,
-    rule: str = "paper",
-) -> dict:
-    """Time :func:`reference` on :func:`synthetic_inputs` (float32) at the 7B shape by default.
-
-    Returns:
-        dict with ``layout``, ``segments``, ``kept``, ``seconds`` (each run) and ``median``.
-    """
-    h, a, g = synthetic_inputs(LAYOUTS[layout], tokens, dim)
-    config = InfoMergeConfig.paper(retention) if rule == "paper" else InfoMergeConfig.fastvid(retention)
-    seconds, out = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = reference(h, a, g, config)
-        seconds.append(time.perf_counter() - t0)
-    return {
-        "layout": layout,
-        "rule": rule,
-        "shape": tuple(h.shape),
-        "segments": [e - s for s, e in out.segments],
-        "kept": out.kept,
-        "seconds": seconds,
-        "median": statistics.median(seconds),
-        "threads": torch.get_num_threads(),
-    }
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m infomerge.compress.infomerge --time``: time the reference at the 7B shape."""
-    parser = argparse.ArgumentParser(prog="python -m infomerge.compress.infomerge", description=main.__doc__)
-    parser.add_argument("--time", action="store_true", help="time the reference on synthetic 7B-shape input")
-    parser.add_argument("--layout", choices=[*LAYOUTS, "all"], default="all")
-    parser.add_argument("--retention", type=float, default=0.15)
-    parser.add_argument("--rule", choices=["paper", "fastvid"], default="paper")
-    parser.add_argument("--tokens", type=int, default=196)
-    parser.add_argument("--dim", type=int, default=3584)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own)")
-    args = parser.parse_args(argv)
-    if not args.time:
-        parser.print_help()
-        return 0
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    layouts = list(LAYOUTS) if args.layout == "all" else [args.layout]
-    worst = 0.0
-    for layout in layouts:
-        r = time_reference(layout, args.retention, args.tokens, args.dim, args.repeat, args.rule)
-        runs = ", ".join(f"{s:.2f}" for s in r["seconds"])
-        print(
-            f"{layout:>6}: shape {r['shape']} r={args.retention:g} ({r['rule']}) segments {r['segments']} "
-            f"kept {r['kept']}  median {r['median']:.2f} s  (runs {runs}; torch threads {r['threads']})"
-        )
-        worst = max(worst, r["median"])
-    print(f"slowest median: {worst:.2f} s (bound: 10 s)")
-    return 0 if math.isfinite(worst) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
