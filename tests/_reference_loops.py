@@ -1,5 +1,6 @@
 """A second, independent InfoMerge written as plain Python loops over floats (numpy only for the
-singular values), straight from InfoMerge (arXiv 2606.02161, docs/algorithm.md). Slow; for small inputs in tests only.
+singular values), straight from InfoMerge (arXiv 2606.02161, docs/algorithm.md). Slow; for small
+inputs in tests only.
 It shares no code with ``infomerge.compress``: budgets, ties, TFD, CABA, selection, density,
 hard mask and merge are all re-derived here."""
 

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from infomerge.bench import timing
+from infomerge import timing
 from infomerge.bench.results import MISMATCH, OK, UNAVAILABLE, Row, fill_speedups
-from infomerge.bench.timing import Measurement, measure, speedup, summarize
+from infomerge.timing import Measurement, measure, speedup, summarize
 
 
 def _p90_by_hand(xs):
@@ -110,7 +110,7 @@ def test_report_files(tmp_path):
         return Measurement(summarize([ms, ms * 1.1]), 2**20, "rss")
 
     def stages(k):
-        names = ("decode_preprocess", "vision", "compression", "assemble", "prefill", "decode")
+        names = ("video_decode", "vision", "compress", "assemble", "prefill", "token_decode")
         return {s: meas(k * v) for s, v in zip(names, (5, 20, 1, 0.5, 40, 30))}
 
     rows = [
@@ -269,7 +269,6 @@ def test_bad_usage_writes_nothing(tmp_path, capsys):
 def test_trt_reasons(monkeypatch):
     """The reason a trt row shows, for the machines this cannot be tried on (stand-in flavours)."""
     from infomerge.bench import stages
-    from infomerge.engines import builder, flavour
     from infomerge.errors import BackendUnavailableError
 
     class Fake:
@@ -282,16 +281,16 @@ def test_trt_reasons(monkeypatch):
                 raise BackendUnavailableError(f"{name} missing")
             return Fake(name)
 
-        monkeypatch.setattr(flavour, "load_flavour", load)
+        monkeypatch.setattr(stages, "load_flavour", load)
 
     flavours()
     assert stages.trt_unavailable_reason("cuda").startswith("TensorRT not installed")
     flavours("rtx")
-    monkeypatch.setattr(builder, "local_compute_capability", lambda: "9.0")
+    monkeypatch.setattr(stages, "local_compute_capability", lambda: "9.0")
     assert "cannot run on compute capability 9.0" in stages.trt_unavailable_reason("cuda")
     assert "selected (--device cpu)" in stages.trt_unavailable_reason("cpu")
-    monkeypatch.setattr(builder, "local_compute_capability", lambda: "8.9")
+    monkeypatch.setattr(stages, "local_compute_capability", lambda: "8.9")
     assert stages.trt_unavailable_reason("cuda") is None
     flavours("trt")
-    monkeypatch.setattr(builder, "local_compute_capability", lambda: "9.0")
+    monkeypatch.setattr(stages, "local_compute_capability", lambda: "9.0")
     assert stages.trt_unavailable_reason("cuda") is None

@@ -1,5 +1,6 @@
 """InfoMerge step functions, each against an independent computation (plain loops, math.*, numpy
-SVD, or numbers worked out by hand in the comments). Spec: InfoMerge (arXiv 2606.02161, docs/algorithm.md) steps 1-6."""
+SVD, or numbers worked out by hand in the comments). Spec: InfoMerge (arXiv 2606.02161,
+docs/algorithm.md) steps 1-6."""
 
 from __future__ import annotations
 

@@ -20,20 +20,13 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from infomerge.artifacts.layout import engine_paths, find_engine, normalize_cc, parse_compute_capabilities
+from infomerge.artifacts.onnx_graph import inspect_onnx, onnx_digest
 from infomerge.engines import builder as B
 from infomerge.engines.flavour import Flavour, load_flavour
-from infomerge.engines.metadata import (
-    EngineMetadata,
-    RuntimeInfo,
-    TargetError,
-    engine_paths,
-    inspect_onnx,
-    normalize_cc,
-    onnx_digest,
-    parse_compute_capabilities,
-)
-from infomerge.engines.runner import find_engine, load_engine_runner, validate_engine
-from infomerge.errors import ArtifactError, BackendUnavailableError, EngineMismatchError
+from infomerge.engines.metadata import EngineMetadata, RuntimeInfo
+from infomerge.engines.runner import load_engine_runner, validate_engine
+from infomerge.errors import ArtifactError, BackendUnavailableError, EngineMismatchError, TargetError
 
 F = 8  # frames of the test export (the project's test convention, see test_export_vision.py)
 QUIET = {"log": lambda s: None}
@@ -309,7 +302,7 @@ def test_trt11_is_strongly_typed_and_takes_precision_from_the_onnx(tmp_path):
 
 
 def test_onnx_inspection_and_digest(tmp_path):
-    from infomerge.export.manifest import sha256_file
+    from infomerge.artifacts.manifest import sha256_file
 
     a = inspect_onnx(small_graph(tmp_path / "a.onnx"))
     assert (a.precision, a.plugin_ops, a.external_data) == ("fp32", (), ())
@@ -458,7 +451,7 @@ def tiny_export(tmp_path_factory):
 
 
 def test_export_builds_rtx_engines_for_every_tiny_graph(tiny_export):
-    from infomerge.export.manifest import verify_manifest
+    from infomerge.artifacts.manifest import verify_manifest
 
     m = verify_manifest(tiny_export, backbone="tiny", frames=F)
     eng = m["engines"]

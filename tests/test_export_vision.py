@@ -11,11 +11,12 @@ import onnx
 import pytest
 import torch
 
+from infomerge.artifacts.manifest import load_manifest, sha256_file, verify_manifest
 from infomerge.backbones.registry import BACKBONES, TINY
 from infomerge.backbones.vision import VisionEncoder
 from infomerge.errors import ArtifactError, ValidationError
 from infomerge.export import cli
-from infomerge.export.manifest import load_manifest, sha256_file, verify_manifest
+from infomerge.export import run as export_run
 from infomerge.export.validate import run_onnx, validate_onnx
 from infomerge.video import load_frames, sample_video
 
@@ -207,8 +208,8 @@ def test_atol_flag_turns_a_miss_into_a_pass(tmp_path, monkeypatch):
         real(ctx)
         ctx.reference["g"] = ctx.reference["g"] * 1.01  # a 1% disagreement
 
-    steps = [vs.Step(s.name, skewed) if s.run is real else s for s in cli.VISION_STEPS]
-    monkeypatch.setattr(cli, "VISION_STEPS", steps)
+    steps = [vs.Step(s.name, skewed, s.when) if s.run is real else s for s in export_run.VISION_STEPS]
+    monkeypatch.setattr(export_run, "VISION_STEPS", steps)
     out = tmp_path / "a"
     assert cli.main(["--frames", "2", "--output", str(out)]) == 1
     assert not out.exists() and list(tmp_path.iterdir()) == []
@@ -236,16 +237,18 @@ def test_usage_errors_write_nothing(tmp_path, capsys, args, message, monkeypatch
     assert list(tmp_path.iterdir()) == []
 
 
-def test_option_without_a_step_is_refused(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "build_steps", lambda args: list(cli.VISION_STEPS))
-    for args, flag in (
-        (["--engine", "trt"], "--engine"),
-        (["--llm", "int4"], "--llm"),
-        (["--fused"], "--fused"),
-    ):
-        assert cli.main([*args, "--output", str(tmp_path / "out")]) == 2
-        assert f"{flag} is not available" in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == []
+def test_every_option_selects_its_step():
+    """Typed options: an option that asks for a graph, engine or LLM always has the step that makes it."""
+    from infomerge.export.options import ExportOptions
+
+    def names(**kw):
+        return {s.name for s in export_run.build_steps(ExportOptions(**kw))}
+
+    assert "build engines" in names(engine="rtx") and "build engines" not in names()
+    assert any(n.startswith("build LLM") for n in names(llm="int4"))
+    assert "export vision_compress.onnx" in names(fused=True)
+    assert "export compress_plugin.onnx" in names(merge_plugin=True)
+    assert "export compress.onnx" not in names(retention=1.0)
 
 
 def test_input_errors_write_nothing(tmp_path, capsys):
@@ -265,7 +268,7 @@ def test_failure_late_leaves_nothing(tmp_path, monkeypatch):
         assert (ctx.work / "vision.onnx").is_file()  # files were being written
         raise RuntimeError("simulated failure after the graph was written")
 
-    monkeypatch.setattr(cli, "VISION_STEPS", [*cli.VISION_STEPS, Step("boom", boom)])
+    monkeypatch.setattr(export_run, "VISION_STEPS", [*export_run.VISION_STEPS, Step("boom", boom)])
     with pytest.raises(RuntimeError, match="simulated"):
         cli.main(["--frames", "2", "--output", str(tmp_path / "out")])
     assert list(tmp_path.iterdir()) == []

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from _reference_loops import loop_reference
 
-from infomerge.compress.reference import InfoMergeConfig, reference, synthetic_inputs
+from infomerge.bench.studies.reference_timing import synthetic_inputs
+from infomerge.compress.reference import InfoMergeConfig, reference
 from infomerge.errors import BudgetError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,7 +107,7 @@ def _dequantized_reference(graph_dir, checkpoint):
     import onnx
     from onnx import numpy_helper
 
-    from infomerge.runtime.llm_torch import load_text_model
+    from infomerge.backbones.text import load_text_model
 
     model = load_text_model(checkpoint)
     graph = onnx.load(str(graph_dir / "model.onnx"))
@@ -169,7 +170,7 @@ def test_pipeline_from_artifacts_ort_llm_matches_torch(exported, checkpoint, tmp
     """The real flow: video -> torch vision -> InfoMerge -> ort fp32 LLM == torch LLM tokens."""
     import shutil
 
-    from infomerge.export.manifest import new_manifest, write_manifest
+    from infomerge.artifacts.manifest import new_manifest, write_manifest
     from infomerge.runtime.pipeline import Pipeline
     from infomerge.video import sample_video
 
@@ -194,12 +195,12 @@ def test_pipeline_from_artifacts_ort_llm_matches_torch(exported, checkpoint, tmp
     tokens = list(torch_pipe.decode_tokens(asm, torch_pipe.prefill(asm, 10), 10))
     assert answer.token_ids == tokens
     assert set(answer.timings.stages_ms) >= {
-        "decode",
+        "video_decode",
         "vision",
         "compress",
         "assemble",
         "prefill",
-        "generate",
+        "token_decode",
     }
 
 
@@ -243,18 +244,39 @@ def test_missing_llm_files(tmp_path):
 
 
 def test_export_cli_has_the_llm_step():
-    from infomerge.export.cli import build_parser, build_steps
+    from infomerge.export.cli import build_parser, options_from_args
+    from infomerge.export.run import build_steps
 
-    args = build_parser().parse_args(["--llm", "int4", "--llm-ep", "cpu"])
-    assert any(s.name.startswith("build LLM") for s in build_steps(args))
-    assert not any(s.name.startswith("build LLM") for s in build_steps(build_parser().parse_args([])))
+    def steps(argv):
+        return build_steps(options_from_args(build_parser().parse_args(argv), argv))
+
+    assert any(s.name.startswith("build LLM") for s in steps(["--llm", "int4", "--llm-ep", "cpu"]))
+    assert not any(s.name.startswith("build LLM") for s in steps([]))
 
 
-def test_llm_step_refuses_random_weights(tmp_path):
+def test_llm_step_builds_from_the_random_checkpoint_with_random_weights(tmp_path, monkeypatch):
+    """--random-weights --llm: the LLM comes from the random-weight checkpoint of the same seed."""
     from types import SimpleNamespace
 
-    from infomerge.export.llm_step import run_llm_step
+    from infomerge.backbones.registry import get_backbone
+    from infomerge.backbones.tiny import build_tiny_checkpoint
+    from infomerge.export import llm_step
+    from infomerge.export.options import ExportOptions
 
-    ctx = SimpleNamespace(args=SimpleNamespace(random_weights=True, llm="int4"))
-    with pytest.raises(ArtifactError, match="random-weights"):
-        run_llm_step(ctx)
+    seen = {}
+
+    def fake_export(checkpoint, out, precision, ep):
+        seen["checkpoint"] = Path(checkpoint)
+        return {"precision": precision}
+
+    monkeypatch.setattr(llm_step, "export_llm", fake_export)
+    monkeypatch.setattr(llm_step, "_import_builder", lambda: None)
+    ctx = SimpleNamespace(
+        options=ExportOptions(random_weights=True, llm="int4"),
+        backbone=get_backbone("tiny"),
+        manifest={},
+        path=lambda rel: tmp_path / rel,
+    )
+    llm_step.run_llm_step(ctx)
+    assert seen["checkpoint"] == Path(build_tiny_checkpoint())
+    assert ctx.manifest["llm"]["precision"] == "int4"

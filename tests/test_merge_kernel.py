@@ -94,7 +94,7 @@ CHILD = textwrap.dedent(
     # inside the shape-static compressor (8 tiny frames): the Triton merge keeps the same tokens
     from infomerge.compress.config import InfoMergeConfig
     from infomerge.compress.fixed_budget import FixedBudgetCompressor
-    from infomerge.export.compress_step import synthetic_features
+    from infomerge.export.graphs import synthetic_features
 
     for dtype in (torch.float32, torch.float16):
         h, a, gf = synthetic_features(8, 196, 64, 64, dtype)

@@ -20,7 +20,16 @@ from infomerge.runtime.llm import Sampler, Sampling, TextStream
 from infomerge.runtime.pipeline import Pipeline
 from infomerge.video import sample_video
 
-STAGES = {"load", "decode", "decode_wait", "vision", "compress", "assemble", "prefill", "generate"}
+STAGES = {
+    "load",
+    "video_decode",
+    "video_decode_wait",
+    "vision",
+    "compress",
+    "assemble",
+    "prefill",
+    "token_decode",
+}
 
 
 # --- end to end ------------------------------------------------------------------------------------
@@ -100,10 +109,11 @@ def test_stage_api_matches_generate(pipe, decoded, answer):
 
 
 def test_fastvid_method(answer):
-    from infomerge.runtime.backends import TorchCompressor
+    from infomerge.compress.methods import get_method
+    from infomerge.runtime.backends.torch import TorchCompressor
     from infomerge.runtime.pipeline import make_config
 
-    kept = TorchCompressor(make_config("fastvid", 0.25))(answer.features)
+    kept = TorchCompressor(get_method("fastvid"), make_config("fastvid", 0.25))(answer.features)
     assert abs(kept.index.numel() - make_config("fastvid", 0.25).total_budget(32, 196)) <= 2
     assert bool((kept.index[1:] > kept.index[:-1]).all())
 
@@ -205,7 +215,7 @@ def test_ort_backend_without_artifacts():
 
 
 def _artifacts(tmp_path, backbone="tiny", **versions):
-    from infomerge.export.manifest import new_manifest, write_manifest
+    from infomerge.artifacts.manifest import new_manifest, write_manifest
 
     d = tmp_path / "art"
     d.mkdir()

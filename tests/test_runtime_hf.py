@@ -93,10 +93,11 @@ def test_compressed_logits_equal_plain_hf_forward(pipe, decoded, hf):
     from infomerge.runtime.pipeline import make_config
 
     config = make_config("infomerge", 0.15)
-    from infomerge.runtime.backends import TorchCompressor
+    from infomerge.compress.methods import get_method
+    from infomerge.runtime.backends.torch import TorchCompressor
 
     features = pipe.encode(decoded.pixel_values)
-    kept = TorchCompressor(config)(features)
+    kept = TorchCompressor(get_method("infomerge"), config)(features)
     asm = pipe.assemble(kept, "What is happening in this video?")
     t = len(asm.prompt.before)
     total = 32 * 196

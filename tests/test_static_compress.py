@@ -13,16 +13,16 @@ import pytest
 import torch
 
 from infomerge.compress.config import InfoMergeConfig
+from infomerge.compress.fixed_budget import FixedBudgetCompressor, largest_remainder, rank_asc, rank_desc
 from infomerge.compress.merge import merge_to_anchors
 from infomerge.compress.richness import renyi2_richness, segment_richness_exact, sketch_basis
-from infomerge.compress.fixed_budget import FixedBudgetCompressor, largest_remainder, rank_asc, rank_desc
 from infomerge.errors import BudgetError
 
 L, N = 32, 196
 
 
 def synthetic(d: int = 32, seed: int = 0, frames: int = L):
-    from infomerge.export.compress_step import synthetic_features
+    from infomerge.export.graphs import synthetic_features
 
     return synthetic_features(frames, N, d, 48, torch.float32, seed=seed)
 

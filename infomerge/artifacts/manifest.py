@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from infomerge.artifacts.atomic import is_temporary
 from infomerge.errors import ArtifactError
 
 MANIFEST_NAME = "manifest.json"
@@ -80,13 +81,13 @@ def sha256_file(path: str | os.PathLike) -> str:
 def file_hashes(directory: str | os.PathLike) -> dict[str, dict]:
     """{posix relative path: {"sha256", "bytes"}} of every regular file under ``directory``.
 
-    ``manifest.json`` itself is left out; so are hidden temporary files (``.*.tmp*``).
+    ``manifest.json`` itself is left out; so are hidden temporaries of the atomic writers.
     """
     root = Path(directory)
     out: dict[str, dict] = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
-        if not p.is_file() or rel == MANIFEST_NAME or (p.name.startswith(".") and ".tmp" in p.name):
+        if not p.is_file() or rel == MANIFEST_NAME or is_temporary(p.name):
             continue
         out[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
     return out
@@ -120,11 +121,9 @@ def write_manifest(directory: str | os.PathLike, data: dict) -> Path:
     root = Path(directory)
     data = dict(data)
     data["files"] = file_hashes(root)
-    path = root / MANIFEST_NAME
-    tmp = root / f".{MANIFEST_NAME}.tmp"
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    from infomerge.artifacts.atomic import atomic_write_text
+
+    return atomic_write_text(root / MANIFEST_NAME, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def load_manifest(directory: str | os.PathLike) -> dict:

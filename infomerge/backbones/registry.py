@@ -5,7 +5,8 @@ Face checkpoint id, frames per video, the newline mode, the SigLIP tower / head 
 Qwen2 text dimensions. :meth:`Backbone.llava_config` turns them into a transformers
 ``LlavaOnevisionConfig`` offline (used for ``--random-weights`` and to cross-check a checkpoint).
 
-Sources: the LLaVA-OneVision pipeline (arXiv 2408.03326; summary in ``docs/export.md``); the ``config.json`` of ``llava-hf/llava-onevision-qwen2-0.5b-ov-hf``,
+Sources: the LLaVA-OneVision pipeline (arXiv 2408.03326; summary in ``docs/export.md``); the
+``config.json`` of ``llava-hf/llava-onevision-qwen2-0.5b-ov-hf``,
 ``llava-hf/llava-onevision-qwen2-7b-ov-hf`` and ``llava-hf/LLaVA-Video-7B-Qwen2-hf`` (Qwen2-0.5B /
 Qwen2-7B text models, SigLIP so400m/14-384 with its last layer removed: 26 layers, no head); the
 SigLIP head (post_layernorm + MAP head) of ``google/siglip-so400m-patch14-384``.

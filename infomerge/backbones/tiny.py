@@ -27,10 +27,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from infomerge.artifacts.atomic import atomic_directory
 from infomerge.backbones.registry import TINY, Backbone
 
 TINY_VERSION = "tiny-v1"
@@ -126,18 +125,12 @@ def build_tiny_checkpoint(directory: str | os.PathLike | None = None, seed: int 
     target = Path(directory) if directory is not None else default_cache_dir(seed)
     if is_complete(target):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        _write_checkpoint(tmp, seed)
-        if target.exists():  # incomplete leftover, or another process finished first
-            if is_complete(target):
-                shutil.rmtree(tmp, ignore_errors=True)
-                return target
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        # an incomplete leftover is replaced; a complete one made meanwhile by a concurrent builder is
+        # replaced by an identical one (the checkpoint is deterministic in the seed)
+        with atomic_directory(target, replace=True) as tmp:
+            _write_checkpoint(tmp, seed)
+    except OSError:
         if is_complete(target):  # lost a race to a concurrent builder: theirs is as good
             return target
         raise

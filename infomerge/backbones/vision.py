@@ -11,7 +11,8 @@
 - ``g`` (F, G) float32: the MAP head's pooled output (G = 1152 for so400m), FastVID's global
   feature. The head runs on ``post_layernorm`` of the same 26-layer output.
 
-Source: the LLaVA-OneVision pipeline (arXiv 2408.03326; summary in ``docs/export.md``); transformers ``modeling_siglip`` (``SiglipEncoderLayer``,
+Source: the LLaVA-OneVision pipeline (arXiv 2408.03326; summary in ``docs/export.md``);
+transformers ``modeling_siglip`` (``SiglipEncoderLayer``,
 ``SiglipMultiheadAttentionPoolingHead``) and ``modeling_llava_onevision`` (``apply_pooling``),
 which the tests compare against.
 

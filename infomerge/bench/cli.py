@@ -35,6 +35,7 @@ from infomerge.bench.stages import (
     StageBench,
     Tolerances,
 )
+from infomerge.compress.methods import method_names
 from infomerge.errors import InfomergeError
 
 PROG = "infomerge-bench"
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--method",
         nargs="+",
         default=["infomerge"],
-        choices=("infomerge", "fastvid"),
+        choices=method_names(),
         help="compressors (default infomerge)",
     )
     p.add_argument(
@@ -209,7 +210,7 @@ def _check(args: argparse.Namespace) -> None:
 
         raise VideoNotFoundError(args.video, "no such file (--video)")
     if args.artifacts is not None:
-        from infomerge.export.manifest import load_manifest
+        from infomerge.artifacts.manifest import load_manifest
 
         manifest = load_manifest(args.artifacts)  # ArtifactError when it is no export directory
         exported = manifest.get("backbone", {}).get("name")
@@ -236,7 +237,7 @@ def _checkpoint(args) -> Path:
     from infomerge.backbones.loading import resolve_checkpoint
 
     if args.random_weights:
-        from infomerge.bench.checkpoints import random_checkpoint
+        from infomerge.backbones.random_weights import random_checkpoint
 
         return random_checkpoint(args.backbone, args.seed)
     return resolve_checkpoint(args.backbone, args.model_path)
@@ -245,7 +246,7 @@ def _checkpoint(args) -> Path:
 def _llm_precision(args) -> str:
     """Precision of the ORT LLM graph: the --artifacts manifest's, else --llm-precision."""
     if args.artifacts is not None:
-        from infomerge.export.manifest import load_manifest
+        from infomerge.artifacts.manifest import load_manifest
 
         precision = (load_manifest(args.artifacts).get("llm") or {}).get("precision")
         if precision in LOGITS_COSINE:
@@ -268,7 +269,7 @@ def _goals(rows: list[Row]) -> list[dict]:
             value = None
             if r is not None:
                 if metric == "compression_share":
-                    v, c = r.median("vision"), r.median("compression")
+                    v, c = r.median("vision"), r.median("compress")
                     value = c / v if v else None
                 else:
                     value = getattr(r, metric)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from rich.table import Table
@@ -33,18 +32,18 @@ from infomerge.bench.results import (
 
 _STATUS_STYLE = {OK: "green", MISMATCH: "bold red", UNAVAILABLE: "yellow", FAILED: "red"}
 _STAGE_COLOURS = {
-    "decode_preprocess": "#9e9e9e",
+    "video_decode": "#9e9e9e",
     "vision": "#1f77b4",
-    "compression": "#d62728",
+    "compress": "#d62728",
     "assemble": "#ff7f0e",
     "prefill": "#2ca02c",
 }
 
 
 _SHORT = {
-    "decode_preprocess": "decode\n+pre",
+    "video_decode": "video\ndecode",
     "vision": "vision",
-    "compression": "com-\npress",
+    "compress": "com-\npress",
     "assemble": "assem-\nble",
     "prefill": "prefill",
 }
@@ -173,18 +172,10 @@ def markdown(rows: list[Row]) -> str:
 
 
 def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; results are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from infomerge.artifacts.atomic import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        write(fh)
 
 
 def write_json(path: str | os.PathLike, payload: dict) -> Path:
@@ -204,7 +195,7 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def rows_from_json(payload: dict) -> list[Row]:
     """The rows of a ``results.json`` payload (as :func:`write_json` wrote them), speedups included."""
-    from infomerge.bench.timing import Measurement, Stats
+    from infomerge.timing import Measurement, Stats
 
     fields = set(Stats.__dataclass_fields__)
 

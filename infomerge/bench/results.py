@@ -1,6 +1,6 @@
 """The benchmark's result model: one row per (backend, variant, method, retention).
 
-A row holds one :class:`~infomerge.bench.timing.Measurement` per pipeline stage (times in ms, peak
+A row holds one :class:`~infomerge.timing.Measurement` per pipeline stage (times in ms, peak
 memory in bytes), the end-to-end time to first token, the decode rate, the theoretical prefill
 FLOPs and the cross-check against the reference backend. Speedups are filled in afterwards from the
 ``retention == 1.0`` row of the same backend and variant (same run, same inputs).
@@ -10,18 +10,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from infomerge.bench.timing import Measurement, speedup
+from infomerge.timing import Measurement, speedup
 
 # Pipeline stages in order; the first five add up to the time to first token.
-STAGES = ("decode_preprocess", "vision", "compression", "assemble", "prefill", "decode")
+STAGES = ("video_decode", "vision", "compress", "assemble", "prefill", "token_decode")
 TTFT_STAGES = STAGES[:5]
 STAGE_LABELS = {
-    "decode_preprocess": "decode+preprocess",
+    "video_decode": "video decode+preprocess",
     "vision": "vision encoder",
-    "compression": "compression",
+    "compress": "compression",
     "assemble": "embedding assembly",
     "prefill": "LLM prefill",
-    "decode": "LLM decode",
+    "token_decode": "LLM token decode",
 }
 
 # row status
@@ -84,7 +84,7 @@ class Row:
         return m.stats.median_ms if m is not None else None
 
     def decode_tokens_per_s(self) -> float | None:
-        m = self.stages.get("decode")
+        m = self.stages.get("token_decode")
         if m is None or not self.decode_tokens or m.stats.median_ms <= 0:
             return None
         return self.decode_tokens / (m.stats.median_ms / 1e3)

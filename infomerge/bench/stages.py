@@ -3,8 +3,9 @@
 The stages are the runtime's own (:class:`infomerge.runtime.pipeline.Pipeline`): ``decode`` (video
 decode + SigLIP preprocessing), ``encode`` (vision encoder), ``compress``, ``assemble`` (chat
 template + splice + RoPE positions), ``prefill``, and one LLM ``step`` per decoded token. Nothing of
-the pipeline is reimplemented here: this module builds one pipeline per backend, swaps its
-compressor per (method, retention), and times each stage with :func:`infomerge.bench.timing.measure`.
+the pipeline is reimplemented here: this module builds one pipeline per backend with the public
+constructors, one per (method, retention) with ``Pipeline.with_compression``, and times each stage
+with :func:`infomerge.timing.measure`.
 
 Same inputs for every backend: the video is decoded once; every vision backend gets the same
 ``pixel_values``; every compressor gets the reference backend's vision features (H, A, g); every
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import gc
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,10 +38,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from infomerge.artifacts.layout import MANIFEST
+from infomerge.artifacts.manifest import load_manifest
 from infomerge.bench.flops import dims_from_config, nominal_tokens, paper_flops, prefill_flops, tflops
 from infomerge.bench.results import BASELINE_METHOD, FAILED, MISMATCH, UNAVAILABLE, Row
-from infomerge.bench.timing import Measurement, measure, summarize
+from infomerge.engines.builder import local_compute_capability, rtx_capabilities
+from infomerge.engines.flavour import load_flavour
 from infomerge.errors import ArtifactError, BackendUnavailableError, InfomergeError
+from infomerge.timing import Measurement, measure, summarize
 
 BACKENDS = ("torch", "ort", "trt")
 # torch.compile mode of the "compile" rows per device
@@ -181,9 +185,6 @@ class Unavailable(Exception):
 # ---- TensorRT availability --------------------------------------------------------------------
 def trt_unavailable_reason(device: str) -> str | None:
     """Why TensorRT engines cannot run here, or None when a flavour and a suitable GPU exist."""
-    from infomerge.engines.builder import rtx_capabilities, local_compute_capability
-    from infomerge.engines.flavour import load_flavour
-
     flavours = {}
     for name in ("trt", "rtx"):
         try:
@@ -214,14 +215,12 @@ def export_artifacts(cfg: BenchConfig, console=None) -> Path:
     when one with a manifest is already in ``cfg.work``. Returns its path.
 
     Raises:
-        InfomergeError: from ``infomerge-export`` (nothing half-written is left).
+        InfomergeError: from :func:`infomerge.export.export` (nothing half-written is left).
     """
-    from infomerge.export.cli import build_parser, run_export
+    from infomerge.export import ExportOptions, export
 
     engine = None
     if "trt" in cfg.backends and trt_unavailable_reason(cfg.device) is None:
-        from infomerge.engines.flavour import load_flavour
-
         try:
             engine = load_flavour("trt").name
         except BackendUnavailableError:
@@ -229,143 +228,129 @@ def export_artifacts(cfg: BenchConfig, console=None) -> Path:
     ep = "cuda" if cfg.device.startswith("cuda") else "cpu"
     name = f"{cfg.backbone}-f{cfg.frames}-{cfg.llm_precision}-{ep}" + (f"-{engine}" if engine else "")
     out = Path(cfg.work) / name
-    if (out / "manifest.json").is_file():
+    if (out / MANIFEST).is_file():
         return out
-    first = next(((m, r) for m, r in cfg.cases() if m != BASELINE_METHOD), ("infomerge", 0.15))
-    argv = [
-        "--backbone",
-        cfg.backbone,
-        "--model-path",
-        str(cfg.checkpoint),
-        "--frames",
-        str(cfg.frames),
-        "--method",
-        first[0],
-        "--retention",
-        str(first[1]),
-        "--llm",
-        cfg.llm_precision,
-        "--llm-ep",
-        ep,
-        "--output",
-        str(out),
-    ]
-    if engine:
-        argv += ["--engine", engine]
-    if cfg.video is not None:
-        argv += ["--video", str(cfg.video)]
-    run_export(build_parser().parse_args(argv), ["infomerge-export", *argv], console=console)
-    return out
+    method, retention = next(((m, r) for m, r in cfg.cases() if m != BASELINE_METHOD), ("infomerge", 0.15))
+    options = ExportOptions(
+        backbone=cfg.backbone,
+        model_path=Path(cfg.checkpoint),
+        frames=cfg.frames,
+        method=method,
+        retention=retention,
+        llm=cfg.llm_precision,
+        llm_ep=ep,
+        engine=engine or "none",
+        output=out,
+        video=cfg.video,
+        command=f"infomerge-bench (export for backbone {cfg.backbone})",
+    )
+    return export(options, console=console)
 
 
-def _exported_compress(artifacts: Path) -> dict | None:
-    """The manifest entry of the artifact directory's compress graph (method, retention, file)."""
-    from infomerge.export.manifest import load_manifest
+def compress_artifacts(cfg: BenchConfig, artifacts: Path, method: str, retention: float) -> Path:
+    """An artifact directory whose ``compress.onnx`` is for (method, retention): ``artifacts`` when it
+    was exported for them, else a compression-only export into ``cfg.work/compress/`` (the fixed-budget
+    graph validated on the real video's features, as ``infomerge-export`` does it; its agreement with
+    the reference is the benchmark's cross-check).
 
-    return load_manifest(artifacts).get("graphs", {}).get("compress")
-
-
-def compress_graph(cfg: BenchConfig, artifacts: Path, method: str, retention: float) -> Path:
-    """``compress.onnx`` for (method, retention): the artifact directory's own when it was exported
-    for them, else one exported into ``cfg.work/compress/`` (``FixedBudgetCompressor`` traced as
-    ``infomerge-export`` does it; its agreement with the reference is the benchmark's cross-check).
+    Raises:
+        InfomergeError: from :func:`infomerge.export.export`.
     """
-    entry = _exported_compress(artifacts)
+    entry = load_manifest(artifacts).get("graphs", {}).get("compress")
     if entry and entry.get("method") == method and abs(float(entry.get("retention", -1)) - retention) < 1e-9:
-        return artifacts / entry["file"]
-    path = (
-        Path(cfg.work) / "compress" / f"{cfg.backbone}-f{cfg.frames}-{_compress_key(method, retention)}.onnx"
-    )
-    if path.is_file():
-        return path
-    from infomerge.backbones.registry import get_backbone
-    from infomerge.compress.fixed_budget import FixedBudgetCompressor
-    from infomerge.export.compress_step import (
-        COMPRESS_INPUTS,
-        COMPRESS_OUTPUTS,
-        method_config,
-        synthetic_features,
-    )
-    from infomerge.export.onnx_export import export_onnx
+        return artifacts
+    out = Path(cfg.work) / "compress" / f"{cfg.backbone}-f{cfg.frames}-{method}-r{retention:g}"
+    if (out / MANIFEST).is_file():
+        return out
+    from infomerge.export import ExportOptions, export
 
-    bb = get_backbone(cfg.backbone)
-    comp = FixedBudgetCompressor(method_config(method, retention), cfg.frames, bb.tokens_per_frame, bb.text_hidden)
-    example = synthetic_features(
-        cfg.frames, bb.tokens_per_frame, bb.text_hidden, bb.vision_hidden, torch.float32
+    options = ExportOptions(
+        backbone=cfg.backbone,
+        model_path=Path(cfg.checkpoint),
+        frames=cfg.frames,
+        method=method,
+        retention=retention,
+        vision=False,
+        output=out,
+        video=cfg.video,
+        command=f"infomerge-bench (compression graph {method} r={retention:g})",
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        export_onnx(comp.eval(), example, tmp, input_names=COMPRESS_INPUTS, output_names=COMPRESS_OUTPUTS)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return export(options, console=_quiet_console())
+
+
+def _quiet_console():
+    from rich.console import Console
+
+    return Console(quiet=True)
 
 
 # ---- one backend ------------------------------------------------------------------------------
 @dataclass
 class LoadedBackend:
-    """A runtime pipeline of one backend, and how to get its compressor for a case."""
+    """A runtime pipeline of one backend, and how to get the pipeline of a case."""
 
     name: str
     variant: str
     pipe: object  # infomerge.runtime.pipeline.Pipeline
-    compressor_for: Callable[[str, float], object]
+    pipe_for: Callable[[str, float], object]
 
 
 def load_backend(cfg: BenchConfig, name: str, variant: str, artifacts: Path | None) -> LoadedBackend:
-    """Build the runtime pipeline of backend ``name`` (``variant``: torch "eager" / "compile").
+    """Build the runtime pipeline of backend ``name`` (``variant``: torch "eager" / "compile") through
+    :meth:`Pipeline.from_backbone`, and per case :meth:`Pipeline.with_compression`.
 
     Raises:
         Unavailable: the backend cannot run here (the message is the reason).
         InfomergeError: a broken checkpoint or artifact directory.
     """
-    from infomerge.runtime.backends import NoCompression, OrtCompressor, TorchCompressor, TrtCompressor
-    from infomerge.runtime.pipeline import Pipeline, make_config
+    from infomerge.runtime.pipeline import Pipeline
 
     if name == "trt":
         reason = trt_unavailable_reason(cfg.device)
         if reason:
             raise Unavailable(reason)
-    common = dict(model_path=cfg.checkpoint, method="infomerge", retention=None, device=cfg.device)
-    graphs = dict(compress_backend="none", artifacts=artifacts)  # the compressor is set per case
-    backends = {
-        "torch": {},
-        "ort": dict(vision_backend="ort", llm="ort", **graphs),
-        "trt": dict(vision_backend="trt", llm="torch", **graphs),  # no TensorRT LLM: torch's
-    }
-    try:
-        pipe = Pipeline.from_backbone(cfg.backbone, **backends[name], **common)
-    except BackendUnavailableError as exc:
-        raise Unavailable(str(exc)) from None
-    pipe.frames = cfg.frames  # the video's frame count, also the exported graphs' (--frames)
+    # (vision, compress, llm) backend names of each row; no TensorRT LLM: torch's
+    rows = {"torch": ("torch",) * 3, "ort": ("ort",) * 3, "trt": ("trt", "trt", "torch")}
+    vision, compress, llm = rows[name]
+    compile_mode = False
     if variant == "compile":
         # on CUDA "reduce-overhead" also captures CUDA graphs: what an LLM prefill of a few hundred
         # tokens needs, eager PyTorch being launch-bound there (tens of ms on an H100)
-        mode = TORCH_COMPILE_MODE["cuda" if cfg.device.startswith("cuda") else "cpu"]
-        pipe.vision.encoder = torch.compile(pipe.vision.encoder, mode=mode)
-        pipe.llm.model = torch.compile(pipe.llm.model, mode=mode)
+        compile_mode = TORCH_COMPILE_MODE["cuda" if cfg.device.startswith("cuda") else "cpu"]
+    try:
+        pipe = Pipeline.from_backbone(
+            cfg.backbone,
+            model_path=cfg.checkpoint,
+            vision_backend=vision,
+            compress_backend="none",  # the compressor is chosen per case
+            llm=llm,
+            retention=None,
+            artifacts=artifacts,
+            device=cfg.device,
+            frames=cfg.frames,
+            compile_mode=compile_mode,
+        )
+    except BackendUnavailableError as exc:
+        raise Unavailable(str(exc)) from None
 
-    def compressor_for(method: str, retention: float):
+    def pipe_for(method: str, retention: float):
         if method == BASELINE_METHOD:
-            return NoCompression()
-        if name == "torch":
-            return TorchCompressor(make_config(method, retention))
-        if name == "ort":
-            return OrtCompressor(compress_graph(cfg, artifacts, method, retention), cfg.device)
-        entry = _exported_compress(artifacts)
+            return pipe.with_compression(retention=None, backend="none")
+        if compress == "torch":
+            return pipe.with_compression(method, retention, "torch")
+        if compress == "ort":
+            graph_dir = compress_artifacts(cfg, artifacts, method, retention)
+            return pipe.with_compression(method, retention, "ort", graph_dir)
+        entry = load_manifest(artifacts).get("graphs", {}).get("compress")
         if entry is None or (entry.get("method"), float(entry.get("retention", -1))) != (method, retention):
             have = f"{entry.get('method')} at r={entry.get('retention')}" if entry else "no compress graph"
             raise ArtifactError(
                 f"{artifacts}: its compress engine is for {have}; TensorRT rows need "
                 f"`infomerge-export --method {method} --retention {retention} --engine trt`"
             )
-        return TrtCompressor(artifacts)
+        return pipe.with_compression(method, retention, "trt")
 
-    return LoadedBackend(
-        name, variant if name == "torch" else _variant_of(name, cfg.device), pipe, compressor_for
-    )
+    return LoadedBackend(name, variant if name == "torch" else _variant_of(name, cfg.device), pipe, pipe_for)
 
 
 def _variant_of(name: str, device: str) -> str:
@@ -496,7 +481,7 @@ class StageBench:
         is_ref = key not in ref.kept
         check = CrossCheck(ref.name, list(vision_check.details))
         cap = (cfg.warmup + cfg.runs) * cfg.decode_tokens + 1  # KV slots after the prompt: every decode run
-        pipe.compressor = be.compressor_for(method, retention)
+        pipe = be.pipe_for(method, retention)
         comp = self._measure(lambda: pipe.compress(ref.features))
         self.advance(f"{be.name}: compress {method} r={retention:g}")
         if is_ref:
@@ -540,12 +525,12 @@ class StageBench:
             retention,
             visual_tokens=assembled.video_tokens,
             stages={
-                "decode_preprocess": self.decode_stage,
+                "video_decode": self.decode_stage,
                 "vision": vision,
-                "compression": comp,
+                "compress": comp,
                 "assemble": asm,
                 "prefill": prefill,
-                "decode": decode,
+                "token_decode": decode,
             },
             ttft=ttft,
             decode_tokens=cfg.decode_tokens,
@@ -582,7 +567,7 @@ __all__ = [
     "StageBench",
     "Tolerances",
     "Unavailable",
-    "compress_graph",
+    "compress_artifacts",
     "export_artifacts",
     "load_backend",
     "trt_unavailable_reason",

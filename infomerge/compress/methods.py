@@ -78,9 +78,7 @@ class Method:
 
 
 #: One line per method module; each defines ``METHOD`` or ``METHODS``.
-MODULES = (
-    "infomerge.compress.presets",
-)
+MODULES = ("infomerge.compress.presets",)
 
 
 def _load() -> dict[str, Method]:

@@ -2,9 +2,9 @@
 
 ``reference(H, A, g, config) -> Compressed`` follows InfoMerge (arXiv 2606.02161; summary in
 ``docs/algorithm.md``) step by step; it is the ground truth that the shape-static export variant,
-the Triton kernel and the engines are measured against. Dynamic shapes, Python loops over segments and frames; nothing here is meant
-to be traced. The building blocks live one concept per module, with standalone signatures that
-the static variant reuses where they are shape-static:
+the Triton kernel and the engines are measured against. Dynamic shapes, Python loops over
+segments and frames; nothing here is meant to be traced. The building blocks live one concept per
+module, with standalone signatures that the static variant reuses where they are shape-static:
 
 ==========================  =====================================================================
 step                        functions

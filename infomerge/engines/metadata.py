@@ -1,7 +1,7 @@
 """Engine provenance: the JSON written next to every engine, and the check that refuses a stale one.
 
 An engine is specific to its TensorRT flavour and version, its GPU architecture (compute capability)
-and the ONNX it was built from (the deployment notes of ``docs/tensorrt.md``). Each ``NAME.smXY.engine`` therefore
+and the ONNX it was built from (``docs/tensorrt.md``). Each ``NAME.smXY.engine`` therefore
 has a ``NAME.smXY.json`` beside it (:class:`EngineMetadata`); :func:`check_engine` compares it with
 the runtime and the source ONNX and raises :class:`~infomerge.errors.EngineMismatchError` with the
 command that rebuilds it.
@@ -23,7 +23,7 @@ from infomerge.artifacts.atomic import atomic_write_text
 from infomerge.artifacts.layout import normalize_cc, sm_tag
 from infomerge.artifacts.manifest import sha256_file
 from infomerge.artifacts.onnx_graph import onnx_digest
-from infomerge.errors import ArtifactError, EngineMismatchError
+from infomerge.errors import EngineMismatchError
 
 METADATA_FORMAT = 1
 

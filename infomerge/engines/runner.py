@@ -23,7 +23,7 @@ from infomerge.artifacts.layout import find_engine, graph_file, metadata_path_fo
 from infomerge.engines.builder import local_compute_capability
 from infomerge.engines.flavour import Flavour, load_flavour
 from infomerge.engines.metadata import EngineMetadata, RuntimeInfo, check_engine
-from infomerge.errors import ArtifactError, BackendUnavailableError, EngineMismatchError
+from infomerge.errors import BackendUnavailableError, EngineMismatchError
 
 _TORCH_DTYPES = {
     "FLOAT": "float32",

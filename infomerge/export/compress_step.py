@@ -1,8 +1,8 @@
 """The compression steps of ``infomerge-export``: ``compress.onnx`` and the fused ``vision_compress.onnx``.
 
-``compress.onnx`` is :class:`~infomerge.compress.fixed_budget.FixedBudgetCompressor` for the run's backbone,
-frame count, ``--method`` (``infomerge`` = ``InfoMergeConfig.paper(r)``, ``fastvid`` =
-``InfoMergeConfig.fastvid(r)``) and ``--retention``:
+``compress.onnx`` is the fixed-budget module of the run's ``--method`` (looked up in the method
+registry, :mod:`infomerge.compress.methods`) for the backbone, frame count and ``--retention``
+(graph declaration: :data:`infomerge.export.graphs.COMPRESS`):
 
     inputs   H (F, 196, D) float32 | float16 (the vision graph's H dtype), A (F, 196) float32,
              g (F, G) float32  -- the vision graph's output names, so the two graphs chain
@@ -17,9 +17,7 @@ here (its indices would be the synthetic input's).
 joined with :func:`onnx.compose.merge_models` on H, A, g, validated against ``vision.onnx`` run in
 ONNX Runtime followed by the eager compressor (the chain it must equal).
 
-The merge implementation is :func:`~infomerge.compress.merge.merge_to_anchors` unless an earlier
-step (the TensorRT merge plugin's, ``--merge-plugin``) put another callable with its signature in
-``ctx.extra["merge_impl"]``.
+The merge implementation is the module's own unless an earlier step set ``ctx.merge_impl``.
 """
 
 from __future__ import annotations
@@ -27,61 +25,33 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from infomerge.compress.config import InfoMergeConfig
-from infomerge.compress.merge import merge_to_anchors
+from infomerge.artifacts.layout import COMPRESS_ONNX, FUSED_ONNX, VISION_ONNX
+from infomerge.artifacts.onnx_graph import graph_io, onnx_files
+from infomerge.compress.methods import get_method
 from infomerge.export.context import ExportContext, Step
-from infomerge.export.onnx_export import OPSET, export_onnx, graph_io, onnx_files, save_onnx
+from infomerge.export.graphs import COMPRESS, FUSED, synthetic_features
+from infomerge.export.onnx_export import export_onnx, save_onnx
 
-COMPRESS_ONNX = "compress.onnx"
-FUSED_ONNX = "vision_compress.onnx"
-COMPRESS_INPUTS = ("H", "A", "g")
-COMPRESS_OUTPUTS = ("tokens", "index")
-# tokens: relative to their peak; index: exact (0 -> tolerance 0).
-DEFAULT_ATOL = {"fp32": {"tokens": 1e-4, "index": 0.0}, "fp16": {"tokens": 2e-2, "index": 0.0}}
-
-
-def method_config(method: str, retention: float) -> InfoMergeConfig:
-    """``--method`` and ``--retention`` -> the config (``infomerge``: paper preset; ``fastvid``).
-
-    Raises:
-        ValueError: an unknown method. BudgetError: a retention outside (0, 1].
-    """
-    if method == "infomerge":
-        return InfoMergeConfig.paper(retention)
-    if method == "fastvid":
-        return InfoMergeConfig.fastvid(retention)
-    raise ValueError(f"unknown compression method {method!r}; choose infomerge or fastvid")
+COMPRESS_INPUTS = COMPRESS.inputs
+COMPRESS_OUTPUTS = COMPRESS.outputs
+DEFAULT_ATOL = COMPRESS.atol
 
 
 def build_compressor(ctx: ExportContext):
-    """The eager :class:`FixedBudgetCompressor` of this run (shape from the backbone and ``--frames``)."""
-    from infomerge.compress.fixed_budget import FixedBudgetCompressor
+    """The eager fixed-budget module of this run (shape from the backbone and ``--frames``).
 
-    bb = ctx.backbone
-    cfg = method_config(ctx.args.method, ctx.args.retention)
-    merge_impl = ctx.extra.get("merge_impl", merge_to_anchors)
-    return FixedBudgetCompressor(
-        cfg, ctx.frames, bb.tokens_per_frame, bb.text_hidden, merge_impl=merge_impl
-    ).eval()
+    Raises:
+        UnknownMethodError, BudgetError: from the method registry.
+    """
+    bb, o = ctx.backbone, ctx.options
+    method = get_method(o.method)
+    kwargs = {"merge_impl": ctx.merge_impl} if ctx.merge_impl is not None else {}
+    config = method.config(o.retention)
+    return method.fixed_budget(config, ctx.frames, bb.tokens_per_frame, bb.text_hidden, **kwargs).eval()
 
 
 def _h_dtype(ctx: ExportContext) -> torch.dtype:
     return torch.float16 if ctx.precision == "fp16" else torch.float32
-
-
-def synthetic_features(frames: int, n: int, d: int, g_dim: int, dtype: torch.dtype, seed: int = 4321):
-    """Deterministic tracing input (H, A, g): smooth random 'video' features, NOT a real video."""
-    gen = torch.Generator().manual_seed(seed)
-    walk = torch.cumsum(torch.randn(frames, 1, d, generator=gen), 0) * 0.1
-    h = (torch.randn(1, n, d, generator=gen) + walk + 0.2 * torch.randn(frames, n, d, generator=gen)).to(
-        dtype
-    )
-    a = torch.softmax(torch.randn(frames, n, generator=gen), -1)
-    g = (
-        torch.randn(1, g_dim, generator=gen)
-        + torch.cumsum(torch.randn(frames, g_dim, generator=gen), 0) * 0.2
-    )
-    return h, a, g
 
 
 def export_compress(ctx: ExportContext) -> None:
@@ -89,24 +59,28 @@ def export_compress(ctx: ExportContext) -> None:
     comp = build_compressor(ctx)
     bb = ctx.backbone
     g_dim = int(ctx.reference["g"].shape[-1]) if "g" in ctx.reference else bb.vision_hidden
-    example = synthetic_features(ctx.frames, bb.tokens_per_frame, bb.text_hidden, g_dim, _h_dtype(ctx))
+    example = COMPRESS.example(bb, ctx.frames, _h_dtype(ctx), g_dim)
     path = ctx.path(COMPRESS_ONNX)
     export_onnx(comp, example, path, input_names=COMPRESS_INPUTS, output_names=COMPRESS_OUTPUTS)
     inputs, outputs = graph_io(path)
     ctx.manifest["graphs"]["compress"] = {
         "file": COMPRESS_ONNX,
-        "opset": OPSET,
+        "opset": COMPRESS.opset,
         "precision": ctx.precision,
-        "method": ctx.args.method,
-        "retention": ctx.args.retention,
-        "tokens_kept": comp.budget,
-        "merge_impl": getattr(comp.merge_impl, "__name__", type(comp.merge_impl).__name__),
-        "richness": comp.richness_mode,
+        "method": ctx.options.method,
+        "retention": ctx.options.retention,
+        "tokens_kept": int(comp.budget),
         "config": comp.config.to_dict(),
         "inputs": inputs,
         "outputs": outputs,
     }
-    ctx.extra["compressor"] = comp
+    merge_impl = getattr(comp, "merge_impl", None)
+    if merge_impl is not None:
+        name = getattr(merge_impl, "__name__", type(merge_impl).__name__)
+        ctx.manifest["graphs"]["compress"]["merge_impl"] = name
+    if hasattr(comp, "richness_mode"):
+        ctx.manifest["graphs"]["compress"]["richness"] = comp.richness_mode
+    ctx.compressor = comp
 
 
 def _features(ctx: ExportContext) -> dict[str, torch.Tensor]:
@@ -118,8 +92,8 @@ def validate_compress(ctx: ExportContext) -> None:
     """Run ``compress.onnx`` in ONNX Runtime on the real video's features; compare with eager."""
     from infomerge.export.validate import validate_onnx
 
-    comp = ctx.extra["compressor"]
-    atol = {k: (ctx.atol(v) if v > 0 else 0.0) for k, v in DEFAULT_ATOL[ctx.precision].items()}
+    comp = ctx.compressor
+    atol = COMPRESS.tolerances(ctx.precision, ctx.options.atol)
     report = validate_onnx(
         ctx.work / COMPRESS_ONNX,
         lambda H, A, g: dict(zip(COMPRESS_OUTPUTS, comp(H, A, g))),
@@ -131,7 +105,10 @@ def validate_compress(ctx: ExportContext) -> None:
         display_name=str(ctx.output / COMPRESS_ONNX),
     )
     ctx.record_validation(
-        "compress", report, atol, "PyTorch eager FixedBudgetCompressor on the video's fp32 H, A, g"
+        "compress",
+        report,
+        atol,
+        f"PyTorch eager fixed-budget {ctx.options.method} on the video's fp32 H, A, g",
     )
 
 
@@ -140,12 +117,12 @@ def export_fused(ctx: ExportContext) -> None:
     import onnx
     from onnx import compose
 
-    vision = onnx.load(str(ctx.work / "vision.onnx"), load_external_data=True)
+    vision = onnx.load(str(ctx.work / VISION_ONNX), load_external_data=True)
     comp = onnx.load(str(ctx.work / COMPRESS_ONNX))
     comp = compose.add_prefix(comp, "compress/", rename_inputs=False, rename_outputs=False)
     comp.ir_version = vision.ir_version = min(vision.ir_version, comp.ir_version)
     fused = compose.merge_models(
-        vision, comp, io_map=[(n, n) for n in COMPRESS_INPUTS], outputs=list(COMPRESS_OUTPUTS)
+        vision, comp, io_map=[(n, n) for n in COMPRESS.inputs], outputs=list(FUSED.outputs)
     )
     path = ctx.path(FUSED_ONNX)
     save_onnx(fused, path)
@@ -155,10 +132,10 @@ def export_fused(ctx: ExportContext) -> None:
     ctx.manifest["graphs"]["vision_compress"] = {
         "file": FUSED_ONNX,
         "external_data": files[1].name if len(files) > 1 else None,
-        "opset": OPSET,
+        "opset": FUSED.opset,
         "precision": ctx.precision,
-        "method": ctx.args.method,
-        "retention": ctx.args.retention,
+        "method": ctx.options.method,
+        "retention": ctx.options.retention,
         "inputs": inputs,
         "outputs": outputs,
     }
@@ -175,12 +152,12 @@ def validate_fused(ctx: ExportContext) -> None:
     """
     from infomerge.export.validate import run_onnx, validate_onnx
 
-    comp = ctx.extra["compressor"]
+    comp = ctx.compressor
     px = {"pixel_values": _numpy(ctx.pixel_values)}
-    vis, _, _ = run_onnx(ctx.work / "vision.onnx", px, optimization="off")
+    vis, _, _ = run_onnx(ctx.work / VISION_ONNX, px, optimization="off")
     with torch.no_grad():
         tokens, index = comp(*(torch.from_numpy(np.ascontiguousarray(vis[k])) for k in COMPRESS_INPUTS))
-    atol = {k: (ctx.atol(v) if v > 0 else 0.0) for k, v in DEFAULT_ATOL[ctx.precision].items()}
+    atol = FUSED.tolerances(ctx.precision, ctx.options.atol)
     report = validate_onnx(
         ctx.work / FUSED_ONNX,
         {"tokens": tokens, "index": index},
@@ -196,7 +173,7 @@ def validate_fused(ctx: ExportContext) -> None:
         "vision_compress",
         report,
         atol,
-        "vision.onnx in ONNX Runtime, then the eager FixedBudgetCompressor",
+        "vision.onnx in ONNX Runtime, then the eager fixed-budget compressor",
         ort_graph_optimizations="off",
     )
 
@@ -206,10 +183,10 @@ def _numpy(x) -> np.ndarray:
 
 
 COMPRESS_STEPS = [
-    Step("export compress.onnx", export_compress, flags=("--method", "--retention")),
-    Step("validate compress.onnx", validate_compress),
-    Step("export vision_compress.onnx", export_fused, flags=("--fused",), when=lambda a: a.fused),
-    Step("validate vision_compress.onnx", validate_fused, when=lambda a: a.fused),
+    Step("export compress.onnx", export_compress, when=lambda o: o.compress),
+    Step("validate compress.onnx", validate_compress, when=lambda o: o.compress),
+    Step("export vision_compress.onnx", export_fused, when=lambda o: o.fused),
+    Step("validate vision_compress.onnx", validate_fused, when=lambda o: o.fused),
 ]
 
 __all__ = [
@@ -219,7 +196,6 @@ __all__ = [
     "build_compressor",
     "export_compress",
     "export_fused",
-    "method_config",
     "synthetic_features",
     "validate_compress",
     "validate_fused",

@@ -1,26 +1,25 @@
 """The shared state of one ``infomerge-export`` run, and the :class:`Step` type.
 
-``infomerge-export`` is a sequence of steps (:func:`infomerge.export.cli.build_steps`); each is a
+``infomerge-export`` is a sequence of steps (:func:`infomerge.export.run.build_steps`); each is a
 function ``run(ctx: ExportContext) -> None`` that writes its files under ``ctx.work`` (the
 temporary directory that becomes the output at the end) and describes them in ``ctx.manifest``
 (its own section: ``graphs``, ``arrays``, ``engines``, ``llm``). ``manifest.json`` with the sha256
 of every file is written after the last step, so a step does no hashing.
 
-To add a step (a 2-3 line edit): define ``MY_STEPS = [Step("name", fn, flags=("--my-flag",))]`` in
-your module and append it in ``build_steps``. ``flags`` names the CLI options the step implements;
-an option given on the command line that no step of the run implements is refused before any
-file is written. ``when`` decides from the arguments whether the step runs.
+To add a step: define ``MY_STEPS = [Step("name", fn)]`` in your module and append it in
+``build_steps``; ``when(options)`` decides from the :class:`~infomerge.export.options.ExportOptions`
+whether it runs. Steps read typed fields (``ctx.options.retention``), never a parsed command line.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from infomerge.backbones.registry import Backbone
+from infomerge.export.options import ExportOptions
 
 
 @dataclass(frozen=True)
@@ -30,14 +29,12 @@ class Step:
     Attributes:
         name: shown in the progress lines ("export vision.onnx").
         run: ``run(ctx)``; raises an :class:`~infomerge.errors.InfomergeError` on bad input.
-        flags: the CLI options this step implements (e.g. ``("--engine", "--workspace")``).
-        when: ``when(args)`` -> whether the step runs in this invocation (default: always).
+        when: ``when(options)`` -> whether the step runs in this export (default: always).
     """
 
     name: str
     run: Callable[[ExportContext], None]
-    flags: tuple[str, ...] = ()
-    when: Callable[[argparse.Namespace], bool] = field(default=lambda args: True)
+    when: Callable[[ExportOptions], bool] = field(default=lambda options: True)
 
 
 @dataclass
@@ -45,13 +42,13 @@ class ExportContext:
     """What the steps of one export share.
 
     Attributes:
-        args: the parsed command line (see ``infomerge-export --help``).
+        options: the :class:`ExportOptions` of this run (defaults resolved).
         backbone: the :class:`Backbone` being exported.
         output: the final artifact directory (does not exist until the end of the run).
         work: the temporary directory the steps write into; renamed to ``output`` at the end.
         frames: F, frames per video of every graph.
         precision: ``"fp16"`` or ``"fp32"`` (``--fp16``).
-        manifest: the manifest being built (see :mod:`infomerge.export.manifest`).
+        manifest: the manifest being built (see :mod:`infomerge.artifacts.manifest`).
         console: the ``rich`` console for progress and validation printouts.
         video: the real video used for validation.
         pixel_values: (F, 3, 384, 384) float32 preprocessed frames of ``video`` (validation input).
@@ -59,10 +56,11 @@ class ExportContext:
         reference: fp32 PyTorch outputs on ``pixel_values``: ``H`` (F, 196, D), ``A`` (F, 196),
             ``g`` (F, G), all float32 torch tensors. Use them to validate graphs that consume H/A/g.
         image_newline: (D,) float32 numpy array.
-        extra: free scratch space for steps ({name: anything}).
+        compressor: the eager fixed-budget compressor that ``compress.onnx`` was traced from.
+        merge_impl: the merge callable the compressor uses (None: the method's default).
     """
 
-    args: argparse.Namespace
+    options: ExportOptions
     backbone: Backbone
     output: Path
     work: Path
@@ -75,7 +73,8 @@ class ExportContext:
     encoder: Any = None
     reference: dict = field(default_factory=dict)
     image_newline: Any = None
-    extra: dict = field(default_factory=dict)
+    compressor: Any = None
+    merge_impl: Callable | None = None
 
     def path(self, relative: str) -> Path:
         """A path inside the artifact being built (``ctx.work / relative``), parent created."""
@@ -99,7 +98,7 @@ class ExportContext:
 
     def atol(self, default: float) -> float:
         """A validation tolerance base: ``--atol`` when given, else ``default``."""
-        given = getattr(self.args, "atol", None)
+        given = self.options.atol
         return float(given) if given is not None else float(default)
 
 

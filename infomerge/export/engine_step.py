@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import copy
 
+from infomerge.artifacts.layout import PLUGIN_ONNX, parse_compute_capabilities
+from infomerge.artifacts.onnx_graph import graph_io, inspect_onnx
 from infomerge.engines.builder import DEFAULT_WORKSPACE_MIB, artifact_graphs, build_engines
 from infomerge.engines.flavour import load_flavour
-from infomerge.engines.metadata import inspect_onnx, parse_compute_capabilities
 from infomerge.errors import ArtifactError, ValidationError
 from infomerge.export.context import ExportContext, Step
-
-PLUGIN_ONNX = "compress_plugin.onnx"
+from infomerge.export.graphs import PLUGIN
 
 
 def export_compress_plugin(ctx: ExportContext) -> None:
@@ -44,18 +44,17 @@ def export_compress_plugin(ctx: ExportContext) -> None:
     import torch
 
     from infomerge.engines.plugin import PLUGIN_ID, PLUGIN_NAME, plugin_merge
-    from infomerge.export.compress_step import COMPRESS_INPUTS, COMPRESS_OUTPUTS, synthetic_features
-    from infomerge.export.onnx_export import export_onnx, graph_io
+    from infomerge.export.onnx_export import export_onnx
 
-    standard = ctx.extra["compressor"]
+    standard = ctx.compressor
     comp = copy.copy(standard)  # same module, same buffers; only the merge differs
     comp.merge_impl = plugin_merge
     bb = ctx.backbone
     dtype = torch.float16 if ctx.precision == "fp16" else torch.float32
     g_dim = int(ctx.reference["g"].shape[-1]) if "g" in ctx.reference else bb.vision_hidden
-    example = synthetic_features(ctx.frames, bb.tokens_per_frame, bb.text_hidden, g_dim, dtype)
+    example = PLUGIN.example(bb, ctx.frames, dtype, g_dim)
     path = ctx.path(PLUGIN_ONNX)
-    export_onnx(comp, example, path, input_names=COMPRESS_INPUTS, output_names=COMPRESS_OUTPUTS)
+    export_onnx(comp, example, path, input_names=PLUGIN.inputs, output_names=PLUGIN.outputs)
 
     model = onnx.load(str(path), load_external_data=False)
     nodes = [n for n in model.graph.node if n.op_type == PLUGIN_NAME]
@@ -109,9 +108,9 @@ def check_engine_options(ctx: ExportContext) -> None:
     """
     from infomerge.engines.builder import local_compute_capability, resolve_targets
 
-    flavour = load_flavour(ctx.args.engine)
+    flavour = load_flavour(ctx.options.engine)
     device = None if flavour.ahead_of_time else local_compute_capability()
-    resolve_targets(flavour, parse_compute_capabilities(ctx.args.compute_capability), device)
+    resolve_targets(flavour, parse_compute_capabilities(ctx.options.compute_capability), device)
 
 
 def build_engine_step(ctx: ExportContext) -> None:
@@ -123,7 +122,7 @@ def build_engine_step(ctx: ExportContext) -> None:
         ArtifactError: no graph, a graph TensorRT rejects, a failed build.
         TargetError: bad ``--compute-capability``.
     """
-    args = ctx.args
+    args = ctx.options
     flavour = load_flavour(args.engine)
     ccs = parse_compute_capabilities(args.compute_capability)
     workspace = args.workspace if args.workspace is not None else DEFAULT_WORKSPACE_MIB
@@ -167,20 +166,18 @@ MERGE_PLUGIN_STEPS = [
     Step(
         "export compress_plugin.onnx",
         export_compress_plugin,
-        flags=("--merge-plugin",),
-        when=lambda args: getattr(args, "merge_plugin", False),
+        when=lambda o: o.merge_plugin,
     ),
 ]
 #: first: refuse unusable engine options before the export does any work
 ENGINE_CHECK_STEPS = [
-    Step("check TensorRT", check_engine_options, when=lambda args: getattr(args, "engine", "none") != "none"),
+    Step("check TensorRT", check_engine_options, when=lambda o: o.engine != "none"),
 ]
 #: last: after every graph step
 ENGINE_STEPS = [
     Step(
         "build engines",
         build_engine_step,
-        flags=("--engine", "--compute-capability", "--workspace"),
-        when=lambda args: getattr(args, "engine", "none") != "none",
+        when=lambda o: o.engine != "none",
     ),
 ]

@@ -2,7 +2,7 @@
 
 The graph is built by onnxruntime-genai's model builder (``pip install 'infomerge[genai]'``) from
 the checkpoint's Qwen2 language model, extracted into a temporary standalone Qwen2 checkpoint
-(:func:`infomerge.runtime.llm_torch.extract_text_checkpoint`). Builder options:
+(:func:`infomerge.backbones.text.extract_text_checkpoint`). Builder options:
 
 - ``exclude_embeds=true``: the graph takes ``inputs_embeds``, not token ids (the runtime splices
   video tokens into the text embeddings itself); the embedding matrix is saved beside the graph
@@ -26,17 +26,17 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from infomerge.artifacts.layout import LLM_DIR
 from infomerge.errors import ArtifactError, BackendUnavailableError
 from infomerge.export.context import Step
 
-LLM_SUBDIR = "llm"
+LLM_SUBDIR = LLM_DIR
 Precision = Literal["int4", "fp32"]
 _EMBED_FP16_ABOVE = 256 * 2**20  # bytes of the fp32 embedding matrix above which it is stored in fp16
 
@@ -105,18 +105,21 @@ def export_llm(
     import onnx
     import onnxruntime_genai
 
-    from infomerge.runtime.llm_ort import EMBED_FILE, MODEL_FILE
-    from infomerge.runtime.llm_torch import extract_text_checkpoint, text_state_dict
+    from infomerge.artifacts.atomic import TMP_MARK, atomic_directory
+    from infomerge.artifacts.layout import LLM_EMBED as EMBED_FILE
+    from infomerge.artifacts.layout import LLM_MODEL as MODEL_FILE
+    from infomerge.backbones.text import extract_text_checkpoint, text_state_dict
 
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     options = ["exclude_embeds=true", "disable_qkv_fusion=true", "prune_lm_head=true"]
-    try:
+    with (
+        tempfile.TemporaryDirectory(prefix=f".{out.name}{TMP_MARK}scratch-", dir=out.parent) as scratch,
+        atomic_directory(out, replace=True) as build,
+    ):
+        work = Path(scratch)
         text_dir = extract_text_checkpoint(checkpoint, work / "hf")
-        build = work / "onnx"
         log = Path(log_file) if log_file else build / "builder.log"
-        build.mkdir()
         quiet = logging.getLogger("onnxruntime.quantization")
         level = quiet.level
         quiet.setLevel(logging.WARNING)
@@ -167,33 +170,32 @@ def export_llm(
             "embed_dtype": str(embed.dtype),
         }
         (build / "llm_export.json").write_text(json.dumps(entry, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(build, out)
-        return entry
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    return entry
+
+
 
 
 # --- the infomerge-export step ---------------------------------------------------------------------
 def run_llm_step(ctx) -> None:
     """Export step: build ``<artifacts>/llm`` for ``--llm int4|fp32`` and record it in the manifest.
 
+    With ``--random-weights`` the LLM comes from the full-size random-weight checkpoint of
+    :func:`infomerge.backbones.random_weights.random_checkpoint` (same seed; written once).
+
     Raises:
-        ArtifactError: with ``--random-weights`` (there is no tokenizer or text checkpoint to build from).
         BackendUnavailableError: onnxruntime-genai is not installed (names the extra).
     """
     from infomerge.backbones.loading import resolve_checkpoint
 
-    args = ctx.args
-    if getattr(args, "random_weights", False):
-        raise ArtifactError(
-            "--llm needs a checkpoint with a tokenizer; it cannot be combined with --random-weights"
-        )
+    o = ctx.options
     _import_builder()  # fail early, naming the extra
-    checkpoint = resolve_checkpoint(ctx.backbone, args.model_path)
-    ep = getattr(args, "llm_ep", "cpu") or "cpu"
-    entry = export_llm(checkpoint, ctx.path(LLM_SUBDIR), args.llm, ep)
+    if o.random_weights:
+        from infomerge.backbones.random_weights import random_checkpoint
+
+        checkpoint = random_checkpoint(ctx.backbone.name, o.seed)
+    else:
+        checkpoint = resolve_checkpoint(ctx.backbone, o.model_path)
+    entry = export_llm(checkpoint, ctx.path(LLM_SUBDIR), o.llm, o.llm_ep)
     ctx.manifest["llm"] = {"dir": LLM_SUBDIR, **entry}
 
 
@@ -201,8 +203,7 @@ LLM_STEPS = [
     Step(
         "build LLM (onnxruntime-genai model builder)",
         run_llm_step,
-        flags=("--llm", "--llm-ep"),
-        when=lambda args: getattr(args, "llm", "none") != "none",
+        when=lambda o: o.llm != "none",
     ),
 ]
 

@@ -158,19 +158,10 @@ def run_onnx(
     (measured on the ov-0.5b fp16 vision graph, 2 frames: 2.9 GB peak against 2.4 GB), and the
     arena is off so one run's activations are freed as it goes.
     """
-    import onnxruntime as ort
+    from infomerge.engines.ort import ort_session
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.enable_cpu_mem_arena = False
-    opts.graph_optimization_level = {
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        "off": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    }[optimization]
-    if threads:
-        opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=list(providers))
+    device = "cuda" if "CUDAExecutionProvider" in providers else "cpu"
+    sess = ort_session(onnx_path, device, optimization=optimization, threads=threads, arena=False)
     feed = {k: np.ascontiguousarray(_to_numpy(v)) for k, v in inputs.items()}
     t0 = time.perf_counter()
     outs = sess.run(None, feed)

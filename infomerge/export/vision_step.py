@@ -13,37 +13,31 @@ import gc
 import numpy as np
 import torch
 
+from infomerge.artifacts.layout import IMAGE_NEWLINE, VISION_ONNX
+from infomerge.artifacts.manifest import tensor_spec
+from infomerge.artifacts.onnx_graph import graph_io, onnx_files
 from infomerge.export.context import ExportContext, Step
-from infomerge.export.manifest import tensor_spec
-from infomerge.export.onnx_export import OPSET, export_onnx, graph_io, onnx_files
+from infomerge.export.graphs import VISION
+from infomerge.export.onnx_export import export_onnx
 
-VISION_ONNX = "vision.onnx"
-IMAGE_NEWLINE = "image_newline.npy"
-VISION_INPUTS = ("pixel_values",)
-VISION_OUTPUTS = ("H", "A", "g")
+VISION_INPUTS = VISION.inputs
+VISION_OUTPUTS = VISION.outputs
 TRACE_FRAMES = 1  # frames in the tracing example (the graph is pinned to F afterwards)
 REFERENCE_CHUNK = 4  # frames per fp32 reference forward (bounds activation memory)
-
-# Validation tolerances relative to each output's peak (tolerance = atol * max|reference|, see
-# validate.py). fp32: the graph and torch differ in summation order only. fp16: weights and
-# activations are rounded to 11 bits through 26 layers (measured on real frames: docs/export.md).
-DEFAULT_ATOL = {
-    "fp32": {"H": 1e-4, "A": 1e-4, "g": 1e-4},
-    "fp16": {"H": 2e-2, "A": 2e-2, "g": 2e-2},
-}
+DEFAULT_ATOL = VISION.atol
 
 
 def load_encoder(ctx: ExportContext) -> None:
     """Build the fp32 encoder from the checkpoint (vision tensors only) or random weights."""
     from infomerge.backbones.vision import VisionEncoder
 
-    a = ctx.args
+    a = ctx.options
     ctx.encoder = VisionEncoder.from_backbone(
         ctx.backbone,
         a.model_path,
         random_weights=a.random_weights,
-        siglip_path=getattr(a, "siglip_path", None),
-        seed=getattr(a, "seed", 0),
+        siglip_path=a.siglip_path,
+        seed=a.seed,
     )
     src = dict(ctx.encoder.source)
     src.setdefault("weights", "checkpoint")
@@ -86,14 +80,12 @@ def export_vision(ctx: ExportContext) -> None:
     enc = ctx.encoder
     if ctx.precision == "fp16":
         enc.to_compute_dtype(torch.float16)
-    gen = torch.Generator().manual_seed(1234)
     n = min(ctx.frames, TRACE_FRAMES)
-    s = ctx.backbone.image_size
-    example = torch.rand((n, 3, s, s), generator=gen) * 2 - 1  # not the validation frames
+    example = VISION.example(ctx.backbone, n, torch.float32, 0)  # not the validation frames
     path = ctx.path(VISION_ONNX)
     export_onnx(
         enc,
-        (example,),
+        example,
         path,
         input_names=VISION_INPUTS,
         output_names=VISION_OUTPUTS,
@@ -104,7 +96,7 @@ def export_vision(ctx: ExportContext) -> None:
     ctx.manifest["graphs"]["vision"] = {
         "file": VISION_ONNX,
         "external_data": files[1].name if len(files) > 1 else None,
-        "opset": OPSET,
+        "opset": VISION.opset,
         "precision": ctx.precision,
         "inputs": inputs,
         "outputs": outputs,
@@ -131,7 +123,7 @@ def validate_vision(ctx: ExportContext) -> None:
     """Run ``vision.onnx`` in ONNX Runtime on the real frames; compare with the fp32 reference."""
     from infomerge.export.validate import validate_onnx
 
-    atol = {k: ctx.atol(v) for k, v in DEFAULT_ATOL[ctx.precision].items()}
+    atol = VISION.tolerances(ctx.precision, ctx.options.atol)
     report = validate_onnx(
         ctx.work / VISION_ONNX,
         ctx.reference,
@@ -146,12 +138,12 @@ def validate_vision(ctx: ExportContext) -> None:
 
 
 VISION_STEPS = [
-    Step("load vision encoder", load_encoder, flags=("--model-path", "--random-weights", "--siglip-path")),
-    Step("decode validation video", read_frames, flags=("--video",)),
+    Step("load vision encoder", load_encoder),
+    Step("decode validation video", read_frames),
     Step("PyTorch fp32 reference", compute_reference),
     Step("save image_newline.npy", save_image_newline),
-    Step("export vision.onnx", export_vision, flags=("--fp16",)),
-    Step("validate vision.onnx", validate_vision, flags=("--atol",)),
+    Step("export vision.onnx", export_vision, when=lambda o: o.vision),
+    Step("validate vision.onnx", validate_vision, when=lambda o: o.vision),
 ]
 
 __all__ = [

@@ -269,7 +269,7 @@ def plan_memory(
         BudgetError: a retention outside (0, 1] or one that keeps no token.
         ValueError: an unknown quantization or a frame count < 1.
     """
-    from infomerge.compress.config import InfoMergeConfig
+    from infomerge.compress.methods import get_method
 
     a = assumptions or Assumptions()
     bb, cfg, hc = _configs(backbone)
@@ -284,7 +284,7 @@ def plan_memory(
     act = a.act_bytes
     n = bb.tokens_per_frame
     big_d = tc.hidden_size
-    tokens = InfoMergeConfig.paper(retention).total_budget(frames, n)
+    tokens = get_method("infomerge").budget(retention, frames, n)
 
     # 1. vision engine
     vp = vision_params(vc, hc, big_d)

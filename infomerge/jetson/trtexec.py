@@ -40,24 +40,15 @@ def trtexec_binary() -> str:
 
 def inspect_onnx(path: str | os.PathLike) -> dict:
     """Inputs (name -> dims, a dim is an int or a symbolic name), whether the graph holds fp16, and
-    the op types outside the standard ONNX domains. External weight data is not loaded."""
-    import onnx
+    the op types outside the standard ONNX domains (:func:`infomerge.artifacts.onnx_graph.inspect_onnx`)."""
+    from infomerge.artifacts.onnx_graph import inspect_onnx as inspect
 
-    model = onnx.load(os.fspath(path), load_external_data=False)
-    g = model.graph
-    init_names = {i.name for i in g.initializer}
-    inputs = {}
-    for vi in g.input:
-        if vi.name in init_names:
-            continue
-        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-                for d in vi.type.tensor_type.shape.dim]
-        inputs[vi.name] = dims
-    fp16 = any(i.data_type == _FP16 for i in g.initializer) or any(
-        vi.type.tensor_type.elem_type == _FP16 for vi in [*g.input, *g.output]
-    )
-    custom = sorted({n.op_type for n in g.node if n.domain not in _STANDARD_DOMAINS})
-    return {"inputs": inputs, "fp16": fp16, "custom_ops": custom}
+    info = inspect(path)
+    return {
+        "inputs": {name: spec["shape"] for name, spec in info.inputs.items()},
+        "fp16": info.fp16,
+        "custom_ops": list(info.custom_ops),
+    }
 
 
 def trtexec_command(

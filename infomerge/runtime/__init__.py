@@ -3,11 +3,11 @@
 Public API: :class:`~infomerge.runtime.pipeline.Pipeline` (stages ``decode``, ``encode``,
 ``compress``, ``assemble``, ``prefill``, ``decode_tokens``, and ``generate``),
 :class:`~infomerge.runtime.pipeline.Answer`, :class:`~infomerge.runtime.llm.Sampling`,
-:class:`~infomerge.runtime.timing.Timings`.
+:class:`~infomerge.timing.Timings`.
 """
 
 from infomerge.runtime.llm import Sampling
 from infomerge.runtime.pipeline import Answer, Pipeline
-from infomerge.runtime.timing import Timings
+from infomerge.timing import Timings
 
 __all__ = ["Answer", "Pipeline", "Sampling", "Timings"]

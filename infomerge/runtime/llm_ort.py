@@ -31,32 +31,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from infomerge.errors import ArtifactError, BackendUnavailableError
+from infomerge.artifacts.layout import LLM_EMBED, LLM_GENAI_CONFIG, LLM_MODEL
+from infomerge.engines.ort import ort_session, providers_for
+from infomerge.errors import ArtifactError
 from infomerge.runtime.llm import LLMBackend
 
-MODEL_FILE = "model.onnx"
-EMBED_FILE = "embed_tokens.npy"
-GENAI_CONFIG = "genai_config.json"
+MODEL_FILE, EMBED_FILE, GENAI_CONFIG = LLM_MODEL, LLM_EMBED, LLM_GENAI_CONFIG
 
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-
-
-def providers_for(device: str) -> list[str]:
-    """ONNX Runtime execution providers for ``device`` ("cpu" or "cuda[:i]").
-
-    Raises:
-        BackendUnavailableError: CUDA asked for but the installed onnxruntime has no CUDA EP.
-    """
-    import onnxruntime as ort
-
-    if str(device).startswith("cuda"):
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise BackendUnavailableError(
-                "the installed onnxruntime has no CUDAExecutionProvider; install the GPU build: "
-                "`pip uninstall -y onnxruntime && pip install 'infomerge[gpu]'`"
-            )
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
 
 
 class OrtLLM(LLMBackend):
@@ -93,7 +75,7 @@ class OrtLLM(LLMBackend):
                 raise ArtifactError(
                     f"{d}: missing {f}; re-run `infomerge-export --llm int4` for these artifacts"
                 )
-        providers = providers_for(device)  # first: a missing CUDA EP is the more basic problem
+        providers_for(device)  # first: a missing CUDA EP is the more basic problem
         built = d / "llm_export.json"
         built_for = json.loads(built.read_text()).get("execution_provider") if built.is_file() else None
         wanted = "cuda" if str(device).startswith("cuda") else "cpu"
@@ -114,10 +96,7 @@ class OrtLLM(LLMBackend):
         self.eos_token_ids = tuple(int(i) for i in (eos if isinstance(eos, list) else [eos]))
         self.device = str(device)
 
-        so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(d / MODEL_FILE), so, providers=providers)
+        self.session = ort_session(d / MODEL_FILE, device, threads=threads or None)
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name: o for o in self.session.get_outputs()}
         if "position_ids" not in inputs:
@@ -210,4 +189,4 @@ class OrtLLM(LLMBackend):
         self._filled = 0
 
 
-__all__ = ["EMBED_FILE", "GENAI_CONFIG", "MODEL_FILE", "OrtLLM", "providers_for"]
+__all__ = ["EMBED_FILE", "GENAI_CONFIG", "MODEL_FILE", "OrtLLM"]

@@ -10,7 +10,7 @@ Stages (each a method, so a benchmark can time them one by one)::
     decode_tokens() one LLM step per token, positions continuing from the uncompressed length
 
 :meth:`Pipeline.generate` runs them all for one request and returns an :class:`Answer` with the
-text, the token ids and the :class:`~infomerge.runtime.timing.Timings`.
+text, the token ids and the :class:`~infomerge.timing.Timings`.
 
 Construction: :meth:`Pipeline.from_backbone` (a checkpoint; torch backends by default, no export
 needed: the ``tiny`` backbone is built locally) or :meth:`Pipeline.from_artifacts` (an
@@ -22,27 +22,17 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from infomerge.errors import ArtifactError, BackendUnavailableError
-from infomerge.runtime.backends import (
-    COMPRESS_BACKENDS,
-    VISION_BACKENDS,
-    NoCompression,
-    OrtCompressor,
-    OrtVision,
-    TorchCompressor,
-    TorchVision,
-    TrtCompressor,
-    TrtVision,
-    VideoTokens,
-    VisionFeatures,
-)
+from infomerge.artifacts.layout import COMPRESS_ONNX, LLM_DIR, LLM_TOKENIZER
+from infomerge.compress.methods import get_method
+from infomerge.errors import ArtifactError, BackendUnavailableError, BudgetError
+from infomerge.runtime.backends import BackendSource, VideoTokens, VisionFeatures, backend_factory
 from infomerge.runtime.decode_thread import DecodedVideo, DecodeJob, decode_video
 from infomerge.runtime.embeddings import (
     DEFAULT_PROMPT,
@@ -54,31 +44,32 @@ from infomerge.runtime.embeddings import (
     prompt_ids,
 )
 from infomerge.runtime.llm import GREEDY, LLMBackend, Sampler, Sampling, TextStream, decode_ids, eos_ids_of
-from infomerge.runtime.timing import StageClock, Timings
+from infomerge.timing import StageClock, Timings
 
-LLM_BACKENDS = ("torch", "ort")
-METHODS = ("infomerge", "fastvid")
 DEFAULT_RETENTION = 0.15
 
 
 def make_config(method: str = "infomerge", retention: float = DEFAULT_RETENTION):
-    """The compressor config: ``InfoMergeConfig.paper(r)`` or ``InfoMergeConfig.fastvid(r)``.
+    """The registered method's configuration for ``retention`` (see :mod:`infomerge.compress.methods`).
 
     Raises:
-        ValueError: unknown method. BudgetError: retention outside (0, 1].
+        UnknownMethodError: unknown method. BudgetError: retention outside (0, 1].
     """
-    from infomerge.compress.config import InfoMergeConfig
-
-    if method == "infomerge":
-        return InfoMergeConfig.paper(retention)
-    if method == "fastvid":
-        return InfoMergeConfig.fastvid(retention)
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return get_method(method).config(retention)
 
 
-def _check_choice(kind: str, value: str, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{kind} must be one of {', '.join(choices)}; got {value!r}")
+def compression_wanted(retention: float | None) -> bool:
+    """Whether a retention ratio asks for compression: None and 1.0 mean every token is kept.
+
+    Raises:
+        BudgetError: a ratio outside (0, 1].
+    """
+    if retention is None:
+        return False
+    r = float(retention)
+    if not (0.0 < r <= 1.0):
+        raise BudgetError(f"retention must be in (0, 1] (the kept share of video tokens), got {retention}")
+    return r < 1.0
 
 
 @dataclass
@@ -134,10 +125,12 @@ class Pipeline:
         vision: a vision backend (``__call__(pixel_values) -> VisionFeatures``, ``image_newline``).
         compressor: a compression backend (``__call__(VisionFeatures) -> VideoTokens``).
         llm: an :class:`~infomerge.runtime.llm.LLMBackend`.
-        config: the :class:`~infomerge.compress.config.InfoMergeConfig` (None: no compression).
+        config: the compression method's configuration (None: no compression).
         video_token_id: the ``<video>`` placeholder id.
         device: "cpu" or "cuda".
         info: free description recorded in :attr:`Answer.info`.
+        frames: F, frames sampled per video (default: the backbone's).
+        source: what the backends were built from (for :meth:`with_compression`).
     """
 
     def __init__(
@@ -153,6 +146,8 @@ class Pipeline:
         video_token_id: int,
         device: str = "cpu",
         info: dict | None = None,
+        frames: int | None = None,
+        source: BackendSource | None = None,
     ):
         _check_layout(backbone)
         self.backbone = backbone
@@ -164,7 +159,8 @@ class Pipeline:
         self.config = config
         self.video_token_id = int(video_token_id)
         self.device = device
-        self.frames = backbone.frames
+        self.frames = int(frames or backbone.frames)
+        self.source = source or BackendSource(backbone=backbone, device=device, frames=self.frames)
         self.tokens_per_frame = backbone.tokens_per_frame
         self.info = dict(info or {})
         self.load_ms: float | None = None  # set by from_backbone / from_artifacts: checks and loading
@@ -188,6 +184,9 @@ class Pipeline:
         artifacts: str | os.PathLike | None = None,
         device: str = "cpu",
         siglip_path: str | os.PathLike | None = None,
+        frames: int | None = None,
+        compile_mode: str | None | bool = False,
+        threads: int | None = None,
     ) -> Pipeline:
         """A pipeline over the checkpoint of backbone ``name`` (``tiny`` is built locally).
 
@@ -195,19 +194,26 @@ class Pipeline:
             name: registry name (``tiny``, ``ov-0.5b``, ``ov-7b``).
             model_path: local checkpoint directory (default: resolved by
                 :func:`infomerge.backbones.loading.resolve_checkpoint`).
-            vision_backend, compress_backend, llm: backend names; ``ort`` / ``trt`` ones read
-                ``artifacts``. ``compress_backend="none"`` or ``retention=None``: no compression.
-            method: ``infomerge`` or ``fastvid``.
+            vision_backend, compress_backend, llm: names in the backend registries
+                (:mod:`infomerge.runtime.backends`); ``ort`` / ``trt`` ones read ``artifacts``.
+                ``compress_backend="none"``, ``retention=None`` or ``retention=1.0``: no compression.
+            method: a registered method (:mod:`infomerge.compress.methods`).
             retention: kept share of the video tokens, in (0, 1].
             artifacts: an ``infomerge-export`` directory (needed by ort/trt backends).
             device: "cpu" or "cuda".
             siglip_path: SigLIP head checkpoint for the torch vision backend.
+            frames: F, frames sampled per video (default: the backbone's; exported graphs must
+                have been exported for the same F).
+            compile_mode: ``torch.compile`` the torch vision tower and LLM with this mode (None:
+                torch's default mode; False: no compilation).
+            threads: intra-op threads of the ONNX Runtime LLM session (None: its default).
 
         Raises:
             UnknownBackboneError, CheckpointNotFoundError: from the backbone registry / loader.
             ArtifactError: an ort/trt backend without ``artifacts``, or a mismatched directory.
             BackendUnavailableError: a backend whose package is not installed (names the extra).
-            ValueError: an unknown backend or method name.
+            UnknownBackendError, UnknownMethodError, BudgetError: bad names or retention (checked
+                before anything is loaded).
         """
         from infomerge.backbones.loading import resolve_checkpoint
         from infomerge.backbones.registry import get_backbone
@@ -215,6 +221,7 @@ class Pipeline:
         t0 = time.perf_counter()
         bb = get_backbone(name)
         _check_layout(bb)  # before any download
+        _check_names(vision_backend, compress_backend, llm, method, retention)
         checkpoint = resolve_checkpoint(bb, model_path)
         pipe = cls._build(
             bb,
@@ -227,7 +234,8 @@ class Pipeline:
             method=method,
             retention=retention,
             device=device,
-            siglip_path=siglip_path,
+            frames=frames,
+            options={"siglip_path": siglip_path, "compile_mode": compile_mode, "threads": threads},
         )
         pipe.load_ms = (time.perf_counter() - t0) * 1000.0
         return pipe
@@ -246,6 +254,8 @@ class Pipeline:
         retention: float | None | str = "manifest",
         device: str = "cpu",
         verify_hashes: bool = False,
+        compile_mode: str | None | bool = False,
+        threads: int | None = None,
     ) -> Pipeline:
         """A pipeline over an ``infomerge-export`` artifact directory.
 
@@ -264,21 +274,16 @@ class Pipeline:
                 files), or a compress graph exported for another method or retention.
             BackendUnavailableError, EngineMismatchError: from the ort / trt backends.
         """
+        from infomerge.artifacts.manifest import verify_manifest
         from infomerge.backbones.registry import get_backbone
-        from infomerge.export.manifest import verify_manifest
 
         t0 = time.perf_counter()
         root = Path(directory)
         manifest = verify_manifest(root, backbone=backbone, hashes=verify_hashes, versions=("infomerge",))
         bb = get_backbone(manifest["backbone"]["name"])
         _check_layout(bb)
-        if manifest.get("frames") not in (None, bb.frames):
-            raise ArtifactError(
-                f"{root}: exported for {manifest['frames']} frames; the runtime samples {bb.frames} for "
-                f"{bb.name}; re-export with --frames {bb.frames}"
-            )
-        has_compress = (root / "compress.onnx").is_file()
-        has_llm = (root / "llm").is_dir()
+        has_compress = (root / COMPRESS_ONNX).is_file()
+        has_llm = (root / LLM_DIR).is_dir()
         if compress_backend is None:
             compress_backend = "ort" if has_compress and retention == "manifest" else "torch"
         if retention == "manifest":
@@ -286,8 +291,9 @@ class Pipeline:
         method = method or manifest.get("method") or "infomerge"
         if llm is None:
             llm = "ort" if has_llm else "torch"
+        _check_names(vision_backend, compress_backend, llm, method, retention)
         checkpoint = None
-        if llm == "torch" or vision_backend == "torch" or not (root / "llm" / "tokenizer.json").is_file():
+        if llm == "torch" or vision_backend == "torch" or not (root / LLM_DIR / LLM_TOKENIZER).is_file():
             from infomerge.backbones.loading import resolve_checkpoint
 
             checkpoint = resolve_checkpoint(bb, model_path)
@@ -302,7 +308,8 @@ class Pipeline:
             method=method,
             retention=retention,
             device=device,
-            siglip_path=None,
+            frames=manifest.get("frames"),
+            options={"compile_mode": compile_mode, "threads": threads},
         )
         pipe.load_ms = (time.perf_counter() - t0) * 1000.0
         return pipe
@@ -321,78 +328,35 @@ class Pipeline:
         method: str,
         retention: float | None,
         device: str,
-        siglip_path,
+        frames: int | None,
+        options: dict,
     ) -> Pipeline:
+        """Look every stage's backend up in its registry and build it from one :class:`BackendSource`."""
         from transformers import AutoTokenizer
 
-        _check_choice("vision backend", vision_backend, VISION_BACKENDS)
-        _check_choice("compress backend", compress_backend, COMPRESS_BACKENDS)
-        _check_choice("llm backend", llm, LLM_BACKENDS)
-        _check_choice("method", method, METHODS)
         if device.startswith("cuda") and "torch" in (vision_backend, llm) and not torch.cuda.is_available():
             raise BackendUnavailableError(
                 "device cuda asked for, but this torch build sees no CUDA GPU (torch backends); install a "
                 "CUDA build of torch, or run with --device cpu"
             )
-
-        def need_artifacts(what: str) -> Path:
-            if artifacts is None:
-                raise ArtifactError(
-                    f"the {what} backend reads exported graphs: pass --artifacts DIR (infomerge-export)"
-                )
-            return artifacts
-
-        if retention is None or compress_backend == "none":
-            config, compress_backend = None, "none"
-        else:
-            config = make_config(method, float(retention))
-
-        # --- vision
-        if vision_backend == "torch":
-            from infomerge.backbones.vision import VisionEncoder
-
-            vision = TorchVision(VisionEncoder.from_backbone(bb, checkpoint, siglip_path=siglip_path), device)
-        elif vision_backend == "ort":
-            root = need_artifacts("ort vision")
-            vision = OrtVision(root / "vision.onnx", root / "image_newline.npy", device)
-        else:
-            root = need_artifacts("trt vision")
-            vision = TrtVision(root, root / "image_newline.npy")
-
-        # --- compression
-        if compress_backend == "none":
-            compressor = NoCompression()
-        elif compress_backend == "torch":
-            compressor = TorchCompressor(config)
-        else:
-            root = need_artifacts(f"{compress_backend} compress")
-            _check_compress_manifest(root, manifest, method, float(retention))
-            compressor = (
-                OrtCompressor(root / "compress.onnx", device)
-                if compress_backend == "ort"
-                else TrtCompressor(root)
-            )
+        source = BackendSource(
+            backbone=bb,
+            device=device,
+            checkpoint=checkpoint,
+            artifacts=artifacts,
+            manifest=manifest,
+            frames=frames or bb.frames,
+            options=dict(options),
+        )
+        vision = backend_factory("vision", vision_backend)(source)
+        compressor, config = _compressor(source, compress_backend, method, retention)
 
         # --- tokenizer, chat template, LLM
-        llm_dir = artifacts / "llm" if artifacts is not None else None
-        text_source = checkpoint if checkpoint is not None else llm_dir
+        text_source = checkpoint if checkpoint is not None else artifacts / LLM_DIR
         tokenizer = AutoTokenizer.from_pretrained(str(text_source))
         chat_template = load_chat_template(text_source, tokenizer)
         eos = eos_ids_of(text_source, tokenizer)
-        if llm == "torch":
-            from infomerge.runtime.llm_torch import TorchLLM
-
-            backend: LLMBackend = TorchLLM.from_checkpoint(checkpoint, eos, device)
-        else:
-            from infomerge.runtime.llm_ort import OrtLLM
-
-            if llm_dir is None or not llm_dir.is_dir():
-                raise ArtifactError(
-                    f"the ort LLM backend reads <artifacts>/llm: export it with "
-                    f"`infomerge-export --backbone {bb.name} --llm int4 --output DIR` "
-                    "and pass --artifacts DIR"
-                )
-            backend = OrtLLM(llm_dir, eos, device)
+        backend: LLMBackend = backend_factory("llm", llm)(source, eos)
         if backend.hidden_size != bb.text_hidden:
             raise ArtifactError(
                 f"the LLM has hidden size {backend.hidden_size}, backbone {bb.name!r} has {bb.text_hidden}: "
@@ -404,17 +368,14 @@ class Pipeline:
             "checkpoint": str(checkpoint) if checkpoint is not None else None,
             "artifacts": str(artifacts) if artifacts is not None else None,
             "vision_backend": vision.name,
-            "compress_backend": compressor.name,
             "llm_backend": backend.name,
             "llm_precision": (manifest or {}).get("llm", {}).get("precision")
             if llm == "ort"
             else str(backend.dtype),
-            "method": method if config is not None else None,
-            "retention": float(retention) if config is not None else None,
             "device": device,
-            "frames": bb.frames,
+            "frames": source.frames,
         }
-        return cls(
+        pipe = cls(
             bb,
             tokenizer,
             chat_template,
@@ -425,7 +386,53 @@ class Pipeline:
             video_token_id=video_token_id,
             device=device,
             info=info,
+            frames=source.frames,
+            source=source,
         )
+        pipe.info.update(pipe._compression_info(method))
+        return pipe
+
+    def with_compression(
+        self,
+        method: str = "infomerge",
+        retention: float | None = DEFAULT_RETENTION,
+        backend: str = "torch",
+        artifacts: str | os.PathLike | None = None,
+    ) -> Pipeline:
+        """A pipeline sharing this one's vision backend, tokenizer and LLM, with another compressor.
+
+        Args:
+            method: a registered method.
+            retention: kept share in (0, 1]; None or 1.0: no compression.
+            backend: a compress backend name (``torch``, ``ort``, ``trt``, ``none``).
+            artifacts: the directory the ``ort`` / ``trt`` compressor reads (default: this
+                pipeline's); its manifest is verified (sizes).
+
+        Raises:
+            UnknownBackendError, UnknownMethodError, BudgetError, ArtifactError: as the constructors.
+        """
+        import copy
+
+        _check_names(None, backend, None, method, retention)
+        source = self.source
+        if artifacts is not None:
+            from infomerge.artifacts.manifest import verify_manifest
+
+            root = Path(artifacts)
+            manifest = verify_manifest(root, backbone=self.backbone.name, frames=self.frames, hashes=False)
+            source = replace(source, artifacts=root, manifest=manifest)
+        compressor, config = _compressor(source, backend, method, retention)
+        pipe = copy.copy(self)
+        pipe.compressor, pipe.config = compressor, config
+        pipe.info = {**self.info, **pipe._compression_info(method)}
+        return pipe
+
+    def _compression_info(self, method: str) -> dict:
+        return {
+            "compress_backend": self.compressor.name,
+            "method": method if self.config is not None else None,
+            "retention": float(self.config.retention) if self.config is not None else None,
+        }
 
     # --- stages --------------------------------------------------------------------------------
     def start_decode(self, video: str | os.PathLike) -> DecodeJob:
@@ -546,9 +553,9 @@ class Pipeline:
         # the prompt spans the uncompressed positions whatever is kept: fail before any video work
         span = len(ids.before) + self.frames * self.tokens_per_frame + 1 + len(ids.after)
         check_context(span, max_new_tokens, self.llm.context)
-        with clock.stage("decode_wait"):
+        with clock.stage("video_decode_wait"):
             decoded = video.result() if isinstance(video, DecodeJob) else video
-        timings.stages_ms["decode"] = decoded.decode_ms
+        timings.stages_ms["video_decode"] = decoded.decode_ms
         with clock.stage("vision"):
             features = self.encode(decoded.pixel_values)
         with clock.stage("compress"):
@@ -572,7 +579,7 @@ class Pipeline:
             piece = stream.push(token)
             if piece and on_text is not None:
                 on_text(piece)
-        timings.stages_ms["generate"] = (time.perf_counter() - t_first) * 1000.0
+        timings.stages_ms["token_decode"] = (time.perf_counter() - t_first) * 1000.0
         timings.new_tokens = len(token_ids)
         timings.total_ms = clock.elapsed_ms()
         if self.load_ms is not None:
@@ -616,21 +623,26 @@ def _video_token_id(checkpoint: Path | None, bb) -> int:
     return int(bb.video_token_id)
 
 
-def _check_compress_manifest(root: Path, manifest: dict | None, method: str, retention: float) -> None:
-    """The exported compress graph must be for the requested method and retention."""
-    if manifest is None:
-        from infomerge.export.manifest import load_manifest
+def _check_names(vision_backend, compress_backend, llm, method, retention) -> None:
+    """Every name and the retention, checked before anything is loaded.
 
-        manifest = load_manifest(root)
-    entry = manifest.get("graphs", {}).get("compress", {})
-    got_method = entry.get("method", manifest.get("method"))
-    got_ret = entry.get("retention", manifest.get("retention"))
-    if got_method not in (None, method) or (got_ret is not None and abs(float(got_ret) - retention) > 1e-9):
-        raise ArtifactError(
-            f"{root / 'compress.onnx'} was exported for {got_method} at retention {got_ret}, not {method} at "
-            f"{retention}; re-export with --method {method} --retention {retention}, "
-            "or use --compress-backend torch"
-        )
+    Raises:
+        UnknownBackendError, UnknownMethodError, BudgetError.
+    """
+    for stage, name in (("vision", vision_backend), ("compress", compress_backend), ("llm", llm)):
+        if name is not None:
+            backend_factory(stage, name)
+    if compress_backend != "none" and compression_wanted(retention):
+        get_method(method).config(float(retention))
 
 
-__all__ = ["LLM_BACKENDS", "METHODS", "Answer", "Pipeline", "make_config"]
+def _compressor(source: BackendSource, backend: str, method: str, retention: float | None):
+    """(compress backend, config) for a method and retention; ``none`` where nothing is compressed."""
+    if backend == "none" or not compression_wanted(retention):
+        return backend_factory("compress", "none")(source), None
+    m = get_method(method)
+    config = m.config(float(retention))
+    return backend_factory("compress", backend)(replace(source, method=m, config=config)), config
+
+
+__all__ = ["DEFAULT_RETENTION", "Answer", "Pipeline", "compression_wanted", "make_config"]

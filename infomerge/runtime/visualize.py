@@ -165,16 +165,17 @@ def save_visualization(path: str | os.PathLike, answer, config=None, columns: in
         )
     fig.suptitle(f"{Path(str(clip.path)).name}  |  {info.get('backbone')}  |  {head}", fontsize=9, y=0.995)
 
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    fig.savefig(tmp, format="png", bbox_inches="tight")
-    plt.close(fig)
     from PIL import Image
 
-    with Image.open(tmp) as im:  # a 256-colour palette PNG is a third of the size
-        im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(tmp, optimize=True)
-    os.replace(tmp, out)
+    from infomerge.artifacts.atomic import atomic_path
+
+    out = Path(path)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+        plt.close(fig)
+        with Image.open(tmp) as im:  # a 256-colour palette PNG is a third of the size
+            palette = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+            palette.save(tmp, format="PNG", optimize=True)
     return out
 
 

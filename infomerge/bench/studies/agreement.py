@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from infomerge.artifacts.atomic import atomic_path
 from infomerge.compress.config import InfoMergeConfig
 from infomerge.compress.fixed_budget import FixedBudgetCompressor
 
@@ -93,10 +94,8 @@ def extract_features(backbone: str, videos, cache: Path | None = None, frames: i
             parts = [enc(px[i : i + ENCODER_CHUNK]) for i in range(0, frames, ENCODER_CHUNK)]
             feats = tuple(torch.cat([p[k] for p in parts]).float() for k in range(3))
             path = _feature_path(cache, backbone, video, frames)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            torch.save(feats, tmp)
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                torch.save(feats, tmp)
 
 
 def video_features(backbone: str, video: str, cache: Path | None = None, frames: int = 32):
@@ -274,7 +273,7 @@ def bench(
     import numpy as np
     import onnxruntime as ort
 
-    from infomerge.export.compress_step import synthetic_features
+    from infomerge.export.graphs import synthetic_features
 
     rows = []
     with heavy_lock():

@@ -1,4 +1,5 @@
-"""Full-size random-weight checkpoints for ``infomerge-bench --random-weights``.
+"""Full-size random-weight checkpoints (``infomerge-bench --random-weights``,
+``infomerge-export --random-weights --llm``).
 
 Timing does not need trained weights, but every backend has to run the SAME weights: the torch
 pipeline, ``vision.onnx`` and the onnxruntime-genai LLM graph are all built from one checkpoint
@@ -21,12 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from infomerge.artifacts.atomic import atomic_directory
 from infomerge.backbones.registry import TINY, Backbone, get_backbone
 
 # above this many parameters the checkpoint is written in bf16 (the torch backend casts on load)
@@ -106,16 +106,8 @@ def random_checkpoint(backbone: str, seed: int = 0, directory: str | os.PathLike
     target = Path(directory) if directory is not None else default_directory(bb.name, seed)
     if _is_complete(target):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with atomic_directory(target, replace=True) as tmp:  # an incomplete leftover is replaced
         _write(tmp, bb, seed)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

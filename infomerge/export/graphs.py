@@ -1,0 +1,146 @@
+"""Every graph ``infomerge-export`` writes, declared once (in the manner of Optimum's ``OnnxConfig``).
+
+A :class:`GraphSpec` names the graph's file, its inputs and outputs in order with their shapes and
+dtypes (as functions of the backbone, frames and precision), the validation tolerance of each
+output per precision (relative to the output's peak |value|; 0 means exact), how to make tracing
+inputs, and the opset. The export steps read these; nothing else spells a graph's I/O.
+
+- ``vision``: pixel_values (F, 3, S, S) float32 -> H (F, N, D) float32 or float16, A (F, N),
+  g (F, G) float32;
+- ``compress``: H (F, N, D), A (F, N), g (F, G) -> tokens (B, D) in H's dtype, index (B,) int64;
+- ``vision_compress``: pixel_values -> tokens, index;
+- ``compress_plugin``: as ``compress``, its merges as TensorRT plugin ops.
+
+S: image size (384), N: tokens per frame (196), D: the LLM width, G: the vision width (SigLIP
+head), B: the method's budget for the retention ratio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from infomerge.artifacts.layout import COMPRESS_ONNX, FUSED_ONNX, PLUGIN_ONNX, VISION_ONNX
+
+OPSET = 17
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One exported graph.
+
+    Attributes:
+        name: the key in the manifest's ``graphs`` section.
+        file: the ``.onnx`` file name in the artifact directory.
+        inputs: input names, in order.
+        outputs: output names, in order.
+        shapes: ``shapes(backbone, frames, budget, g_dim) -> {name: [dims]}`` of inputs and outputs.
+        atol: ``{precision: {output: tolerance}}``, relative to each output's peak; 0: exact.
+        example: ``example(backbone, frames, dtype, g_dim) -> tuple`` of tracing inputs (never the
+            validation video), or None where the graph is composed rather than traced.
+        opset: ONNX opset.
+    """
+
+    name: str
+    file: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    shapes: Callable[..., dict]
+    atol: dict
+    example: Callable[..., tuple] | None = None
+    opset: int = OPSET
+
+    def tolerances(self, precision: str, override: float | None = None) -> dict[str, float]:
+        """Per-output tolerances for ``precision``; ``override`` (``--atol``) replaces every non-exact one."""
+        return {
+            k: (float(override) if override is not None and v > 0 else float(v))
+            for k, v in self.atol[precision].items()
+        }
+
+
+def synthetic_features(frames: int, n: int, d: int, g_dim: int, dtype: torch.dtype, seed: int = 4321):
+    """Deterministic tracing input (H (F, N, D) ``dtype``, A (F, N), g (F, G) float32): smooth random
+    'video' features, NOT a real video."""
+    gen = torch.Generator().manual_seed(seed)
+    walk = torch.cumsum(torch.randn(frames, 1, d, generator=gen), 0) * 0.1
+    h = (torch.randn(1, n, d, generator=gen) + walk + 0.2 * torch.randn(frames, n, d, generator=gen)).to(
+        dtype
+    )
+    a = torch.softmax(torch.randn(frames, n, generator=gen), -1)
+    g = (
+        torch.randn(1, g_dim, generator=gen)
+        + torch.cumsum(torch.randn(frames, g_dim, generator=gen), 0) * 0.2
+    )
+    return h, a, g
+
+
+def _random_pixels(bb, frames: int, dtype: torch.dtype, g_dim: int):
+    gen = torch.Generator().manual_seed(1234)
+    return (torch.rand((frames, 3, bb.image_size, bb.image_size), generator=gen) * 2 - 1,)
+
+
+def _compress_example(bb, frames: int, dtype: torch.dtype, g_dim: int):
+    return synthetic_features(frames, bb.tokens_per_frame, bb.text_hidden, g_dim, dtype)
+
+
+def _vision_shapes(bb, frames, budget, g_dim):
+    s, n = bb.image_size, bb.tokens_per_frame
+    return {
+        "pixel_values": [frames, 3, s, s],
+        "H": [frames, n, bb.text_hidden],
+        "A": [frames, n],
+        "g": [frames, g_dim],
+    }
+
+
+def _compress_shapes(bb, frames, budget, g_dim):
+    n = bb.tokens_per_frame
+    return {
+        "H": [frames, n, bb.text_hidden],
+        "A": [frames, n],
+        "g": [frames, g_dim],
+        "tokens": [budget, bb.text_hidden],
+        "index": [budget],
+    }
+
+
+def _fused_shapes(bb, frames, budget, g_dim):
+    s = bb.image_size
+    return {"pixel_values": [frames, 3, s, s], "tokens": [budget, bb.text_hidden], "index": [budget]}
+
+
+# fp32: graph and torch differ in summation order only. fp16: weights and activations are rounded
+# to 11 bits through 26 layers (measured on real frames: docs/export.md). index: exact.
+_VISION_ATOL = {"fp32": {"H": 1e-4, "A": 1e-4, "g": 1e-4}, "fp16": {"H": 2e-2, "A": 2e-2, "g": 2e-2}}
+_COMPRESS_ATOL = {"fp32": {"tokens": 1e-4, "index": 0.0}, "fp16": {"tokens": 2e-2, "index": 0.0}}
+
+VISION = GraphSpec(
+    "vision", VISION_ONNX, ("pixel_values",), ("H", "A", "g"), _vision_shapes, _VISION_ATOL, _random_pixels
+)
+COMPRESS = GraphSpec(
+    "compress",
+    COMPRESS_ONNX,
+    ("H", "A", "g"),
+    ("tokens", "index"),
+    _compress_shapes,
+    _COMPRESS_ATOL,
+    _compress_example,
+)
+FUSED = GraphSpec(
+    "vision_compress", FUSED_ONNX, ("pixel_values",), ("tokens", "index"), _fused_shapes, _COMPRESS_ATOL
+)
+PLUGIN = GraphSpec(
+    "compress_plugin",
+    PLUGIN_ONNX,
+    ("H", "A", "g"),
+    ("tokens", "index"),
+    _compress_shapes,
+    _COMPRESS_ATOL,
+    _compress_example,
+)
+
+GRAPHS = {g.name: g for g in (VISION, COMPRESS, FUSED, PLUGIN)}
+
+__all__ = ["COMPRESS", "FUSED", "GRAPHS", "OPSET", "PLUGIN", "VISION", "GraphSpec", "synthetic_features"]

@@ -1,0 +1,158 @@
+"""The three stage interfaces of the runtime, what flows between them, and what a backend is built
+from.
+
+Every vision backend maps ``pixel_values`` (F, 3, S, S) float32 to :class:`VisionFeatures`
+``(H, A, g)``: H (F, N, D), A (F, N), g (F, G) (see :mod:`infomerge.backbones.vision`), and holds
+the (D,) ``image_newline``. Every compressor maps ``(H, A, g)`` to :class:`VideoTokens`: the kept
+tokens and their original flat indices, sorted. The LLM interface is
+:class:`infomerge.runtime.llm.LLMBackend`.
+
+Stage outputs stay where the backend computed them: a torch vision backend on CUDA returns CUDA
+tensors, and the torch compressor runs on them there; a consumer on another device moves them
+(the embedding assembly moves the kept tokens to the LLM's device once).
+
+A backend is built by a factory ``factory(source: BackendSource) -> backend`` registered under its
+name (:mod:`infomerge.runtime.backends`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from infomerge.errors import ArtifactError
+
+
+@dataclass
+class VisionFeatures:
+    """Output of the vision stage: H (F, N, D), A (F, N) float32, g (F, G) float32, on the
+    backend's device."""
+
+    H: torch.Tensor
+    A: torch.Tensor
+    g: torch.Tensor
+
+
+@dataclass
+class VideoTokens:
+    """Output of the compression stage.
+
+    Attributes:
+        tokens: (K, D) kept video tokens (merged context tokens included), sorted by ``index``.
+        index: (K,) int64 original flat positions ``l * N + p``, strictly increasing.
+        detail: the reference's full record (for InfoMerge / FastVID the
+            :class:`~infomerge.compress.reference.Compressed` with segments, budgets, salient and
+            anchor sets) when a torch compressor ran, else None.
+    """
+
+    tokens: torch.Tensor
+    index: torch.Tensor
+    detail: Any = None
+
+
+class VisionBackend(Protocol):
+    """``__call__(pixel_values (F, 3, S, S) float32) -> VisionFeatures``; ``image_newline`` (D,)."""
+
+    name: str
+    image_newline: torch.Tensor
+
+    def __call__(self, pixel_values: torch.Tensor) -> VisionFeatures: ...
+
+
+class CompressBackend(Protocol):
+    """``__call__(VisionFeatures) -> VideoTokens``."""
+
+    name: str
+
+    def __call__(self, features: VisionFeatures) -> VideoTokens: ...
+
+
+@dataclass(frozen=True)
+class BackendSource:
+    """What a backend factory builds from.
+
+    Attributes:
+        backbone: the :class:`~infomerge.backbones.registry.Backbone`.
+        device: "cpu" or "cuda[:i]".
+        checkpoint: the Hugging Face checkpoint directory (torch backends), or None.
+        artifacts: an ``infomerge-export`` directory (ort / trt backends), or None.
+        manifest: its verified manifest, or None.
+        frames: F, frames per video.
+        method: the compression method's registry entry (compress backends), or None.
+        config: its configuration for the retention ratio (compress backends), or None.
+        options: backend-specific settings (``siglip_path``, ``compile_mode``, ``threads``).
+    """
+
+    backbone: Any
+    device: str = "cpu"
+    checkpoint: Path | None = None
+    artifacts: Path | None = None
+    manifest: dict | None = None
+    frames: int | None = None
+    method: Any = None
+    config: Any = None
+    options: dict = field(default_factory=dict)
+
+    def need_artifacts(self, what: str) -> Path:
+        """The artifact directory, or :class:`ArtifactError` naming the backend that needs one."""
+        if self.artifacts is None:
+            raise ArtifactError(
+                f"the {what} backend reads exported graphs: pass --artifacts DIR (infomerge-export)"
+            )
+        return self.artifacts
+
+    def need_checkpoint(self, what: str) -> Path:
+        """The checkpoint directory, or :class:`ArtifactError` naming the backend that needs one."""
+        if self.checkpoint is None:
+            raise ArtifactError(f"the {what} backend reads the checkpoint: pass --model-path DIR")
+        return self.checkpoint
+
+
+def dedupe_sorted(tokens: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort by index and drop repeated indices (a fixed-budget graph may pad with repeats).
+
+    Args:
+        tokens: (B, D); index: (B,) int64.
+
+    Returns:
+        (K, D) tokens and (K,) strictly increasing indices, K <= B.
+    """
+    order = torch.argsort(index, stable=True)
+    index, tokens = index[order], tokens[order]
+    if index.numel() > 1:
+        keep = torch.ones_like(index, dtype=torch.bool)
+        keep[1:] = index[1:] != index[:-1]
+        index, tokens = index[keep], tokens[keep]
+    return tokens, index
+
+
+class NoCompression:
+    """Keeps all F * N tokens (the uncompressed baseline, ``--retention 1.0``)."""
+
+    name = "none"
+
+    def __call__(self, f: VisionFeatures) -> VideoTokens:
+        frames, n, d = f.H.shape
+        return VideoTokens(
+            f.H.reshape(frames * n, d), torch.arange(frames * n, dtype=torch.int64, device=f.H.device)
+        )
+
+
+def no_compression(source: BackendSource) -> NoCompression:
+    """Factory of the ``none`` compress backend."""
+    return NoCompression()
+
+
+__all__ = [
+    "BackendSource",
+    "CompressBackend",
+    "NoCompression",
+    "VideoTokens",
+    "VisionBackend",
+    "VisionFeatures",
+    "dedupe_sorted",
+    "no_compression",
+]

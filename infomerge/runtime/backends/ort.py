@@ -1,0 +1,118 @@
+"""The ``ort`` backend: the exported graphs of an artifact directory in ONNX Runtime.
+
+- vision: ``vision.onnx`` (input ``pixel_values``; outputs ``H``, ``A``, ``g``);
+- compress: ``compress.onnx`` (inputs ``H``, ``A``, ``g``; outputs ``tokens`` (B, D), ``index``
+  (B,)), the method's fixed-budget graph, checked against the requested method and retention;
+- LLM: ``llm/`` (onnxruntime-genai's decoder graph with explicit ``position_ids``, KV cache bound
+  in place; :class:`~infomerge.runtime.llm_ort.OrtLLM`).
+
+Sessions come from :func:`infomerge.engines.ort.ort_session` (execution provider by device).
+Outputs are host arrays (ONNX Runtime's ``run``), returned as CPU tensors.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from infomerge.artifacts.layout import COMPRESS_ONNX, IMAGE_NEWLINE, LLM_DIR, VISION_ONNX
+from infomerge.engines.ort import ort_session
+from infomerge.errors import ArtifactError
+from infomerge.runtime.backends.base import BackendSource, VideoTokens, VisionFeatures, dedupe_sorted
+
+
+def load_image_newline(path: str | os.PathLike) -> torch.Tensor:
+    """``image_newline.npy`` -> (D,) float32 tensor. Raises ArtifactError when missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing; re-run `infomerge-export` for these artifacts")
+    return torch.from_numpy(np.load(path).astype(np.float32))
+
+
+class OrtVision:
+    """``vision.onnx`` in ONNX Runtime."""
+
+    name = "ort"
+
+    def __init__(self, graph: str | os.PathLike, image_newline: str | os.PathLike, device: str = "cpu"):
+        self.session = ort_session(graph, device)
+        self.image_newline = load_image_newline(image_newline)
+
+    def __call__(self, pixel_values: torch.Tensor) -> VisionFeatures:
+        h, a, g = self.session.run(["H", "A", "g"], {"pixel_values": pixel_values.float().cpu().numpy()})
+        return VisionFeatures(
+            torch.from_numpy(h).float(), torch.from_numpy(a).float(), torch.from_numpy(g).float()
+        )
+
+
+class OrtCompressor:
+    """``compress.onnx`` in ONNX Runtime (fixed budget; repeated pad indices dropped)."""
+
+    name = "ort"
+
+    def __init__(self, graph: str | os.PathLike, device: str = "cpu"):
+        self.session = ort_session(graph, device)
+        self.input_types = {i.name: i.type for i in self.session.get_inputs()}
+
+    def __call__(self, f: VisionFeatures) -> VideoTokens:
+        def as_input(name: str, t: torch.Tensor) -> np.ndarray:
+            dtype = np.float16 if self.input_types.get(name) == "tensor(float16)" else np.float32
+            return t.detach().cpu().numpy().astype(dtype)
+
+        feeds = {"H": as_input("H", f.H), "A": as_input("A", f.A), "g": as_input("g", f.g)}
+        tokens, index = self.session.run(["tokens", "index"], feeds)
+        tokens, index = dedupe_sorted(
+            torch.from_numpy(tokens).float(), torch.from_numpy(index).to(torch.int64)
+        )
+        return VideoTokens(tokens, index)
+
+
+def check_compress_graph(root: Path, manifest: dict | None, method: str, retention: float) -> None:
+    """The exported compress graph must be for the requested method and retention.
+
+    Raises:
+        ArtifactError: it was exported for another method or retention (says how to re-export).
+    """
+    if manifest is None:
+        from infomerge.artifacts.manifest import load_manifest
+
+        manifest = load_manifest(root)
+    entry = manifest.get("graphs", {}).get("compress", {})
+    got_method = entry.get("method", manifest.get("method"))
+    got_ret = entry.get("retention", manifest.get("retention"))
+    if got_method not in (None, method) or (got_ret is not None and abs(float(got_ret) - retention) > 1e-9):
+        raise ArtifactError(
+            f"{root / COMPRESS_ONNX} was exported for {got_method} at retention {got_ret}, not {method} at "
+            f"{retention}; re-export with --method {method} --retention {retention}, "
+            "or use --compress-backend torch"
+        )
+
+
+def vision(source: BackendSource) -> OrtVision:
+    root = source.need_artifacts("ort vision")
+    return OrtVision(root / VISION_ONNX, root / IMAGE_NEWLINE, source.device)
+
+
+def compress(source: BackendSource) -> OrtCompressor:
+    root = source.need_artifacts("ort compress")
+    check_compress_graph(root, source.manifest, source.method.name, float(source.config.retention))
+    return OrtCompressor(root / COMPRESS_ONNX, source.device)
+
+
+def llm(source: BackendSource, eos_token_ids):
+    from infomerge.runtime.llm_ort import OrtLLM
+
+    llm_dir = source.artifacts / LLM_DIR if source.artifacts is not None else None
+    if llm_dir is None or not llm_dir.is_dir():
+        raise ArtifactError(
+            f"the ort LLM backend reads <artifacts>/{LLM_DIR}: export it with "
+            f"`infomerge-export --backbone {source.backbone.name} --llm int4 --output DIR` "
+            "and pass --artifacts DIR"
+        )
+    return OrtLLM(llm_dir, eos_token_ids, source.device, threads=source.options.get("threads") or 0)
+
+
+VISION, COMPRESS, LLM = vision, compress, llm

@@ -1,0 +1,74 @@
+"""The ``torch`` backend: the checkpoint in PyTorch for every stage.
+
+- vision: :class:`~infomerge.backbones.vision.VisionEncoder` (tower, projector, pooling, SigLIP head);
+- compress: the method's paper-exact reference (data-dependent token count);
+- LLM: :class:`~infomerge.runtime.llm_torch.TorchLLM` (Qwen2 in transformers, KV cache).
+
+Options: ``siglip_path`` (SigLIP head checkpoint), ``compile_mode`` (``torch.compile`` the tower
+and the LLM: None off, "default", "reduce-overhead").
+"""
+
+from __future__ import annotations
+
+import torch
+
+from infomerge.runtime.backends.base import BackendSource, VideoTokens, VisionFeatures
+
+
+class TorchVision:
+    """The checkpoint's vision tower, projector and SigLIP head in PyTorch, on the source's device."""
+
+    name = "torch"
+
+    def __init__(self, encoder, device: str = "cpu"):
+        self.encoder = encoder.to(device).eval()
+        self.device = device
+        self.image_newline = encoder.image_newline.detach().float()
+
+    @torch.inference_mode()
+    def __call__(self, pixel_values: torch.Tensor) -> VisionFeatures:
+        h, a, g = self.encoder(pixel_values.to(self.device))
+        return VisionFeatures(h.float(), a.float(), g.float())
+
+
+class TorchCompressor:
+    """A method's paper-exact reference, run on the device its inputs are on."""
+
+    name = "torch"
+
+    def __init__(self, method, config):
+        self.method = method
+        self.config = config
+
+    def __call__(self, f: VisionFeatures) -> VideoTokens:
+        c = self.method.reference(f.H, f.A, f.g, self.config)
+        return VideoTokens(c.tokens, c.index.to(torch.int64), detail=c)
+
+
+def vision(source: BackendSource) -> TorchVision:
+    from infomerge.backbones.vision import VisionEncoder
+
+    checkpoint = source.need_checkpoint("torch vision")
+    encoder = VisionEncoder.from_backbone(
+        source.backbone, checkpoint, siglip_path=source.options.get("siglip_path")
+    )
+    backend = TorchVision(encoder, source.device)
+    if source.options.get("compile_mode", False) is not False:
+        backend.encoder = torch.compile(backend.encoder, mode=source.options["compile_mode"])
+    return backend
+
+
+def compress(source: BackendSource) -> TorchCompressor:
+    return TorchCompressor(source.method, source.config)
+
+
+def llm(source: BackendSource, eos_token_ids):
+    from infomerge.runtime.llm_torch import TorchLLM
+
+    backend = TorchLLM.from_checkpoint(source.need_checkpoint("torch LLM"), eos_token_ids, source.device)
+    if source.options.get("compile_mode", False) is not False:
+        backend.model = torch.compile(backend.model, mode=source.options["compile_mode"])
+    return backend
+
+
+VISION, COMPRESS, LLM = vision, compress, llm

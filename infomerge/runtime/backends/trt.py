@@ -1,0 +1,62 @@
+"""The ``trt`` backend: the TensorRT engines of an artifact directory (:mod:`infomerge.engines`).
+
+- vision: the ``vision`` engine (same I/O names as ``vision.onnx``);
+- compress: the ``compress`` engine (same I/O names as ``compress.onnx``), checked against the
+  requested method and retention like the ONNX Runtime one.
+
+There is no TensorRT LLM backend: pair it with ``--llm torch`` or ``--llm ort``. Engine outputs
+are CUDA tensors and stay there: the compress engine reads the vision engine's outputs in place.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from infomerge.artifacts.layout import IMAGE_NEWLINE
+from infomerge.runtime.backends.base import BackendSource, VideoTokens, VisionFeatures, dedupe_sorted
+from infomerge.runtime.backends.ort import check_compress_graph, load_image_newline
+
+
+class TrtVision:
+    """The vision engine."""
+
+    name = "trt"
+
+    def __init__(self, runner, image_newline: torch.Tensor):
+        self.runner = runner
+        self.image_newline = image_newline
+
+    def __call__(self, pixel_values: torch.Tensor) -> VisionFeatures:
+        out = self.runner({"pixel_values": pixel_values.float()})
+        return VisionFeatures(*(out[k].float() for k in ("H", "A", "g")))
+
+
+class TrtCompressor:
+    """The compression engine."""
+
+    name = "trt"
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    def __call__(self, f: VisionFeatures) -> VideoTokens:
+        out = self.runner({"H": f.H, "A": f.A, "g": f.g})
+        return VideoTokens(*dedupe_sorted(out["tokens"].float(), out["index"].to(torch.int64)))
+
+
+def vision(source: BackendSource) -> TrtVision:
+    from infomerge.engines.runner import load_artifact_engine
+
+    root = source.need_artifacts("trt vision")
+    return TrtVision(load_artifact_engine(root, "vision"), load_image_newline(root / IMAGE_NEWLINE))
+
+
+def compress(source: BackendSource) -> TrtCompressor:
+    from infomerge.engines.runner import load_artifact_engine
+
+    root = source.need_artifacts("trt compress")
+    check_compress_graph(root, source.manifest, source.method.name, float(source.config.retention))
+    return TrtCompressor(load_artifact_engine(root, "compress"))
+
+
+VISION, COMPRESS = vision, compress
