@@ -139,3 +139,29 @@ def test_cli_writes_and_validates_compress_graphs(tmp_path):
     fused = manifest["graphs"]["vision_compress"]
     assert fused["validation"]["ok"] and list(fused["inputs"]) == ["pixel_values"]
     assert (out / "compress.onnx").is_file() and (out / "vision_compress.onnx").is_file()
+
+
+def test_density_scores_are_bit_identical_in_onnx_runtime(videos, tmp_path):
+    """The anchor ranking's input (the density score) must not depend on the backend's MatMul,
+    ReduceSum, Exp or Sqrt kernels: ORT, with and without graph optimizations, gives eager's bits."""
+    import onnxruntime as ort
+
+    from infomerge.compress.fixed_budget import rank_desc
+
+    (h1, a1, _), (h2, a2, _) = videos
+    comp = FixedBudgetCompressor(InfoMergeConfig.fastvid(0.15), *h1.shape).eval()
+
+    class Density(torch.nn.Module):
+        def forward(self, H, A):
+            return comp._density(H, ~(rank_desc(A) < comp.salient_count))
+
+    mod, path = Density(), tmp_path / "density.onnx"
+    torch.onnx.export(mod, (h1, a1), str(path), input_names=["H", "A"], opset_version=17, dynamo=False)
+    for level in (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
+        so = ort.SessionOptions()
+        so.graph_optimization_level = level
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        for h, a in ((h2, a2), (h1, a1)):
+            (got,) = sess.run(None, {"H": h.numpy(), "A": a.numpy()})
+            with torch.no_grad():
+                assert np.array_equal(got, mod(h, a).numpy())

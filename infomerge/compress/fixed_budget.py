@@ -4,7 +4,7 @@ Spec: InfoMerge (arXiv 2606.02161; summary in ``docs/algorithm.md`` and ``docs/c
 "Fixed-budget, shape-static variant" and steps 1-7. The module
 returns exactly ``B = config.total_budget(L, N)`` tokens for every input, and its graph has no
 data-dependent shape: no NonZero, boolean indexing, Unique, ``.item()``, Python branches on tensor
-values, cdist or scatter-reduce, and its only TopK has ``k = k_nn``. Every Python ``if``/``for``
+values, cdist or scatter-reduce, and its TopKs have ``k <= 2 k_nn``. Every Python ``if``/``for``
 below depends on the configuration and the static shapes only.
 
 How each data-dependent step becomes static:
@@ -44,8 +44,11 @@ Integer-exact counts ([D] for this variant, see docs/compression.md):
   frames (at most ``m_j = L // (j p + 1)`` of them) and gets at most ``ceil(B_k / (j+1))``
   anchors, so rank j holds at most ``(R + m_j j) // (j + 1)`` anchors.
 
-Numerics: everything is computed in fp32 (fp16 inputs are upcast); distances use
-``||a||^2 + ||b||^2 - 2ab`` on frame-centred tokens.
+Numerics: everything is computed in fp32 (fp16 inputs are upcast). The density step is exact
+across backends (ONNX Runtime gives the eager module's anchors bit for bit): the matmul form
+``||a||^2 + ||b||^2 - 2ab`` on frame-centred tokens only chooses the pairs, whose squared distances
+are then summed with a fixed order of elementwise adds; "denser" compares ``m = mean kNN d^2``, not
+``exp(-m)``; no Exp or Sqrt kernel is used (see ``_density``).
 """
 
 from __future__ import annotations
@@ -495,31 +498,130 @@ class FixedBudgetCompressor(nn.Module):
         return torch.where(valid, (x - mean) / (var.sqrt() + 1e-6), 0)
 
     def _density(self, x: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
-        """DPC-kNN score rho * delta of every candidate, per frame (spec step 6); -inf elsewhere.
+        """DPC-kNN density score of every candidate, per frame (spec step 6); -inf elsewhere.
+
+        Returns ``(rho delta)^2 / rho_max^2`` with ``rho_max`` the frame's largest ``rho``: only its
+        order within a frame is used, and it is the order of ``rho * delta``.
+
+        Exact across backends: every value a comparison depends on is computed bit-identically by
+        torch and by ONNX Runtime, so the graph's anchors equal the eager module's. The matmul form
+        of the squared distances (``||a||^2 + ||b||^2 - 2ab``, frame-centred) only *chooses* pairs
+        (the 2 k_nn nearest, the k_nn nearest denser, the farthest): its accumulation order is the
+        BLAS's, and for near neighbours its cancellation leaves ~1e-5 relative noise. The chosen
+        pairs' ``d^2`` are recomputed as sums of squared differences with a fixed order of
+        elementwise adds (:func:`_pair_sq_dist`). "j denser than i" compares the exponent
+        ``m = mean kNN d^2`` (``m_j < m_i``, ties: lower index), not ``rho = exp(-m)``: the same
+        order wherever fp32 ``exp`` keeps two ``m`` apart, without the ties fp32 rounding creates
+        when ``rho`` is close to 1 (small features), which any last-bit difference broke. Exp and
+        Sqrt are not used: ORT's differ from torch's in the last bits (Exp for ~4% of fp32 inputs,
+        Sqrt is not correctly rounded); :func:`_exp_neg` is exp from Mul/Add/Floor/Where, and the
+        score is ranked squared.
 
         Args:
             x: (L, N, D) float32 tokens after replacement. cand: (L, N) bool.
         """
-        N, D = self.n, self.hidden
+        L, N, D = self.frames, self.n, self.hidden
+        dev = x.device
         xc = x - x.mean(1, keepdim=True)  # translation-invariant; less cancellation in the mm form
         sq = (xc * xc).sum(-1)
         d2 = (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * (xc @ xc.transpose(1, 2))).clamp_min(0.0) / D
-        idx = torch.arange(N, device=x.device)
+        idx = torch.arange(N, device=dev)
         d2 = torch.where(idx.unsqueeze(0) == idx.unsqueeze(1), 0, d2)
         pair = cand.unsqueeze(-1) & cand.unsqueeze(-2)
         big = 3.0e38
+        xf = x.reshape(L * N, D)
+        row_base = (torch.arange(L, device=dev) * N).reshape(L, 1, 1) + idx.reshape(1, N, 1)  # flat i
+        frame_base = (torch.arange(L, device=dev) * N).reshape(L, 1, 1)
+
+        def exact(cols: torch.Tensor) -> torch.Tensor:
+            """(L, N, c) exact d^2 / D between token i and the tokens ``cols`` of its frame."""
+            c = cols.shape[-1]
+            rows = row_base.expand(L, N, c).reshape(-1)
+            return (_pair_sq_dist(xf, rows, (cols + frame_base).reshape(-1), D) / D).reshape(L, N, c)
+
+        # rho: mean of the k smallest d^2 (self included); candidates chosen on the mm form with a
+        # margin, their exact d^2 ranked again, the k smallest summed in ascending order
         k = min(self.config.knn, N)
-        near = torch.topk(torch.where(pair, d2, big), k, dim=-1, largest=False).values  # (L, N, k)
-        ok = (near < 1.0e38).to(x.dtype)
-        mean_near = (near * ok).sum(-1) / ok.sum(-1).clamp_min(1.0)
-        rho = torch.exp(-mean_near)
-        dist = d2.sqrt()
+        kc = min(2 * k, N)
+        pre = torch.topk(torch.where(pair, d2, big), kc, dim=-1, largest=False)
+        near_all = torch.where(pre.values < 1.0e38, exact(pre.indices), big)
+        near = torch.topk(near_all, k, dim=-1, largest=False).values  # (L, N, k) ascending
+        ok = near < 1.0e38
+        total = torch.zeros(L, N, dtype=x.dtype, device=dev)
+        for t in range(k):  # fixed summation order
+            total = total + torch.where(ok[..., t], near[..., t], 0)
+        m = total / ok.to(x.dtype).sum(-1).clamp_min(1.0)
+
+        # delta^2: exact d^2 to the nearest denser candidate (among the mm form's nearest few)
         lower = idx.unsqueeze(0) < idx.unsqueeze(1)  # [i, j] = j < i
-        ri, rj = rho.unsqueeze(-1), rho.unsqueeze(-2)
-        denser = ((rj > ri) | ((rj == ri) & lower)) & pair
-        dmax = torch.where(pair, dist, 0).amax((-1, -2), keepdim=True)
-        delta = torch.where(denser, dist, dmax.expand_as(dist)).amin(-1)
-        return torch.where(cand, rho * delta, _NEG)
+        mi, mj = m.unsqueeze(-1), m.unsqueeze(-2)
+        denser = ((mj < mi) | ((mj == mi) & lower)) & pair
+        pre_d = torch.topk(torch.where(denser, d2, big), k, dim=-1, largest=False)
+        to_denser = torch.where(pre_d.values < 1.0e38, exact(pre_d.indices), float("inf")).amin(-1)
+        has_denser = denser.any(-1)
+        # the densest candidate: the frame's largest candidate distance (exact for each row's farthest)
+        far = torch.where(pair, d2, -1.0).argmax(-1, keepdim=True)  # (L, N, 1)
+        dmax2 = torch.where(cand, exact(far).squeeze(-1), 0).amax(-1, keepdim=True)  # (L, 1)
+        delta2 = torch.where(has_denser, to_denser, dmax2.expand(L, N))
+
+        # ranked as (rho delta)^2 / rho_max^2 = exp(-2 (m - m_min)) delta^2: the order of rho * delta
+        # without Sqrt (ORT's is not correctly rounded) and exp(-m) underflow in dense frames
+        m_min = torch.where(cand, m, big).amin(-1, keepdim=True)
+        rel = _exp_neg(2.0 * (torch.where(cand, m, m_min) - m_min))
+        return torch.where(cand, rel * delta2, _NEG)
+
+
+_LN2_HI, _LN2_LO = 0.693145751953125, 1.428606765330187e-06  # ln 2 = HI + LO, HI has 15 bits
+_EXP_MAX = 87.0  # exp(-87) is still a normal fp32
+
+
+def _exp_neg(m: torch.Tensor) -> torch.Tensor:
+    """``exp(-m)`` for ``m >= 0`` (clamped to 87) from Floor, Mul, Add and Where only.
+
+    ``torch.exp`` and ONNX Runtime's Exp disagree in the last bit or two for a few percent of fp32
+    inputs; this form rounds identically in both. ``m = n ln2 + r`` (Cody-Waite, ``|r| <= ln2/2``),
+    ``exp(-r)`` by a degree-8 Taylor polynomial (truncation < 3e-10), times ``2^-n`` built from
+    exact powers of two. Within a few ulp of the true value.
+    """
+    m = m.clamp(0.0, _EXP_MAX)
+    n = torch.floor(m * (1.0 / math.log(2.0)) + 0.5)
+    t = (n * _LN2_HI - m) + n * _LN2_LO  # -r
+    p = torch.full_like(t, 1.0 / math.factorial(8))
+    for i in range(7, -1, -1):
+        p = p * t + 1.0 / math.factorial(i)
+    ni = n.to(torch.int64)
+    for b in range(7):  # n <= 126
+        p = p * torch.where(torch.remainder(torch.div(ni, 2**b, rounding_mode="floor"), 2) > 0, 2.0 ** -(2**b), 1.0)
+    return p
+
+
+_SUM_CHUNK = 512  # columns per chunk of :func:`_pair_sq_dist` (bounds its (P, chunk) temporaries)
+
+
+def _tree_sum(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Sum over the last dim (static ``width``) by halving with elementwise adds: the same
+    rounding in every backend."""
+    while width > 1:
+        h = width // 2
+        s = t[..., :h] + t[..., h : 2 * h]
+        t = torch.cat([s, t[..., 2 * h :]], -1) if width % 2 else s
+        width -= h
+    return t[..., 0]
+
+
+def _pair_sq_dist(xf: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, width: int) -> torch.Tensor:
+    """``||xf[rows] - xf[cols]||^2`` (P,) from elementwise ops only (Gather, Sub, Mul, Add).
+
+    Unlike a MatMul or ReduceSum, whose accumulation order is the kernel's, the result is
+    bit-identical in torch and ONNX Runtime, and free of the Gram form's cancellation.
+    """
+    total = None
+    for c0 in range(0, width, _SUM_CHUNK):
+        part = xf[:, c0 : c0 + _SUM_CHUNK]
+        diff = part.index_select(0, rows) - part.index_select(0, cols)
+        s = _tree_sum(diff * diff, min(_SUM_CHUNK, width - c0))
+        total = s if total is None else total + s
+    return total
 
 
 __all__ = [
