@@ -289,7 +289,7 @@ def test_setup_l4t_override_for_containers(tmp_path):
 
 def test_setup_dry_run_prints_the_install(tmp_path):
     env = _board(tmp_path, release=JP62, model="NVIDIA Jetson AGX Orin Developer Kit")
-    r = _setup(env, "--dry-run", "--venv", str(tmp_path / "venv"), "--extras", "genai")
+    r = _setup(env, "--dry-run", "--venv", str(tmp_path / "venv"), "--extras", "compare")
     assert r.returncode == 0, r.stdout + r.stderr
     py = env["INFOMERGE_PYTHON"]
     vpy = f"{tmp_path}/venv/bin/python"
@@ -297,7 +297,7 @@ def test_setup_dry_run_prints_the_install(tmp_path):
     assert lines[0] == f"{py} -m venv --system-site-packages {tmp_path}/venv"
     assert f"{vpy} -m pip install --index-url https://pypi.jetson-ai-lab.io/jp6/cu126 torch" in lines
     constraints = f"{tmp_path}/venv/jetson-constraints.txt"
-    assert f"{vpy} -m pip install --constraint {constraints} -e {REPO}[genai]" in lines
+    assert f"{vpy} -m pip install --constraint {constraints} -e {REPO}[compare]" in lines
     assert f"{vpy} -m pip uninstall -y onnxruntime onnxruntime-gpu" in lines
     assert (f"{vpy} -m pip install --index-url https://pypi.jetson-ai-lab.io/jp6/cu126 "
             f"--constraint {tmp_path}/venv/jetson-constraints.txt onnxruntime-gpu") in lines
@@ -553,3 +553,15 @@ def test_trtexec_comments_out_the_plugin_graph(tmp_path, capsys):
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "--onnx=" in ln]
     assert lines[0].startswith("# ") and "compress_plugin.onnx" in lines[0]
     assert not lines[1].startswith("#") and "vision.onnx" in lines[1]
+
+
+def test_setup_refuses_genai_on_python310(tmp_path):
+    env = _board(tmp_path, release=JP62, model="NVIDIA Jetson Orin Nano Developer Kit", mem_kb=7_802_000)
+    r = _setup(env, "--dry-run", "--extras", "genai")
+    assert r.returncode == 1
+    assert "onnxruntime-genai publishes no aarch64 wheel for Python 3.10.12" in r.stdout
+    assert "--llm-ep cuda" in r.stdout
+    env = _board(tmp_path / "jp72", release=JP72, model="NVIDIA Jetson AGX Orin Developer Kit",
+                 cuda="13.2.51", python="3.12.3", mem_kb=64_300_000)
+    r = _setup(env, "--dry-run", "--extras", "genai")
+    assert "onnxruntime-genai publishes no" not in r.stdout
