@@ -314,6 +314,10 @@ report_and_check() {
         fi
     fi
 
+    if [[ ",$EXTRAS," == *",genai,"* && -n "$PY_VERSION" ]] && ! version_ge "$PY_VERSION" 3.12; then
+        fail "--extras genai: onnxruntime-genai publishes no aarch64 wheel for Python $PY_VERSION on PyPI. Export the int4 LLM on a workstation (infomerge-export --llm int4 --llm-ep cuda) and copy it here (jetson/README.md, step 4); drop --extras genai."
+    fi
+
     case "$PY_TORCH_CUDA" in
         1) ok "torch $PY_TORCH sees the GPU (kept, pinned while installing infomerge)" ;;
         0) warn "torch $PY_TORCH is a CPU-only build; setup installs the Jetson CUDA wheel into the venv" ;;
@@ -325,11 +329,13 @@ report_and_check() {
             warn "${MEM_MIB} MiB RAM shared by CPU and GPU: build engines with a bounded workspace (build_engines.sh does), stop the desktop (sudo systemctl isolate multi-user.target) and add swap before building; see jetson/README.md"
         fi
         if ((MEM_MIB < 30000)); then
-            warn "less than 30 GiB RAM: build the int4 LLM of a 7B backbone on a workstation (infomerge-export --llm int4) and copy it here; see jetson/README.md"
+            warn "less than 30 GiB RAM: build the int4 LLM on a workstation (infomerge-export --llm int4 --llm-ep cuda) and copy it here; see jetson/README.md"
         fi
     fi
     if [[ -n "$dev" ]]; then
-        ok "memory planner: infomerge-plan --device $dev --backbone ov-7b --llm-quant int4 --retention 0.15"
+        local bb=ov-0.5b
+        [[ "$dev" == agx-orin-* ]] && bb=ov-7b
+        ok "memory planner: infomerge-plan --device $dev --backbone $bb --llm-quant int4 --retention 0.15"
     fi
 }
 

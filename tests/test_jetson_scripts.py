@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -288,7 +289,7 @@ def test_setup_l4t_override_for_containers(tmp_path):
 
 def test_setup_dry_run_prints_the_install(tmp_path):
     env = _board(tmp_path, release=JP62, model="NVIDIA Jetson AGX Orin Developer Kit")
-    r = _setup(env, "--dry-run", "--venv", str(tmp_path / "venv"), "--extras", "genai")
+    r = _setup(env, "--dry-run", "--venv", str(tmp_path / "venv"), "--extras", "compare")
     assert r.returncode == 0, r.stdout + r.stderr
     py = env["INFOMERGE_PYTHON"]
     vpy = f"{tmp_path}/venv/bin/python"
@@ -296,7 +297,7 @@ def test_setup_dry_run_prints_the_install(tmp_path):
     assert lines[0] == f"{py} -m venv --system-site-packages {tmp_path}/venv"
     assert f"{vpy} -m pip install --index-url https://pypi.jetson-ai-lab.io/jp6/cu126 torch" in lines
     constraints = f"{tmp_path}/venv/jetson-constraints.txt"
-    assert f"{vpy} -m pip install --constraint {constraints} -e {REPO}[genai]" in lines
+    assert f"{vpy} -m pip install --constraint {constraints} -e {REPO}[compare]" in lines
     assert f"{vpy} -m pip uninstall -y onnxruntime onnxruntime-gpu" in lines
     assert (f"{vpy} -m pip install --index-url https://pypi.jetson-ai-lab.io/jp6/cu126 "
             f"--constraint {tmp_path}/venv/jetson-constraints.txt onnxruntime-gpu") in lines
@@ -338,38 +339,134 @@ def _build(tmp_path, *args, mem_kb=7_802_000, model="NVIDIA Jetson Orin Nano Dev
 
 
 def test_build_engines_dry_run_on_an_8gb_board(tmp_path):
-    r = _build(tmp_path, "--dry-run")
+    r = _build(tmp_path, "--dry-run", extra_env={"INFOMERGE_TRT_VERSION": "10.3.0"})
     assert r.returncode == 0, r.stderr
     assert "planner device: orin-nano-8gb" in r.stdout
     assert "+ infomerge-plan" not in r.stdout  # the plan command is whatever INFOMERGE_PLAN names
-    r = _build(tmp_path, "--dry-run", extra_env={"INFOMERGE_PLAN": "infomerge-plan"})
-    assert ("+ infomerge-plan --device orin-nano-8gb --backbone ov-7b --llm-quant int4 --retention 0.15"
+    r = _build(tmp_path, "--dry-run",
+               extra_env={"INFOMERGE_PLAN": "infomerge-plan", "INFOMERGE_TRT_VERSION": "10.3.0"})
+    assert ("+ infomerge-plan --device orin-nano-8gb --backbone ov-0.5b --llm-quant int4 --retention 0.15"
             in r.stdout)
-    assert ("+ infomerge-export --backbone ov-7b --fp16 --engine trt --workspace 1024 --retention 0.15 "
-            "--llm none --output artifacts/ov-7b-jetson") in r.stdout
-    assert "--from-artifacts DIR" in r.stdout  # how to get the LLM onto a small board
+    # ov-0.5b is the default; the output is infomerge-export's own default; no plugin on TensorRT 10.3
+    assert ("+ infomerge-export --backbone ov-0.5b --fp16 --engine trt --workspace 1024 --retention 0.15 "
+            "--llm none --output artifacts/ov-0.5b\n") in r.stdout
+    assert "standard graph compress.onnx only (TensorRT 10.3.0 < 10.9" in r.stdout
+    assert "weakly typed networks with the FP16 builder flag" in r.stdout
+    assert "--llm int4 --llm-ep cuda --output artifacts/ov-0.5b" in r.stdout  # the workstation command
+    assert "--from-artifacts artifacts/ov-0.5b" in r.stdout
     assert "--memPoolSize=workspace:1024M" in r.stdout
 
 
-def test_build_engines_dry_run_on_agx_orin_64gb(tmp_path):
-    r = _build(tmp_path, "--dry-run", "--frames", "16", "--", "--model-path", "/models/ov7b",
-               mem_kb=64_300_000, model="NVIDIA Jetson AGX Orin Developer Kit")
+def test_build_engines_dry_run_on_agx_orin_64gb_jetpack72(tmp_path):
+    # sys.executable imports onnxruntime_genai, so --llm auto builds the int4 LLM, for the CUDA EP
+    r = _build(tmp_path, "--dry-run", "--backbone", "ov-7b", "--", "--model-path", "/models/ov 7b",
+               mem_kb=64_300_000, model="NVIDIA Jetson AGX Orin Developer Kit",
+               extra_env={"INFOMERGE_TRT_VERSION": "10.16.1"})
     assert r.returncode == 0, r.stderr
     assert ("+ infomerge-export --backbone ov-7b --fp16 --engine trt --workspace 4096 --retention 0.15 "
-            "--llm int4 --output artifacts/ov-7b-jetson --frames 16 --model-path /models/ov7b") in r.stdout
+            "--merge-plugin --llm int4 --llm-ep cuda --output artifacts/ov-7b --model-path /models/ov\\ 7b\n"
+            ) in r.stdout
+    assert "plugin graph compress_plugin.onnx as well (TensorRT 10.16.1 >= 10.9" in r.stdout
 
 
-def test_build_engines_from_artifacts_dry_run(tmp_path):
-    r = _build(tmp_path, "--from-artifacts", "art", "--workspace", "512", "--dry-run")
+def test_build_engines_tensorrt11_is_strongly_typed(tmp_path):
+    r = _build(tmp_path, "--dry-run", extra_env={"INFOMERGE_TRT_VERSION": "11.4.1"})
     assert r.returncode == 0, r.stderr
-    assert f"+ {sys.executable} -m infomerge.engines.builder art --engine trt --workspace 512" in r.stdout
+    assert "TensorRT 11.4.1: strongly typed" in r.stdout and "--merge-plugin" in r.stdout
+    assert "--stronglyTyped" in r.stdout and "--fp16 --mem" not in r.stdout
 
 
-@pytest.mark.parametrize("args", [["--llm", "int8"], ["--frames", "x"], ["--retention", "2"],
-                                  ["--workspace", "-1"], ["--bogus"], ["--output"]])
+def test_build_engines_reads_the_trt_header(tmp_path):
+    hdr = tmp_path / "NvInferVersion.h"
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    hdr.write_text(TRT10_HEADER)
+    r = _build(tmp_path, "--dry-run", extra_env={"INFOMERGE_TRT_HEADER": str(hdr)})
+    assert "TensorRT 10.3.0: weakly typed" in r.stdout and "--merge-plugin" not in r.stdout
+
+
+def _artifact(root: Path, name="art", backbone="ov-0.5b", frames=32, llm_ep="cuda", plugin=True) -> Path:
+    import json
+
+    d = root / name
+    d.mkdir(parents=True)
+    m = {"backbone": {"name": backbone}, "frames": frames}
+    if llm_ep:
+        m["llm"] = {"dir": "llm", "execution_provider": llm_ep}
+        (d / "llm").mkdir()
+    (d / "manifest.json").write_text(json.dumps(m))
+    for g in ["vision.onnx", "compress.onnx"] + (["compress_plugin.onnx"] if plugin else []):
+        (d / g).write_bytes(b"")
+    return d
+
+
+@pytest.mark.parametrize(("trt", "plugin_built"), [("10.3.0", False), ("10.16.1", True)])
+def test_build_engines_from_artifacts_dry_run(tmp_path, trt, plugin_built):
+    _artifact(tmp_path)
+    r = _build(tmp_path, "--from-artifacts", "art", "--workspace", "512", "--dry-run",
+               extra_env={"INFOMERGE_TRT_VERSION": trt})
+    assert r.returncode == 0, r.stderr
+    assert "backbone ov-0.5b" in r.stdout  # read from the artifact, not the default
+    builds = [shlex.split(ln[2:]) for ln in r.stdout.splitlines() if ln.startswith("+ ") and "builder" in ln]
+    graphs = [w for cmd in builds for w in cmd if w.endswith(".onnx")]
+    plugin = ["art/compress_plugin.onnx"] if plugin_built else []
+    expected = ["art/compress.onnx", *plugin, "art/vision.onnx"]
+    assert graphs == expected
+    for cmd in builds:
+        assert cmd[0] == sys.executable
+        assert cmd[-6:] == ["--engine", "trt", "--workspace", "512", "--out", "art/engines"]
+    if not plugin_built:
+        assert "skip art/compress_plugin.onnx: TensorRT 10.3.0 < 10.9" in r.stdout
+    else:
+        assert "register_plugin()" in " ".join(builds[1])
+
+
+def test_build_engines_from_artifacts_uses_the_artifact_backbone(tmp_path):
+    _artifact(tmp_path, backbone="ov-7b")
+    r = _build(tmp_path, "--from-artifacts", "art", "--dry-run", "--device", "agx-orin-64gb",
+               extra_env={"INFOMERGE_PLAN": "infomerge-plan", "INFOMERGE_TRT_VERSION": "10.3.0"})
+    assert r.returncode == 0, r.stderr
+    assert "+ infomerge-plan --device agx-orin-64gb --backbone ov-7b " in r.stdout
+    r = _build(tmp_path, "--from-artifacts", "art", "--backbone", "ov-0.5b", "--dry-run")
+    assert r.returncode == 2 and "art holds a ov-7b export, not ov-0.5b" in r.stderr
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"frames": 16}, "exported for 16 frames; infomerge-run samples 32 for ov-0.5b"),
+    ({"llm_ep": "cpu"}, "built for the cpu execution provider; infomerge-run --device cuda refuses it"),
+])
+def test_build_engines_from_artifacts_refuses_what_the_runtime_refuses(tmp_path, kwargs, message):
+    _artifact(tmp_path, **kwargs)
+    r = _build(tmp_path, "--from-artifacts", "art", "--dry-run")
+    assert r.returncode == 1 and message in r.stderr
+
+
+def test_build_engines_from_artifacts_needs_a_manifest(tmp_path):
+    r = _build(tmp_path, "--from-artifacts", "nowhere", "--dry-run")
+    assert r.returncode == 1 and "no such directory" in r.stderr
+    (tmp_path / "bare").mkdir()
+    r = _build(tmp_path, "--from-artifacts", "bare", "--dry-run")
+    assert r.returncode == 1 and "no manifest.json" in r.stderr
+
+
+@pytest.mark.parametrize("args", [["--llm", "int8"], ["--frames", "16"], ["--retention", "2"],
+                                  ["--workspace", "-1"], ["--bogus"], ["--output"], ["--backbone", "nope"],
+                                  ["--from-artifacts", "a", "--llm", "int4"]])
 def test_build_engines_bad_usage(tmp_path, args):
     r = _build(tmp_path, *args)
     assert r.returncode == 2 and "build_engines.sh:" in r.stderr
+
+
+def test_build_engines_knows_the_registry():
+    """The script's backbone list, frame counts and plugin threshold are those of the package."""
+    from infomerge.backbones.registry import get_backbone
+    from infomerge.engines.flavour import PLUGIN_MIN_TRT
+
+    text = (JETSON / "build_engines.sh").read_text()
+    names = re.search(r'^BACKBONES="([^"]+)"', text, re.M).group(1).split()
+    assert names == ["tiny", "ov-0.5b", "ov-7b", "llava-video-7b"]
+    script_frames = {n: (64 if n == "llava-video-7b" else 32) for n in names}  # the case statement
+    assert {n: get_backbone(n).frames for n in names} == script_frames
+    assert re.search(r'^PLUGIN_MIN_TRT="([\d.]+)"', text, re.M).group(1) == ".".join(map(str, PLUGIN_MIN_TRT))
 
 
 def _write_onnx(path: Path, fp16: bool = True, frames_dim="32", custom_op=False):
@@ -401,15 +498,19 @@ def test_build_engines_runs_the_export_and_prints_trtexec(tmp_path):
         f'mkdir -p "$out" && cp "{tmp_path}/graph.onnx" "$out/vision.onnx"\n'
     )
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
-    r = _build(tmp_path, "--output", "out", extra_env={"INFOMERGE_EXPORT": str(fake)})
+    r = _build(tmp_path, "--output", "out", extra_env={"INFOMERGE_EXPORT": str(fake),
+                                                       "INFOMERGE_TRT_VERSION": "10.3.0"})
     assert r.returncode == 0, r.stdout + r.stderr
-    assert log.read_text().split() == ["--backbone", "ov-7b", "--fp16", "--engine", "trt", "--workspace",
+    assert log.read_text().split() == ["--backbone", "ov-0.5b", "--fp16", "--engine", "trt", "--workspace",
                                        "1024", "--retention", "0.15", "--llm", "none", "--output", "out"]
     trtexec = [ln for ln in r.stdout.splitlines() if "--onnx=" in ln]
     assert len(trtexec) == 1
     assert "--onnx=out/vision.onnx --saveEngine=out/vision.trtexec.engine --fp16" in trtexec[0]
     assert trtexec[0].endswith("--memPoolSize=workspace:1024M --skipInference")
     assert "infomerge-run --artifacts out" in r.stdout and "needs the int4 LLM in out/llm" in r.stdout
+    nxt = next(ln for ln in r.stdout.splitlines() if ln.startswith("Next: "))
+    words = shlex.split(nxt[len("Next: "):])  # quoted, so it can be pasted as it is
+    assert words[words.index("--prompt") + 1] == "Describe the video."
 
 
 def test_build_engines_reports_a_failed_export(tmp_path):
@@ -436,7 +537,31 @@ def test_trtexec_lines(tmp_path):
     _write_onnx(tmp_path / "compress.onnx", fp16=False, frames_dim="frames", custom_op=True)
     cmd, notes = trtexec_command(tmp_path / "compress.onnx", frames=32, binary="trtexec")
     assert "--fp16" not in cmd and "--shapes=pixel_values:32x4" in cmd
-    assert any("MergeToAnchors" in n for n in notes)
+    assert any("MergeToAnchors" in n and "no plugin library" in n and "compress.onnx" in n for n in notes)
+    assert not any("--dynamicPlugins" in n for n in notes)  # infomerge ships no such library
 
     assert main([str(tmp_path / "empty")]) == 2
     assert main([str(tmp_path), "--trt-major", "10"]) == 0
+
+
+def test_trtexec_comments_out_the_plugin_graph(tmp_path, capsys):
+    from infomerge.jetson.trtexec import main
+
+    _write_onnx(tmp_path / "compress_plugin.onnx", custom_op=True)
+    _write_onnx(tmp_path / "vision.onnx")
+    assert main([str(tmp_path), "--trt-major", "10"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "--onnx=" in ln]
+    assert lines[0].startswith("# ") and "compress_plugin.onnx" in lines[0]
+    assert not lines[1].startswith("#") and "vision.onnx" in lines[1]
+
+
+def test_setup_refuses_genai_on_python310(tmp_path):
+    env = _board(tmp_path, release=JP62, model="NVIDIA Jetson Orin Nano Developer Kit", mem_kb=7_802_000)
+    r = _setup(env, "--dry-run", "--extras", "genai")
+    assert r.returncode == 1
+    assert "onnxruntime-genai publishes no aarch64 wheel for Python 3.10.12" in r.stdout
+    assert "--llm-ep cuda" in r.stdout
+    env = _board(tmp_path / "jp72", release=JP72, model="NVIDIA Jetson AGX Orin Developer Kit",
+                 cuda="13.2.51", python="3.12.3", mem_kb=64_300_000)
+    r = _setup(env, "--dry-run", "--extras", "genai")
+    assert "onnxruntime-genai publishes no" not in r.stdout

@@ -15,7 +15,10 @@ from infomerge.backbones.registry import get_backbone
 from infomerge.errors import BudgetError, UnknownBackboneError
 from infomerge.jetson.devices import DEVICES, MIB, UnknownDeviceError, get_device
 from infomerge.jetson.planner import (
+    GIB,
+    QUANTS,
     Assumptions,
+    alternatives,
     kv_cache_bytes,
     largest_frames,
     largest_retention,
@@ -83,7 +86,8 @@ def test_hand_calculation_ov7b_int4_agx_orin_32gb():
     llm_act = seq * (2 * 3584 + max(2 * 3584 + 2 * 512, 3 * 18944)) * 2 + seq * 152064 * 2 + 256 * MIB
     assert r["LLM activations + workspace"].runtime == llm_act
 
-    overhead = 512 * MIB + 768 * MIB + 32 * 1920 * 1080 * 3 + 32 * 3 * 384 * 384 * 4
+    # reading the video: decoded uint8, its stacked copy, the fp32 full-resolution copy (3 + 3 + 12 B/pixel)
+    overhead = 512 * MIB + 768 * MIB + 32 * 1920 * 1080 * (3 + 3 + 12) + 32 * 3 * 384 * 384 * 4
     assert r["Runtime overhead"].runtime == overhead
 
     total = vision_weights + attention + compression + llm + 2 * 28 * 4 * 128 * seq * 2 + llm_act + overhead
@@ -92,9 +96,9 @@ def test_hand_calculation_ov7b_int4_agx_orin_32gb():
     assert plan.fits
 
 
-def test_hand_calculation_ov05b_fp16_rtx4060_with_options():
+def test_hand_calculation_ov05b_fp32_rtx4060_with_options():
     a = Assumptions(text_tokens=128, logits="last", vision_batch=8)
-    plan = plan_memory("ov-0.5b", "rtx-4060-8gb", "fp16", 0.10, 16, a)
+    plan = plan_memory("ov-0.5b", "rtx-4060-8gb", "fp32", 0.10, 16, a)
     r = rows(plan)
     F, N, D = 16, 196, 896
 
@@ -114,15 +118,15 @@ def test_hand_calculation_ov05b_fp16_rtx4060_with_options():
     assert r["Compression engine"].runtime == fn * D * 2 + fn * D * 4 + fn * fn * 4 + B * fn * 2 + B * D * 2
 
     # Qwen2-0.5B: 24 layers, d 896, 14 heads x 64, 2 kv heads (kv width 128), d_ff 4864, vocab 151936,
-    # lm_head tied to the embeddings (no extra bytes), all fp16
-    layer = (896 * 896 + 128 * 896 * 2 + 896 * 896 + 4864 * 896 * 3) * 2
-    other = (896 + 128 + 128 + 2 * 896) * 2
-    llm = 24 * (layer + other) + 151936 * 896 * 2 + 896 * 2
+    # lm_head tied to the embeddings (no extra bytes), all fp32 (infomerge-export --llm fp32)
+    layer = (896 * 896 + 128 * 896 * 2 + 896 * 896 + 4864 * 896 * 3) * 4
+    other = (896 + 128 + 128 + 2 * 896) * 4
+    llm = 24 * (layer + other) + 151936 * 896 * 4 + 896 * 4
     assert r["LLM weights"].weights == llm
-    assert llm // 2 == 494_032_768  # Qwen2-0.5B: 494M parameters
+    assert llm // 4 == 494_032_768  # Qwen2-0.5B: 494M parameters
 
     seq = B + 1 + 128
-    assert r["KV cache"].runtime == 2 * 24 * 2 * 64 * seq * 2
+    assert r["KV cache"].runtime == 2 * 24 * 2 * 64 * seq * 4  # fp32 cache
     assert r["LLM activations + workspace"].runtime == (
         seq * (2 * 896 + max(2 * 896 + 2 * 128, 3 * 4864)) * 2 + 151936 * 2 + 256 * MIB
     )
@@ -155,8 +159,8 @@ def test_formulas_agree_with_the_transformers_modules():
         vp = vision_params(vc, bb.siglip_head_config(), tc.hidden_size)
         assert vp["tower"] + vp["head"] == numel(vision), name
         assert vp["projector"] == numel(projector), name
-        lw = llm_weight_bytes(tc, "fp16", tied=bb.tie_word_embeddings)
-        assert sum(lw.values()) == 2 * numel(llm), name
+        lw = llm_weight_bytes(tc, "fp32", tied=bb.tie_word_embeddings)
+        assert sum(lw.values()) == 4 * numel(llm), name
 
 
 def test_kv_cache_formula():
@@ -166,8 +170,8 @@ def test_kv_cache_formula():
 
 def test_quantization_orders_llm_weights():
     sizes = [rows(plan_memory("ov-7b", "agx-orin-64gb", q))["LLM weights"].weights
-             for q in ("fp16", "int8", "int4")]
-    assert sizes[0] > sizes[1] > sizes[2]
+             for q in ("fp32", "int4")]
+    assert sizes[0] > sizes[1]
 
 
 def test_largest_frames_and_retention_are_the_edge_of_fitting():
@@ -176,12 +180,12 @@ def test_largest_frames_and_retention_are_the_edge_of_fitting():
     assert plan_memory("ov-7b", "orin-nx-16gb", "int4", 0.15, f).fits
     assert not plan_memory("ov-7b", "orin-nx-16gb", "int4", 0.15, f + 1).fits
 
-    r = largest_retention("ov-7b", "orin-nx-16gb", "int4", 80)
+    r = largest_retention("ov-7b", "orin-nx-16gb", "int4", 64)
     assert r is not None and 0.15 <= r < 1.0
-    assert plan_memory("ov-7b", "orin-nx-16gb", "int4", r, 80).fits
-    assert not plan_memory("ov-7b", "orin-nx-16gb", "int4", round(r + 0.01, 2), 80).fits
+    assert plan_memory("ov-7b", "orin-nx-16gb", "int4", r, 64).fits
+    assert not plan_memory("ov-7b", "orin-nx-16gb", "int4", round(r + 0.01, 2), 64).fits
 
-    assert largest_frames("ov-7b", "orin-nano-8gb", "fp16", 0.15) is None
+    assert largest_frames("ov-7b", "orin-nano-8gb", "fp32", 0.15) is None
 
 
 def test_device_table():
@@ -210,7 +214,7 @@ def test_cli_json_fits(capsys):
 
 
 def test_cli_table_no_fit_and_verdict(capsys):
-    assert main(["--device", "orin-nano-8gb", "--backbone", "ov-7b", "--llm-quant", "fp16"]) == 1
+    assert main(["--device", "orin-nano-8gb", "--backbone", "ov-7b", "--llm-quant", "fp32"]) == 1
     out = capsys.readouterr().out
     assert "DOES NOT FIT" in out and "Vision engine" in out and "KV cache" in out
     assert "Largest frames that fit" in out and "with --llm-quant int4" in out
@@ -227,3 +231,49 @@ def test_cli_errors(capsys):
     assert exc.value.code == 2
     assert main(["--list-devices"]) == 0
     assert "agx-orin-64gb" in capsys.readouterr().out
+
+
+# ---- issue 18: quantizations the exporter builds, the 4K host memory, advice that shrinks ---------
+def test_quantizations_are_the_exporters():
+    from infomerge.export.cli import build_parser as export_parser
+
+    llm = next(a for a in export_parser()._actions if "--llm" in a.option_strings)
+    assert set(QUANTS) == set(llm.choices) - {"none"}
+    for gone in ("fp16", "int8"):
+        with pytest.raises(ValueError, match="int4, fp32"):
+            plan_memory("ov-0.5b", "orin-nano-8gb", llm_quant=gone)
+    with pytest.raises(SystemExit):
+        main(["--device", "orin-nano-8gb", "--llm-quant", "fp16"])
+
+
+def test_host_video_memory_at_4k_matches_the_measured_process():
+    """A process reading 32 4K frames was measured at 4.5 GB (issue 18); the old model said 813 MiB."""
+    hd = rows(plan_memory("ov-0.5b", "orin-nano-8gb", "int4", 0.15, 32,
+                          Assumptions(video_size=(1920, 1080))))["Runtime overhead"].runtime
+    uhd = rows(plan_memory("ov-0.5b", "orin-nano-8gb", "int4", 0.15, 32,
+                           Assumptions(video_size=(3840, 2160))))["Runtime overhead"].runtime
+    extra_pixels = 32 * (3840 * 2160 - 1920 * 1080)
+    # decoded uint8 + stacked uint8 + fp32 full-resolution copy = 3 + 3 + 12 bytes per pixel
+    assert uhd - hd == extra_pixels * 18
+    base = (512 + 768) * MIB + 32 * 3 * 384 * 384 * 4
+    assert 4.4 * GIB < uhd - base < 4.6 * GIB  # 32 x 3840 x 2160 x 18 B = 4.45 GiB
+
+
+@pytest.mark.parametrize("backbone", ["ov-0.5b", "ov-7b", "llava-video-7b"])
+@pytest.mark.parametrize("device", ["orin-nano-8gb", "orin-nx-16gb", "rtx-4060-8gb"])
+@pytest.mark.parametrize("quant", QUANTS)
+def test_advice_never_suggests_something_bigger(backbone, device, quant):
+    plan = plan_memory(backbone, device, quant, 0.25, None, Assumptions(video_size=(3840, 2160)))
+    for flag, alt in alternatives(plan):
+        assert alt.total < plan.total, f"{flag} grows {backbone} on {device}"
+        assert "--vision-batch" not in flag and "--frames" not in flag  # nothing the exporter cannot build
+
+
+def test_impossible_request_suggests_only_smaller_things(capsys):
+    assert main(["--device", "orin-nano-8gb", "--backbone", "llava-video-7b", "--llm-quant", "fp32"]) == 1
+    out = capsys.readouterr().out
+    suggested = [ln.split("with ", 1)[1].split(":")[0] for ln in out.splitlines()
+                 if ln.strip().startswith("with ")]
+    assert "--llm-quant int4" in suggested and "--backbone ov-0.5b" in suggested
+    big = plan_memory("llava-video-7b", "orin-nano-8gb", "fp32").total
+    assert plan_memory("ov-0.5b", "orin-nano-8gb", "fp32").total < big

@@ -29,6 +29,11 @@ FLAVOUR_MODULES: dict[str, tuple[str, ...]] = {
     "rtx": ("tensorrt_rtx", "tensorrt_rtx_bindings"),
 }
 
+#: TensorRT's Python AOT plugins (``tensorrt.plugin`` with ``@trtp.aot_impl``), which the merge
+#: plugin is, load from TensorRT 10.9 on (NVIDIA TensorRT 10.9 release notes); JetPack 6's TensorRT
+#: 10.3 cannot load it, JetPack 7.2's 10.16 and TensorRT 11 can.
+PLUGIN_MIN_TRT = (10, 9)
+
 #: the pip extra that installs each flavour
 FLAVOUR_EXTRAS = {"trt": "trt", "rtx": "rtx"}
 
@@ -73,6 +78,11 @@ class Flavour:
         return not self.strongly_typed
 
     @property
+    def merge_plugin(self) -> bool:
+        """True where the merge plugin graph can be built (:func:`plugin_supported`)."""
+        return plugin_supported(self.version, self.name)
+
+    @property
     def timing_cache(self) -> bool:
         """True where the builder keeps a timing cache (full TensorRT; TensorRT-RTX's is a no-op)."""
         return self.name == "trt"
@@ -90,6 +100,32 @@ class Flavour:
     def label(self) -> str:
         """Human name with version, e.g. "TensorRT-RTX 1.7.1.116" or "TensorRT 10.3.0"."""
         return f"{'TensorRT-RTX' if self.name == 'rtx' else 'TensorRT'} {self.version}"
+
+
+def plugin_supported(version: str, name: str = "trt") -> bool:
+    """Whether the merge plugin graph (``compress_plugin.onnx``) can be built by this TensorRT.
+
+    Only full TensorRT >= :data:`PLUGIN_MIN_TRT` loads Python AOT plugins; TensorRT-RTX has no plugin
+    API at all. Anything else gets the standard graph (``compress.onnx``, same compression).
+
+    Args:
+        version: the TensorRT version string, e.g. "10.3.0.30", "10.16.1", "11.4.1".
+        name: flavour name, "trt" or "rtx".
+
+    Returns:
+        True for full TensorRT >= 10.9; False otherwise, also for an unparsable version.
+    """
+    if name != "trt":
+        return False
+    parts = []
+    for field_ in str(version).split(".")[:2]:
+        digits = "".join(ch for ch in field_ if ch.isdigit()) if field_[:1].isdigit() else ""
+        if not digits:
+            return False
+        parts.append(int(digits))
+    while len(parts) < 2:
+        parts.append(0)
+    return tuple(parts) >= PLUGIN_MIN_TRT
 
 
 def load_flavour(name: str, importer: Callable[[str], ModuleType] = importlib.import_module) -> Flavour:

@@ -136,10 +136,15 @@ def build_engine_step(ctx: ExportContext) -> None:
                 "(build it with --engine trt; see docs/tensorrt.md)"
             )
             ctx.console.print(f"[yellow]skipping {g.name}[/yellow]: {skipped[g.name]}")
+        elif not flavour.merge_plugin:
+            skipped[g.name] = (f"{flavour.label} < 10.9 cannot load the Python AOT merge plugin; "
+                               "the standard graph compress.onnx is built instead")
+            ctx.console.print(f"[yellow]skipping {g.name}[/yellow]: {skipped[g.name]}")
         else:
             from infomerge.engines.plugin import register_plugin
 
             register_plugin()
+            ctx.console.print(f"{g.name}: merge plugin graph ({flavour.label} >= 10.9 loads the plugin)")
             graphs.append(g)
     if not graphs:
         raise ArtifactError(f"no graph to build an engine from ({', '.join(skipped) or 'none exported'})")

@@ -18,12 +18,13 @@ Rows (bytes; "act" = activation dtype size, 2 for fp16):
    once: input tokens ``F*N*D*act``, an fp32 working copy ``F*N*D*4``, one token-token similarity
    matrix ``(F*N)^2*4`` (worst case: a single segment spanning the video), the one-hot merge matrix
    ``B*F*N*act`` and the output ``B*D*act``; B = ``InfoMergeConfig.paper(r).total_budget(F, N)``.
-3. **LLM weights** by quantization. Decoder linears (q, k, v, o, gate, up, down): fp16 2 B/weight;
-   int8 1 B/weight + one fp16 scale per output channel; int4 0.5 B/weight + one fp16 scale per block
-   of 32 input weights (symmetric, no zero point: the onnxruntime-genai builder's default layout).
-   Biases and RMSNorm weights stay fp16. The input embedding table stays fp16 (it is gathered, not
-   multiplied). An untied lm_head (Qwen2-7B) is quantized like the decoder linears; a tied one
-   (Qwen2-0.5B) reuses the fp16 embedding table and adds nothing.
+3. **LLM weights** by quantization, the ones ``infomerge-export --llm`` builds: ``int4`` (for the
+   CUDA execution provider, ``--llm-ep cuda``) and ``fp32``. Decoder linears (q, k, v, o, gate, up,
+   down): int4 0.5 B/weight + one fp16 scale per block of 32 input weights (symmetric, no zero point:
+   the onnxruntime-genai builder's default layout), biases, RMSNorms and the input embedding table
+   fp16 (it is gathered, not multiplied); fp32: every weight 4 B. An untied lm_head (Qwen2-7B) is
+   quantized like the decoder linears; a tied one (Qwen2-0.5B) reuses the embedding table and adds
+   nothing.
 4. **KV cache** at the compressed sequence: ``2 * layers * kv_heads * head_dim * seq * 2`` (fp16),
    seq = B + newline tokens + text tokens (prompt template, question and answer; ``--text-tokens``).
 5. **LLM activations and workspace**: prefill of seq tokens with fused grouped-query attention (no
@@ -33,8 +34,13 @@ Rows (bytes; "act" = activation dtype size, 2 for fp16):
    (``--llm-workspace-mib``).
 6. **Runtime overhead**: one CUDA context with TensorRT, cuBLAS/cuDNN and the ORT CUDA provider loaded
    (``--cuda-context-mib``). On shared-memory devices (Jetson) also the host side of the process:
-   Python with torch, transformers, onnxruntime and the tokenizer (``--host-runtime-mib``), the decoded
-   frames ``F*W*H*3`` (uint8 at ``--video-size``) and the preprocessed frames ``F*3*S*S*4`` (fp32).
+   Python with torch, transformers, onnxruntime and the tokenizer (``--host-runtime-mib``), and the
+   peak of reading the video as :mod:`infomerge.video` does it, at the source resolution
+   (``--video-size``): the decoded uint8 frames ``F*W*H*3``, their stacked copy ``F*W*H*3``, and the
+   full-resolution fp32 copy ``F*3*W*H*4`` that ``preprocess`` makes before resizing, together
+   ``F*W*H*18`` bytes, plus the fp32 output ``F*3*S*S*4``. At 32 frames of 3840x2160 that is 4.5 GiB
+   (a process was measured at 4.5 GB, issue 18); at 1920x1080, 1.1 GiB. The earlier model counted
+   one uint8 copy only (813 MiB at 4K).
 
 All engines are counted resident at once with their activations allocated (TensorRT's default: an
 execution context holds its device memory for its lifetime). The total is compared with the
@@ -57,8 +63,11 @@ from typing import Literal
 from infomerge.errors import BudgetError, InfomergeError
 from infomerge.jetson.devices import DEVICES, MIB, Device, get_device
 
-LLMQuant = Literal["fp16", "int8", "int4"]
-QUANTS: tuple[str, ...] = ("fp16", "int8", "int4")
+LLMQuant = Literal["int4", "fp32"]
+#: the LLM precisions ``infomerge-export --llm`` builds (its choices less ``none``)
+QUANTS: tuple[str, ...] = ("int4", "fp32")
+#: bytes per source pixel held at once while a video is read and preprocessed (see the docstring)
+VIDEO_BYTES_PER_PIXEL = 3 + 3 + 3 * 4
 GIB = 1024 * MIB
 FRAMES_SEARCH_LIMIT = 256
 FP16 = 2
@@ -196,13 +205,16 @@ def llm_linear_shapes(tc) -> list[tuple[int, int]]:
 def quantized_linear_bytes(out_features: int, in_features: int, quant: str, int4_block: int = 32) -> int:
     """Bytes of one linear weight (out x in) under ``quant`` (see the module docstring)."""
     n = out_features * in_features
-    if quant == "fp16":
-        return n * FP16
-    if quant == "int8":
-        return n + out_features * FP16
+    if quant == "fp32":
+        return n * FP32
     if quant == "int4":
         return n // 2 + out_features * math.ceil(in_features / int4_block) * FP16
-    raise ValueError(f"unknown LLM quantization {quant!r}; choose one of {', '.join(QUANTS)}")
+    raise ValueError(_quant_error(quant))
+
+
+def _quant_error(quant: str) -> str:
+    return (f"unknown LLM quantization {quant!r}; choose one of {', '.join(QUANTS)} (what "
+            "infomerge-export --llm builds)")
 
 
 def llm_weight_bytes(tc, quant: str, tied: bool, int4_block: int = 32) -> dict[str, int]:
@@ -212,12 +224,13 @@ def llm_weight_bytes(tc, quant: str, tied: bool, int4_block: int = 32) -> dict[s
     kv = tc.num_key_value_heads * _head_dim(tc)
     linears = sum(quantized_linear_bytes(o, i, quant, int4_block) for o, i in llm_linear_shapes(tc))
     other = (q + 2 * kv) + 2 * d  # q/k/v biases, input and post-attention RMSNorm
+    dense = FP32 if quant == "fp32" else FP16  # what is not quantized
     return {
         "decoder_linears": layers * linears,
-        "decoder_other": layers * other * FP16,
-        "embeddings": tc.vocab_size * d * FP16,
+        "decoder_other": layers * other * dense,
+        "embeddings": tc.vocab_size * d * dense,
         "lm_head": 0 if tied else quantized_linear_bytes(tc.vocab_size, d, quant, int4_block),
-        "final_norm": d * FP16,
+        "final_norm": d * dense,
     }
 
 
@@ -259,7 +272,7 @@ def plan_memory(
     Args:
         backbone: registry name (``ov-7b``, ``ov-0.5b``, ...).
         device: device name from :data:`infomerge.jetson.devices.DEVICES`.
-        llm_quant: ``fp16``, ``int8`` or ``int4``.
+        llm_quant: ``int4`` or ``fp32`` (what ``infomerge-export --llm`` builds).
         retention: InfoMerge retention ratio r in (0, 1].
         frames: F; ``None`` takes the backbone's frames per video.
         assumptions: overrides of :class:`Assumptions`.
@@ -275,7 +288,7 @@ def plan_memory(
     bb, cfg, hc = _configs(backbone)
     dev = get_device(device)
     if llm_quant not in QUANTS:
-        raise ValueError(f"unknown LLM quantization {llm_quant!r}; choose one of {', '.join(QUANTS)}")
+        raise ValueError(_quant_error(llm_quant))
     frames = bb.frames if frames is None else int(frames)
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
@@ -324,28 +337,30 @@ def plan_memory(
     # 3. LLM weights
     tied = _tied(tc, cfg)
     lw = llm_weight_bytes(tc, llm_quant, tied, a.int4_block)
-    head_note = "lm_head tied to the fp16 embeddings" if tied else f"lm_head {llm_quant}"
+    dense = "fp32" if llm_quant == "fp32" else "fp16"
+    head_note = f"lm_head tied to the {dense} embeddings" if tied else f"lm_head {llm_quant}"
     llm = Row(
         "LLM weights",
         sum(lw.values()),
         0,
         f"{llm_quant}" + (f", block {a.int4_block}" if llm_quant == "int4" else ""),
         f"{tc.num_hidden_layers} layers, d={big_d}, d_ff={tc.intermediate_size}, vocab {tc.vocab_size}: "
-        f"decoder linears {llm_quant} {_fmt(lw['decoder_linears'])}, biases+norms fp16 "
-        f"{_fmt(lw['decoder_other'])}, embeddings fp16 {_fmt(lw['embeddings'])}, "
+        f"decoder linears {llm_quant} {_fmt(lw['decoder_linears'])}, biases+norms {dense} "
+        f"{_fmt(lw['decoder_other'])}, embeddings {dense} {_fmt(lw['embeddings'])}, "
         + (f"{head_note}" if tied else f"{head_note} {_fmt(lw['lm_head'])}"),
     )
 
     # 4. KV cache
     seq = tokens + _newline_tokens(bb, frames) + a.text_tokens
+    kv_dtype = FP32 if llm_quant == "fp32" else FP16
     kv = Row(
         "KV cache",
         0,
-        kv_cache_bytes(tc, seq),
-        f"fp16, seq {seq}",
+        kv_cache_bytes(tc, seq, kv_dtype),
+        f"{'fp32' if kv_dtype == FP32 else 'fp16'}, seq {seq}",
         f"seq {seq} = {tokens} video + {_newline_tokens(bb, frames)} newline + {a.text_tokens} text tokens; "
         f"2 x {tc.num_hidden_layers} layers x {tc.num_key_value_heads} kv heads x {_head_dim(tc)} head dim "
-        f"x {seq} x 2 bytes",
+        f"x {seq} x {kv_dtype} bytes",
     )
 
     # 5. LLM activations and workspace
@@ -371,14 +386,16 @@ def plan_memory(
     short = "CUDA context"
     if dev.shared:
         w, hgt = a.video_size
-        frames_bytes = frames * w * hgt * 3 + frames * 3 * vc.image_size * vc.image_size * FP32
+        frames_bytes = (frames * w * hgt * VIDEO_BYTES_PER_PIXEL
+                        + frames * 3 * vc.image_size * vc.image_size * FP32)
         overhead += a.host_runtime_mib * MIB + frames_bytes
         short += " + host process"
         detail += (
             "; shared memory, so the host side counts too: "
             f"Python runtime {a.host_runtime_mib} MiB (assumed), "
-            f"{frames} decoded {w}x{hgt} uint8 frames and their fp32 {vc.image_size}x{vc.image_size} "
-            f"preprocessed copies {_fmt(frames_bytes)}"
+            f"reading {frames} frames of {w}x{hgt} (decoded uint8, its stacked copy and the fp32 "
+            f"full-resolution copy before the resize: {VIDEO_BYTES_PER_PIXEL} B/pixel) and their fp32 "
+            f"{vc.image_size}x{vc.image_size} output {_fmt(frames_bytes)}"
         )
     runtime = Row("Runtime overhead", 0, overhead, short, detail)
 
@@ -537,7 +554,7 @@ def _print_plan(console, plan: MemoryPlan, frames_fit, retention_fit) -> None:
         frames_text += " or more (search stops there)"
     console.print(
         f"Largest frames that fit at r={plan.retention:g}: {frames_text}"
-        f"   (the backbone samples {_backbone_frames(plan.backbone)})"
+        f"   (headroom only: infomerge-run always samples the backbone's {_backbone_frames(plan.backbone)})"
     )
     console.print(
         f"Largest retention that fits at {plan.frames} frames: "
@@ -552,20 +569,25 @@ def _backbone_frames(name: str) -> int:
 
 
 def alternatives(plan: MemoryPlan) -> list[tuple[str, MemoryPlan]]:
-    """Single changes that shrink the plan: int4 LLM, 8 frames per vision call, last-position logits,
-    the 0.5B backbone. Each comes with its own plan (which may or may not fit)."""
+    """Single changes a user can make that shrink the plan, each with its own plan (which may or may
+    not fit): the int4 LLM (``infomerge-export --llm int4``), the 0.5B backbone, a lower retention
+    (``infomerge-run --retention``), a video downscaled to 1080p before it is read. Only changes that
+    make the total smaller are offered; the frame count is not one (``infomerge-run`` samples the
+    backbone's own), nor is the vision batch (the exported vision graph takes every frame at once)."""
     a, out = plan.assumptions, []
     base = dict(backbone=plan.backbone, device=plan.device.name, llm_quant=plan.llm_quant,
                 retention=plan.retention, frames=plan.frames, assumptions=a)
     if plan.llm_quant != "int4":
         out.append(("--llm-quant int4", plan_memory(**(base | {"llm_quant": "int4"}))))
-    if (a.vision_batch or plan.frames) > 8:
-        out.append(("--vision-batch 8", plan_memory(**(base | {"assumptions": replace(a, vision_batch=8)}))))
-    if a.logits == "all":
-        out.append(("--logits last", plan_memory(**(base | {"assumptions": replace(a, logits="last")}))))
     if plan.backbone != "ov-0.5b":
-        out.append(("--backbone ov-0.5b", plan_memory(**(base | {"backbone": "ov-0.5b"}))))
-    return out
+        out.append(("--backbone ov-0.5b", plan_memory(**(base | {"backbone": "ov-0.5b", "frames": None}))))
+    if plan.retention > 0.10:
+        out.append(("--retention 0.1", plan_memory(**(base | {"retention": 0.10}))))
+    w, h = a.video_size
+    if plan.device.shared and w * h > 1920 * 1080:
+        out.append(("--video-size 1920x1080 (downscale the video first)",
+                    plan_memory(**(base | {"assumptions": replace(a, video_size=(1920, 1080))}))))
+    return [(flag, alt) for flag, alt in out if alt.total < plan.total]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,9 @@ the onnxruntime-genai LLM lives in its own folder and is not a TensorRT engine):
 - ``--memPoolSize=workspace:<MB>M`` bounds the builder workspace (8 GB boards: keep it at 1024 or less).
 - Our graphs are shape-static, so no ``--shapes`` is needed; a symbolic dimension, should one
   appear, is filled with ``--frames`` when it is named ``frames`` and left as ``<name>`` otherwise.
-- A node outside the standard ONNX domains is a plugin op: trtexec then needs its plugin library.
+- A node outside the standard ONNX domains is a plugin op. Ours (``MergeToAnchors``) is a Python AOT
+  plugin registered by :func:`infomerge.engines.plugin.register_plugin`; there is no plugin library
+  for ``--dynamicPlugins``, so such a graph's line is printed commented out with a note.
 
 On JetPack, trtexec lives in ``/usr/src/tensorrt/bin`` (not on PATH); that path is used when present.
 """
@@ -104,8 +106,10 @@ def trtexec_command(
         argv.append("--shapes=" + ",".join(shapes))
     if info["custom_ops"]:
         notes.append(
-            f"plugin op(s) {', '.join(info['custom_ops'])}: trtexec needs the plugin library "
-            "(--dynamicPlugins=lib.so); export without --merge-plugin for a plugin-free graph"
+            f"plugin op(s) {', '.join(info['custom_ops'])}: the merge plugin is a TensorRT Python AOT "
+            "plugin that infomerge registers from Python (infomerge.engines.plugin.register_plugin, "
+            "TensorRT >= 10.9); infomerge ships no plugin library for trtexec, so trtexec cannot build "
+            "this graph (line commented out): use compress.onnx, the same compression without the plugin"
         )
     argv.append("--skipInference")
     return argv, notes
@@ -139,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for g in graphs:
             cmd, notes = trtexec_command(g, workspace_mib=args.workspace, trt_major=major, frames=args.frames)
-            print(shlex.join(cmd))
+            plugin = inspect_onnx(g)["custom_ops"]
+            print(("# " if plugin else "") + shlex.join(cmd))
             for note in notes:
                 print(f"#   note: {note}")
     except (ValueError, OSError) as exc:
