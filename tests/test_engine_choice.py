@@ -64,11 +64,9 @@ class _Console:
 
 
 def _export_step_module():
-    try:  # the step is moving into infomerge.export; either location works
-        from infomerge.export import export_step as mod  # type: ignore[attr-defined]
-    except ImportError:
-        from infomerge.engines import export_step as mod
-    return mod
+    from infomerge.export import engine_step
+
+    return engine_step
 
 
 @pytest.mark.parametrize(("version", "plugin_built"), [("10.3.0.30", False), ("10.16.1", True)])
@@ -90,7 +88,7 @@ def test_engine_step_chooses_the_graph_by_version(monkeypatch, tmp_path, version
     monkeypatch.setattr(plugin, "register_plugin", lambda: registered.append(True))
     console = _Console()
     ctx = types.SimpleNamespace(
-        args=types.SimpleNamespace(engine="trt", compute_capability="", workspace=1024),
+        options=types.SimpleNamespace(engine="trt", compute_capability="", workspace=1024),
         work=tmp_path, console=console, manifest={},
     )
     mod.build_engine_step(ctx)

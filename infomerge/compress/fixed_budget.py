@@ -591,7 +591,8 @@ def _exp_neg(m: torch.Tensor) -> torch.Tensor:
         p = p * t + 1.0 / math.factorial(i)
     ni = n.to(torch.int64)
     for b in range(7):  # n <= 126
-        p = p * torch.where(torch.remainder(torch.div(ni, 2**b, rounding_mode="floor"), 2) > 0, 2.0 ** -(2**b), 1.0)
+        bit = torch.remainder(torch.div(ni, 2**b, rounding_mode="floor"), 2) > 0
+        p = p * torch.where(bit, 2.0 ** -(2**b), 1.0)
     return p
 
 

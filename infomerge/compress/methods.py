@@ -78,7 +78,11 @@ class Method:
 
 
 #: One line per method module; each defines ``METHOD`` or ``METHODS``.
-MODULES = ("infomerge.compress.presets",)
+# fmt: off
+MODULES = (
+    "infomerge.compress.presets",
+)
+# fmt: on
 
 
 def _load() -> dict[str, Method]:

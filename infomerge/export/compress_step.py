@@ -63,6 +63,7 @@ def export_compress(ctx: ExportContext) -> None:
     path = ctx.path(COMPRESS_ONNX)
     export_onnx(comp, example, path, input_names=COMPRESS_INPUTS, output_names=COMPRESS_OUTPUTS)
     inputs, outputs = graph_io(path)
+    COMPRESS.check_io(inputs, outputs, bb, ctx.frames, int(comp.budget), g_dim)
     ctx.manifest["graphs"]["compress"] = {
         "file": COMPRESS_ONNX,
         "opset": COMPRESS.opset,

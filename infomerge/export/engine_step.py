@@ -137,8 +137,10 @@ def build_engine_step(ctx: ExportContext) -> None:
             )
             ctx.console.print(f"[yellow]skipping {g.name}[/yellow]: {skipped[g.name]}")
         elif not flavour.merge_plugin:
-            skipped[g.name] = (f"{flavour.label} < 10.9 cannot load the Python AOT merge plugin; "
-                               "the standard graph compress.onnx is built instead")
+            skipped[g.name] = (
+                f"{flavour.label} < 10.9 cannot load the Python AOT merge plugin; "
+                "the standard graph compress.onnx is built instead"
+            )
             ctx.console.print(f"[yellow]skipping {g.name}[/yellow]: {skipped[g.name]}")
         else:
             from infomerge.engines.plugin import register_plugin

@@ -52,6 +52,24 @@ class GraphSpec:
     example: Callable[..., tuple] | None = None
     opset: int = OPSET
 
+    def check_io(self, inputs: dict, outputs: dict, bb, frames: int, budget: int | None, g_dim: int) -> None:
+        """Compare an exported graph's I/O (from :func:`infomerge.artifacts.onnx_graph.graph_io`) with
+        this declaration: names in order and static shapes.
+
+        Raises:
+            ValidationError: a missing, extra or reordered name, or a shape other than declared.
+        """
+        from infomerge.errors import ValidationError
+
+        if tuple(inputs) != self.inputs or tuple(outputs) != self.outputs:
+            raise ValidationError(
+                f"{self.file}: I/O {tuple(inputs)} -> {tuple(outputs)}, declared {self.inputs} -> {self.outputs}"
+            )
+        want = self.shapes(bb, frames, budget, g_dim)
+        for name, spec in {**inputs, **outputs}.items():
+            if name in want and list(spec["shape"]) != list(want[name]):
+                raise ValidationError(f"{self.file}: {name} has shape {spec['shape']}, declared {want[name]}")
+
     def tolerances(self, precision: str, override: float | None = None) -> dict[str, float]:
         """Per-output tolerances for ``precision``; ``override`` (``--atol``) replaces every non-exact one."""
         return {

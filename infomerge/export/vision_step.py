@@ -92,6 +92,7 @@ def export_vision(ctx: ExportContext) -> None:
         frames=ctx.frames if n != ctx.frames else None,
     )
     inputs, outputs = graph_io(path)
+    VISION.check_io(inputs, outputs, ctx.backbone, ctx.frames, None, int(ctx.reference["g"].shape[-1]))
     files = onnx_files(path)
     ctx.manifest["graphs"]["vision"] = {
         "file": VISION_ONNX,
