@@ -34,9 +34,10 @@ from importlib import metadata
 from pathlib import Path
 
 from infomerge.artifacts.atomic import is_temporary
+from infomerge.artifacts.layout import MANIFEST
 from infomerge.errors import ArtifactError
 
-MANIFEST_NAME = "manifest.json"
+MANIFEST_NAME = MANIFEST
 FORMAT = "infomerge-artifacts"
 SCHEMA = 1
 # Packages whose versions are recorded (those installed).

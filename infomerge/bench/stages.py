@@ -217,8 +217,6 @@ def export_artifacts(cfg: BenchConfig, console=None) -> Path:
     Raises:
         InfomergeError: from :func:`infomerge.export.export` (nothing half-written is left).
     """
-    from infomerge.export import ExportOptions, export
-
     engine = None
     if "trt" in cfg.backends and trt_unavailable_reason(cfg.device) is None:
         try:
@@ -231,20 +229,8 @@ def export_artifacts(cfg: BenchConfig, console=None) -> Path:
     if (out / MANIFEST).is_file():
         return out
     method, retention = next(((m, r) for m, r in cfg.cases() if m != BASELINE_METHOD), ("infomerge", 0.15))
-    options = ExportOptions(
-        backbone=cfg.backbone,
-        model_path=Path(cfg.checkpoint),
-        frames=cfg.frames,
-        method=method,
-        retention=retention,
-        llm=cfg.llm_precision,
-        llm_ep=ep,
-        engine=engine or "none",
-        output=out,
-        video=cfg.video,
-        command=f"infomerge-bench (export for backbone {cfg.backbone})",
-    )
-    return export(options, console=console)
+    llm = {"llm": cfg.llm_precision, "llm_ep": ep}
+    return _export(cfg, out, method, retention, console, engine=engine or "none", **llm)
 
 
 def compress_artifacts(cfg: BenchConfig, artifacts: Path, method: str, retention: float) -> Path:
@@ -262,20 +248,26 @@ def compress_artifacts(cfg: BenchConfig, artifacts: Path, method: str, retention
     out = Path(cfg.work) / "compress" / f"{cfg.backbone}-f{cfg.frames}-{method}-r{retention:g}"
     if (out / MANIFEST).is_file():
         return out
+    return _export(cfg, out, method, retention, _quiet_console(), vision=False)
+
+
+def _export(cfg: BenchConfig, out: Path, method: str, retention: float, console, **options) -> Path:
+    """:func:`infomerge.export.export` of ``cfg``'s backbone, checkpoint, frames and video into ``out``."""
     from infomerge.export import ExportOptions, export
 
-    options = ExportOptions(
+    what = "compression graph" if options.get("vision") is False else "artifacts"
+    opts = ExportOptions(
         backbone=cfg.backbone,
         model_path=Path(cfg.checkpoint),
         frames=cfg.frames,
         method=method,
         retention=retention,
-        vision=False,
         output=out,
         video=cfg.video,
-        command=f"infomerge-bench (compression graph {method} r={retention:g})",
+        command=f"infomerge-bench ({what} for {cfg.backbone}, {method} r={retention:g})",
+        **options,
     )
-    return export(options, console=_quiet_console())
+    return export(opts, console=console)
 
 
 def _quiet_console():

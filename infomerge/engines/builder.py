@@ -32,6 +32,7 @@ from pathlib import Path
 
 from infomerge.artifacts.atomic import atomic_write_bytes
 from infomerge.artifacts.layout import (
+    ENGINES_DIR,
     TIMING_CACHE,
     engine_paths,
     normalize_cc,
@@ -274,7 +275,7 @@ def build_engine(
     if device_cc is None and not flavour.ahead_of_time:
         device_cc = local_compute_capability()
     targets = resolve_targets(flavour, compute_capabilities or [], device_cc)
-    out_dir = Path(out_dir) if out_dir is not None else onnx_path.parent / "engines"
+    out_dir = Path(out_dir) if out_dir is not None else onnx_path.parent / ENGINES_DIR
     graph = graph or onnx_path.stem
 
     info = inspect_onnx(onnx_path)
@@ -417,7 +418,7 @@ def build_engines(
             f"{artifact_dir}: no ONNX graph to build an engine from; run infomerge-export first"
         )
     flavour = flavour or load_flavour(engine)
-    out_dir = Path(out_dir) if out_dir is not None else artifact_dir / "engines"
+    out_dir = Path(out_dir) if out_dir is not None else artifact_dir / ENGINES_DIR
     records: list[EngineRecord] = []
     for p in paths:
         records += build_engine(

@@ -178,13 +178,13 @@ def make_runners(onnx_path: str | os.PathLike, backends=("ort", "trt"), engine_p
 def _default_engine(onnx_path: Path) -> Path:
     """The engine beside a graph for this GPU; without a GPU, the first one there (so its metadata is
     still checked and the reason it cannot run is the missing GPU)."""
-    from infomerge.artifacts.layout import find_engine
+    from infomerge.artifacts.layout import ENGINES_DIR, find_engine
     from infomerge.engines.builder import local_compute_capability
 
     try:
         return find_engine(onnx_path.parent, onnx_path.stem, local_compute_capability())
     except ArtifactError:
-        found = sorted((onnx_path.parent / "engines").glob(f"{onnx_path.stem}.sm*.engine"))
+        found = sorted((onnx_path.parent / ENGINES_DIR).glob(f"{onnx_path.stem}.sm*.engine"))
         if found and local_compute_capability() is None:
             return found[0]
         raise

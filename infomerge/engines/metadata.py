@@ -20,7 +20,7 @@ from pathlib import Path
 
 from infomerge import __version__
 from infomerge.artifacts.atomic import atomic_write_text
-from infomerge.artifacts.layout import normalize_cc, sm_tag
+from infomerge.artifacts.layout import ENGINES_DIR, normalize_cc, sm_tag
 from infomerge.artifacts.manifest import sha256_file
 from infomerge.artifacts.onnx_graph import onnx_digest
 from infomerge.errors import EngineMismatchError
@@ -136,7 +136,7 @@ def rebuild_command(
     runtime: RuntimeInfo | None = None,
 ) -> str:
     """The command that rebuilds an engine like ``meta`` for ``runtime`` (for error messages)."""
-    out_dir = Path(engine_path).parent if engine_path else Path("engines")
+    out_dir = Path(engine_path).parent if engine_path else Path(ENGINES_DIR)
     src = Path(source) if source else out_dir.parent / meta.source_onnx
     flavour = runtime.flavour if runtime else meta.flavour
     cc = (runtime.compute_capability if runtime else None) or meta.compute_capability

@@ -63,7 +63,8 @@ class GraphSpec:
 
         if tuple(inputs) != self.inputs or tuple(outputs) != self.outputs:
             raise ValidationError(
-                f"{self.file}: I/O {tuple(inputs)} -> {tuple(outputs)}, declared {self.inputs} -> {self.outputs}"
+                f"{self.file}: I/O {tuple(inputs)} -> {tuple(outputs)}, "
+                f"declared {self.inputs} -> {self.outputs}"
             )
         want = self.shapes(bb, frames, budget, g_dim)
         for name, spec in {**inputs, **outputs}.items():

@@ -130,6 +130,7 @@ class MemoryPlan:
     seq: int
     rows: tuple[Row, ...]
     assumptions: Assumptions = field(default_factory=Assumptions)
+    method: str = "infomerge"
 
     @property
     def total(self) -> int:
@@ -266,6 +267,7 @@ def plan_memory(
     retention: float = 0.15,
     frames: int | None = None,
     assumptions: Assumptions | None = None,
+    method: str = "infomerge",
 ) -> MemoryPlan:
     """Build the plan (see the module docstring for every formula).
 
@@ -273,12 +275,14 @@ def plan_memory(
         backbone: registry name (``ov-7b``, ``ov-0.5b``, ...).
         device: device name from :data:`infomerge.jetson.devices.DEVICES`.
         llm_quant: ``int4`` or ``fp32`` (what ``infomerge-export --llm`` builds).
-        retention: InfoMerge retention ratio r in (0, 1].
+        retention: retention ratio r in (0, 1] of ``method``.
         frames: F; ``None`` takes the backbone's frames per video.
         assumptions: overrides of :class:`Assumptions`.
+        method: a registered compression method (its budget B; the compression engine's buffers are
+            modelled on InfoMerge's, the largest of the registered methods' graphs).
 
     Raises:
-        UnknownBackboneError, UnknownDeviceError: unknown names.
+        UnknownBackboneError, UnknownDeviceError, UnknownMethodError: unknown names.
         BudgetError: a retention outside (0, 1] or one that keeps no token.
         ValueError: an unknown quantization or a frame count < 1.
     """
@@ -297,7 +301,7 @@ def plan_memory(
     act = a.act_bytes
     n = bb.tokens_per_frame
     big_d = tc.hidden_size
-    tokens = get_method("infomerge").budget(retention, frames, n)
+    tokens = get_method(method).budget(retention, frames, n)
 
     # 1. vision engine
     vp = vision_params(vc, hc, big_d)
@@ -330,8 +334,8 @@ def plan_memory(
         f"{fn} -> {tokens} tokens",
         f"no weights (training-free); buffers live at once: input {fn}x{big_d}, fp32 copy, "
         f"{fn}x{fn} fp32 similarity matrix (one segment spanning the video, worst case), one-hot merge "
-        f"matrix {tokens}x{fn}, output {tokens}x{big_d}; B = InfoMergeConfig.paper({retention:g})"
-        f".total_budget({frames}, {n})",
+        f"matrix {tokens}x{fn}, output {tokens}x{big_d}; B = {method} at r={retention:g} "
+        f"for {frames}x{n} tokens",
     )
 
     # 3. LLM weights
@@ -406,6 +410,7 @@ def plan_memory(
         retention=float(retention),
         frames=frames,
         tokens=tokens,
+        method=method,
         seq=seq,
         rows=(vision, compression, llm, kv, llm_act, runtime),
         assumptions=a,
@@ -477,7 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default="ov-7b", help="backbone name from the registry (default ov-7b)")
     p.add_argument("--llm-quant", choices=QUANTS, default="int4",
                    help="LLM weight quantization (default int4)")
-    p.add_argument("--retention", type=float, default=0.15, help="InfoMerge retention ratio r (default 0.15)")
+    p.add_argument("--retention", type=float, default=0.15, help="retention ratio r (default 0.15)")
+    from infomerge.compress.methods import method_names
+
+    p.add_argument("--method", choices=method_names(), default="infomerge",
+                   help="compression method whose budget B is planned (default infomerge)")
     p.add_argument("--frames", type=_positive, default=None,
                    help="frames per video (default: the backbone's)")
     p.add_argument("--vision-batch", type=_positive, default=None,
@@ -576,7 +585,7 @@ def alternatives(plan: MemoryPlan) -> list[tuple[str, MemoryPlan]]:
     backbone's own), nor is the vision batch (the exported vision graph takes every frame at once)."""
     a, out = plan.assumptions, []
     base = dict(backbone=plan.backbone, device=plan.device.name, llm_quant=plan.llm_quant,
-                retention=plan.retention, frames=plan.frames, assumptions=a)
+                retention=plan.retention, frames=plan.frames, assumptions=a, method=plan.method)
     if plan.llm_quant != "int4":
         out.append(("--llm-quant int4", plan_memory(**(base | {"llm_quant": "int4"}))))
     if plan.backbone != "ov-0.5b":
@@ -613,7 +622,8 @@ def main(argv: list[str] | None = None) -> int:
         vision_batch=args.vision_batch,
     )
     try:
-        plan = plan_memory(args.backbone, args.device, args.llm_quant, args.retention, args.frames, a)
+        plan = plan_memory(args.backbone, args.device, args.llm_quant, args.retention, args.frames, a,
+                           method=args.method)
         frames_fit = largest_frames(args.backbone, args.device, args.llm_quant, args.retention, a)
         retention_fit = largest_retention(args.backbone, args.device, args.llm_quant, plan.frames, a)
     except (InfomergeError, ValueError) as exc:

@@ -456,14 +456,18 @@ class Pipeline:
         return prompt_ids(self.tokenizer, self.chat_template, prompt, self.video_token_id)
 
     def assemble(self, video_tokens: VideoTokens, prompt: str | PromptIds = DEFAULT_PROMPT) -> Assembled:
-        """Embedding assembly: text | kept video tokens | newline | text, with RoPE positions."""
+        """Embedding assembly: text | kept video tokens | newline | text, with RoPE positions.
+
+        The kept tokens (K x D, after compression: the one transfer of the request) come to the host,
+        where the text embeddings are; the LLM backend moves the assembled prompt to its device.
+        """
         ids = prompt if isinstance(prompt, PromptIds) else self.prompt_ids(prompt)
         return assemble(
             self.llm.embed,
             ids,
-            video_tokens.tokens.float(),
-            video_tokens.index,
-            self.vision.image_newline,
+            video_tokens.tokens.float().cpu(),
+            video_tokens.index.cpu(),
+            self.vision.image_newline.cpu(),
             self.frames,
             self.tokens_per_frame,
         )

@@ -48,14 +48,18 @@ def _thumbnail(frame: np.ndarray, width: int = _PANEL_WIDTH) -> np.ndarray:
 
 
 def _structure(answer, config):
-    """The reference compressor's record for ``answer`` (recomputed when the backend was not torch)."""
+    """The method's reference record for ``answer`` (recomputed when the backend was not torch).
+
+    Its ``salient``, ``anchors``, ``segments`` and ``budgets`` are drawn where the method has them
+    (InfoMerge, FastVID); other methods are drawn with their kept tokens only.
+    """
     detail = answer.video_tokens.detail
     if detail is not None or config is None:
         return detail
-    from infomerge.compress.reference import reference
+    from infomerge.compress.methods import get_method
 
     f = answer.features
-    return reference(f.H, f.A, f.g, config)
+    return get_method(answer.info.get("method") or "infomerge").reference(f.H, f.A, f.g, config)
 
 
 def save_visualization(path: str | os.PathLike, answer, config=None, columns: int = 8) -> Path:
@@ -64,8 +68,8 @@ def save_visualization(path: str | os.PathLike, answer, config=None, columns: in
     Args:
         path: output PNG path (parent directories created; written atomically).
         answer: a :class:`~infomerge.runtime.pipeline.Answer`.
-        config: the pipeline's :class:`~infomerge.compress.config.InfoMergeConfig` (None: no
-            compression; the frames are drawn with every token kept).
+        config: the pipeline's method configuration (None: no compression; the frames are drawn
+            with every token kept).
         columns: panels per row.
 
     Returns:
@@ -80,19 +84,19 @@ def save_visualization(path: str | os.PathLike, answer, config=None, columns: in
     clip = answer.video.clip
     frames = clip.frames
     nf = len(frames)
-    n = answer.features.H.shape[1]
+    n = answer.features.H.shape[1]  # tokens per frame
     side = int(round(n**0.5))
     kept = np.zeros(nf * n, dtype=bool)
-    kept[answer.video_tokens.index.numpy()] = True
+    kept[answer.video_tokens.index.cpu().numpy()] = True
     kept = kept.reshape(nf, side, side)
     detail = _structure(answer, config)
     salient = np.zeros(nf * n, dtype=bool)
     anchors = np.zeros(nf * n, dtype=bool)
     segments: list[tuple[int, int]] = [(0, nf)]
     budgets: list[int | None] = [None]
-    if detail is not None:
-        salient[detail.salient.numpy()] = True
-        anchors[detail.anchors.numpy()] = True
+    if detail is not None and hasattr(detail, "segments"):
+        salient[detail.salient.cpu().numpy()] = True
+        anchors[detail.anchors.cpu().numpy()] = True
         segments, budgets = list(detail.segments), list(detail.budgets)
     salient, anchors = salient.reshape(nf, side, side), anchors.reshape(nf, side, side)
     seg_of = np.zeros(nf, dtype=int)
@@ -131,7 +135,7 @@ def save_visualization(path: str | os.PathLike, answer, config=None, columns: in
         ax.set_yticks([])
         t = "" if np.isnan(times[i]) else f" {times[i]:.1f}s"
         title = f"#{int(clip.indices[i])}{t}  kept {int(kept[i].sum())}"
-        if detail is not None and segments[k][0] == i:
+        if budgets[k] is not None and segments[k][0] == i:
             title = f"S{k}  B={budgets[k]}\n" + title
             ax.set_title(title, fontsize=6.5, color=colour, fontweight="bold", pad=2)
         else:

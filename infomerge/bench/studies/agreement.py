@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 from infomerge.artifacts.atomic import atomic_path
+from infomerge.artifacts.layout import COMPRESS_ONNX
 from infomerge.compress.config import InfoMergeConfig
 from infomerge.compress.fixed_budget import FixedBudgetCompressor
 
@@ -290,7 +291,7 @@ def bench(
                     comp(H, A, g)
                     eager.append(time.perf_counter() - t0)
             with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "compress.onnx"
+                path = Path(tmp) / COMPRESS_ONNX
                 t0 = time.perf_counter()
                 torch.onnx.export(
                     comp,
