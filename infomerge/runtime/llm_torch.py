@@ -8,6 +8,7 @@ Precision: fp32 on the CPU; bf16 on CUDA where the GPU supports it, else fp16.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Sequence
 
@@ -46,6 +47,10 @@ class TorchLLM(LLMBackend):
         self.eos_token_ids = tuple(int(i) for i in eos_token_ids)
         self._cache = None
         self._filled = 0
+        # transformers 5.x names the KV-cache argument ``cache`` (``past_key_values`` is deprecated
+        # and warns mid-answer); 4.x knows only ``past_key_values``
+        params = inspect.signature(type(model).forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     @classmethod
     def from_checkpoint(
@@ -71,7 +76,7 @@ class TorchLLM(LLMBackend):
             inputs_embeds=inputs_embeds.to(self.device, self.dtype),
             position_ids=position_ids.to(self.device, torch.long),
             cache_position=torch.arange(self._filled, self._filled + n, device=self.device),
-            past_key_values=self._cache,
+            **{self._cache_kw: self._cache},
             use_cache=True,
             logits_to_keep=1,
         )
