@@ -253,7 +253,8 @@ class Pipeline:
         method: str | None = None,
         retention: float | None | str = "manifest",
         device: str = "cpu",
-        verify_hashes: bool = False,
+        verify_hashes: bool = True,
+        rehash: bool = False,
         compile_mode: str | None | bool = False,
         threads: int | None = None,
     ) -> Pipeline:
@@ -267,11 +268,16 @@ class Pipeline:
             directory: the artifact directory (with ``manifest.json``).
             backbone: expected backbone name (checked against the manifest).
             retention: "manifest" (the exported one), a ratio, or None (no compression).
-            verify_hashes: check every file's sha256 against the manifest (else sizes only).
+            verify_hashes: check every file's sha256 against the manifest (else sizes only); a
+                file verified before and unchanged since is not hashed again
+                (:func:`infomerge.artifacts.manifest.verify_manifest`).
+            rehash: hash every file even if it was verified before.
 
         Raises:
             ArtifactError: missing / mismatched manifest (backbone, frames, infomerge version,
-                files), or a compress graph exported for another method or retention.
+                files), a file whose contents do not match its sha256 (named, with the re-export
+                command), a manifest edited after export, or a compress graph exported for another
+                method or retention (checked against the graph's own output shape too).
             BackendUnavailableError, EngineMismatchError: from the ort / trt backends.
         """
         from infomerge.artifacts.manifest import verify_manifest
@@ -279,7 +285,9 @@ class Pipeline:
 
         t0 = time.perf_counter()
         root = Path(directory)
-        manifest = verify_manifest(root, backbone=backbone, hashes=verify_hashes, versions=("infomerge",))
+        manifest = verify_manifest(
+            root, backbone=backbone, hashes=verify_hashes, rehash=rehash, versions=("infomerge",)
+        )
         bb = get_backbone(manifest["backbone"]["name"])
         _check_layout(bb)
         has_compress = (root / COMPRESS_ONNX).is_file()
@@ -406,7 +414,7 @@ class Pipeline:
             retention: kept share in (0, 1]; None or 1.0: no compression.
             backend: a compress backend name (``torch``, ``ort``, ``trt``, ``none``).
             artifacts: the directory the ``ort`` / ``trt`` compressor reads (default: this
-                pipeline's); its manifest is verified (sizes).
+                pipeline's); its manifest is verified (sizes and, once, contents).
 
         Raises:
             UnknownBackendError, UnknownMethodError, BudgetError, ArtifactError: as the constructors.
@@ -419,7 +427,7 @@ class Pipeline:
             from infomerge.artifacts.manifest import verify_manifest
 
             root = Path(artifacts)
-            manifest = verify_manifest(root, backbone=self.backbone.name, frames=self.frames, hashes=False)
+            manifest = verify_manifest(root, backbone=self.backbone.name, frames=self.frames)
             source = replace(source, artifacts=root, manifest=manifest)
         compressor, config = _compressor(source, backend, method, retention)
         pipe = copy.copy(self)
