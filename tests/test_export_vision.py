@@ -256,7 +256,7 @@ def test_input_errors_write_nothing(tmp_path, capsys):
     assert cli.main(["--model-path", str(tmp_path / "nope"), "--output", str(out)]) == 1
     err = capsys.readouterr().err
     assert "--model-path" in err and "no such directory" in err
-    assert cli.main(["--video", str(tmp_path / "missing.mp4"), "--output", str(out)]) == 1
+    assert cli.main(["--video", str(tmp_path / "missing.mp4"), "--output", str(out)]) == 2  # a missing input file is a usage error
     assert "missing.mp4" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 

@@ -188,7 +188,8 @@ def _probe_writable(directory: Path, flag: str, target: Path) -> None:
         fd, name = tempfile.mkstemp(prefix=".infomerge-probe-", dir=directory)
     except OSError as exc:
         raise OutputPathError(
-            f"{flag} {target}: cannot write in {directory} ({exc.strerror or exc}); choose a writable location"
+            f"{flag} {target}: cannot write in {directory} ({exc.strerror or exc}); "
+            "choose a writable location"
         ) from None
     os.close(fd)
     os.unlink(name)
@@ -198,14 +199,13 @@ def _check_parent(path: Path, flag: str) -> None:
     base = _nearest_existing(path.parent)
     if not base.is_dir():
         raise OutputPathError(
-            f"{flag} {path}: {base} is not a directory, so nothing can be created under it; choose another path"
+            f"{flag} {path}: {base} is not a directory, so nothing can be created under it; "
+            "choose another path"
         )
     _probe_writable(base, flag, path)
 
 
-def check_output_file(
-    path: str | os.PathLike, flag: str, *, suffixes: tuple[str, ...] | None = None
-) -> Path:
+def check_output_file(path: str | os.PathLike, flag: str, *, suffixes: tuple[str, ...] | None = None) -> Path:
     """Check, before any work, that a file can be written at ``path``; return it as a Path.
 
     Args:
@@ -223,7 +223,8 @@ def check_output_file(
             f"{flag} {path}: unknown extension {path.suffix or '(none)'!r}; use {' or '.join(suffixes)}"
         )
     if path.is_dir():
-        raise OutputPathError(f"{flag} {path}: is a directory; give a file name, e.g. {path / ('out' + (suffixes or ('.json',))[0])}")
+        example = path / ("out" + (suffixes or (".json",))[0])
+        raise OutputPathError(f"{flag} {path}: is a directory; give a file name, e.g. {example}")
     _check_parent(path, flag)
     return path
 

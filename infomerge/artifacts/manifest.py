@@ -235,9 +235,7 @@ def _write_stamp(path: Path, root: Path, digest: str, files: dict) -> None:
     from infomerge.artifacts.atomic import atomic_write_json
 
     try:
-        atomic_write_json(
-            path, {"directory": str(root.resolve()), "manifest_sha256": digest, "files": files}
-        )
+        atomic_write_json(path, {"directory": str(root.resolve()), "manifest_sha256": digest, "files": files})
     except OSError:
         pass  # a read-only cache: verify again next time
 
@@ -309,7 +307,8 @@ def verify_manifest(
         got = sha256_file(p)
         if got != info.get("sha256"):
             raise ArtifactError(
-                f"{root / rel}: contents do not match the sha256 in the manifest (modified or corrupt); {redo}"
+                f"{root / rel}: contents do not match the sha256 in the manifest (modified or corrupt); "
+                f"{redo}"
             )
         verified[rel] = {"stat": key, "sha256": got}
     if stamp is not None and verified != known:

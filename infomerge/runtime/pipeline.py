@@ -31,7 +31,7 @@ import torch
 
 from infomerge.artifacts.layout import COMPRESS_ONNX, LLM_DIR, LLM_TOKENIZER
 from infomerge.compress.methods import get_method
-from infomerge.errors import ArtifactError, BackendUnavailableError, BudgetError
+from infomerge.errors import ArtifactError, BackendUnavailableError, BudgetError, UsageError
 from infomerge.runtime.backends import BackendSource, VideoTokens, VisionFeatures, backend_factory
 from infomerge.runtime.decode_thread import DecodedVideo, DecodeJob, decode_video
 from infomerge.runtime.embeddings import (
@@ -219,6 +219,7 @@ class Pipeline:
         from infomerge.backbones.registry import get_backbone
 
         t0 = time.perf_counter()
+        check_device(device)
         bb = get_backbone(name)
         _check_layout(bb)  # before any download
         _check_names(vision_backend, compress_backend, llm, method, retention)
@@ -284,6 +285,7 @@ class Pipeline:
         from infomerge.backbones.registry import get_backbone
 
         t0 = time.perf_counter()
+        check_device(device)
         root = Path(directory)
         manifest = verify_manifest(
             root, backbone=backbone, hashes=verify_hashes, rehash=rehash, versions=("infomerge",)
@@ -631,6 +633,18 @@ def _video_token_id(checkpoint: Path | None, bb) -> int:
     return int(bb.video_token_id)
 
 
+def check_device(device: str) -> None:
+    """``cpu``, ``cuda`` or ``cuda:N``.
+
+    Raises:
+        UsageError: any other device name (checked before anything loads).
+    """
+    d = str(device)
+    if d == "cpu" or d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit()):
+        return
+    raise UsageError(f"--device {device!r}: unknown device; use cpu, cuda or cuda:N")
+
+
 def _check_names(vision_backend, compress_backend, llm, method, retention) -> None:
     """Every name and the retention, checked before anything is loaded.
 
@@ -653,4 +667,4 @@ def _compressor(source: BackendSource, backend: str, method: str, retention: flo
     return backend_factory("compress", backend)(replace(source, method=m, config=config)), config
 
 
-__all__ = ["DEFAULT_RETENTION", "Answer", "Pipeline", "compression_wanted", "make_config"]
+__all__ = ["DEFAULT_RETENTION", "Answer", "Pipeline", "check_device", "compression_wanted", "make_config"]

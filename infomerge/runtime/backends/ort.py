@@ -108,13 +108,14 @@ def check_graph_budget(compressor: OrtCompressor, source: BackendSource) -> None
     """
     shape = next((o.shape for o in compressor.session.get_outputs() if o.name == "tokens"), None)
     got = shape[0] if shape else None
-    want = source.method.budget(float(source.config.retention), source.frames, source.backbone.tokens_per_frame)
+    r = float(source.config.retention)
+    want = source.method.budget(r, source.frames, source.backbone.tokens_per_frame)
     if not isinstance(got, int) or got != want:
         raise ArtifactError(
             f"{source.artifacts / COMPRESS_ONNX} keeps {got} tokens, but {source.method.name} at retention "
-            f"{source.config.retention:g} over {source.frames} frames keeps {want}: the graph and the manifest "
-            f"disagree; re-export with --method {source.method.name} --retention {source.config.retention:g} "
-            "--force, or use --compress-backend torch"
+            f"{r:g} over {source.frames} frames keeps {want}: the graph and the manifest disagree; "
+            f"re-export with --method {source.method.name} --retention {r:g} --force, "
+            "or use --compress-backend torch"
         )
 
 
