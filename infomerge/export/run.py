@@ -10,7 +10,8 @@ written; the artifact is built in a hidden temporary sibling directory and renam
 the end (:func:`infomerge.artifacts.atomic.atomic_directory`), so a failed or interrupted run
 leaves nothing behind, and ``force`` replaces the old directory only once the new one is complete.
 
-Concurrency: an exclusive lock (``filelock``, on ``.<name>.lock`` beside the output) makes two
+Concurrency: an exclusive lock (``flock`` on ``.<name>.lock`` beside the output, removed by its
+holder when done) makes two
 exports to one output safe. Without ``force`` the lock is held for the whole export, so a second
 export to the same output fails at once (:class:`~infomerge.errors.OutputBusyError`) and the
 existence check and the final rename are one step. With ``force`` the work runs unlocked and the
@@ -20,10 +21,10 @@ lock is taken (waiting) only for the replacement: the export that finishes last 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import time
 from pathlib import Path
-
-from filelock import FileLock, Timeout
 
 from infomerge.artifacts.manifest import new_manifest, write_manifest
 from infomerge.backbones.registry import get_backbone
@@ -58,7 +59,7 @@ def _peak_rss_mb() -> float:
 
 
 def lock_path(output: Path) -> Path:
-    """The lock file of an output directory: ``<parent>/.<name>.lock`` (kept, empty)."""
+    """The lock file of an output directory: ``<parent>/.<name>.lock`` (exists while held)."""
     return output.parent / f".{output.name}.lock"
 
 
@@ -74,18 +75,33 @@ def output_lock(output: Path, *, wait: bool):
         OutputBusyError: ``wait`` is False and another process holds the lock.
     """
     output.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(lock_path(output)), timeout=-1 if wait else 0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise OutputBusyError(
-            f"{output}: another infomerge-export is writing it now (lock {lock_path(output)} held); wait "
-            "for it to finish, or choose another --output"
-        ) from None
+    path = lock_path(output)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputBusyError(
+                f"{output}: another infomerge-export is writing it now (lock {path} held); wait "
+                "for it to finish, or choose another --output"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:  # the previous holder may have removed the file meanwhile: lock the current one
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)
     try:
         yield
     finally:
-        lock.release()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # while still held: a waiter that gets this inode retries
+        os.close(fd)
 
 
 def export(options: ExportOptions, console=None) -> Path:
