@@ -9,12 +9,36 @@ from __future__ import annotations
 
 
 class InfomergeError(Exception):
-    """Base class of every error raised by infomerge on bad input or a bad environment."""
+    """Base class of every error raised by infomerge on bad input or a bad environment.
+
+    ``exit_code`` is the exit status the command-line tools return for it
+    (:mod:`infomerge.interrupts`): 1, a runtime failure, unless the subclass is a usage error (2).
+    """
+
+    exit_code = 1
+
+
+class UsageError(InfomergeError, ValueError):
+    """A command line or options that cannot be run (found before any work; exit status 2)."""
+
+    exit_code = 2
+
+
+class OutputPathError(UsageError):
+    """An output path (``--output``, ``--json``, ``--save-viz``, ``--work``) that cannot be written:
+    a directory where a file is wanted, a file where a directory is wanted, a parent that is a file,
+    a read-only or missing location, or an unknown extension. Checked before any work."""
+
+
+class OutputBusyError(InfomergeError):
+    """Another process is writing the same output directory (its lock is held)."""
 
 
 # --- video input -----------------------------------------------------------------------------
 class VideoError(InfomergeError):
-    """A video could not be used. ``path`` holds the file that caused it."""
+    """A video could not be used. ``path`` holds the file that caused it (bad input: exit status 2)."""
+
+    exit_code = 2
 
     def __init__(self, path, problem: str):
         self.path = str(path)
@@ -42,10 +66,14 @@ class NoDecodableFrameError(VideoError):
 class BudgetError(InfomergeError, ValueError):
     """A retention ratio or token budget that cannot be met (outside (0, 1], or zero tokens)."""
 
+    exit_code = 2
+
 
 # --- models and artifacts --------------------------------------------------------------------
 class UnknownBackboneError(InfomergeError, KeyError):
     """A backbone name that is not in the registry; the message lists the choices."""
+
+    exit_code = 2
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
@@ -53,6 +81,13 @@ class UnknownBackboneError(InfomergeError, KeyError):
 
 class CheckpointNotFoundError(InfomergeError, FileNotFoundError):
     """A checkpoint that is neither in a local directory nor reachable on the hub."""
+
+
+class CorruptCheckpointError(InfomergeError):
+    """A checkpoint file (``*.safetensors``, config) that exists but cannot be read.
+
+    The message names the file and how to rebuild it (delete the cached copy, download again).
+    """
 
 
 class ArtifactError(InfomergeError):
@@ -77,13 +112,19 @@ class ValidationError(InfomergeError):
 class PromptTooLongError(InfomergeError, ValueError):
     """A prompt plus video tokens that does not fit in the LLM's context window."""
 
+    exit_code = 2
+
 
 class TargetError(InfomergeError, ValueError):
     """A compute capability that is malformed, or that the chosen TensorRT flavour cannot build for."""
 
+    exit_code = 2
+
 
 class UnknownMethodError(InfomergeError, KeyError):
     """A compression method name that is not in the method registry; the message lists the choices."""
+
+    exit_code = 2
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
@@ -91,6 +132,8 @@ class UnknownMethodError(InfomergeError, KeyError):
 
 class UnknownBackendError(InfomergeError, KeyError):
     """A backend name that is not in a stage's backend registry; the message lists the choices."""
+
+    exit_code = 2
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""

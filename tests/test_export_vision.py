@@ -11,7 +11,7 @@ import onnx
 import pytest
 import torch
 
-from infomerge.artifacts.manifest import load_manifest, sha256_file, verify_manifest
+from infomerge.artifacts.manifest import load_manifest, manifest_digest, sha256_file, verify_manifest
 from infomerge.backbones.registry import BACKBONES, TINY
 from infomerge.backbones.vision import VisionEncoder
 from infomerge.errors import ArtifactError, ValidationError
@@ -161,12 +161,16 @@ def test_verify_manifest_names_each_mismatch(fp32_dir, tmp_path):
     m = json.loads((d / "manifest.json").read_text())
     m["versions"]["onnx"] = "0.0.1"
     (d / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="manifest.json: edited after export"):
+        verify_manifest(d, versions=["onnx"])  # a hand edit is caught by the manifest's own digest
+    m["manifest_sha256"] = manifest_digest(m)
+    (d / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ArtifactError, match="onnx 0.0.1.*install onnx==0.0.1"):
         verify_manifest(d, versions=["onnx"])
     arr = np.load(d / "image_newline.npy")
     arr[0] += 1
     np.save(d / "image_newline.npy", arr)
-    with pytest.raises(ArtifactError, match="image_newline.npy does not match its sha256.*--force"):
+    with pytest.raises(ArtifactError, match="image_newline.npy: contents do not match the sha256.*--force"):
         verify_manifest(d)
     verify_manifest(d, hashes=False)  # same size: only the hash tells
     (d / "vision.onnx").unlink()
@@ -256,12 +260,13 @@ def test_input_errors_write_nothing(tmp_path, capsys):
     assert cli.main(["--model-path", str(tmp_path / "nope"), "--output", str(out)]) == 1
     err = capsys.readouterr().err
     assert "--model-path" in err and "no such directory" in err
-    assert cli.main(["--video", str(tmp_path / "missing.mp4"), "--output", str(out)]) == 1
+    # a missing input file is a usage error
+    assert cli.main(["--video", str(tmp_path / "missing.mp4"), "--output", str(out)]) == 2
     assert "missing.mp4" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 
-def test_failure_late_leaves_nothing(tmp_path, monkeypatch):
+def test_failure_late_leaves_nothing(tmp_path, monkeypatch, capsys):
     from infomerge.export.context import Step
 
     def boom(ctx):
@@ -269,8 +274,9 @@ def test_failure_late_leaves_nothing(tmp_path, monkeypatch):
         raise RuntimeError("simulated failure after the graph was written")
 
     monkeypatch.setattr(export_run, "VISION_STEPS", [*export_run.VISION_STEPS, Step("boom", boom)])
-    with pytest.raises(RuntimeError, match="simulated"):
-        cli.main(["--frames", "2", "--output", str(tmp_path / "out")])
+    assert cli.main(["--frames", "2", "--output", str(tmp_path / "out")]) == 1  # no raw traceback
+    err = capsys.readouterr().err
+    assert "RuntimeError: simulated failure" in err and "--debug" in err
     assert list(tmp_path.iterdir()) == []
 
 

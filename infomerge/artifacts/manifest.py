@@ -13,12 +13,22 @@ Layout of a manifest (schema 1)::
       "arrays":  {"image_newline": {"file", "shape", "dtype"}},
       "engines": {...}, "llm": {...},          # free sections other steps fill
       "versions": {"python", "torch", "transformers", "onnx", "onnxruntime", ...},
-      "files": {"relative/path": {"sha256", "bytes"}, ...}   # every file but manifest.json
+      "files": {"relative/path": {"sha256", "bytes"}, ...},  # every file but manifest.json
+      "manifest_sha256": "..."   # sha256 of the canonical JSON of everything above
     }
 
 ``files`` is computed from the directory when the manifest is written (:func:`write_manifest`), so
 a step that adds a file needs no bookkeeping beyond describing it in its own section.
 :func:`verify_manifest` is what the runtime and engine code call before using a directory.
+
+Content verification. ``manifest_sha256`` (the digest of the manifest's own body) catches a
+manifest edited by hand, e.g. a retention changed while the graphs keep the old budget. File
+contents are checked against their sha256 by :func:`verify_manifest`: hashing a 1.7 GB vision graph
+takes seconds, so a file whose contents were verified once is remembered in a *verified stamp*
+(:func:`stamp_path`, in the user cache: ``$INFOMERGE_CACHE/verified/`` or
+``~/.cache/infomerge/verified/``), keyed by the file's size, mtime, ctime, inode and device, and by
+the manifest's digest. Writing a file (even with the same size and a restored mtime) changes its
+ctime, so the next load hashes it again; ``rehash=True`` ignores the stamp.
 """
 
 from __future__ import annotations
@@ -94,6 +104,13 @@ def file_hashes(directory: str | os.PathLike) -> dict[str, dict]:
     return out
 
 
+def manifest_digest(data: dict) -> str:
+    """sha256 of the canonical JSON (sorted keys, no spaces) of ``data`` without ``manifest_sha256``."""
+    body = {k: v for k, v in data.items() if k != "manifest_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def new_manifest(**fields) -> dict:
     """A manifest skeleton (format, schema, creation time, versions, empty free sections) + ``fields``."""
     data = {
@@ -121,7 +138,9 @@ def write_manifest(directory: str | os.PathLike, data: dict) -> Path:
     """
     root = Path(directory)
     data = dict(data)
+    data.pop("manifest_sha256", None)
     data["files"] = file_hashes(root)
+    data["manifest_sha256"] = manifest_digest(data)
     from infomerge.artifacts.atomic import atomic_write_text
 
     return atomic_write_text(root / MANIFEST_NAME, json.dumps(data, indent=2, sort_keys=False) + "\n")
@@ -153,7 +172,73 @@ def load_manifest(directory: str | os.PathLike) -> dict:
             f"{path}: manifest schema {data.get('schema')!r}, this infomerge reads schema {SCHEMA}; "
             "re-export with this version (infomerge-export ... --force)"
         )
+    recorded = data.get("manifest_sha256")
+    if recorded is not None and recorded != manifest_digest(data):
+        raise ArtifactError(
+            f"{path}: edited after export (its manifest_sha256 does not match its contents); the graphs "
+            f"keep what they were exported with; {reexport_command(data, root)}"
+        )
     return data
+
+
+def reexport_command(data: dict, root: str | os.PathLike) -> str:
+    """``re-export: <the recorded command> --force`` (or a generic one when none is recorded)."""
+    import shlex
+
+    command = data.get("command")
+    if isinstance(command, str) and command.startswith("infomerge-export"):
+        try:
+            words = shlex.split(command)
+        except ValueError:
+            words = []
+        if words:
+            out: list[str] = []
+            skip = False
+            for w in words:  # this directory, wherever it was exported to
+                if skip:
+                    skip = False
+                elif w == "--output":
+                    skip = True
+                elif not w.startswith("--output=") and w != "--force":
+                    out.append(w)
+            return f"re-export: {shlex.join([*out, '--output', str(root), '--force'])}"
+    name = (data.get("backbone") or {}).get("name", "?")
+    return f"re-export: infomerge-export --backbone {name} --output {root} --force"
+
+
+def _cache_root() -> Path:
+    root = os.environ.get("INFOMERGE_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "infomerge"
+
+
+def stamp_path(directory: str | os.PathLike) -> Path:
+    """The verified stamp of an artifact directory: ``<cache>/verified/<sha1 of its real path>.json``."""
+    key = hashlib.sha1(str(Path(directory).resolve()).encode("utf-8")).hexdigest()
+    return _cache_root() / "verified" / f"{key}.json"
+
+
+def _stat_key(st: os.stat_result) -> list[int]:
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def _read_stamp(path: Path, digest: str) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("manifest_sha256") != digest:
+        return {}
+    files = data.get("files")
+    return files if isinstance(files, dict) else {}
+
+
+def _write_stamp(path: Path, root: Path, digest: str, files: dict) -> None:
+    from infomerge.artifacts.atomic import atomic_write_json
+
+    try:
+        atomic_write_json(path, {"directory": str(root.resolve()), "manifest_sha256": digest, "files": files})
+    except OSError:
+        pass  # a read-only cache: verify again next time
 
 
 def verify_manifest(
@@ -162,6 +247,7 @@ def verify_manifest(
     backbone: str | None = None,
     frames: int | None = None,
     hashes: bool = True,
+    rehash: bool = False,
     versions: Iterable[str] = (),
     require: Iterable[str] = (),
 ) -> dict:
@@ -171,7 +257,10 @@ def verify_manifest(
         directory: the artifact directory.
         backbone: expected backbone name (None: any).
         frames: expected frame count F (None: any).
-        hashes: check the sha256 of every listed file (off: sizes only; faster on big graphs).
+        hashes: check the sha256 of every listed file (off: sizes only). A file verified before
+            and unchanged since (same size, mtime, ctime, inode; same manifest) is not hashed
+            again: see :func:`stamp_path`.
+        rehash: hash every file even when the stamp says it was verified.
         versions: package names whose installed version must equal the recorded one (e.g.
             ``("tensorrt",)`` for serialized engines); a package recorded but not installed fails.
         require: relative paths that must be listed and present (e.g. ``"vision.onnx"``).
@@ -181,8 +270,7 @@ def verify_manifest(
     """
     root = Path(directory)
     data = load_manifest(root)
-    name = data.get("backbone", {}).get("name", "?")
-    redo = f"re-export: infomerge-export --backbone {name} --output {root} --force"
+    redo = reexport_command(data, root)
     got_bb = data.get("backbone", {}).get("name")
     if backbone is not None and got_bb != backbone:
         raise ArtifactError(
@@ -197,18 +285,35 @@ def verify_manifest(
     for rel in require:
         if rel not in files:
             raise ArtifactError(f"{root}: manifest lists no {rel}; {redo} (with the option that makes it)")
+    stamp = stamp_path(root) if hashes else None
+    digest = manifest_digest(data)
+    known = {} if (stamp is None or rehash) else _read_stamp(stamp, digest)
+    verified: dict[str, dict] = {}
     for rel, info in files.items():
         p = root / rel
         if not p.is_file():
             raise ArtifactError(f"{root}: {rel} is listed in the manifest but missing; {redo}")
-        if p.stat().st_size != info.get("bytes"):
+        st = p.stat()
+        if st.st_size != info.get("bytes"):
             raise ArtifactError(
-                f"{root}: {rel} has {p.stat().st_size} bytes, the manifest says {info.get('bytes')}; {redo}"
+                f"{root}: {rel} has {st.st_size} bytes, the manifest says {info.get('bytes')}; {redo}"
             )
-        if hashes and sha256_file(p) != info.get("sha256"):
+        if not hashes:
+            continue
+        key = _stat_key(st)
+        seen = known.get(rel)
+        if isinstance(seen, dict) and seen.get("stat") == key and seen.get("sha256") == info.get("sha256"):
+            verified[rel] = seen
+            continue
+        got = sha256_file(p)
+        if got != info.get("sha256"):
             raise ArtifactError(
-                f"{root}: {rel} does not match its sha256 in the manifest (modified or corrupt); {redo}"
+                f"{root / rel}: contents do not match the sha256 in the manifest (modified or corrupt); "
+                f"{redo}"
             )
+        verified[rel] = {"stat": key, "sha256": got}
+    if stamp is not None and verified != known:
+        _write_stamp(stamp, root, digest, verified)
     installed = package_versions(versions)
     recorded = data.get("versions", {})
     for name in versions:
@@ -235,7 +340,10 @@ __all__ = [
     "command_line",
     "file_hashes",
     "load_manifest",
+    "manifest_digest",
     "new_manifest",
+    "reexport_command",
+    "stamp_path",
     "package_versions",
     "sha256_file",
     "tensor_spec",

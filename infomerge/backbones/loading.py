@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from infomerge.backbones.registry import Backbone, get_backbone
-from infomerge.errors import ArtifactError, CheckpointNotFoundError
+from infomerge.errors import ArtifactError, CheckpointNotFoundError, CorruptCheckpointError
 
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -106,6 +106,37 @@ def _check_dir(path: Path, what: str, backbone: str, flag: str) -> Path:
     return path
 
 
+def check_checkpoint_files(directory: str | os.PathLike, fix: str) -> Path:
+    """Read the header of every ``*.safetensors`` file and parse ``config.json`` of a checkpoint.
+
+    Cheap (headers only, no tensor data) and run before anything loads, so that a truncated or
+    overwritten file is named instead of failing deep inside a loader.
+
+    Args:
+        directory: the checkpoint directory.
+        fix: how to rebuild it, appended to the message.
+
+    Raises:
+        CorruptCheckpointError: a file that cannot be parsed (named, with ``fix``).
+    """
+    from safetensors import safe_open
+
+    d = Path(directory)
+    config = d / "config.json"
+    if config.is_file():
+        try:
+            json.loads(config.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise CorruptCheckpointError(f"{config}: unreadable ({exc}); {fix}") from None
+    for f in sorted(d.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                fh.keys()
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own (Rust) error types
+            raise CorruptCheckpointError(f"{f}: not a readable safetensors file ({exc}); {fix}") from None
+    return d
+
+
 def resolve_checkpoint(backbone: Backbone | str, model_path: str | os.PathLike | None = None) -> Path:
     """The local directory of ``backbone``'s LLaVA checkpoint.
 
@@ -116,15 +147,22 @@ def resolve_checkpoint(backbone: Backbone | str, model_path: str | os.PathLike |
     Raises:
         CheckpointNotFoundError: ``model_path`` is not a checkpoint directory, or the hub
             checkpoint is neither cached nor downloadable; the message names it and ``--model-path``.
+        CorruptCheckpointError: a weights or config file that cannot be parsed
+            (:func:`check_checkpoint_files`); the message names it and how to rebuild it.
     """
     bb = get_backbone(backbone) if isinstance(backbone, str) else backbone
     if model_path is not None:
-        return _check_dir(Path(model_path), bb.hf_id or bb.name, bb.name, "--model-path")
+        path = _check_dir(Path(model_path), bb.hf_id or bb.name, bb.name, "--model-path")
+        return check_checkpoint_files(path, f"restore the checkpoint in {path} (or download it again)")
     if bb.hf_id is None:
         from infomerge.backbones.tiny import build_tiny_checkpoint
 
-        return build_tiny_checkpoint()
-    return _hub_checkpoint(bb, vision_key)
+        path = build_tiny_checkpoint()
+        return check_checkpoint_files(path, f"delete {path}; the next run rebuilds it (rm -r {path})")
+    path = _hub_checkpoint(bb, vision_key)
+    return check_checkpoint_files(
+        path, f"delete the cached snapshot {path} and run again to download it (or pass --model-path)"
+    )
 
 
 def resolve_siglip_head(
@@ -334,6 +372,7 @@ def load_llava_model(
 
 
 __all__ = [
+    "check_checkpoint_files",
     "checkpoint_revision",
     "head_key",
     "hub_offline",

@@ -12,7 +12,9 @@ speedups are against it, from the same run. See :mod:`infomerge.bench.stages` fo
 and how backends are cross-checked.
 
 Exit status: 0 when at least one backend was measured (rows of backends that cannot run here
-carry their reason); 1 when none could be; 2 on bad usage (nothing written).
+carry their reason); 1 when none could be (or a runtime failure); 2 on bad usage, a bad input or an
+output folder that cannot be written (nothing done); 130 when interrupted (SIGINT or SIGTERM: an
+export in progress in ``--work`` leaves no temporary). ``--debug`` prints a failure's traceback.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from infomerge.bench.stages import (
 )
 from infomerge.compress.methods import method_names
 from infomerge.errors import InfomergeError
+from infomerge.errors import UsageError as _UsageError
+from infomerge.interrupts import EXIT_CODES_HELP, run_cli
 
 PROG = "infomerge-bench"
 DEFAULT_RETENTIONS = (1.0, 0.25, 0.15, 0.10, 0.05)
@@ -54,8 +58,8 @@ GOALS = (
 )
 
 
-class UsageError(InfomergeError, ValueError):
-    """A command line that cannot be run (reported before anything is written)."""
+class UsageError(_UsageError):
+    """A command line that cannot be run (reported before anything is written; exit status 2)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark every stage of the compressed video-LLM pipeline on PyTorch, ONNX Runtime "
         "and TensorRT: median/p90 latency, peak memory, prefill and TTFT speedup vs retention, "
         "theoretical prefill FLOPs.",
+        epilog=EXIT_CODES_HELP.replace("0 ok", "0 ok (at least one backend measured)"),
     )
     p.add_argument("--backbone", default="tiny", choices=list(BACKBONES), help="backbone (default tiny)")
     p.add_argument(
@@ -81,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=list(DEFAULT_RETENTIONS),
         metavar="R",
-        help="retention ratios; 1.0 is the uncompressed baseline (default 1.0 0.25 0.15 0.10 0.05)",
+        help="retention ratios in (0, 1], the kept share of the video tokens; 1.0 is the uncompressed "
+        "baseline, as in every command (default 1.0 0.25 0.15 0.10 0.05)",
     )
     p.add_argument(
         "--method",
@@ -184,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="sample Jetson tegrastats during each backend (GPU load, RAM, power rails)",
     )
+    p.add_argument("--debug", action="store_true", help="print the traceback of a failure")
     return p
 
 
@@ -231,6 +238,14 @@ def _check(args: argparse.Namespace) -> None:
 
         if not torch.cuda.is_available():
             raise UsageError("--device cuda: this torch build sees no CUDA GPU; use --device cpu")
+    from infomerge.artifacts.atomic import check_output_dir
+
+    if args.output is not None:
+        check_output_dir(args.output, "--output")
+    else:
+        check_output_dir(Path("runs/bench"), "--output (default runs/bench/...)")
+    if args.artifacts is None and any(b in ("ort", "trt") for b in args.backends):
+        check_output_dir(args.work, "--work")
 
 
 def _checkpoint(args) -> Path:
@@ -436,7 +451,12 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> tuple[dict, 
         output / RESULTS_MD,
         f"# {title}\n\n`{payload['command']}`, {payload['date']}\n\n{caption}\n\n{report.markdown(rows)}",
     )
-    report.plot(rows, output / PLOT_PNG, title=title)
+    try:
+        report.plot(rows, output / PLOT_PNG, title=title)
+    except OSError as exc:  # the figures are safe: say where
+        where = f"{exc.strerror or exc}; the results are in {output / RESULTS_JSON}"
+        raise OSError(exc.errno, where, exc.filename) from None
+
     _print_telemetry(console, telemetry)
     _print_goals(console, payload["goals"], device)
     console.print(f"wrote {output / RESULTS_JSON}, {output / RESULTS_MD} and {output / PLOT_PNG}")
@@ -498,14 +518,15 @@ def _print_goals(console, goals: list[dict], device: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``infomerge-bench``. Returns 0 (measured), 1 (nothing measured), 2 (bad usage)."""
+    """Entry point of ``infomerge-bench``. Returns 0 (measured), 1 (nothing measured, or a runtime
+    failure), 2 (bad usage), 130 (interrupted); see :mod:`infomerge.interrupts`."""
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         _, rows = run(args, argv)
-    except InfomergeError as exc:  # bad input or environment, found before anything was written
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    return 0 if any(r.measured for r in rows) else 1
+        return 0 if any(r.measured for r in rows) else 1
+
+    return run_cli(PROG, body, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
     infomerge-export --backbone {tiny,ov-0.5b,ov-7b,...} [--model-path DIR] [--random-weights]
                      [--fp16] [--frames F] [--method M] [--retention R] [--output DIR] [--force] ...
 
-Exit codes: 0 ok, 1 export failed, 2 bad usage (nothing written).
+Exit codes: 0 ok, 1 export failed, 2 bad usage (nothing written), 130 interrupted (SIGINT or
+SIGTERM: the temporary directory is removed). See :mod:`infomerge.interrupts`.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from pathlib import Path
 
 from infomerge.backbones.registry import BACKBONES
 from infomerge.compress.methods import method_names
-from infomerge.errors import BudgetError, InfomergeError, UnknownBackboneError, UnknownMethodError
-from infomerge.export.options import ENGINES, LLM_EPS, LLM_PRECISIONS, ExportOptions, UsageError
+from infomerge.export.options import ENGINES, LLM_EPS, LLM_PRECISIONS, ExportOptions
 from infomerge.export.run import PROG, export
+from infomerge.interrupts import EXIT_CODES_HELP, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Export a video LLM's vision encoder (and, with further options, the compression "
         "stage, TensorRT engines and an int4 LLM) to a validated artifact directory.",
+        epilog=EXIT_CODES_HELP + " Two exports to one --output: without --force the second fails at once; "
+        "with --force the last to finish wins.",
     )
     p.add_argument(
         "--backbone",
@@ -61,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.15,
         help="retention ratio r in (0, 1]: the kept share of the video tokens (default 0.15); "
-        "1.0 keeps every token and exports no compression graph",
+        "1.0 keeps every token and exports no compression graph (the same rule in every command)",
     )
     p.add_argument(
         "--method",
@@ -100,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", type=Path, default=None, help="artifact directory (default: artifacts/<backbone>)"
     )
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
+    p.add_argument("--debug", action="store_true", help="print the traceback of a failure")
     p.add_argument(
         "--atol",
         type=float,
@@ -121,22 +125,16 @@ def options_from_args(args: argparse.Namespace, argv: list[str] | None = None) -
     import shlex
 
     fields = {k: v for k, v in vars(args).items() if k in ExportOptions.__dataclass_fields__}
-    command = shlex.join([PROG, *(sys.argv[1:] if argv is None else argv)])
+    command_args = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--debug"]
+    command = shlex.join([PROG, *command_args])
     return ExportOptions(**fields, command=command)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``infomerge-export``. Returns the exit code (0 ok, 1 failed, 2 bad usage)."""
+    """Entry point of ``infomerge-export``. Returns the exit code (0 ok, 1 failed, 2 bad usage,
+    130 interrupted); the error is one line on stderr (``--debug``: with its traceback)."""
     args = build_parser().parse_args(argv)
-    try:
-        export(options_from_args(args, argv))
-    except (UsageError, BudgetError, UnknownBackboneError, UnknownMethodError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except InfomergeError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli(PROG, lambda: export(options_from_args(args, argv)) and None, debug=args.debug)
 
 
 if __name__ == "__main__":

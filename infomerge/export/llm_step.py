@@ -105,7 +105,7 @@ def export_llm(
     import onnx
     import onnxruntime_genai
 
-    from infomerge.artifacts.atomic import TMP_MARK, atomic_directory
+    from infomerge.artifacts.atomic import atomic_directory, temporary_prefix
     from infomerge.artifacts.layout import LLM_EMBED as EMBED_FILE
     from infomerge.artifacts.layout import LLM_MODEL as MODEL_FILE
     from infomerge.backbones.text import extract_text_checkpoint, text_state_dict
@@ -113,8 +113,9 @@ def export_llm(
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     options = ["exclude_embeds=true", "disable_qkv_fusion=true", "prune_lm_head=true"]
+    scratch_prefix = f"{temporary_prefix(out.name)}scratch-"
     with (
-        tempfile.TemporaryDirectory(prefix=f".{out.name}{TMP_MARK}scratch-", dir=out.parent) as scratch,
+        tempfile.TemporaryDirectory(prefix=scratch_prefix, dir=out.parent) as scratch,
         atomic_directory(out, replace=True) as build,
     ):
         work = Path(scratch)
@@ -171,8 +172,6 @@ def export_llm(
         }
         (build / "llm_export.json").write_text(json.dumps(entry, indent=2) + "\n")
     return entry
-
-
 
 
 # --- the infomerge-export step ---------------------------------------------------------------------

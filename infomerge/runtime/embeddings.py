@@ -98,21 +98,56 @@ def load_chat_template(checkpoint: str | Path, tokenizer=None) -> str:
     return template
 
 
+_SLOT = "\u2063infomerge-prompt-slot\u2063"  # stands in for the prompt while templating
+
+
+def _template(tokenizer, chat_template: str, prompt: str) -> str:
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
+    return tokenizer.apply_chat_template(
+        messages, chat_template=chat_template, tokenize=False, add_generation_prompt=True
+    )
+
+
+def text_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of user text, special-token strings included as plain text.
+
+    ``<|im_end|>``, ``<|im_start|>``, ``<|endoftext|>``, ``<image>``, ``<video>`` typed by a user are
+    encoded as the characters they are made of (Hugging Face tokenizers' ``split_special_tokens``),
+    never as the control tokens: a prompt cannot close its turn or add a video slot.
+    """
+    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
+
 def prompt_ids(tokenizer, chat_template: str, prompt: str, video_token_id: int) -> PromptIds:
     """Apply the chat template to one user turn (a video, then ``prompt``) and split at ``<video>``.
 
     The message is ``[{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]``
     with the generation prompt appended, as lmms-eval / the llava-hf model cards build it.
 
+    The prompt is text (:func:`text_ids`): the template is rendered with a placeholder in the
+    prompt's place, the template's own text is tokenized with its special tokens, the prompt with
+    special-token strings split into plain text. Where the template leaves the prompt untouched,
+    a prompt without special-token strings gives the ids of tokenizing the whole rendered text.
+
     Raises:
         ArtifactError: the templated text does not tokenize to exactly one ``video_token_id``
             (a tokenizer without the ``<video>`` special token, or a template without a video slot).
     """
-    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
-    text = tokenizer.apply_chat_template(
-        messages, chat_template=chat_template, tokenize=False, add_generation_prompt=True
-    )
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    text = _template(tokenizer, chat_template, prompt)
+    shell = _template(tokenizer, chat_template, _SLOT)
+    parts = shell.split(_SLOT)
+    head, tail = (parts[0], parts[1]) if len(parts) == 2 else ("", "")
+    if len(parts) != 2 or not (text.startswith(head) and text.endswith(tail)) or len(text) < len(head + tail):
+        raise ArtifactError(
+            "the chat template does not place the prompt once, between fixed text; the runtime cannot "
+            "keep special-token strings typed in the prompt plain text with this template"
+        )
+    middle = text[len(head) : len(text) - len(tail)]  # the prompt as the template wrote it (trimmed, say)
+    ids = [
+        *tokenizer(head, add_special_tokens=False)["input_ids"],
+        *text_ids(tokenizer, middle),
+        *tokenizer(tail, add_special_tokens=False)["input_ids"],
+    ]
     where = [i for i, t in enumerate(ids) if t == video_token_id]
     if len(where) != 1:
         raise ArtifactError(

@@ -31,7 +31,7 @@ import torch
 
 from infomerge.artifacts.layout import COMPRESS_ONNX, LLM_DIR, LLM_TOKENIZER
 from infomerge.compress.methods import get_method
-from infomerge.errors import ArtifactError, BackendUnavailableError, BudgetError
+from infomerge.errors import ArtifactError, BackendUnavailableError, BudgetError, UsageError
 from infomerge.runtime.backends import BackendSource, VideoTokens, VisionFeatures, backend_factory
 from infomerge.runtime.decode_thread import DecodedVideo, DecodeJob, decode_video
 from infomerge.runtime.embeddings import (
@@ -219,6 +219,7 @@ class Pipeline:
         from infomerge.backbones.registry import get_backbone
 
         t0 = time.perf_counter()
+        check_device(device)
         bb = get_backbone(name)
         _check_layout(bb)  # before any download
         _check_names(vision_backend, compress_backend, llm, method, retention)
@@ -253,7 +254,8 @@ class Pipeline:
         method: str | None = None,
         retention: float | None | str = "manifest",
         device: str = "cpu",
-        verify_hashes: bool = False,
+        verify_hashes: bool = True,
+        rehash: bool = False,
         compile_mode: str | None | bool = False,
         threads: int | None = None,
     ) -> Pipeline:
@@ -267,19 +269,27 @@ class Pipeline:
             directory: the artifact directory (with ``manifest.json``).
             backbone: expected backbone name (checked against the manifest).
             retention: "manifest" (the exported one), a ratio, or None (no compression).
-            verify_hashes: check every file's sha256 against the manifest (else sizes only).
+            verify_hashes: check every file's sha256 against the manifest (else sizes only); a
+                file verified before and unchanged since is not hashed again
+                (:func:`infomerge.artifacts.manifest.verify_manifest`).
+            rehash: hash every file even if it was verified before.
 
         Raises:
             ArtifactError: missing / mismatched manifest (backbone, frames, infomerge version,
-                files), or a compress graph exported for another method or retention.
+                files), a file whose contents do not match its sha256 (named, with the re-export
+                command), a manifest edited after export, or a compress graph exported for another
+                method or retention (checked against the graph's own output shape too).
             BackendUnavailableError, EngineMismatchError: from the ort / trt backends.
         """
         from infomerge.artifacts.manifest import verify_manifest
         from infomerge.backbones.registry import get_backbone
 
         t0 = time.perf_counter()
+        check_device(device)
         root = Path(directory)
-        manifest = verify_manifest(root, backbone=backbone, hashes=verify_hashes, versions=("infomerge",))
+        manifest = verify_manifest(
+            root, backbone=backbone, hashes=verify_hashes, rehash=rehash, versions=("infomerge",)
+        )
         bb = get_backbone(manifest["backbone"]["name"])
         _check_layout(bb)
         has_compress = (root / COMPRESS_ONNX).is_file()
@@ -406,7 +416,7 @@ class Pipeline:
             retention: kept share in (0, 1]; None or 1.0: no compression.
             backend: a compress backend name (``torch``, ``ort``, ``trt``, ``none``).
             artifacts: the directory the ``ort`` / ``trt`` compressor reads (default: this
-                pipeline's); its manifest is verified (sizes).
+                pipeline's); its manifest is verified (sizes and, once, contents).
 
         Raises:
             UnknownBackendError, UnknownMethodError, BudgetError, ArtifactError: as the constructors.
@@ -419,7 +429,7 @@ class Pipeline:
             from infomerge.artifacts.manifest import verify_manifest
 
             root = Path(artifacts)
-            manifest = verify_manifest(root, backbone=self.backbone.name, frames=self.frames, hashes=False)
+            manifest = verify_manifest(root, backbone=self.backbone.name, frames=self.frames)
             source = replace(source, artifacts=root, manifest=manifest)
         compressor, config = _compressor(source, backend, method, retention)
         pipe = copy.copy(self)
@@ -627,6 +637,18 @@ def _video_token_id(checkpoint: Path | None, bb) -> int:
     return int(bb.video_token_id)
 
 
+def check_device(device: str) -> None:
+    """``cpu``, ``cuda`` or ``cuda:N``.
+
+    Raises:
+        UsageError: any other device name (checked before anything loads).
+    """
+    d = str(device)
+    if d == "cpu" or d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit()):
+        return
+    raise UsageError(f"--device {device!r}: unknown device; use cpu, cuda or cuda:N")
+
+
 def _check_names(vision_backend, compress_backend, llm, method, retention) -> None:
     """Every name and the retention, checked before anything is loaded.
 
@@ -649,4 +671,4 @@ def _compressor(source: BackendSource, backend: str, method: str, retention: flo
     return backend_factory("compress", backend)(replace(source, method=m, config=config)), config
 
 
-__all__ = ["DEFAULT_RETENTION", "Answer", "Pipeline", "compression_wanted", "make_config"]
+__all__ = ["DEFAULT_RETENTION", "Answer", "Pipeline", "check_device", "compression_wanted", "make_config"]

@@ -96,10 +96,35 @@ def vision(source: BackendSource) -> OrtVision:
     return OrtVision(root / VISION_ONNX, root / IMAGE_NEWLINE, source.device)
 
 
+def check_graph_budget(compressor: OrtCompressor, source: BackendSource) -> None:
+    """The graph's own output shape must be the method's budget at the requested retention.
+
+    The manifest says which retention a graph was exported for; the graph itself carries its
+    budget B as the static first dimension of its ``tokens`` output. A manifest edited to another
+    retention, or a graph swapped for another, is caught here.
+
+    Raises:
+        ArtifactError: the graph keeps another number of tokens than the budget.
+    """
+    shape = next((o.shape for o in compressor.session.get_outputs() if o.name == "tokens"), None)
+    got = shape[0] if shape else None
+    r = float(source.config.retention)
+    want = source.method.budget(r, source.frames, source.backbone.tokens_per_frame)
+    if not isinstance(got, int) or got != want:
+        raise ArtifactError(
+            f"{source.artifacts / COMPRESS_ONNX} keeps {got} tokens, but {source.method.name} at retention "
+            f"{r:g} over {source.frames} frames keeps {want}: the graph and the manifest disagree; "
+            f"re-export with --method {source.method.name} --retention {r:g} --force, "
+            "or use --compress-backend torch"
+        )
+
+
 def compress(source: BackendSource) -> OrtCompressor:
     root = source.need_artifacts("ort compress")
     check_compress_graph(root, source.manifest, source.method.name, float(source.config.retention))
-    return OrtCompressor(root / COMPRESS_ONNX, source.device)
+    compressor = OrtCompressor(root / COMPRESS_ONNX, source.device)
+    check_graph_budget(compressor, source)
+    return compressor
 
 
 def llm(source: BackendSource, eos_token_ids):

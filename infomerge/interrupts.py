@@ -1,0 +1,192 @@
+"""Signals, exit codes and error reporting shared by the command-line tools.
+
+Exit status of every ``infomerge-*`` command (also stated in each ``--help``):
+
+    0    success
+    1    runtime failure (a corrupt artifact or checkpoint, a failed validation, an I/O error)
+    2    usage error: a bad argument, input file or output path, found before any work
+    130  interrupted (SIGINT, Ctrl-C) or terminated (SIGTERM); temporaries were removed
+
+SIGTERM's default action kills the process without running ``finally`` / ``except`` blocks, so a
+temporary file or directory of :mod:`infomerge.artifacts.atomic` would stay behind (``timeout``,
+``docker stop`` and systemd send SIGTERM). :func:`signals_raise` installs handlers that turn SIGTERM
+and SIGHUP into :class:`Terminated` (a ``KeyboardInterrupt``) in the main thread, so the same
+clean-up as for Ctrl-C runs. A second signal while cleaning up is ignored (SIGKILL still works);
+the next write into the same folder sweeps what a killed process left
+(:func:`infomerge.artifacts.atomic.sweep_stale`).
+
+:func:`run_cli` maps what a command raises to a one-line message and an exit status: no raw
+traceback for anything a user can cause; ``--debug`` prints the traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+
+from infomerge.errors import InfomergeError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES_HELP = (
+    "exit status: 0 ok, 1 runtime failure, 2 usage error (bad argument, input or output path; "
+    "nothing done), 130 interrupted (Ctrl-C or SIGTERM; nothing half-written left). "
+    "--debug prints the traceback of a failure."
+)
+
+# signals turned into an exception (SIGINT already is one: KeyboardInterrupt)
+_HANDLED = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s)
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when the process receives SIGTERM or SIGHUP.
+
+    A ``KeyboardInterrupt``, so every ``except BaseException`` clean-up (the atomic writers) and
+    every handler of Ctrl-C treats it the same way. ``signum`` is the signal's number.
+    """
+
+    def __init__(self, signum: int):
+        self.signum = int(signum)
+        super().__init__(f"terminated by {signal.Signals(signum).name}")
+
+
+_state = threading.local()
+
+
+def _handler(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    if getattr(_state, "raised", False):
+        # already unwinding: let the clean-up finish (SIGKILL still ends the process)
+        print(f"{signal.Signals(signum).name}: cleaning up, please wait", file=sys.stderr, flush=True)
+        return
+    _state.raised = True
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def signals_raise() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP raise :class:`Terminated` in the main thread, SIGINT
+    raises ``KeyboardInterrupt``, and further signals during the clean-up are ignored.
+
+    Outside the main thread (where Python cannot install handlers) it does nothing. The previous
+    handlers are restored on exit.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _state.raised = False
+    signums = (*_HANDLED, signal.SIGINT)
+    previous = {s: signal.getsignal(s) for s in signums}
+    try:
+        for s in signums:
+            signal.signal(s, _handler)
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+        _state.raised = False
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Block SIGINT, SIGTERM and SIGHUP for the block (a few renames that must not be split);
+    a signal that arrives meanwhile is delivered when the block ends.
+
+    Only in the main thread of a POSIX system; elsewhere it does nothing.
+    """
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    mask = {signal.SIGINT, *_HANDLED}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, mask)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """The exit status for an exception: 130 for an interrupt, ``exc.exit_code`` for an
+    :class:`~infomerge.errors.InfomergeError` (1 or 2), 1 for anything else."""
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(exc, InfomergeError):
+        return int(getattr(exc, "exit_code", EXIT_FAILURE))
+    return EXIT_FAILURE
+
+
+def describe(exc: BaseException) -> str:
+    """One line for the user: the error's own message for infomerge errors and I/O errors, the
+    type and message (and the hint to rerun with ``--debug``) for anything unexpected."""
+    if isinstance(exc, Terminated):
+        return f"{exc}; stopped, temporaries removed"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted; stopped, temporaries removed"
+    if isinstance(exc, InfomergeError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        return f"{where}{exc.strerror or exc} (check that the location exists and is writable)"
+    return f"{type(exc).__name__}: {exc} (an internal error: rerun with --debug and report the traceback)"
+
+
+def run_cli(prog: str, body: Callable[[], int | None], *, debug: bool = False) -> int:
+    """Run ``body()`` with :func:`signals_raise`; return its exit status, or the status of what it
+    raised (:func:`exit_code_of`) after printing ``prog: error: <one line>`` on stderr.
+
+    Args:
+        prog: the command's name, prefixed to the message.
+        body: the command; returns its exit status (None: 0).
+        debug: print the full traceback of a failure as well (``--debug``).
+
+    ``SystemExit`` (argparse's usage errors) passes through unchanged.
+    """
+    try:
+        with signals_raise():
+            rc = body()
+        return EXIT_OK if rc is None else int(rc)
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes a message and a status
+        if debug:
+            traceback.print_exc()
+        print(f"{prog}: error: {describe(exc)}", file=sys.stderr, flush=True)
+        return exit_code_of(exc)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (signal 0 probe)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+__all__ = [
+    "EXIT_CODES_HELP",
+    "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "Terminated",
+    "describe",
+    "exit_code_of",
+    "pid_alive",
+    "run_cli",
+    "signals_deferred",
+    "signals_raise",
+]
