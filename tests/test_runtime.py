@@ -177,10 +177,22 @@ def test_prompt_longer_than_context(pipe, answer):
         pipe.prefill(short, max_new_tokens=3000)
 
 
-def test_cli_prompt_too_long(capsys):
+def test_cli_prompt_too_long(capsys, monkeypatch):
+    """Refused with the tokenizer alone: no model is loaded and no video decoded first."""
+    import infomerge.runtime.decode_thread as decode_thread
+    from infomerge.runtime import pipeline
+
+    def never(*a, **k):
+        raise AssertionError("expensive work started before the prompt was checked")
+
+    monkeypatch.setattr(pipeline.Pipeline, "from_backbone", classmethod(never))
+    monkeypatch.setattr(decode_thread.DecodeJob, "__init__", never)
     rc = main(["--prompt", "rabbit " * 3000, "--max-new-tokens", "2"])
     assert rc == 2
     assert "context" in capsys.readouterr().err
+    rc = main(["--max-new-tokens", "3000"])  # 6273 video positions + the template + 3000 > 8192
+    assert rc == 2
+    assert "--max-new-tokens" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ Key layouts understood (``X`` = a SigLIP vision-transformer key such as
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -119,8 +120,6 @@ def check_checkpoint_files(directory: str | os.PathLike, fix: str) -> Path:
     Raises:
         CorruptCheckpointError: a file that cannot be parsed (named, with ``fix``).
     """
-    from safetensors import safe_open
-
     d = Path(directory)
     config = d / "config.json"
     if config.is_file():
@@ -128,13 +127,36 @@ def check_checkpoint_files(directory: str | os.PathLike, fix: str) -> Path:
             json.loads(config.read_text())
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise CorruptCheckpointError(f"{config}: unreadable ({exc}); {fix}") from None
-    for f in sorted(d.glob("*.safetensors")):
+    index = d / INDEX_FILE
+    if index.is_file():
+        # sharded: the index is parsed here; each shard's header is checked when a loader opens it
+        # (a vision-only load never opens the LLM's shards)
         try:
-            with safe_open(str(f), framework="pt") as fh:
-                fh.keys()
-        except Exception as exc:  # noqa: BLE001 - safetensors raises its own (Rust) error types
-            raise CorruptCheckpointError(f"{f}: not a readable safetensors file ({exc}); {fix}") from None
+            _weight_map(index)
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+            raise CorruptCheckpointError(f"{index}: unreadable ({exc}); {fix}") from None
+        return d
+    for f in sorted(d.glob("*.safetensors")):
+        with open_safetensors(f, fix) as fh:
+            fh.keys()
     return d
+
+
+@contextlib.contextmanager
+def open_safetensors(path: str | os.PathLike, fix: str = "restore or re-download the checkpoint"):
+    """``safetensors.safe_open(path)``, a file that cannot be parsed raising a named error.
+
+    Raises:
+        CorruptCheckpointError: ``path`` is truncated or not a safetensors file (named, with ``fix``).
+    """
+    from safetensors import safe_open
+
+    try:
+        handle = safe_open(str(path), framework="pt")
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own (Rust) error types
+        raise CorruptCheckpointError(f"{path}: not a readable safetensors file ({exc}); {fix}") from None
+    with handle as fh:
+        yield fh
 
 
 def resolve_checkpoint(backbone: Backbone | str, model_path: str | os.PathLike | None = None) -> Path:
@@ -245,11 +267,9 @@ def safetensors_key_files(directory: str | os.PathLike) -> dict[str, Path]:
     index = d / INDEX_FILE
     if index.is_file():
         return {k: d / f for k, f in _weight_map(index).items()}
-    from safetensors import safe_open
-
     out: dict[str, Path] = {}
     for f in sorted(d.glob("*.safetensors")):
-        with safe_open(str(f), framework="pt") as fh:
+        with open_safetensors(f) as fh:
             out.update({k: f for k in fh.keys()})  # noqa: SIM118 - safe_open has no __iter__
     return out
 
@@ -266,8 +286,6 @@ def read_tensors(
     Returns:
         (tensors under their new keys in the checkpoint's dtype, the checkpoint keys read).
     """
-    from safetensors import safe_open
-
     by_file: dict[Path, list[str]] = {}
     for key, f in safetensors_key_files(directory).items():
         if rename(key) is not None:
@@ -275,7 +293,7 @@ def read_tensors(
     out: dict[str, torch.Tensor] = {}
     read: list[str] = []
     for f, keys in sorted(by_file.items()):
-        with safe_open(str(f), framework="pt") as fh:
+        with open_safetensors(f) as fh:
             for key in sorted(keys):
                 out[rename(key)] = fh.get_tensor(key)
                 read.append(key)
@@ -373,6 +391,7 @@ def load_llava_model(
 
 __all__ = [
     "check_checkpoint_files",
+    "open_safetensors",
     "checkpoint_revision",
     "head_key",
     "hub_offline",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from infomerge.compress.methods import method_names
 from infomerge.errors import UsageError
@@ -176,7 +177,48 @@ def check_args(args) -> int:
                 name = args.backbone or "tiny"
             n = get_backbone(name).tokens_per_frame
             get_method(args.method or "infomerge").budget(args.retention, frames, n)
+    _check_prompt(args, frames)
     return frames
+
+
+def _check_prompt(args, frames: int) -> None:
+    """The prompt, tokenized with the chat template, must fit the context with --max-new-tokens:
+    checked with the tokenizer alone, before any model loads or the video decodes.
+
+    Raises:
+        PromptTooLongError, CheckpointNotFoundError, ArtifactError.
+    """
+    from infomerge.artifacts.layout import LLM_DIR, LLM_TOKENIZER
+    from infomerge.backbones.loading import resolve_checkpoint
+    from infomerge.backbones.registry import get_backbone
+    from infomerge.runtime.pipeline import check_prompt_fits, video_token_id
+
+    if args.artifacts:
+        from infomerge.artifacts.manifest import load_manifest
+
+        bb = get_backbone(load_manifest(args.artifacts)["backbone"]["name"])
+        llm_dir = Path(args.artifacts) / LLM_DIR
+        if (llm_dir / LLM_TOKENIZER).is_file() and args.llm != "torch":
+            check_prompt_fits(
+                llm_dir,
+                args.prompt,
+                frames,
+                bb.tokens_per_frame,
+                args.max_new_tokens,
+                video_token_id(None, bb),
+            )
+            return
+    else:
+        bb = get_backbone(args.backbone or "tiny")
+    checkpoint = resolve_checkpoint(bb, args.model_path)
+    check_prompt_fits(
+        checkpoint,
+        args.prompt,
+        frames,
+        bb.tokens_per_frame,
+        args.max_new_tokens,
+        video_token_id(checkpoint, bb),
+    )
 
 
 def _write_json(path: str, payload: dict) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from infomerge.artifacts.layout import COMPRESS_ONNX, LLM_DIR, LLM_TOKENIZER
+from infomerge.artifacts.layout import COMPRESS_ONNX, LLM_DIR, LLM_GENAI_CONFIG, LLM_TOKENIZER
 from infomerge.compress.methods import get_method
 from infomerge.errors import ArtifactError, BackendUnavailableError, BudgetError, UsageError
 from infomerge.runtime.backends import BackendSource, VideoTokens, VisionFeatures, backend_factory
@@ -372,7 +372,7 @@ class Pipeline:
                 f"the LLM has hidden size {backend.hidden_size}, backbone {bb.name!r} has {bb.text_hidden}: "
                 "artifacts and checkpoint are of different models"
             )
-        video_token_id = _video_token_id(checkpoint, bb)
+        placeholder_id = video_token_id(checkpoint, bb)
         info = {
             "backbone": bb.name,
             "checkpoint": str(checkpoint) if checkpoint is not None else None,
@@ -393,7 +393,7 @@ class Pipeline:
             compressor,
             backend,
             config,
-            video_token_id=video_token_id,
+            video_token_id=placeholder_id,
             device=device,
             info=info,
             frames=source.frames,
@@ -625,7 +625,7 @@ def _check_layout(bb) -> None:
         )
 
 
-def _video_token_id(checkpoint: Path | None, bb) -> int:
+def video_token_id(checkpoint: Path | None, bb) -> int:
     """``video_token_index`` of the checkpoint's config.json, else the backbone registry's."""
     import json
 
@@ -647,6 +647,55 @@ def check_device(device: str) -> None:
     if d == "cpu" or d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit()):
         return
     raise UsageError(f"--device {device!r}: unknown device; use cpu, cuda or cuda:N")
+
+
+def check_prompt_fits(
+    text_source: str | os.PathLike,
+    prompt: str,
+    frames: int,
+    tokens_per_frame: int,
+    max_new_tokens: int,
+    video_token_id: int,
+) -> int:
+    """Tokenize ``prompt`` with the chat template and check it fits the LLM's context, before any
+    model is loaded or any video decoded (only the tokenizer and the config files are read).
+
+    The span is the uncompressed one whatever is kept (positions continue from it): text before the
+    video + ``frames * tokens_per_frame`` + 1 newline + text after.
+
+    Args:
+        text_source: the checkpoint directory or ``<artifacts>/llm`` (tokenizer, chat template,
+            ``config.json`` / ``genai_config.json``).
+        prompt: the user's question (plain text).
+        frames, tokens_per_frame: F and N of the video.
+        max_new_tokens: the generation limit.
+        video_token_id: the ``<video>`` placeholder id.
+
+    Returns:
+        The span (the RoPE position of the first generated token).
+
+    Raises:
+        PromptTooLongError: the prompt and ``max_new_tokens`` do not fit (says by how much).
+        ArtifactError: no tokenizer, chat template or context length in ``text_source``.
+    """
+    import json
+
+    from transformers import AutoTokenizer
+
+    src = Path(text_source)
+    tokenizer = AutoTokenizer.from_pretrained(str(src))
+    ids = prompt_ids(tokenizer, load_chat_template(src, tokenizer), prompt, video_token_id)
+    span = len(ids.before) + frames * tokens_per_frame + 1 + len(ids.after)
+    context = None
+    if (src / "config.json").is_file():
+        cfg = json.loads((src / "config.json").read_text())
+        context = cfg.get("text_config", cfg).get("max_position_embeddings")
+    if context is None and (src / LLM_GENAI_CONFIG).is_file():
+        context = json.loads((src / LLM_GENAI_CONFIG).read_text())["model"].get("context_length")
+    if context is None:
+        raise ArtifactError(f"{src}: no max_position_embeddings / context_length; cannot check the prompt")
+    check_context(span, max_new_tokens, int(context))
+    return span
 
 
 def _check_names(vision_backend, compress_backend, llm, method, retention) -> None:
@@ -671,4 +720,13 @@ def _compressor(source: BackendSource, backend: str, method: str, retention: flo
     return backend_factory("compress", backend)(replace(source, method=m, config=config)), config
 
 
-__all__ = ["DEFAULT_RETENTION", "Answer", "Pipeline", "check_device", "compression_wanted", "make_config"]
+__all__ = [
+    "DEFAULT_RETENTION",
+    "Answer",
+    "Pipeline",
+    "check_device",
+    "check_prompt_fits",
+    "compression_wanted",
+    "make_config",
+    "video_token_id",
+]
