@@ -201,6 +201,8 @@ class FixedBudgetUnified(nn.Module):
             tokens = torch.where((count > 1.5).unsqueeze(1), beta, first)
         else:
             tokens = total / count.unsqueeze(1)
+        if g is not None:  # g is unused (one global pool); weight 0 keeps it a graph input
+            tokens = tokens + 0.0 * g[:1, :1].to(f32).sum()
         index = (own.t() @ idx.to(f32)).to(torch.int64)  # exact: M < 2^24
         rounds_used = self._rounds_used(history)
         return UnifiedDecisions(
