@@ -38,7 +38,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from infomerge.compress.fixed_budget import rank_desc
 from infomerge.compress.unified import UnifiedConfig
 
 
@@ -145,7 +144,10 @@ class FixedBudgetUnified(nn.Module):
         f32, dev = torch.float32, H.device
         h = H.reshape(M, D).to(f32)
         s = A.reshape(M).to(f32)
-        idx = torch.arange(M, device=dev)
+        # positions computed from the input, not torch.arange: the exporter would fold every
+        # (M, M) mask built from a constant into a 39-157 MB initializer
+        one = torch.where(s == s, 1, 1)  # (M,) int64 ones, input-dependent so not folded
+        idx = torch.cumsum(one, 0) - 1  # (M,) 0..M-1
         lower = idx.unsqueeze(0) < idx.unsqueeze(1)  # [i, j] = j < i
 
         # ---- step 1-2: order and the greedy pool (Eq. 2) -------------------------------------
@@ -167,7 +169,7 @@ class FixedBudgetUnified(nn.Module):
         sq = (xc * xc).sum(-1)
         d2 = (sq.unsqueeze(1) + sq.unsqueeze(0) - 2.0 * (xc @ xc.t())).clamp_min(0.0) / D
         d2 = torch.where(idx.unsqueeze(0) == idx.unsqueeze(1), 0.0, d2)
-        inf = torch.full_like(d2, float("inf"))
+        inf = float("inf")
         col = recycle.unsqueeze(0)  # (1, M) recycle columns
         knn = torch.topk(torch.where(col, d2, inf), self.knn, dim=-1, largest=False).values  # (M, k)
         rho = torch.exp(-knn.mean(-1))  # Eq. 3
@@ -175,13 +177,15 @@ class FixedBudgetUnified(nn.Module):
         ri, rj = rho.unsqueeze(1), rho.unsqueeze(0)
         denser = ((rj > ri) | ((rj == ri) & lower)) & col
         to_denser = torch.where(denser, dist, inf).amin(-1)
-        row_max = torch.where(col, dist, torch.zeros_like(dist)).amax(-1)
+        row_max = torch.where(col, dist, 0.0).amax(-1)
         delta = torch.where(denser.any(-1), to_denser, row_max)  # Eq. 4
         gamma = torch.where(recycle, rho * delta, float("-inf"))
 
         # ---- step 4-5: centres by rank, nearest centre ---------------------------------------
         n_clu = B - selected.to(torch.int64).sum()
-        centre = recycle & (rank_desc(gamma) < n_clu)
+        gi, gj = gamma.unsqueeze(1), gamma.unsqueeze(0)
+        rank = ((gj > gi) | ((gj == gi) & lower)).to(torch.int64).sum(-1)  # ties: lower index first
+        centre = recycle & (rank < n_clu)
         nearest = torch.where(centre.unsqueeze(0), dist, inf).argmin(-1)  # first index on ties
         nearest = torch.where(centre | selected, idx, nearest)
 
@@ -190,7 +194,7 @@ class FixedBudgetUnified(nn.Module):
         keep_i = keep.to(torch.int64)
         slot = torch.cumsum(keep_i, 0) - keep_i  # exclusive: already in flat order
         dest = slot.index_select(0, nearest)
-        w = (dest.unsqueeze(1) == torch.arange(B, device=dev).unsqueeze(0)).to(f32)  # (M, B)
+        w = (dest.unsqueeze(1) == idx[:B].unsqueeze(0)).to(f32)  # (M, B) one-hot
         count = w.sum(0)  # (B,)
         total = w.t() @ h  # (B, D)
         own = w * keep.to(f32).unsqueeze(1)  # the kept / centre token of every slot
@@ -203,7 +207,8 @@ class FixedBudgetUnified(nn.Module):
             tokens = total / count.unsqueeze(1)
         if g is not None:  # g is unused (one global pool); weight 0 keeps it a graph input
             tokens = tokens + 0.0 * g[:1, :1].to(f32).sum()
-        index = (own.t() @ idx.to(f32)).to(torch.int64)  # exact: M < 2^24
+        # a column sum, not own^T @ idx: ORT fuses Transpose + MatMul with a 1-D operand wrongly
+        index = (own * idx.to(f32).unsqueeze(1)).sum(0).to(torch.int64)  # exact: M < 2^24
         rounds_used = self._rounds_used(history)
         return UnifiedDecisions(
             selected=selected,
