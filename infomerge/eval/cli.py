@@ -37,27 +37,61 @@ def build_parser() -> argparse.ArgumentParser:
         "for several compression methods and retentions, with 95 %% Wilson intervals, tokens kept and "
         "latency; resumable.",
     )
-    p.add_argument("dataset", metavar="DATASET", help="questions: .json, .jsonl or .parquet (schema: docs/evaluation.md)")
-    p.add_argument("--video-root", metavar="DIR", help="folder of relative video paths / videoID files "
-                   "(default: the dataset's folder)")
+    p.add_argument(
+        "dataset", metavar="DATASET", help="questions: .json, .jsonl or .parquet (schema: docs/evaluation.md)"
+    )
+    p.add_argument(
+        "--video-root",
+        metavar="DIR",
+        help="folder of relative video paths / videoID files (default: the dataset's folder)",
+    )
     p.add_argument("--out", metavar="DIR", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--backbone", metavar="NAME", help="backbone name (default: tiny)")
     src.add_argument("--artifacts", metavar="DIR", help="an infomerge-export directory")
     p.add_argument("--model-path", metavar="DIR", help="local checkpoint directory of the backbone")
-    p.add_argument("--methods", nargs="+", choices=method_names(), default=["infomerge"], metavar="METHOD",
-                   help=f"compression methods, any of {', '.join(method_names())} (default: infomerge)")
-    p.add_argument("--retentions", nargs="+", type=float, default=[0.15], metavar="R",
-                   help="retention ratios in (0, 1]; 1.0 adds one uncompressed run (default: 0.15)")
-    p.add_argument("--vision-backend", choices=tuple(VISION_BACKENDS), help="default: torch, or ort with --artifacts")
-    p.add_argument("--compress-backend", choices=tuple(b for b in COMPRESS_BACKENDS if b != "none"),
-                   default="torch", help="backend of every compressed run (default torch)")
-    p.add_argument("--llm", choices=tuple(LLM_BACKENDS), help="default: torch, or ort with --artifacts that hold llm/")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=method_names(),
+        default=["infomerge"],
+        metavar="METHOD",
+        help=f"compression methods, any of {', '.join(method_names())} (default: infomerge)",
+    )
+    p.add_argument(
+        "--retentions",
+        nargs="+",
+        type=float,
+        default=[0.15],
+        metavar="R",
+        help="retention ratios in (0, 1]; 1.0 adds one uncompressed run (default: 0.15)",
+    )
+    p.add_argument(
+        "--vision-backend", choices=tuple(VISION_BACKENDS), help="default: torch, or ort with --artifacts"
+    )
+    p.add_argument(
+        "--compress-backend",
+        choices=tuple(b for b in COMPRESS_BACKENDS if b != "none"),
+        default="torch",
+        help="backend of every compressed run (default torch)",
+    )
+    p.add_argument(
+        "--llm", choices=tuple(LLM_BACKENDS), help="default: torch, or ort with --artifacts that hold llm/"
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--frames", type=int, metavar="F", help="frames sampled per video (default: the backbone's; "
-                   "not with --artifacts, whose graphs fix it)")
-    p.add_argument("--max-new-tokens", type=int, default=16, metavar="N",
-                   help="generation limit per answer (default 16, lmms-eval's VideoMME setting)")
+    p.add_argument(
+        "--frames",
+        type=int,
+        metavar="F",
+        help="frames sampled per video (default: the backbone's; not with --artifacts, whose graphs fix it)",
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=16,
+        metavar="N",
+        help="generation limit per answer (default 16, lmms-eval's VideoMME setting)",
+    )
     p.add_argument("--limit", type=int, metavar="N", help="only the first N questions")
     p.add_argument("--restart", action="store_true", help="discard earlier results in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -102,21 +136,35 @@ def build_pipelines(args, runs) -> dict:
     from infomerge.runtime.pipeline import Pipeline
 
     first = next((s for s in runs if s.compressed), runs[0])
-    common = {"model_path": args.model_path, "device": args.device, "method": first.method or "infomerge",
-              "retention": first.retention}
+    common = {
+        "model_path": args.model_path,
+        "device": args.device,
+        "method": first.method or "infomerge",
+        "retention": first.retention,
+    }
     if args.artifacts:
         base = Pipeline.from_artifacts(
-            args.artifacts, vision_backend=args.vision_backend or "ort", compress_backend=args.compress_backend,
-            llm=args.llm, **common,
+            args.artifacts,
+            vision_backend=args.vision_backend or "ort",
+            compress_backend=args.compress_backend,
+            llm=args.llm,
+            **common,
         )
     else:
         base = Pipeline.from_backbone(
-            args.backbone or "tiny", vision_backend=args.vision_backend or "torch",
-            compress_backend=args.compress_backend, llm=args.llm or "torch", frames=args.frames, **common,
+            args.backbone or "tiny",
+            vision_backend=args.vision_backend or "torch",
+            compress_backend=args.compress_backend,
+            llm=args.llm or "torch",
+            frames=args.frames,
+            **common,
         )
     return {
-        s.key: base.with_compression(s.method or "infomerge", s.retention if s.compressed else None,
-                                     backend=args.compress_backend if s.compressed else "none")
+        s.key: base.with_compression(
+            s.method or "infomerge",
+            s.retention if s.compressed else None,
+            backend=args.compress_backend if s.compressed else "none",
+        )
         for s in runs
     }
 
@@ -141,13 +189,18 @@ def run(args, console) -> int:
     results = ResultsFile(args.out, settings, restart=args.restart)
     done = results.open()
     if results.dropped_partial:
-        console.print(f"[yellow]dropped a cut-off last line of {results.path} (a hard kill); that sample reruns")
+        console.print(
+            f"[yellow]dropped a cut-off last line of {results.path} (a hard kill); that sample reruns"
+        )
     todo = sum((s.key, q.qid) not in done for s in runs for q in questions)
+    total = len(runs) * len(questions)
     interrupted = False
     try:
         if todo:
-            console.print(f"{len(questions)} questions x {len(runs)} runs: {todo} samples to answer"
-                          f"{f', {len(runs) * len(questions) - todo} already in {results.path}' if todo < len(runs) * len(questions) else ''}")
+            console.print(
+                f"{len(questions)} questions x {len(runs)} runs: {todo} samples to answer"
+                + (f", {total - todo} already in {results.path}" if todo < total else "")
+            )
             pipelines = build_pipelines(args, runs)
             _answer_all(questions, runs, pipelines, results, done, args, console, todo)
         else:
@@ -160,8 +213,10 @@ def run(args, console) -> int:
     records = [r for r in read_results(args.out) if (r["run"], r["question_id"]) in wanted]
     summary = summarize(records, [s.key for s in runs])
     if interrupted:
-        console.print(f"[yellow]interrupted: {len(records)} of {len(wanted)} samples are in {results.path}; "
-                      "run the same command again to continue")
+        console.print(
+            f"[yellow]interrupted: {len(records)} of {len(wanted)} samples are in {results.path}; "
+            "run the same command again to continue"
+        )
         return 130
     paths = write_reports(args.out, summary, settings)
     console.print(rich_table(summary))
@@ -174,14 +229,22 @@ def _answer_all(questions, runs, pipelines, results, done, args, console, todo) 
 
     from infomerge.eval.harness import evaluate
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, disable=args.no_progress) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=args.no_progress,
+    ) as bar:
         task = bar.add_task("answering", total=todo)
 
         def advance(rec):
             bar.update(task, advance=1, description=f"{rec['run']} q{rec['question_id']}")
 
-        evaluate(questions, runs, pipelines, results, done, max_new_tokens=args.max_new_tokens, on_sample=advance)
+        evaluate(
+            questions, runs, pipelines, results, done, max_new_tokens=args.max_new_tokens, on_sample=advance
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,8 +264,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception:  # a bug, not bad input
         traceback.print_exc()
-        print("infomerge-eval: unexpected failure (the traceback above); finished samples are kept in "
-              f"{args.out}", file=sys.stderr)
+        print(
+            "infomerge-eval: unexpected failure (the traceback above); finished samples are kept in "
+            f"{args.out}",
+            file=sys.stderr,
+        )
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -106,7 +106,7 @@ def _read_records(path: Path) -> list[dict]:
     if isinstance(data, dict) and isinstance(data.get("questions"), list):
         data = data["questions"]
     if not isinstance(data, list):
-        raise DatasetError(f"{path}: expected a JSON list of question objects (or {{\"questions\": [...]}})")
+        raise DatasetError(f'{path}: expected a JSON list of question objects (or {{"questions": [...]}})')
     return data
 
 
@@ -189,14 +189,17 @@ def load_dataset(path: str | os.PathLike, video_root: str | os.PathLike | None =
         problems += bad
         if q is not None:
             if q.qid in seen:
-                problems.append(f"row {n}: question_id {q.qid!r} repeats row {seen[q.qid]}; ids must be unique")
+                problems.append(
+                    f"row {n}: question_id {q.qid!r} repeats row {seen[q.qid]}; ids must be unique"
+                )
             seen[q.qid] = n
             questions.append(q)
     if problems:
         listed = "\n  ".join(problems[:_MAX_LISTED])
         more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
         raise DatasetError(
-            f"{path}: {len(problems)} problem(s) with the dataset (schema: docs/evaluation.md):\n  {listed}{more}"
+            f"{path}: {len(problems)} problem(s) with the dataset (schema: docs/evaluation.md):"
+            f"\n  {listed}{more}"
         )
     if not questions:
         raise DatasetError(f"{path}: no questions")

@@ -56,24 +56,32 @@ def summarize(records: Sequence[dict], run_order: Sequence[str] | None = None) -
         for f in fields:
             values = sorted({r[f] for r in recs if f in r})
             cats[f[4:]] = {
-                v: accuracy(sum(bool(r["correct"]) for r in recs if r.get(f) == v),
-                            sum(1 for r in recs if r.get(f) == v)).to_dict()
+                v: accuracy(
+                    sum(bool(r["correct"]) for r in recs if r.get(f) == v),
+                    sum(1 for r in recs if r.get(f) == v),
+                ).to_dict()
                 for v in values
             }
-        shares = [r["video_tokens"] / r["uncompressed_video_tokens"] for r in recs if r.get("uncompressed_video_tokens")]
-        out.append({
-            "run": key,
-            "method": recs[0].get("method"),
-            "retention": recs[0].get("retention"),
-            "n": acc.total,
-            **{k: v for k, v in acc.to_dict().items() if k != "total"},
-            "kept_tokens_mean": _mean(r.get("video_tokens") for r in recs),
-            "kept_share_mean": _mean(shares),
-            "ttft_ms_mean": _mean(r.get("ttft_ms") for r in recs),
-            "ttft_ms_median": _median(r.get("ttft_ms") for r in recs),
-            "total_ms_mean": _mean(r.get("total_ms") for r in recs),
-            "categories": cats,
-        })
+        shares = [
+            r["video_tokens"] / r["uncompressed_video_tokens"]
+            for r in recs
+            if r.get("uncompressed_video_tokens")
+        ]
+        out.append(
+            {
+                "run": key,
+                "method": recs[0].get("method"),
+                "retention": recs[0].get("retention"),
+                "n": acc.total,
+                **{k: v for k, v in acc.to_dict().items() if k != "total"},
+                "kept_tokens_mean": _mean(r.get("video_tokens") for r in recs),
+                "kept_share_mean": _mean(shares),
+                "ttft_ms_mean": _mean(r.get("ttft_ms") for r in recs),
+                "ttft_ms_median": _median(r.get("ttft_ms") for r in recs),
+                "total_ms_mean": _mean(r.get("total_ms") for r in recs),
+                "categories": cats,
+            }
+        )
     return out
 
 
@@ -94,7 +102,8 @@ def markdown_table(summary: Sequence[dict]) -> str:
     ]
     for s in summary:
         lines.append(
-            f"| {s['run']} | {s['method'] or 'none'} | {s['retention'] if s['retention'] is not None else 1.0:g} "
+            f"| {s['run']} | {s['method'] or 'none'} "
+            f"| {s['retention'] if s['retention'] is not None else 1.0:g} "
             f"| {s['n']} | {_pct(s['accuracy'])} | [{_pct(s['ci95_low'])}, {_pct(s['ci95_high'])}] "
             f"| {s['kept_tokens_mean'] or 0:.0f} | {_pct(s['kept_share_mean'])} % "
             f"| {_ms(s['ttft_ms_mean'])} | {_ms(s['ttft_ms_median'])} |"
@@ -118,13 +127,27 @@ def rich_table(summary: Sequence[dict]):
     """The comparison table as a ``rich.table.Table``."""
     from rich.table import Table
 
-    t = Table(title="infomerge-eval: accuracy (95 % Wilson interval), tokens kept, latency", title_justify="left")
-    for col, just in (("run", "left"), ("n", "right"), ("accuracy %", "right"), ("95 % CI", "right"),
-                      ("kept tokens", "right"), ("TTFT mean ms", "right")):
+    t = Table(
+        title="infomerge-eval: accuracy (95 % Wilson interval), tokens kept, latency", title_justify="left"
+    )
+    for col, just in (
+        ("run", "left"),
+        ("n", "right"),
+        ("accuracy %", "right"),
+        ("95 % CI", "right"),
+        ("kept tokens", "right"),
+        ("TTFT mean ms", "right"),
+    ):
         t.add_column(col, justify=just)
     for s in summary:
-        t.add_row(s["run"], str(s["n"]), _pct(s["accuracy"]), f"[{_pct(s['ci95_low'])}, {_pct(s['ci95_high'])}]",
-                  f"{s['kept_tokens_mean'] or 0:.0f}", _ms(s["ttft_ms_mean"]))
+        t.add_row(
+            s["run"],
+            str(s["n"]),
+            _pct(s["accuracy"]),
+            f"[{_pct(s['ci95_low'])}, {_pct(s['ci95_high'])}]",
+            f"{s['kept_tokens_mean'] or 0:.0f}",
+            _ms(s["ttft_ms_mean"]),
+        )
     return t
 
 
@@ -158,12 +181,23 @@ def plot(summary: Sequence[dict], path: str | os.PathLike, x: str) -> Path:
             rows.sort(key=lambda s: s["ttft_ms_mean"] or 0.0)
             xs = [s["ttft_ms_mean"] or 0.0 for s in rows]
         ys = [100 * s["accuracy"] for s in rows]
-        err = [[100 * (s["accuracy"] - s["ci95_low"]) for s in rows], [100 * (s["ci95_high"] - s["accuracy"]) for s in rows]]
+        err = [
+            [100 * (s["accuracy"] - s["ci95_low"]) for s in rows],
+            [100 * (s["ci95_high"] - s["accuracy"]) for s in rows],
+        ]
         label = m or "no compression"
         if m is None and x == "retention":
             ax.axhline(ys[0], color="grey", linestyle="--", linewidth=0.8)
-        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label, linestyle="-" if m else "none",
-                    color="grey" if m is None else None)
+        ax.errorbar(
+            xs,
+            ys,
+            yerr=err,
+            marker="o",
+            capsize=3,
+            label=label,
+            linestyle="-" if m else "none",
+            color="grey" if m is None else None,
+        )
     ax.set_xlabel("retention (kept share of video tokens)" if x == "retention" else "mean TTFT (ms)")
     ax.set_ylabel("accuracy % (95 % Wilson interval)")
     ax.set_ylim(0, 100)

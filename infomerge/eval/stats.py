@@ -34,8 +34,13 @@ class Accuracy:
     high: float | None
 
     def to_dict(self) -> dict:
-        return {"correct": self.correct, "total": self.total, "accuracy": self.value,
-                "ci95_low": self.low, "ci95_high": self.high}
+        return {
+            "correct": self.correct,
+            "total": self.total,
+            "accuracy": self.value,
+            "ci95_low": self.low,
+            "ci95_high": self.high,
+        }
 
     def percent(self) -> str:
         """``"41.7 % [19.3, 68.0]"``, or ``"-"`` for an empty set."""

@@ -72,9 +72,13 @@ class ResultsFile:
             self.path.unlink(missing_ok=True)
         elif settings_path.is_file() and self.path.is_file():
             earlier = json.loads(settings_path.read_text(encoding="utf-8"))
-            differ = sorted(k for k in set(earlier) | set(self.settings) if earlier.get(k) != self.settings.get(k))
+            differ = sorted(
+                k for k in set(earlier) | set(self.settings) if earlier.get(k) != self.settings.get(k)
+            )
             if differ:
-                detail = ", ".join(f"{k}: {earlier.get(k)!r} then, {self.settings.get(k)!r} now" for k in differ)
+                detail = ", ".join(
+                    f"{k}: {earlier.get(k)!r} then, {self.settings.get(k)!r} now" for k in differ
+                )
                 raise ResultsMismatchError(
                     f"{self.out} holds results of other settings ({detail}); choose another --out, "
                     "or pass --restart to discard them"
