@@ -79,7 +79,7 @@ CRAFTED = [
     ("The correct answer is (B), not (A)", "A"),  # phrase candidates: the later letter wins
     ("B) In a car", "B"),
     ("Option C: On a stage, I choose it", "C"),
-    ("I choose B over the (C) option", "B"),  # an answer phrase outranks a parenthesised letter
+    ("(C) is wrong, my answer is B ok", "B"),  # an answer phrase outranks a parenthesised letter
 ]
 
 
