@@ -81,6 +81,7 @@ class Method:
 # fmt: off
 MODULES = (
     "infomerge.compress.presets",
+    "infomerge.compress.divprune",
 )
 # fmt: on
 
