@@ -141,7 +141,7 @@ def loop_reference(h, a, g, cfg) -> dict:
         chosen_static, frame_anchors = set(), []
         for f in a_frames:
             cand = [p for p in range(n) if p not in sal[f]]
-            score = density(seg[f], cand, cfg.knn)
+            score = density(seg[f], cand, cfg.knn, cfg.density_ties)
             free = [p for p in cand if not (p in static[k] and p in chosen_static)]
             picked = sorted(free, key=lambda p: (-score[p], p))[: min(per, len(free))]
             chosen_static |= set(picked) & static[k]
@@ -197,7 +197,8 @@ def history_at(sal, static, r) -> set:
     return out
 
 
-def density(frame, cand, knn) -> dict:
+def density(frame, cand, knn, ties="index") -> dict:
+    """DPC-kNN rho * delta per candidate; ties "index" (lower index denser) or "strict" (FastVID)."""
     rho = {}
     for i in cand:
         ds = sorted(dist(frame[i], frame[j]) for j in cand)[: min(knn, len(cand))]
@@ -205,6 +206,6 @@ def density(frame, cand, knn) -> dict:
     max_d = max((dist(frame[i], frame[j]) for i in cand for j in cand), default=0.0)
     out = {}
     for i in cand:
-        denser = [j for j in cand if rho[j] > rho[i] or (rho[j] == rho[i] and j < i)]
+        denser = [j for j in cand if rho[j] > rho[i] or (ties == "index" and rho[j] == rho[i] and j < i)]
         out[i] = rho[i] * min((dist(frame[i], frame[j]) for j in denser), default=max_d)
     return out

@@ -215,3 +215,45 @@ def test_richness_input_mode_uses_the_given_entropy(tiny_video):
     assert torch.allclose(exact.richness, rich)
     assert int(exact.segment_budget.sum()) == int(est.segment_budget.sum())
     assert (exact.segment_budget - est.segment_budget).abs().max() <= 2
+
+
+# ---- FastVID's strict "denser" rule on tied densities -------------------------------------------
+def _tied_frame():
+    """One frame of N = 10 one-dimensional tokens: positions 5..9 salient (attention 1), the
+    candidates 0..4 at values 0, 0, 4, 4.5, 9 (two tied pairs)."""
+    h = torch.tensor([0.0, 0.0, 4.0, 4.5, 9.0, 100.0, 101.0, 102.0, 103.0, 104.0]).reshape(1, 10, 1)
+    a = torch.tensor([[0.0] * 5 + [1.0] * 5])
+    g = torch.ones(1, 4)
+    return h, a, g
+
+
+# Hand computation, k_nn = 2 (self + nearest), dist = |x_i - x_j| (D = 1), fastvid rule at r = 0.8:
+# R = int(10 * 0.8) = 8, C = int(8 * 0.4) = 3 anchors, T_s = 5 salient.
+#   m:   tokens 0, 1: (0 + 0) / 2 = 0;  tokens 2, 3: (0 + 0.5^2) / 2 = 0.125;  token 4: 4.5^2 / 2.
+#   rho = exp(-m): 1, 1, 0.8825, 0.8825, ~4e-5.
+# FastVID (strict >): 0 and 1 tie at the top -> both delta = max distance 9 -> score 9, 9;
+#   2: denser {0, 1} -> delta 4 -> 3.53;  3: denser {0, 1} (2 is tied, not denser) -> 4.5 -> 3.97;
+#   4: ~0.  Top 3: {0, 1, 3}.
+# Total order (lower index denser on a tie): 0 -> 9;  1 -> 0 (token 0);  2 -> 4 -> 3.53;
+#   3 -> 0.5 (token 2) -> 0.44;  4: ~0.  Top 3: {0, 2, 3}.
+_FASTVID_KEPT = [0, 1, 3, 5, 6, 7, 8, 9]
+_TOTAL_ORDER_KEPT = [0, 2, 3, 5, 6, 7, 8, 9]
+
+
+@pytest.mark.parametrize("ties, expected", [("strict", _FASTVID_KEPT), ("index", _TOTAL_ORDER_KEPT)])
+def test_tied_densities_follow_the_preset_rule(ties, expected):
+    from infomerge.compress.reference import reference
+
+    h, a, g = _tied_frame()
+    cfg = InfoMergeConfig.fastvid(0.8, knn=2, density_ties=ties)
+    assert cfg.total_budget(1, 10) == 8
+    assert reference(h, a, g, cfg).index.tolist() == expected
+    _, index = FixedBudgetCompressor(cfg, 1, 10, 1)(h, a, g)
+    assert index.tolist() == expected
+
+
+def test_presets_tie_rules():
+    assert InfoMergeConfig.fastvid(0.1).density_ties == "strict"
+    assert InfoMergeConfig.paper(0.1).density_ties == "index"
+    with pytest.raises(BudgetError, match="density_ties"):
+        InfoMergeConfig.paper(0.1, density_ties="random")

@@ -20,6 +20,7 @@ from infomerge.errors import BudgetError
 
 BudgetRule = Literal["paper", "fastvid"]
 StaticEstimator = Literal["tfd", "adjacent"]
+DensityTies = Literal["index", "strict"]
 
 # Paper Table 7: retention -> (tau, rho). Other ratios take the nearest row, the lower on a tie.
 _TABLE7 = {0.05: (2.0, 0.05), 0.10: (1.2, 0.10), 0.15: (1.2, 0.09)}
@@ -58,6 +59,11 @@ class InfoMergeConfig:
         static_estimator: "tfd" (eqs. 1-2) or "adjacent" (paper Table 5: DyCoke-style first-order
             difference to the previous frames within a window of ``adjacent_window``).
         adjacent_window: window of the "adjacent" estimator.
+        density_ties: who is "denser" in the DPC-kNN delta (step 6). "index" (InfoMerge preset, [D]):
+            a total order, ``rho_j > rho_i`` or (equal and ``j < i``), so of k tied tokens exactly
+            one counts as the densest. "strict" (FastVID preset): FastVID's code, ``rho_j > rho_i``
+            only, so every token tied at the top density gets the frame's maximum distance and
+            tied tokens never serve as each other's denser neighbour.
 
     Raises:
         BudgetError: from ``__post_init__`` when retention is outside (0, 1] or a share is invalid.
@@ -80,6 +86,7 @@ class InfoMergeConfig:
     caba: bool = True
     static_estimator: StaticEstimator = "tfd"
     adjacent_window: int = 4
+    density_ties: DensityTies = "index"
 
     def __post_init__(self) -> None:
         if not (0.0 < float(self.retention) <= 1.0):
@@ -90,6 +97,8 @@ class InfoMergeConfig:
             raise BudgetError(f"budget_rule must be 'paper' or 'fastvid', got {self.budget_rule!r}")
         if self.static_estimator not in ("tfd", "adjacent"):
             raise BudgetError(f"static_estimator must be 'tfd' or 'adjacent', got {self.static_estimator!r}")
+        if self.density_ties not in ("index", "strict"):
+            raise BudgetError(f"density_ties must be 'index' or 'strict', got {self.density_ties!r}")
         if self.anchor_interval < 1 or self.knn < 1 or self.min_segments < 1:
             raise BudgetError("anchor_interval, knn and min_segments must be >= 1")
 
@@ -102,9 +111,12 @@ class InfoMergeConfig:
 
     @classmethod
     def fastvid(cls, retention: float = 0.25, **overrides) -> InfoMergeConfig:
-        """FastVID: InfoMerge with TFD and CABA off and FastVID's per-frame budget rounding."""
+        """FastVID: InfoMerge with TFD and CABA off, FastVID's per-frame budget rounding and its
+        strict "denser" rule (``density_ties="strict"``)."""
         base = cls.paper(retention)
-        return replace(base, tfd=False, caba=False, budget_rule="fastvid", **overrides)
+        fields = dict(tfd=False, caba=False, budget_rule="fastvid", density_ties="strict")
+        fields.update(overrides)
+        return replace(base, **fields)
 
     def with_(self, **overrides) -> InfoMergeConfig:
         """A copy with some fields replaced (validated again)."""

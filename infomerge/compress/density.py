@@ -8,8 +8,14 @@ Density score of the candidate tokens of one anchor frame (DPC-kNN, as FastVID):
     delta_i    = min dist(i, j) over tokens j denser than i  (the frame's max dist for the densest)
     score_i    = rho_i * delta_i
 
-Deterministic instead of FastVID's 1e-6 noise ([D]): "j denser than i" means ``rho_j > rho_i``
-or (``rho_j == rho_i`` and ``j < i``), and every top-k breaks ties by the lower index.
+Deterministic instead of FastVID's 1e-6 noise ([D]), two rules for "j denser than i"
+(``InfoMergeConfig.density_ties``): ``"index"`` (InfoMerge preset), ``rho_j > rho_i`` or
+(``rho_j == rho_i`` and ``j < i``), a total order; ``"strict"`` (FastVID preset, FastVID's code with
+zero noise), ``rho_j > rho_i`` only, so every token tied at the top density gets the maximum
+distance. The strict rule compares the exponent ``m`` (``m_j < m_i``), as the fixed-budget graph
+does: ties are then exact ties of the kNN distances (repeated tokens, the ties that occur on real
+video), not values that fp32 ``exp`` rounds together near ``rho = 1`` (FastVID's own fp32 ``cdist``
+noise of ~1e-4 makes those irreproducible anyway). Every top-k breaks ties by the lower index.
 
 Anchor frames of a segment of ``T`` frames: ``ceil(T / p)`` of them, the last frame and then every
 ``p``-th frame backwards ([F] per the spec), visited in temporal order. The segment budget ``B_k``
@@ -50,7 +56,11 @@ def pairwise_distances(x: torch.Tensor, exact: bool = True) -> torch.Tensor:
 
 
 def density_scores(
-    x: torch.Tensor, knn: int = 4, valid: torch.Tensor | None = None, exact: bool = True
+    x: torch.Tensor,
+    knn: int = 4,
+    valid: torch.Tensor | None = None,
+    exact: bool = True,
+    ties: str = "index",
 ) -> torch.Tensor:
     """DPC-kNN score ``rho * delta`` of every (valid) token of one frame.
 
@@ -60,10 +70,18 @@ def density_scores(
             than ``knn`` valid tokens all of them are used ([D]).
         valid: optional (M,) bool, the candidate tokens; others take no part and score ``-inf``.
         exact: distance accumulation, see :func:`pairwise_distances`.
+        ties: ``"index"`` (equal ``rho``: the lower index is denser) or ``"strict"`` (FastVID's
+            ``>``: equal ``rho`` is never denser; every token at the top ``rho`` gets the max
+            distance).
 
     Returns:
         (M,) scores in x's dtype; ``-inf`` for invalid tokens. A single valid token scores 0.
+
+    Raises:
+        ValueError: an unknown ``ties`` rule.
     """
+    if ties not in ("index", "strict"):
+        raise ValueError(f"density_scores: ties must be 'index' or 'strict', got {ties!r}")
     m, d = x.shape
     if valid is None:
         valid = torch.ones(m, dtype=torch.bool, device=x.device)
@@ -76,11 +94,15 @@ def density_scores(
     inf = torch.tensor(float("inf"), dtype=x.dtype, device=x.device)
     k = min(int(knn), n_valid)
     nearest = torch.sort(torch.where(pair, dist, inf), dim=-1).values[:, :k]  # (M, k), valid rows finite
-    rho = torch.exp(-(nearest.square()).mean(-1))
+    msq = (nearest.square()).mean(-1)  # the exponent m
+    rho = torch.exp(-msq)
     idx = torch.arange(m, device=x.device)
-    denser = (rho.unsqueeze(0) > rho.unsqueeze(1)) | (
-        (rho.unsqueeze(0) == rho.unsqueeze(1)) & (idx.unsqueeze(0) < idx.unsqueeze(1))
-    )  # denser[i, j]: j is denser than i
+    if ties == "index":  # denser[i, j]: j is denser than i
+        denser = (rho.unsqueeze(0) > rho.unsqueeze(1)) | (
+            (rho.unsqueeze(0) == rho.unsqueeze(1)) & (idx.unsqueeze(0) < idx.unsqueeze(1))
+        )
+    else:  # FastVID's strict ">", on the exponent: only exact kNN ties, not exp's rounding ties
+        denser = msq.unsqueeze(0) < msq.unsqueeze(1)
     denser = denser & pair
     max_dist = torch.where(pair, dist, torch.zeros_like(dist)).max()
     delta = torch.where(denser, dist, max_dist).min(-1).values

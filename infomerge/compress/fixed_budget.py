@@ -516,7 +516,8 @@ class FixedBudgetCompressor(nn.Module):
         BLAS's, and for near neighbours its cancellation leaves ~1e-5 relative noise. The chosen
         pairs' ``d^2`` are recomputed as sums of squared differences with a fixed order of
         elementwise adds (:func:`_pair_sq_dist`). "j denser than i" compares the exponent
-        ``m = mean kNN d^2`` (``m_j < m_i``, ties: lower index), not ``rho = exp(-m)``: the same
+        ``m = mean kNN d^2`` (``m_j < m_i``; equal ``m``: the lower index under
+        ``density_ties="index"``, never under ``"strict"``), not ``rho = exp(-m)``: the same
         order wherever fp32 ``exp`` keeps two ``m`` apart, without the ties fp32 rounding creates
         when ``rho`` is close to 1 (small features), which any last-bit difference broke. Exp and
         Sqrt are not used: ORT's differ from torch's in the last bits (Exp for ~4% of fp32 inputs,
@@ -561,7 +562,10 @@ class FixedBudgetCompressor(nn.Module):
         # delta^2: exact d^2 to the nearest denser candidate (among the mm form's nearest few)
         lower = idx.unsqueeze(0) < idx.unsqueeze(1)  # [i, j] = j < i
         mi, mj = m.unsqueeze(-1), m.unsqueeze(-2)
-        denser = ((mj < mi) | ((mj == mi) & lower)) & pair
+        denser = mj < mi  # strict (FastVID preset): equal m is never denser
+        if self.config.density_ties == "index":  # InfoMerge preset: a total order
+            denser = denser | ((mj == mi) & lower)
+        denser = denser & pair
         pre_d = torch.topk(torch.where(denser, d2, big), k, dim=-1, largest=False)
         to_denser = torch.where(pre_d.values < 1.0e38, exact(pre_d.indices), float("inf")).amin(-1)
         has_denser = denser.any(-1)

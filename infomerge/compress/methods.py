@@ -82,6 +82,7 @@ class Method:
 MODULES = (
     "infomerge.compress.presets",
     "infomerge.compress.unified",
+    "infomerge.compress.divprune",
 )
 # fmt: on
 

@@ -244,7 +244,7 @@ def reference(
         chosen_static = torch.zeros(n, dtype=torch.bool, device=dev)
         local_anchors = []
         for f in frames:  # temporal order: the hard mask depends on it
-            scores = density_scores(hs[f], config.knn, valid=candidate[f])
+            scores = density_scores(hs[f], config.knn, valid=candidate[f], ties=config.density_ties)
             picked = select_anchors(scores, per_frame, blocked=static[k] & chosen_static)
             chosen_static[picked] |= static[k][picked]
             local_anchors.append(f * n + picked)

@@ -367,7 +367,9 @@ class MethodRow:
     static_s: float
 
 
-def method_study(methods, backbones, videos, retentions, cache: Path | None = None, log=print) -> list[MethodRow]:
+def method_study(
+    methods, backbones, videos, retentions, cache: Path | None = None, log=print
+) -> list[MethodRow]:
     """Reference vs fixed-budget module of any registered method, on real video features.
 
     Uses only the registry contract (``config``, ``reference``, ``fixed_budget``); a module with a
@@ -395,10 +397,24 @@ def method_study(methods, backbones, videos, retentions, cache: Path | None = No
                     t2 = time.perf_counter()
                     keep, diff, equal = compare(ref, tokens, index)
                     exact = str(bool(dec.exact)) if dec is not None and hasattr(dec, "exact") else "-"
-                    row = MethodRow(bb, Path(video).stem, name, r, int(ref.index.numel()), int(index.numel()),
-                                    keep, diff, equal, exact, t1 - t0, t2 - t1)
+                    row = MethodRow(
+                        bb,
+                        Path(video).stem,
+                        name,
+                        r,
+                        int(ref.index.numel()),
+                        int(index.numel()),
+                        keep,
+                        diff,
+                        equal,
+                        exact,
+                        t1 - t0,
+                        t2 - t1,
+                    )
                     rows.append(row)
-                    log(f"{bb} {row.video} {name} r={r}: keep {keep:.3f}, max |dtok| {diff:.2e}, exact {exact}")
+                    log(
+                        f"{bb} {row.video} {name} r={r}: keep {keep:.3f}, max |dtok| {diff:.2e}, exact {exact}"
+                    )
     return rows
 
 
@@ -407,15 +423,26 @@ def method_table(rows: list[MethodRow]) -> str:
         "| backbone | video | method | r | ref kept | static kept | keep | max abs dtok | equal tokens | exact |\n"
         "|---|---|---|---|---|---|---|---|---|---|\n"
     )
-    return head + "\n".join(
-        f"| {r.backbone} | {r.video} | {r.method} | {r.retention:.2f} | {r.ref_kept} | {r.static_kept} | "
-        f"{r.keep:.3f} | {r.max_diff:.1e} | {r.equal:.3f} | {r.exact} |"
-        for r in rows
-    ) + "\n"
+    return (
+        head
+        + "\n".join(
+            f"| {r.backbone} | {r.video} | {r.method} | {r.retention:.2f} | {r.ref_kept} | {r.static_kept} | "
+            f"{r.keep:.3f} | {r.max_diff:.1e} | {r.equal:.3f} | {r.exact} |"
+            for r in rows
+        )
+        + "\n"
+    )
 
 
-def method_bench(methods, frames: int = 32, n: int = 196, d: int = 3584, retention: float = 0.02,
-                 repeat: int = 3, log=print) -> str:
+def method_bench(
+    methods,
+    frames: int = 32,
+    n: int = 196,
+    d: int = 3584,
+    retention: float = 0.02,
+    repeat: int = 3,
+    log=print,
+) -> str:
     """Median wall time of the reference and of the eager fixed-budget module at L x N x D (synthetic
     features), under :data:`HEAVY_LOCK`; a markdown table."""
     import numpy as np
@@ -443,8 +470,15 @@ def method_bench(methods, frames: int = 32, n: int = 196, d: int = 3584, retenti
                         times["reference"].append(t1 - t0)
                         times["static"].append(t2 - t1)
             same = bool(torch.equal(ref.index, index))
-            rows.append((name, cfg.total_budget(frames, n), float(np.median(times["reference"])),
-                         float(np.median(times["static"])), same))
+            rows.append(
+                (
+                    name,
+                    cfg.total_budget(frames, n),
+                    float(np.median(times["reference"])),
+                    float(np.median(times["static"])),
+                    same,
+                )
+            )
             log(f"{name}: reference {rows[-1][2]:.2f} s, static {rows[-1][3]:.2f} s, index equal {same}")
     cpu = platform.processor() or platform.machine()
     head = (
@@ -495,7 +529,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.methods:
         tag = "-".join(a.methods)
         if not a.no_study:
-            text = method_table(method_study(a.methods, a.backbones, a.videos, a.retentions, a.cache, log=log))
+            text = method_table(
+                method_study(a.methods, a.backbones, a.videos, a.retentions, a.cache, log=log)
+            )
             print(text)
             if a.write_docs:
                 write_section(a.write_docs, f"agreement-{tag}", text)
