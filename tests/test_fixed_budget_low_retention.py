@@ -52,7 +52,11 @@ def loop_merge(H, dec, mu, p):
 def test_zero_anchor_frame_keeps_its_candidates_out_of_other_segments(seed, tfd):
     g = torch.Generator().manual_seed(seed)
     L, N, D = 8, 196, 32
-    H, A, gf = torch.randn(L, N, D, generator=g), torch.rand(L, N, generator=g), torch.randn(L, 16, generator=g)
+    H, A, gf = (
+        torch.randn(L, N, D, generator=g),
+        torch.rand(L, N, generator=g),
+        torch.randn(L, 16, generator=g),
+    )
     cfg = InfoMergeConfig.paper(0.01, tfd=tfd)
     dec = FixedBudgetCompressor(cfg, L, N, D).decisions(H, A, gf)
     # 8 frames, at least 8 segments: single frames, so no static replacement and merges are of H

@@ -63,8 +63,14 @@ def clustered(L, N, D, protos=6, noise=0.5, seed=0):
 # ---- budgets --------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "r,b,b_sel,n_clu",
-    [(0.01, 63, 44, 19), (0.02, 125, 87, 38), (0.05, 314, 220, 94), (0.10, 627, 439, 188),
-     (0.15, 941, 659, 282), (0.20, 1254, 878, 376)],
+    [
+        (0.01, 63, 44, 19),
+        (0.02, 125, 87, 38),
+        (0.05, 314, 220, 94),
+        (0.10, 627, 439, 188),
+        (0.15, 941, 659, 282),
+        (0.20, 1254, 878, 376),
+    ],
 )
 def test_budget_table(r, b, b_sel, n_clu):
     cfg = UnifiedConfig.paper(r)
@@ -115,9 +121,12 @@ def test_pool_equals_loop_greedy(seed, r):
     out = reference(H, A, g, cfg)
     expect = loop_greedy(H, A, cfg.selection_budget(8, 49), cfg.tau)
     assert out.pool.tolist() == expect
-    assert select_pool(
-        torch.nn.functional.normalize(H.reshape(-1, 16), dim=-1), A.reshape(-1), len(expect) + 5, 0.7
-    )[: len(expect)].tolist() == expect[: len(expect)]
+    assert (
+        select_pool(
+            torch.nn.functional.normalize(H.reshape(-1, 16), dim=-1), A.reshape(-1), len(expect) + 5, 0.7
+        )[: len(expect)].tolist()
+        == expect[: len(expect)]
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 3])
@@ -176,7 +185,9 @@ def test_output_invariants_and_merged_tokens(merge):
                 expect = flat[members].double().mean(0)
             else:
                 rest = [j for j in members if j != i]
-                expect = 0.6 * flat[i].double() + 0.4 * flat[rest].double().mean(0) if rest else flat[i].double()
+                expect = (
+                    0.6 * flat[i].double() + 0.4 * flat[rest].double().mean(0) if rest else flat[i].double()
+                )
             torch.testing.assert_close(out.tokens[k].double(), expect, rtol=1e-5, atol=1e-5)
     # every token is kept, merged or (never here) dropped
     assert int((out.assignment >= 0).sum()) == 8 * 49

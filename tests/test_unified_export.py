@@ -43,10 +43,21 @@ def test_unified_onnx_is_static_and_correct_on_real_videos(videos, tmp_path):
     (h1, a1, g1), (h2, a2, g2) = videos
     comp = FixedBudgetUnified(UnifiedConfig.paper(0.02), *h1.shape).eval()
     gen = torch.Generator().manual_seed(0)
-    synth = (torch.randn(h1.shape, generator=gen), torch.rand(a1.shape, generator=gen), torch.randn(g1.shape, generator=gen))
+    synth = (
+        torch.randn(h1.shape, generator=gen),
+        torch.rand(a1.shape, generator=gen),
+        torch.randn(g1.shape, generator=gen),
+    )
     path = tmp_path / "compress.onnx"
-    torch.onnx.export(comp, synth, str(path), input_names=["H", "A", "g"], output_names=["tokens", "index"],
-                      opset_version=17, dynamo=False)
+    torch.onnx.export(
+        comp,
+        synth,
+        str(path),
+        input_names=["H", "A", "g"],
+        output_names=["tokens", "index"],
+        opset_version=17,
+        dynamo=False,
+    )
     model = onnx.load(str(path), load_external_data=False)
     ops = {n.op_type for n in model.graph.node}
     assert not ops & FORBIDDEN, ops & FORBIDDEN

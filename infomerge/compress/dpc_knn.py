@@ -107,7 +107,9 @@ def dpc_knn(x: torch.Tensor, n_centres: int, knn: int = 7) -> Clusters:
     gamma = rho * delta
     centres = stable_topk(gamma, n_centres).sort().values  # (C,) ascending
     if centres.numel() == 0:
-        return Clusters(rho, delta, gamma, centres, torch.full((x.shape[0],), -1, dtype=torch.int64, device=x.device))
+        return Clusters(
+            rho, delta, gamma, centres, torch.full((x.shape[0],), -1, dtype=torch.int64, device=x.device)
+        )
     nearest = centres[d.index_select(1, centres).argmin(-1)]  # first (lowest) centre on ties
     nearest[centres] = centres  # a centre joins itself
     return Clusters(rho, delta, gamma, centres, nearest)

@@ -413,15 +413,15 @@ class FixedBudgetCompressor(nn.Module):
         seg_of_token = segment.unsqueeze(1).expand(L, N).reshape(flat_n)
         tag = (seg_of_token.unsqueeze(1) == frame_ids.unsqueeze(0)).to(f32) * (math.sqrt(2.0) * norm)
         xt = torch.cat([xf, tag], dim=1)  # (LN, D + L)
-        cand_flat = cand.reshape(flat_n)
         anchors_flat = anchors.reshape(flat_n)
         rank_flat = anchor_rank.unsqueeze(1).expand(L, N).reshape(flat_n)
         # a candidate takes part in a rank-j merge only if its segment HAS rank-j anchors: a
         # rank-j anchor frame with 0 anchors (low retention) would otherwise send its segment's
         # candidates to the nearest anchor of another segment (the reference merges nothing there)
         anchors_per_frame = anchors.to(f32).sum(1)  # (L,)
-        rank_of_frame = anchor_rank.unsqueeze(0) == frame_ids.unsqueeze(1)  # (J=L, L): rank j of frame l
-        seg_anchors = (rank_of_frame.to(f32) * anchors_per_frame.unsqueeze(0)) @ same  # (J, L) per frame's segment
+        rank_of_frame = anchor_rank.unsqueeze(0) == frame_ids.unsqueeze(1)  # (J=L, L): frame l has rank j
+        # (J, L): rank-j anchors in each frame's segment
+        seg_anchors = (rank_of_frame.to(f32) * anchors_per_frame.unsqueeze(0)) @ same
         merged_parts, slot_of_token = [], torch.zeros(flat_n, dtype=torch.int64, device=dev)
         offset = 0
         for j, kj in enumerate(self.rank_slots):

@@ -203,7 +203,9 @@ def merge_clusters(x: torch.Tensor, cl: Clusters, rule: MergeRule, centre_weight
 
 
 @torch.no_grad()
-def reference(H: torch.Tensor, A: torch.Tensor, g: torch.Tensor | None, config: UnifiedConfig) -> UnifiedCompressed:
+def reference(
+    H: torch.Tensor, A: torch.Tensor, g: torch.Tensor | None, config: UnifiedConfig
+) -> UnifiedCompressed:
     """Compress one video with the Unified outer-LLM stage (paper Eqs. 1-4, sequential form).
 
     Args:

@@ -64,7 +64,9 @@ class UnifiedDecisions:
     index: torch.Tensor
 
 
-def greedy_rounds(conflict: torch.Tensor, rounds: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+def greedy_rounds(
+    conflict: torch.Tensor, rounds: int
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """Lexicographically-first maximal independent set by R rounds of parallel decisions.
 
     Args:
@@ -102,10 +104,14 @@ class FixedBudgetUnified(nn.Module):
         BudgetError: from ``config.total_budget``. ValueError: bad shapes or a merge_impl.
     """
 
-    def __init__(self, config: UnifiedConfig, frames: int, tokens_per_frame: int, hidden: int, merge_impl=None):
+    def __init__(
+        self, config: UnifiedConfig, frames: int, tokens_per_frame: int, hidden: int, merge_impl=None
+    ):
         super().__init__()
         if frames < 1 or tokens_per_frame < 1 or hidden < 1:
-            raise ValueError(f"FixedBudgetUnified: need L, N, D >= 1, got {frames}, {tokens_per_frame}, {hidden}")
+            raise ValueError(
+                f"FixedBudgetUnified: need L, N, D >= 1, got {frames}, {tokens_per_frame}, {hidden}"
+            )
         if merge_impl is not None:
             raise ValueError("the unified method has no anchor merge: drop the merge plugin / merge_impl")
         self.config = config
@@ -141,7 +147,7 @@ class FixedBudgetUnified(nn.Module):
             self._check(H, A)
         cfg, L, N, D = self.config, self.frames, self.n, self.hidden
         M, B = L * N, self.budget
-        f32, dev = torch.float32, H.device
+        f32 = torch.float32
         h = H.reshape(M, D).to(f32)
         s = A.reshape(M).to(f32)
         # positions computed from the input, not torch.arange: the exporter would fold every

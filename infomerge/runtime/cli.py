@@ -191,7 +191,7 @@ def _check_prompt(args, frames: int) -> None:
     from infomerge.artifacts.layout import LLM_DIR, LLM_TOKENIZER
     from infomerge.backbones.loading import resolve_checkpoint
     from infomerge.backbones.registry import get_backbone
-    from infomerge.runtime.pipeline import check_prompt_fits, video_token_id
+    from infomerge.runtime.pipeline import check_prompt_fits
 
     if args.artifacts:
         from infomerge.artifacts.manifest import load_manifest
@@ -205,7 +205,7 @@ def _check_prompt(args, frames: int) -> None:
                 frames,
                 bb.tokens_per_frame,
                 args.max_new_tokens,
-                video_token_id(None, bb),
+                bb,
             )
             return
     else:
@@ -217,7 +217,7 @@ def _check_prompt(args, frames: int) -> None:
         frames,
         bb.tokens_per_frame,
         args.max_new_tokens,
-        video_token_id(checkpoint, bb),
+        bb,
     )
 
 

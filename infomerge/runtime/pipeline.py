@@ -372,7 +372,7 @@ class Pipeline:
                 f"the LLM has hidden size {backend.hidden_size}, backbone {bb.name!r} has {bb.text_hidden}: "
                 "artifacts and checkpoint are of different models"
             )
-        placeholder_id = video_token_id(checkpoint, bb)
+        placeholder_id = video_token_id(checkpoint, bb, tokenizer)
         info = {
             "backbone": bb.name,
             "checkpoint": str(checkpoint) if checkpoint is not None else None,
@@ -625,15 +625,22 @@ def _check_layout(bb) -> None:
         )
 
 
-def video_token_id(checkpoint: Path | None, bb) -> int:
-    """``video_token_index`` of the checkpoint's config.json, else the backbone registry's."""
+VIDEO_TOKEN = "<video>"
+
+
+def video_token_id(checkpoint: Path | None, bb, tokenizer=None) -> int:
+    """The ``<video>`` placeholder id: ``video_token_index`` of the checkpoint's config.json, else the
+    tokenizer's own ``<video>`` token (an artifact directory's ``llm/`` has a tokenizer but no LLaVA
+    config), else the backbone registry's."""
     import json
 
-    if checkpoint is not None and (checkpoint / "config.json").is_file():
-        cfg = json.loads((checkpoint / "config.json").read_text())
+    if checkpoint is not None and (Path(checkpoint) / "config.json").is_file():
+        cfg = json.loads((Path(checkpoint) / "config.json").read_text())
         for key in ("video_token_index", "video_token_id"):
             if key in cfg:
                 return int(cfg[key])
+    if tokenizer is not None and VIDEO_TOKEN in tokenizer.get_vocab():
+        return int(tokenizer.convert_tokens_to_ids(VIDEO_TOKEN))
     return int(bb.video_token_id)
 
 
@@ -655,7 +662,7 @@ def check_prompt_fits(
     frames: int,
     tokens_per_frame: int,
     max_new_tokens: int,
-    video_token_id: int,
+    bb,
 ) -> int:
     """Tokenize ``prompt`` with the chat template and check it fits the LLM's context, before any
     model is loaded or any video decoded (only the tokenizer and the config files are read).
@@ -669,7 +676,8 @@ def check_prompt_fits(
         prompt: the user's question (plain text).
         frames, tokens_per_frame: F and N of the video.
         max_new_tokens: the generation limit.
-        video_token_id: the ``<video>`` placeholder id.
+        bb: the :class:`~infomerge.backbones.registry.Backbone` (for the ``<video>`` placeholder id,
+            :func:`video_token_id`).
 
     Returns:
         The span (the RoPE position of the first generated token).
@@ -684,7 +692,8 @@ def check_prompt_fits(
 
     src = Path(text_source)
     tokenizer = AutoTokenizer.from_pretrained(str(src))
-    ids = prompt_ids(tokenizer, load_chat_template(src, tokenizer), prompt, video_token_id)
+    placeholder = video_token_id(src, bb, tokenizer)
+    ids = prompt_ids(tokenizer, load_chat_template(src, tokenizer), prompt, placeholder)
     span = len(ids.before) + frames * tokens_per_frame + 1 + len(ids.after)
     context = None
     if (src / "config.json").is_file():

@@ -413,14 +413,16 @@ def method_study(
                     )
                     rows.append(row)
                     log(
-                        f"{bb} {row.video} {name} r={r}: keep {keep:.3f}, max |dtok| {diff:.2e}, exact {exact}"
+                        f"{bb} {row.video} {name} r={r}: keep {keep:.3f}, max |dtok| {diff:.2e}, "
+                        f"exact {exact}"
                     )
     return rows
 
 
 def method_table(rows: list[MethodRow]) -> str:
     head = (
-        "| backbone | video | method | r | ref kept | static kept | keep | max abs dtok | equal tokens | exact |\n"
+        "| backbone | video | method | r | ref kept | static kept | keep | max abs dtok | equal tokens "
+        "| exact |\n"
         "|---|---|---|---|---|---|---|---|---|---|\n"
     )
     return (
@@ -482,8 +484,9 @@ def method_bench(
             log(f"{name}: reference {rows[-1][2]:.2f} s, static {rows[-1][3]:.2f} s, index equal {same}")
     cpu = platform.processor() or platform.machine()
     head = (
-        f"Shape {frames} x {n} x {d}, r = {retention:.2f}, fp32, synthetic features, median of {repeat} after a "
-        f"warm-up; {os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}; 1-min load average {load:.1f} "
+        f"Shape {frames} x {n} x {d}, r = {retention:.2f}, fp32, synthetic features, median of {repeat} "
+        f"after a warm-up; {os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}; 1-min load "
+        f"average {load:.1f} "
         "at the start (a shared machine).\n\n"
         "| method | B | reference (s) | fixed-budget eager (s) | index equal |\n|---|---|---|---|---|\n"
     )
