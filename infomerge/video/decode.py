@@ -74,8 +74,12 @@ def _check(cancel: threading.Event | None) -> None:
         raise DecodeCancelledError("video", "decoding cancelled")
 
 
-def _scan(container, stream, cancel) -> _Timeline | None:
-    """Demux every packet of ``stream``; None when some frame lacks a pts or two share one."""
+def _scan(container, stream, cancel, src: Source) -> _Timeline | None:
+    """Demux every packet of ``stream``; None when some frame lacks a pts or two share one.
+
+    Raises:
+        VideoSourceError: reading fails before the first packet (FFmpeg's reason).
+    """
     import av
 
     pts: list[int] = []
@@ -93,13 +97,25 @@ def _scan(container, stream, cancel) -> _Timeline | None:
                 keys.append(p)
             if not packet.is_discard:
                 pts.append(p)
-    except av.FFmpegError:
-        pass  # a damaged tail: the packets read so far are what the file holds
+    except av.FFmpegError as exc:
+        if not pts and not keys:
+            raise _read_error(src, exc) from exc
+        # else a damaged tail: the packets read so far are what the file holds
     arr = np.sort(np.asarray(pts, dtype=np.int64))
     if len(arr) > 1 and not np.all(np.diff(arr) > 0):
         return None
     indexed = sum(1 for e in stream.index_entries if not e.is_discard)
     return _Timeline(arr, np.sort(np.asarray(keys, dtype=np.int64)), indexed)
+
+
+def _read_error(src: Source, exc: Exception) -> VideoSourceError:
+    reason = getattr(exc, "strerror", None) or str(exc)
+    hint = ""
+    if src.kind == "url":
+        hint = ("; if the server does not answer HTTP range requests, an MP4 whose index (moov) sits "
+                "at its end cannot be read from it: download it first, or re-mux it with "
+                "`ffmpeg -i IN -c copy -movflags +faststart OUT.mp4`")
+    return VideoSourceError(src.name, f"reading failed: {reason}{hint}")
 
 
 class _Cursor:
@@ -131,10 +147,16 @@ class _Cursor:
         raise _SeekFailed(f"no frame with pts {t} before the end of the stream")
 
     def _seek(self, t: int) -> None:
+        """Start decoding at a keyframe whose pts is <= t. Tries t itself, then just before each
+        known keyframe at or before t (latest first): a demuxer whose seek lands late (index by
+        dts, MPEG-TS's search by bytes) is walked back one GOP at a time, down to the first."""
         import av
 
-        target, back = t, 1
-        for _ in range(_SEEK_TRIES):
+        below = self.keys[self.keys <= t][::-1]
+        second = max(1, int(1 / self.stream.time_base)) if self.stream.time_base else 1
+        first_key = int(self.keys[0]) if len(self.keys) else t
+        targets = [t] + [int(k) - 1 for k in below[:_SEEK_TRIES]] + [first_key - second, first_key - 60 * second]
+        for target in targets:
             _check(self.cancel)
             try:
                 self.container.seek(int(target), stream=self.stream, backward=True, any_frame=False)
@@ -143,24 +165,26 @@ class _Cursor:
             self.seeks += 1
             self.stream.codec_context.flush_buffers()
             packets = self.container.demux(self.stream)
-            first = next((p for p in packets if p.size), None)
-            if first is None:
-                raise _SeekFailed("seek went past the end of the stream")
-            if first.is_keyframe and first.pts is not None and first.pts <= t:
+            # the first keyframe read (packets before it cannot start a decode)
+            try:
+                first = next((p for p in packets if p.size and p.is_keyframe), None)
+            except av.FFmpegError as exc:
+                raise _SeekFailed(f"reading after a seek failed: {exc}") from exc
+            if first is not None and first.pts is not None and first.pts <= t:
                 self._frames = self._decode(first, packets)
                 self._last = None
                 return
-            # landed on or after the target, or not on a keyframe: go further back
-            here = min(x for x in (first.dts, first.pts, target) if x is not None)
-            target, back = here - back, back * 2
-        raise _SeekFailed(f"no keyframe before pts {t} after {_SEEK_TRIES} seeks")
+        raise _SeekFailed(f"no seek landed on a keyframe before pts {t}")
 
     def _decode(self, first, packets):
         import av
 
         def all_packets():
             yield first
-            yield from packets
+            try:
+                yield from packets
+            except av.FFmpegError as exc:
+                raise _SeekFailed(f"reading after a seek failed: {exc}") from exc
 
         for i, packet in enumerate(all_packets()):
             if not i & 15:
@@ -417,7 +441,7 @@ def read_video(
             clip = _assemble(src, kept, idx, times, total, fps, 0, notes, "time", window, True, "live")
             notes.insert(0, f"live source: {clip.describe()}")
             return clip
-        timeline = _scan(container, stream, cancel)
+        timeline = _scan(container, stream, cancel, src)
         if timeline is not None and timeline.indexed > len(timeline.pts):
             raise TruncatedVideoError(
                 src.name,
