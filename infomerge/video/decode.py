@@ -49,6 +49,7 @@ DISPLAY_MAX = 1280  # longer side of VideoClip.frames when read_video is given `
 LIVE_WINDOW_S = 10.0  # window of a live source when none is given
 DECODE_DEVICES = ("cpu", "cuda")
 _SEEK_TRIES = 12
+_FRAME_THREADS_MAX_PIXELS = 1920 * 1088
 
 
 class _SeekFailed(Exception):
@@ -67,6 +68,14 @@ class _Timeline:
     pts: np.ndarray
     keys: np.ndarray
     indexed: int
+
+
+def _set_threads(stream) -> None:
+    """Frame + slice threads for frames up to 1080p; for larger ones slice threads only: every
+    frame thread holds frames of its own, which at 4K/8K would make memory grow with resolution."""
+    ctx = stream.codec_context
+    big = (ctx.width or 0) * (ctx.height or 0) > _FRAME_THREADS_MAX_PIXELS
+    stream.thread_type = "SLICE" if big else "AUTO"
 
 
 def _check(cancel: threading.Event | None) -> None:
@@ -264,7 +273,7 @@ def _decode_all(src: Source, wanted: set[int], keep, cancel):
     import av
 
     container, stream = open_source(src)
-    stream.thread_type = "AUTO"
+    _set_threads(stream)
     kept, times = {}, []
     try:
         for i, packet in enumerate(container.demux(stream)):
@@ -428,7 +437,7 @@ def read_video(
     container, stream = open_source(src)
     notes: list[str] = []
     try:
-        stream.thread_type = "AUTO"
+        _set_threads(stream)
         fps, claimed = _fps(stream), int(stream.frames or 0)
         is_live = live if live is not None else (
             src.live or (src.kind == "url" and container.duration is None and stream.duration is None)
