@@ -237,7 +237,8 @@ def test_codec_without_decoder_names_it_and_the_fix(crafted, monkeypatch):
 
 def test_truncated_says_so_and_counts(crafted):
     every, _ = oracle(crafted["faststart.mp4"])
-    with pytest.raises(TruncatedVideoError, match=r"truncated: the file ends after \d+ of the 100 frames") as err:
+    msg = r"truncated: the file ends after \d+ of the 100 frames"
+    with pytest.raises(TruncatedVideoError, match=msg) as err:
         read_video(crafted["truncated.mp4"])
     assert isinstance(err.value, CorruptVideoError)
     held = int(str(err.value).split("ends after ")[1].split()[0])

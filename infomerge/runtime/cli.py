@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--sampling",
         choices=("index", "time"),
         default="index",
-        help="frames uniform in frame index (lmms-eval, default) or in presentation time (variable frame rate)",
+        help="frames uniform in frame index (lmms-eval, default) or in presentation time "
+        "(variable frame rate)",
     )
     p.add_argument(
         "--window",

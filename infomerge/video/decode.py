@@ -30,7 +30,6 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass
-from fractions import Fraction
 
 import numpy as np
 
@@ -164,7 +163,8 @@ class _Cursor:
         below = self.keys[self.keys <= t][::-1]
         second = max(1, int(1 / self.stream.time_base)) if self.stream.time_base else 1
         first_key = int(self.keys[0]) if len(self.keys) else t
-        targets = [t] + [int(k) - 1 for k in below[:_SEEK_TRIES]] + [first_key - second, first_key - 60 * second]
+        targets = [t] + [int(k) - 1 for k in below[:_SEEK_TRIES]]
+        targets += [first_key - second, first_key - 60 * second]
         for target in targets:
             _check(self.cancel)
             try:

@@ -55,9 +55,10 @@ def read_video_nvdec(src, frames: int, *, sampling: str, window, keep):
             "GPU, a CUDA build of torch and `pip install torchcodec` built for it (or, on Jetson, the "
             "GStreamer route in jetson/README.md). Use --decode-device cpu (the default)."
         )
+    from torchcodec.decoders import VideoDecoder
+
     from infomerge.errors import VideoSourceError
     from infomerge.video.decode import _assemble, _choose
-    from torchcodec.decoders import VideoDecoder
 
     if src.kind != "file":
         raise VideoSourceError(src.name, "--decode-device cuda reads local files only; use the cpu decoder")

@@ -52,7 +52,8 @@ _IMAGE_FORMATS = re.compile(r"^(image2|\w+_pipe)$")
 _CODEC_HINTS = {
     "av1": "AV1: PyAV's wheels decode it with libdav1d; upgrade PyAV (`pip install -U av`), or "
     "transcode: `ffmpeg -i IN -c:v libx264 OUT.mp4`",
-    "hevc": "HEVC/H.265: upgrade PyAV (`pip install -U av`), or transcode: `ffmpeg -i IN -c:v libx264 OUT.mp4`",
+    "hevc": "HEVC/H.265: upgrade PyAV (`pip install -U av`), or transcode: "
+    "`ffmpeg -i IN -c:v libx264 OUT.mp4`",
     "vvc": "VVC/H.266: needs an FFmpeg >= 7.1 build; upgrade PyAV (`pip install -U av`), or transcode "
     "with an ffmpeg that has it: `ffmpeg -i IN -c:v libx264 OUT.mp4`",
 }
