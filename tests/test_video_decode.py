@@ -41,7 +41,8 @@ needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs 
 
 
 def _ffmpeg(*args):
-    subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *map(str, args)], check=True)
+    cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *map(str, args)]
+    subprocess.run(cmd, check=True)
 
 
 def _src(size="160x120", rate=25):
@@ -59,8 +60,8 @@ def crafted(tmp_path_factory):
     # stream copy from 1.3 s: the cut falls inside a GOP, so the muxer writes an edit list and the
     # demuxer flags the preroll packets as discard
     _ffmpeg("-ss", 1.3, "-i", d / "bframes.mp4", "-c", "copy", d / "editlist.mp4")
-    _ffmpeg(*_src(), "-t", 4, *x264, "-x264-params", "open-gop=1:keyint=20:min-keyint=20:bframes=3:scenecut=0",
-            d / "opengop.mp4")
+    open_gop = "open-gop=1:keyint=20:min-keyint=20:bframes=3:scenecut=0"
+    _ffmpeg(*_src(), "-t", 4, *x264, "-x264-params", open_gop, d / "opengop.mp4")
     _ffmpeg("-i", d / "opengop.mp4", "-c", "copy", d / "opengop.ts")
     _ffmpeg(*_src(), "-t", 4, *x264, "-bf", 3, "-g", 12, "-f", "matroska", d / "bframes.mkv")
     _ffmpeg("-i", d / "bframes.mp4", "-c", "copy", "-bsf:v", "h264_mp4toannexb", d / "raw.h264")
@@ -69,8 +70,9 @@ def crafted(tmp_path_factory):
             *x264, "-bf", 2, d / "vfr.mkv")
     # the same in float seconds: rounding to Matroska's milliseconds gives two frames one pts,
     # so frames cannot be addressed by pts: sequential fallback
-    _ffmpeg(*_src(), "-t", 4, "-vf", "setpts='if(lt(N,40),N*0.04,1.6+(N-40)*0.2)/TB'", "-fps_mode", "passthrough",
-            *x264, "-bf", 2, d / "duplicate_pts.mkv")
+    seconds = "setpts='if(lt(N,40),N*0.04,1.6+(N-40)*0.2)/TB'"
+    _ffmpeg(*_src(), "-t", 4, "-vf", seconds, "-fps_mode", "passthrough", *x264, "-bf", 2,
+            d / "duplicate_pts.mkv")
     # moov atom first, so a truncated copy still opens
     _ffmpeg(*_src("320x240"), "-t", 4, *x264, "-movflags", "+faststart", d / "faststart.mp4")
     data = (d / "faststart.mp4").read_bytes()
