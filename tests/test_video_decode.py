@@ -141,6 +141,36 @@ def test_crafted_files_equal_sequential_decode(crafted, name, method, frames):
     assert_same_frames(clip, every, None if method == "sequential" else times)
 
 
+def test_non_reference_frames_are_skipped_on_the_way(crafted, monkeypatch):
+    """Between a keyframe and a sampled frame only frames others refer to are decoded: with x264's
+    3 B-frames and b-pyramid about half the frames are non-reference, so far fewer frames come out
+    of the decoder than with skipping off, and the sampled frames stay those of the oracle."""
+    import infomerge.video.decode as dec
+
+    delivered = []
+    decode, init = dec._Cursor._decode, dec._Cursor.__init__
+
+    def counting(self, first, packets):
+        for frame in decode(self, first, packets):
+            delivered.append(frame.pts)
+            yield frame
+
+    def read(skip):
+        delivered.clear()
+        def without(self, container, stream, keys, cancel, wanted=None):
+            init(self, container, stream, keys, cancel, wanted if skip else None)
+
+        monkeypatch.setattr(dec._Cursor, "__init__", without)
+        return read_video(crafted["bframes.mp4"], 7), len(delivered)
+
+    monkeypatch.setattr(dec._Cursor, "_decode", counting)
+    (clip, skipped), (full, unskipped) = read(True), read(False)
+    assert clip.method == full.method == "seek"
+    assert skipped < 0.75 * unskipped, (skipped, unskipped)
+    every, times = oracle(crafted["bframes.mp4"])
+    assert_same_frames(clip, every, times)
+
+
 def test_edit_list_hides_preroll(crafted):
     """The edit-list file holds more packets than frames shown; the count is of frames shown."""
     with av.open(str(crafted["editlist.mp4"])) as c:

@@ -14,7 +14,9 @@ How a file is read:
    demuxer whose seek index holds dts, an inexact seek) step further back. Then decode forward
    until the frame with pts ``T``. Starting at a keyframe that precedes ``T`` in presentation
    order gives the same pixels as decoding from the start. When no keyframe lies between the
-   previous sampled frame and the next, decoding simply continues (no seek).
+   previous sampled frame and the next, decoding simply continues (no seek). On the way, packets
+   that are not sampled are decoded with ``skip_frame="NONREF"``: frames nothing refers to are
+   dropped unseen, which leaves the sampled frames' pixels unchanged.
 3. **Fallback.** Without usable pts (raw H.264 streams, some MPEG-TS), when a seek never lands
    before its target, or when the frame with the expected pts never comes out, the file is decoded
    sequentially, like the OpenCV reader before it: the frames are sampled by the counted total,
@@ -127,10 +129,17 @@ def _read_error(src: Source, exc: Exception) -> VideoSourceError:
 
 
 class _Cursor:
-    """Frames of a seekable stream by exact pts; continues decoding when that beats a seek."""
+    """Frames of a seekable stream by exact pts; continues decoding when that beats a seek.
 
-    def __init__(self, container, stream, keys: np.ndarray, cancel):
+    Between a keyframe and a sampled frame, packets that are not sampled are decoded with
+    ``skip_frame="NONREF"``: the decoder drops the frames no other frame refers to (H.264/HEVC
+    non-reference pictures, MPEG-4 B-frames), which cannot change the sampled frames' pixels and
+    saves their decoding. A packet whose pts is sampled, or that has no pts, is decoded in full.
+    """
+
+    def __init__(self, container, stream, keys: np.ndarray, cancel, wanted: set[int] | None = None):
         self.container, self.stream, self.keys, self.cancel = container, stream, keys, cancel
+        self.wanted = wanted
         self._frames = None  # generator of decoded frames since the last seek
         self._last: int | None = None  # pts of the last frame it delivered
         self.seeks = 0
@@ -195,9 +204,16 @@ class _Cursor:
             except av.FFmpegError as exc:
                 raise _SeekFailed(f"reading after a seek failed: {exc}") from exc
 
+        ctx = self.stream.codec_context
+        ctx.skip_frame = "DEFAULT"
+        skipping = False
         for i, packet in enumerate(all_packets()):
             if not i & 15:
                 _check(self.cancel)
+            skip = self.wanted is not None and packet.pts is not None and packet.pts not in self.wanted
+            if skip != skipping:
+                ctx.skip_frame = "NONREF" if skip else "DEFAULT"
+                skipping = skip
             try:
                 frames = self.stream.decode(packet)
             except av.FFmpegError:
@@ -261,7 +277,8 @@ def _read_seeking(container, stream, timeline: _Timeline, frames, sampling, wind
     tb = float(stream.time_base)
     times = (timeline.pts - timeline.pts[0]) * tb
     idx = _choose(times, frames, sampling, window)
-    cursor = _Cursor(container, stream, timeline.keys, cancel)
+    wanted = {int(p) for p in timeline.pts[idx]}
+    cursor = _Cursor(container, stream, timeline.keys, cancel, wanted)
     kept = {}
     for i in np.unique(idx):
         kept[int(i)] = keep(cursor.frame(int(timeline.pts[i])))
