@@ -5,6 +5,7 @@ Not a test: it prints a Markdown table for docs/video.md. Two steps:
 
     python scripts/bench_video.py make /tmp/videos      # ffmpeg: test videos (once, a few minutes)
     python scripts/bench_video.py time /tmp/videos      # decode time, 1..60 min x 3 resolutions
+    python scripts/bench_video.py time /tmp/videos --impl after --sizes 720p   # one row
     python scripts/bench_video.py memory /tmp/videos    # peak RSS, 720p / 1080p / 4K / 8K
 
 "before" is ``infomerge/video.py`` as of commit ``e7d4bde`` (loaded with ``git show``), so the two
@@ -31,6 +32,7 @@ LENGTHS_MIN = (1, 5, 15, 30, 60)
 SIZES = {"320x240": (320, 240), "720p": (1280, 720), "1080p": (1920, 1080)}
 BIG = {"720p": (1280, 720), "1080p": (1920, 1080), "4K": (3840, 2160), "8K": (7680, 4320)}
 BEFORE_REV = "e7d4bde"
+IMPLS = ("before", "after")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -111,13 +113,13 @@ def _best(impl, path, repeat, **kw):
     return min(ok, key=lambda r: r["s"]) if ok else runs[0]
 
 
-def time_table(root: Path, repeat: int, before_max_min: int) -> None:
+def time_table(root: Path, repeat: int, before_max_min: int, sizes=tuple(SIZES), impls=IMPLS) -> None:
     """Decode time of 32 frames vs length; "before" only up to ``before_max_min`` minutes (its
     cost is linear in length: longer ones are extrapolated from the longest measured, marked ~)."""
     print("| video | " + " | ".join(f"{m} min" for m in LENGTHS_MIN) + " |")
     print("|---|" + "---|" * len(LENGTHS_MIN))
-    for size in SIZES:
-        for impl in ("before", "after"):
+    for size in sizes:
+        for impl in impls:
             cells, last = [], None
             for minutes in LENGTHS_MIN:
                 if impl == "before" and minutes > before_max_min:
@@ -151,11 +153,13 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="runs per 'after' cell (best kept)")
     ap.add_argument("--before-max-min", type=int, default=5,
                     help="longest video the slow 'before' reader decodes (longer ones: extrapolated)")
+    ap.add_argument("--impl", choices=IMPLS, action="append", help="only this reader (repeatable)")
+    ap.add_argument("--sizes", nargs="+", choices=tuple(SIZES), default=tuple(SIZES), help="time: these sizes only")
     args = ap.parse_args()
     if args.what == "make":
         make(args.root)
     elif args.what == "time":
-        time_table(args.root, args.repeat, args.before_max_min)
+        time_table(args.root, args.repeat, args.before_max_min, args.sizes, tuple(args.impl or IMPLS))
     else:
         memory_table(args.root)
 
