@@ -154,7 +154,8 @@ def main() -> None:
     ap.add_argument("--before-max-min", type=int, default=5,
                     help="longest video the slow 'before' reader decodes (longer ones: extrapolated)")
     ap.add_argument("--impl", choices=IMPLS, action="append", help="only this reader (repeatable)")
-    ap.add_argument("--sizes", nargs="+", choices=tuple(SIZES), default=tuple(SIZES), help="time: these sizes only")
+    ap.add_argument("--sizes", nargs="+", choices=tuple(SIZES), default=tuple(SIZES),
+                    help="time: these sizes only")
     args = ap.parse_args()
     if args.what == "make":
         make(args.root)
