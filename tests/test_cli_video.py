@@ -81,3 +81,28 @@ def test_ctrl_c_while_decoder_blocks_exits_130_within_a_second(stalled_url):
     assert proc.returncode == 130, err
     assert err.strip().splitlines() == ["infomerge-run: interrupted"], err
     assert elapsed < 1.0, f"took {elapsed:.2f} s to exit"
+
+
+def test_json_reports_each_frames_real_timestamp(tmp_path, capsys):
+    """``--json`` records how the frames were sampled and each one's presentation time, checked
+    against a plain PyAV decode of every frame and a brute-force time sampling."""
+    import json
+
+    import av
+
+    from infomerge.video import sample_video
+
+    out = tmp_path / "run.json"
+    assert main(["--sampling", "time", "--max-new-tokens", "1", "--json", str(out)]) == 0
+    video = json.loads(out.read_text())["video"]
+    with av.open(str(sample_video())) as c:
+        times = [float(f.time) for f in c.decode(video=0)]
+    times = [t - times[0] for t in times]
+    n = video["frames"]
+    instants = [times[-1] * k / (n - 1) for k in range(n)]
+    want = [max(i for i, t in enumerate(times) if t <= s + 1e-9) for s in instants]
+    assert video["frame_indices"] == want
+    assert video["timestamps_s"] == pytest.approx([times[i] for i in want], abs=1e-9)
+    how = (video["sampling"], video["live"], video["window_s"], video["read_by"])
+    assert how == ("time", False, None, "seek")
+    assert "uniform in time" in capsys.readouterr().out
