@@ -15,7 +15,6 @@ from infomerge.backbones.registry import get_backbone
 from infomerge.errors import BudgetError, UnknownBackboneError
 from infomerge.jetson.devices import DEVICES, MIB, UnknownDeviceError, get_device
 from infomerge.jetson.planner import (
-    GIB,
     QUANTS,
     Assumptions,
     alternatives,
