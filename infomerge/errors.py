@@ -62,6 +62,33 @@ class NoDecodableFrameError(VideoError):
     """The container opened but not a single frame could be decoded."""
 
 
+class NoVideoStreamError(NotAVideoError):
+    """A media file that holds no video stream (audio only, subtitles only)."""
+
+
+class StillImageError(NotAVideoError):
+    """A still image (PNG, JPEG, ...) given where a video is expected; infomerge refuses it."""
+
+
+class UnsupportedCodecError(VideoError):
+    """A video stream whose codec the installed decoder (PyAV's FFmpeg) cannot decode; the message
+    names the codec and what to install."""
+
+
+class TruncatedVideoError(CorruptVideoError):
+    """A container that opens but whose file ends before the frames its index lists; the message
+    says how many frames are there."""
+
+
+class VideoSourceError(VideoError):
+    """A URL, stream or camera that cannot be opened or read; the message names the source and the
+    reason reported by FFmpeg, unchanged."""
+
+
+class DecodeCancelledError(VideoError):
+    """Decoding stopped on request (Ctrl-C, or :meth:`DecodeJob.cancel`)."""
+
+
 # --- compression -----------------------------------------------------------------------------
 class BudgetError(InfomergeError, ValueError):
     """A retention ratio or token budget that cannot be met (outside (0, 1], or zero tokens)."""

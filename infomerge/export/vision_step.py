@@ -46,11 +46,12 @@ def load_encoder(ctx: ExportContext) -> None:
 
 
 def read_frames(ctx: ExportContext) -> None:
-    """Decode, sample and preprocess F frames of the validation video."""
-    from infomerge.video import preprocess, read_video
+    """Decode, sample and preprocess F frames of the validation video (each frame resized as it is
+    decoded, as the runtime does it: memory does not grow with the video's resolution)."""
+    from infomerge.video import read_video
 
-    clip = read_video(ctx.video, ctx.frames)
-    ctx.pixel_values = preprocess(clip.frames, ctx.backbone.image_size)
+    clip = read_video(ctx.video, ctx.frames, size=ctx.backbone.image_size)
+    ctx.pixel_values = clip.pixel_values
     ctx.manifest["validation_video"] = {
         "path": str(ctx.video),
         "frame_indices": [int(i) for i in clip.indices],

@@ -35,12 +35,14 @@ Rows (bytes; "act" = activation dtype size, 2 for fp16):
 6. **Runtime overhead**: one CUDA context with TensorRT, cuBLAS/cuDNN and the ORT CUDA provider loaded
    (``--cuda-context-mib``). On shared-memory devices (Jetson) also the host side of the process:
    Python with torch, transformers, onnxruntime and the tokenizer (``--host-runtime-mib``), and the
-   peak of reading the video as :mod:`infomerge.video` does it, at the source resolution
-   (``--video-size``): the decoded uint8 frames ``F*W*H*3``, their stacked copy ``F*W*H*3``, and the
-   full-resolution fp32 copy ``F*3*W*H*4`` that ``preprocess`` makes before resizing, together
-   ``F*W*H*18`` bytes, plus the fp32 output ``F*3*S*S*4``. At 32 frames of 3840x2160 that is 4.5 GiB
-   (a process was measured at 4.5 GB, issue 18); at 1920x1080, 1.1 GiB. The earlier model counted
-   one uint8 copy only (813 MiB at 4K).
+   peak of reading the video as :mod:`infomerge.video` does it (``--video-size``): each sampled
+   frame is resized as it is decoded, so what grows with the frame count is the fp32 output
+   ``F*3*S*S*4`` and the uint8 display copies (longer side at most 1280 pixels) ``F*w*h*3``; what
+   grows with the source resolution is the frame in flight, ``W*H*32`` bytes (decoder reference
+   frames, the RGB24 copy, resize strips and the allocator's slack, fitted to the peak RSS measured
+   for 32 frames of 4K; at 8K it gives 1151 MiB where 985 MiB were measured; docs/video.md). At 32 frames of
+   3840x2160 that is 391 MiB, at 1920x1080 201 MiB. Before issue 16 the reader held every frame at
+   full resolution in fp32, ``F*W*H*18`` bytes (4.5 GiB at 4K, measured in issue 18).
 
 All engines are counted resident at once with their activations allocated (TensorRT's default: an
 execution context holds its device memory for its lifetime). The total is compared with the
@@ -66,8 +68,10 @@ from infomerge.jetson.devices import DEVICES, MIB, Device, get_device
 LLMQuant = Literal["int4", "fp32"]
 #: the LLM precisions ``infomerge-export --llm`` builds (its choices less ``none``)
 QUANTS: tuple[str, ...] = ("int4", "fp32")
-#: bytes per source pixel held at once while a video is read and preprocessed (see the docstring)
-VIDEO_BYTES_PER_PIXEL = 3 + 3 + 3 * 4
+#: bytes per source pixel of the frame in flight while a video is read (fitted; see the docstring)
+VIDEO_BYTES_PER_PIXEL = 32
+#: longer side of the display copy kept of each sampled frame (infomerge.video.DISPLAY_MAX)
+VIDEO_DISPLAY_MAX = 1280
 GIB = 1024 * MIB
 FRAMES_SEARCH_LIMIT = 256
 FP16 = 2
@@ -390,15 +394,16 @@ def plan_memory(
     short = "CUDA context"
     if dev.shared:
         w, hgt = a.video_size
-        frames_bytes = (frames * w * hgt * VIDEO_BYTES_PER_PIXEL
+        dw, dh = _display_size(w, hgt)
+        frames_bytes = (w * hgt * VIDEO_BYTES_PER_PIXEL + frames * dw * dh * 3
                         + frames * 3 * vc.image_size * vc.image_size * FP32)
         overhead += a.host_runtime_mib * MIB + frames_bytes
         short += " + host process"
         detail += (
             "; shared memory, so the host side counts too: "
             f"Python runtime {a.host_runtime_mib} MiB (assumed), "
-            f"reading {frames} frames of {w}x{hgt} (decoded uint8, its stacked copy and the fp32 "
-            f"full-resolution copy before the resize: {VIDEO_BYTES_PER_PIXEL} B/pixel) and their fp32 "
+            f"reading {frames} frames of {w}x{hgt} (one frame in flight, {VIDEO_BYTES_PER_PIXEL} B/pixel, "
+            f"fitted; {dw}x{dh} uint8 display copies) and their fp32 "
             f"{vc.image_size}x{vc.image_size} output {_fmt(frames_bytes)}"
         )
     runtime = Row("Runtime overhead", 0, overhead, short, detail)
@@ -415,6 +420,15 @@ def plan_memory(
         rows=(vision, compression, llm, kv, llm_act, runtime),
         assumptions=a,
     )
+
+
+def _display_size(w: int, h: int) -> tuple[int, int]:
+    """(width, height) of the display copy ``infomerge.video`` keeps of a W x H frame: longer side
+    at most ``VIDEO_DISPLAY_MAX``, aspect kept, rounded (``infomerge.video.preprocess.display_copy``)."""
+    if max(w, h) <= VIDEO_DISPLAY_MAX:
+        return w, h
+    scale = VIDEO_DISPLAY_MAX / max(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
 
 
 def _last_fitting(candidates, plan_for) -> float | int | None:

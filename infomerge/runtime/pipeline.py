@@ -19,6 +19,7 @@ needed: the ``tiny`` backbone is built locally) or :meth:`Pipeline.from_artifact
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -110,6 +111,13 @@ class Answer:
                 "decoded_frames": int(clip.total_frames),
                 "fps": float(clip.fps),
                 "frame_indices": [int(i) for i in clip.indices],
+                # each sampled frame's own presentation time (None where the stream has none)
+                "timestamps_s": [float(t) if math.isfinite(t) else None for t in clip.timestamps],
+                "sampling": clip.sampling,
+                "window_s": clip.window,
+                "live": clip.live,
+                "read_by": clip.method,
+                "notes": list(clip.warnings),
             },
             "kept_index": [int(i) for i in self.video_tokens.index],
         }

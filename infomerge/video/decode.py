@@ -1,0 +1,497 @@
+"""Decode and sample a video with PyAV (FFmpeg inside its wheel): seek to the sampled frames,
+decoding sequentially only where seeking cannot be trusted.
+
+How a file is read:
+
+1. **Scan.** Demux every packet of the video stream without decoding it (cheap: no pixels) and
+   collect the presentation timestamps (pts) of the frames a sequential decode delivers, in
+   presentation order: packets flagged *discard* (outside an MP4 edit list) are left out, as
+   libavcodec drops their frames. Frame ``i`` of a sequential decode is the frame with the
+   ``i``-th smallest pts, so frame indices (lmms-eval sampling) and times (``sampling="time"``)
+   map to exact pts values before any decoding.
+2. **Seek.** For each sampled pts ``T``: seek backward to a keyframe, and check the first packet
+   read: it must be a keyframe with pts ``<= T``; otherwise (an open GOP's leading frames, a
+   demuxer whose seek index holds dts, an inexact seek) step further back. Then decode forward
+   until the frame with pts ``T``. Starting at a keyframe that precedes ``T`` in presentation
+   order gives the same pixels as decoding from the start. When no keyframe lies between the
+   previous sampled frame and the next, decoding simply continues (no seek). On the way, packets
+   that are not sampled are decoded with ``skip_frame="NONREF"``: frames nothing refers to are
+   dropped unseen, which leaves the sampled frames' pixels unchanged.
+3. **Fallback.** Without usable pts (raw H.264 streams, some MPEG-TS), when a seek never lands
+   before its target, or when the frame with the expected pts never comes out, the file is decoded
+   sequentially, like the OpenCV reader before it: the frames are sampled by the counted total,
+   with a second pass when the container's count was wrong.
+
+Each kept frame is converted to RGB and, when ``size`` is given, resized on the spot
+(:func:`~infomerge.video.preprocess.resize_frame`), so memory does not grow with resolution.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from infomerge.errors import (
+    DecodeCancelledError,
+    NoDecodableFrameError,
+    TruncatedVideoError,
+    VideoSourceError,
+)
+from infomerge.video.clip import VideoClip
+from infomerge.video.preprocess import display_copy, resize_frame
+from infomerge.video.sampling import SAMPLINGS, sample_by_time, sample_indices, window_start
+from infomerge.video.source import Source, open_source, parse_source
+
+DISPLAY_MAX = 1280  # longer side of VideoClip.frames when read_video is given ``size``
+LIVE_WINDOW_S = 10.0  # window of a live source when none is given
+DECODE_DEVICES = ("cpu", "cuda")
+_SEEK_TRIES = 12
+_FRAME_THREADS_MAX_PIXELS = 1920 * 1088
+
+
+class _SeekFailed(Exception):
+    """Seeking cannot deliver the frame exactly: decode sequentially instead."""
+
+
+@dataclass
+class _Timeline:
+    """The frames of a stream, from a demux-only scan.
+
+    pts: (N,) int64 ascending presentation timestamps (stream time base) of the frames.
+    keys: (K,) int64 ascending pts of keyframe packets (discarded ones included: seek points).
+    indexed: frames the container's index lists (0 when it has no per-frame index).
+    """
+
+    pts: np.ndarray
+    keys: np.ndarray
+    indexed: int
+
+
+def _set_threads(stream) -> None:
+    """Frame + slice threads for frames up to 1080p; for larger ones slice threads only: every
+    frame thread holds frames of its own, which at 4K/8K would make memory grow with resolution."""
+    ctx = stream.codec_context
+    big = (ctx.width or 0) * (ctx.height or 0) > _FRAME_THREADS_MAX_PIXELS
+    stream.thread_type = "SLICE" if big else "AUTO"
+
+
+def _check(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise DecodeCancelledError("video", "decoding cancelled")
+
+
+def _scan(container, stream, cancel, src: Source) -> _Timeline | None:
+    """Demux every packet of ``stream``; None when some frame lacks a pts or two share one.
+
+    Raises:
+        VideoSourceError: reading fails before the first packet (FFmpeg's reason).
+    """
+    import av
+
+    pts: list[int] = []
+    keys: list[int] = []
+    try:
+        for i, packet in enumerate(container.demux(stream)):
+            if not i & 1023:
+                _check(cancel)
+            if packet.size == 0:  # the flush packet at the end
+                continue
+            p = packet.pts
+            if p is None:
+                return None
+            if packet.is_keyframe:
+                keys.append(p)
+            if not packet.is_discard:
+                pts.append(p)
+    except av.FFmpegError as exc:
+        if not pts and not keys:
+            raise _read_error(src, exc) from exc
+        # else a damaged tail: the packets read so far are what the file holds
+    arr = np.sort(np.asarray(pts, dtype=np.int64))
+    if len(arr) > 1 and not np.all(np.diff(arr) > 0):
+        return None
+    indexed = sum(1 for e in stream.index_entries if not e.is_discard)
+    return _Timeline(arr, np.sort(np.asarray(keys, dtype=np.int64)), indexed)
+
+
+def _read_error(src: Source, exc: Exception) -> VideoSourceError:
+    reason = getattr(exc, "strerror", None) or str(exc)
+    hint = ""
+    if src.kind == "url":
+        hint = ("; if the server does not answer HTTP range requests, an MP4 whose index (moov) sits "
+                "at its end cannot be read from it: download it first, or re-mux it with "
+                "`ffmpeg -i IN -c copy -movflags +faststart OUT.mp4`")
+    return VideoSourceError(src.name, f"reading failed: {reason}{hint}")
+
+
+class _Cursor:
+    """Frames of a seekable stream by exact pts; continues decoding when that beats a seek.
+
+    Between a keyframe and a sampled frame, packets that are not sampled are decoded with
+    ``skip_frame="NONREF"``: the decoder drops the frames no other frame refers to (H.264/HEVC
+    non-reference pictures, MPEG-4 B-frames), which cannot change the sampled frames' pixels and
+    saves their decoding. A packet whose pts is sampled, or that has no pts, is decoded in full.
+    """
+
+    def __init__(self, container, stream, keys: np.ndarray, cancel, wanted: set[int] | None = None):
+        self.container, self.stream, self.keys, self.cancel = container, stream, keys, cancel
+        self.wanted = wanted
+        self._frames = None  # generator of decoded frames since the last seek
+        self._last: int | None = None  # pts of the last frame it delivered
+        self.seeks = 0
+
+    def _key_at_or_before(self, t: int) -> int | None:
+        i = int(np.searchsorted(self.keys, t, side="right")) - 1
+        return int(self.keys[i]) if i >= 0 else None
+
+    def frame(self, t: int):
+        """The decoded frame whose pts is ``t`` (an av.VideoFrame). Raises _SeekFailed."""
+        key = self._key_at_or_before(t)
+        if self._frames is None or self._last is None or t <= self._last or (
+            key is not None and key > self._last
+        ):
+            self._seek(t)
+        for frame in self._frames:
+            self._last = frame.pts
+            if frame.pts == t:
+                return frame
+            if frame.pts > t:
+                raise _SeekFailed(f"no frame with pts {t}: the decoder went from below it to {frame.pts}")
+        raise _SeekFailed(f"no frame with pts {t} before the end of the stream")
+
+    def _seek(self, t: int) -> None:
+        """Start decoding at a keyframe whose pts is <= t. Tries t itself, then just before each
+        known keyframe at or before t (latest first): a demuxer whose seek lands late (index by
+        dts, MPEG-TS's search by bytes) is walked back one GOP at a time, down to the first."""
+        import av
+
+        below = self.keys[self.keys <= t][::-1]
+        second = max(1, int(1 / self.stream.time_base)) if self.stream.time_base else 1
+        first_key = int(self.keys[0]) if len(self.keys) else t
+        targets = [t] + [int(k) - 1 for k in below[:_SEEK_TRIES]]
+        targets += [first_key - second, first_key - 60 * second]
+        for target in targets:
+            _check(self.cancel)
+            try:
+                self.container.seek(int(target), stream=self.stream, backward=True, any_frame=False)
+            except av.FFmpegError as exc:
+                raise _SeekFailed(f"seek failed: {exc}") from exc
+            self.seeks += 1
+            self.stream.codec_context.flush_buffers()
+            packets = self.container.demux(self.stream)
+            # the first keyframe read (packets before it cannot start a decode)
+            try:
+                first = next((p for p in packets if p.size and p.is_keyframe), None)
+            except av.FFmpegError as exc:
+                raise _SeekFailed(f"reading after a seek failed: {exc}") from exc
+            if first is not None and first.pts is not None and first.pts <= t:
+                self._frames = self._decode(first, packets)
+                self._last = None
+                return
+        raise _SeekFailed(f"no seek landed on a keyframe before pts {t}")
+
+    def _decode(self, first, packets):
+        import av
+
+        def all_packets():
+            yield first
+            try:
+                yield from packets
+            except av.FFmpegError as exc:
+                raise _SeekFailed(f"reading after a seek failed: {exc}") from exc
+
+        ctx = self.stream.codec_context
+        ctx.skip_frame = "DEFAULT"
+        skipping = False
+        for i, packet in enumerate(all_packets()):
+            if not i & 15:
+                _check(self.cancel)
+            skip = self.wanted is not None and packet.pts is not None and packet.pts not in self.wanted
+            if skip != skipping:
+                ctx.skip_frame = "NONREF" if skip else "DEFAULT"
+                skipping = skip
+            try:
+                frames = self.stream.decode(packet)
+            except av.FFmpegError:
+                continue  # a damaged packet: a sequential decode skips it too
+            for frame in frames:
+                if frame.pts is None:
+                    raise _SeekFailed("decoded frame without pts")
+                yield frame
+
+
+def _choose(times: np.ndarray, frames: int, sampling: str, window: float | None) -> np.ndarray:
+    """Sampled indices into ``times`` (ascending seconds of every frame)."""
+    lo = window_start(times, window) if window is not None else 0
+    if sampling == "time":
+        return sample_by_time(times[lo:], frames) + lo
+    return sample_indices(len(times) - lo, frames) + lo
+
+
+class _Keeper:
+    """What is kept of a sampled frame: RGB (resized for display when ``size`` is set) and, with
+    ``size``, its SigLIP pixel values, computed right away so no full-resolution copy stays."""
+
+    def __init__(self, size: int | None, display_max: int):
+        self.size, self.display_max = size, display_max
+
+    def __call__(self, frame):
+        return self.from_rgb(frame.to_ndarray(format="rgb24"))
+
+    def from_rgb(self, rgb: np.ndarray):
+        if self.size is None:
+            return rgb, None
+        return display_copy(rgb, self.display_max), resize_frame(rgb, self.size)
+
+
+def _assemble(
+    src: Source, kept: dict, idx: np.ndarray, times: np.ndarray, total: int, fps: float, claimed: int,
+    notes: list[str], sampling: str, window: float | None, live: bool, method: str,
+) -> VideoClip:
+    import torch
+
+    rgb = np.stack([kept[int(i)][0] for i in idx])
+    pv = None
+    if kept[int(idx[0])][1] is not None:
+        pv = torch.stack([kept[int(i)][1] for i in idx])
+    path = src.url if src.kind == "file" else src.name
+    from pathlib import Path
+
+    return VideoClip(
+        Path(path) if src.kind == "file" else path, rgb, idx.astype(np.int64), int(total), fps, claimed,
+        notes, np.asarray(times, dtype=np.float64)[idx], pv, sampling, window, live, method,
+    )
+
+
+def _fps(stream) -> float:
+    rate = stream.average_rate or stream.guessed_rate
+    fps = float(rate) if rate else 0.0
+    return fps if np.isfinite(fps) else 0.0
+
+
+def _read_seeking(container, stream, timeline: _Timeline, frames, sampling, window, keep, cancel):
+    tb = float(stream.time_base)
+    times = (timeline.pts - timeline.pts[0]) * tb
+    idx = _choose(times, frames, sampling, window)
+    wanted = {int(p) for p in timeline.pts[idx]}
+    cursor = _Cursor(container, stream, timeline.keys, cancel, wanted)
+    kept = {}
+    for i in np.unique(idx):
+        kept[int(i)] = keep(cursor.frame(int(timeline.pts[i])))
+    return kept, idx, times
+
+
+def _decode_all(src: Source, wanted: set[int], keep, cancel):
+    """Sequential decode from the start; keep frames at ``wanted`` indices. Returns (kept, times)."""
+    import av
+
+    container, stream = open_source(src)
+    _set_threads(stream)
+    kept, times = {}, []
+    try:
+        for i, packet in enumerate(container.demux(stream)):
+            if not i & 15:
+                _check(cancel)
+            try:
+                decoded = stream.decode(packet)
+            except av.FFmpegError:
+                continue
+            for frame in decoded:
+                n = len(times)
+                times.append(float(frame.time) if frame.time is not None else np.nan)
+                if n in wanted:
+                    kept[n] = keep(frame)
+    except av.FFmpegError:
+        pass  # a damaged tail ends the stream, as it ended the OpenCV reader
+    finally:
+        container.close()
+    return kept, np.asarray(times, dtype=np.float64)
+
+
+def _read_sequential(src, frames, sampling, window, keep, cancel, guess: int):
+    """Returns (kept, idx, times, total, resampled)."""
+    wanted = sample_indices(guess, frames) if guess > 0 and sampling == "index" and window is None else []
+    kept, times = _decode_all(src, {int(i) for i in wanted}, keep, cancel)
+    if len(times) == 0:
+        raise NoDecodableFrameError(src.name, "the container opened but no frame could be decoded")
+    if not np.all(np.isfinite(times)) or np.any(np.diff(times) < 0):
+        if sampling == "time" or window is not None:
+            raise VideoSourceError(src.name, "the stream has no usable timestamps: use sampling by index "
+                                   "(--sampling index, no --window)")
+        times = np.arange(len(times), dtype=np.float64)
+    else:
+        times = times - times[0]
+    idx = _choose(times, frames, sampling, window)
+    missing = {int(i) for i in idx} - set(kept)
+    if missing:
+        more, times2 = _decode_all(src, missing, keep, cancel)
+        if len(times2) != len(times) or set(more) != missing:
+            from infomerge.errors import CorruptVideoError
+
+            raise CorruptVideoError(src.name, "the decoder delivered different frames on a second pass")
+        kept.update(more)
+    return kept, idx, times, len(times)
+
+
+def _read_live(container, stream, src, frames, window, keep, cancel, notes):
+    """Read ``window`` seconds of a live source from now; keep F frames uniform in time."""
+    import av
+
+    instants = np.linspace(0.0, window, frames)
+    chosen: list[int | None] = [None] * frames
+    kept: dict[int, tuple] = {}
+    times: list[float] = []
+    prev, j, t0, wall0 = None, 0, None, time.monotonic()
+    try:
+        for packet in container.demux(stream):
+            _check(cancel)
+            try:
+                decoded = stream.decode(packet)
+            except av.FFmpegError:
+                continue
+            for frame in decoded:
+                t = float(frame.time) if frame.time is not None else time.monotonic() - wall0
+                t0 = t if t0 is None else t0
+                rel = t - t0
+                while j < frames and rel > instants[j] + 1e-9:
+                    chosen[j] = prev[0]
+                    kept.setdefault(prev[0], prev[1]())
+                    j += 1
+                if j == frames:
+                    break
+                n = len(times)
+                times.append(rel)
+                prev = (n, (lambda f=frame: keep(f)))
+            if j == frames:
+                break
+    except av.FFmpegError as exc:
+        if prev is None:
+            raise VideoSourceError(src.name, f"reading failed: {exc}") from exc
+        notes.append(f"the stream ended early ({exc})")
+    if prev is None:
+        raise NoDecodableFrameError(src.name, "the source opened but no frame could be decoded")
+    while j < frames:  # the source ended (or stopped) before the window did
+        chosen[j] = prev[0]
+        kept.setdefault(prev[0], prev[1]())
+        j += 1
+    if times and times[-1] < window * 0.9:
+        notes.append(f"the source delivered only {times[-1]:.2f} s of the {window:g} s window")
+    return kept, np.asarray(chosen, dtype=np.int64), np.asarray(times), len(times)
+
+
+def read_video(
+    path,
+    frames: int = 32,
+    *,
+    sampling: str = "index",
+    window: float | None = None,
+    size: int | None = None,
+    display_max: int = DISPLAY_MAX,
+    live: bool | None = None,
+    decode_device: str = "cpu",
+    cancel: threading.Event | None = None,
+) -> VideoClip:
+    """Decode ``path`` and sample ``frames`` frames, seeking to them (see the module docstring).
+
+    Args:
+        path: a video file, an http(s) URL, an RTSP/RTMP/UDP/SRT URL, or a camera (``"0"`` or
+            ``"/dev/video0"``).
+        frames: F, the number of frames to sample (>= 1).
+        sampling: ``"index"``: frames ``floor(linspace(0, N-1, F))`` of the N frames (lmms-eval);
+            ``"time"``: the frames shown at F instants uniform in presentation time (variable
+            frame rate). A live source is always sampled in time.
+        window: seconds; sample only the most recent ``window`` seconds (the end of a file; for a
+            live source, the ``window`` seconds read from now, default 10 s).
+        size: when given, each sampled frame is resized as it is decoded into
+            ``VideoClip.pixel_values`` (F, 3, size, size) float32 (SigLIP preprocessing) and
+            ``VideoClip.frames`` holds display copies at most ``display_max`` pixels on the longer
+            side: memory then does not grow with the source's resolution.
+        display_max: see ``size``.
+        live: force (True) or forbid (False) live reading; default: streams and cameras are live,
+            an http(s) URL is live when it has no duration, files are not.
+        decode_device: ``"cpu"`` (PyAV) or ``"cuda"`` (NVDEC through torchcodec; see
+            :mod:`infomerge.video.hardware`).
+        cancel: an Event; when set, decoding stops with :class:`DecodeCancelledError` within one
+            packet.
+
+    Returns:
+        :class:`VideoClip` with (F, H, W, 3) uint8 RGB frames, their indices and timestamps.
+
+    Raises:
+        ValueError: ``frames < 1``, unknown ``sampling``/``decode_device``, ``window <= 0``, ``size < 1``.
+        VideoNotFoundError: the path (or camera device) does not exist.
+        NotAVideoError: the file is empty or is no media container.
+        NoVideoStreamError: media without a video stream (audio only).
+        StillImageError: a still image (refused).
+        UnsupportedCodecError: a codec PyAV cannot decode (named, with what to install).
+        CorruptVideoError: a video container that cannot be opened (truncated, damaged).
+        TruncatedVideoError: a container whose file ends before the frames its index lists.
+        NoDecodableFrameError: the container opens but no frame decodes.
+        VideoSourceError: a URL, stream or camera that cannot be opened or read (FFmpeg's reason).
+        BackendUnavailableError: ``decode_device="cuda"`` without a usable NVDEC decoder.
+        DecodeCancelledError: ``cancel`` was set.
+    """
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+    if window is not None and not window > 0:
+        raise ValueError(f"window must be > 0 seconds, got {window}")
+    if size is not None and size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    if decode_device not in DECODE_DEVICES:
+        raise ValueError(f"decode_device must be one of {DECODE_DEVICES}, got {decode_device!r}")
+    src = parse_source(path)
+    keep = _Keeper(size, display_max)
+    if decode_device == "cuda":
+        from infomerge.video.hardware import read_video_nvdec
+
+        return read_video_nvdec(src, frames, sampling=sampling, window=window, keep=keep)
+    container, stream = open_source(src)
+    notes: list[str] = []
+    try:
+        _set_threads(stream)
+        fps, claimed = _fps(stream), int(stream.frames or 0)
+        is_live = live if live is not None else (
+            src.live or (src.kind == "url" and container.duration is None and stream.duration is None)
+        )
+        if is_live:
+            if window is None:
+                window = LIVE_WINDOW_S
+                notes.append(f"live source: no window given, sampled the default {window:g} s")
+            kept, idx, times, total = _read_live(container, stream, src, frames, window, keep, cancel, notes)
+            clip = _assemble(src, kept, idx, times, total, fps, 0, notes, "time", window, True, "live")
+            notes.insert(0, f"live source: {clip.describe()}")
+            return clip
+        timeline = _scan(container, stream, cancel, src)
+        if timeline is not None and timeline.indexed > len(timeline.pts):
+            raise TruncatedVideoError(
+                src.name,
+                f"truncated: the file ends after {len(timeline.pts)} of the {timeline.indexed} frames "
+                f"its index lists; to use the {len(timeline.pts)} frames it holds, re-mux it: "
+                "`ffmpeg -i IN -c copy OUT.mp4`",
+            )
+        result = None
+        if timeline is not None and len(timeline.pts):
+            try:
+                kept, idx, times = _read_seeking(container, stream, timeline, frames, sampling, window, keep,
+                                                 cancel)
+                result = (kept, idx, times, len(timeline.pts), "seek")
+            except _SeekFailed as exc:
+                notes.append(f"exact seeking failed ({exc}); decoded sequentially")
+        if result is None:
+            guess = len(timeline.pts) if timeline is not None and len(timeline.pts) else claimed
+            kept, idx, times, total = _read_sequential(src, frames, sampling, window, keep, cancel, guess)
+            result = (kept, idx, times, total, "sequential")
+    finally:
+        container.close()
+    kept, idx, times, total, method = result
+    if claimed and claimed != total:
+        notes.append(f"container claims {claimed} frames, decoder delivered {total}; resampled")
+    for note in notes:
+        warnings.warn(f"{src.name}: {note}", stacklevel=2)
+    return _assemble(src, kept, idx, times, total, fps, claimed, notes, sampling, window, False, method)
