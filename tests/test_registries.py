@@ -149,3 +149,23 @@ def test_stage_vocabulary_says_which_decode():
     from infomerge.timing import STAGES
 
     assert "decode" not in STAGES and {"video_decode", "token_decode"} <= set(STAGES)
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_retention_one_keeps_every_token_for_every_method(name):
+    """r = 1.0 means no compression for every registered method, in run (the compressor) and export
+    (no compression graph), whatever the method's own config would keep."""
+    from infomerge.backbones.registry import get_backbone
+    from infomerge.export.options import ExportOptions
+    from infomerge.export.run import build_steps
+    from infomerge.runtime.backends import BackendSource, NoCompression, VisionFeatures
+    from infomerge.runtime.pipeline import _compressor
+
+    source = BackendSource(backbone=get_backbone("tiny"))
+    compressor, config = _compressor(source, "torch", name, 1.0)
+    assert isinstance(compressor, NoCompression) and config is None
+    H = torch.randn(3, 4, 5)
+    kept = compressor(VisionFeatures(H, torch.rand(3, 4), torch.rand(3, 2)))
+    assert kept.index.tolist() == list(range(12)) and torch.equal(kept.tokens, H.reshape(12, 5))
+    steps = {s.name for s in build_steps(ExportOptions(method=name, retention=1.0))}
+    assert not any("compress" in s for s in steps)
