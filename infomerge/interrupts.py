@@ -67,9 +67,24 @@ def _handler(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
         print(f"{signal.Signals(signum).name}: cleaning up, please wait", file=sys.stderr, flush=True)
         return
     _state.raised = True
+    _state.received = signum
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise Terminated(signum)
+
+
+def raise_if_signalled() -> None:
+    """Raise the interrupt of a signal whose exception was lost.
+
+    A handler's exception raised inside a finalizer (a generator or object cleaned up by the garbage
+    collector) is swallowed by Python, and the command would run on to the end. Long commands call
+    this between their steps: if a signal was received but the work is still going, it raises
+    :class:`Terminated` (or ``KeyboardInterrupt``) again, so the clean-up runs after all.
+    """
+    signum = getattr(_state, "received", None)
+    if signum is not None:
+        _state.received = None
+        raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
 
 
 @contextlib.contextmanager
@@ -84,6 +99,7 @@ def signals_raise() -> Iterator[None]:
         yield
         return
     _state.raised = False
+    _state.received = None
     signums = (*_HANDLED, signal.SIGINT)
     previous = {s: signal.getsignal(s) for s in signums}
     try:
@@ -185,6 +201,7 @@ __all__ = [
     "Terminated",
     "describe",
     "exit_code_of",
+    "raise_if_signalled",
     "pid_alive",
     "run_cli",
     "signals_deferred",

@@ -36,6 +36,7 @@ from infomerge.export.graphs import OPSET
 from infomerge.export.llm_step import LLM_STEPS
 from infomerge.export.options import ExportOptions, UsageError
 from infomerge.export.vision_step import VISION_STEPS
+from infomerge.interrupts import raise_if_signalled
 from infomerge.timing import peak_rss_bytes
 
 PROG = "infomerge-export"
@@ -171,12 +172,14 @@ def _build(o, bb, steps, output: Path, manifest: dict, console, t_start: float, 
         console.print(f"[bold]{PROG}[/bold] {bb.name} -> {output} ({o.frames} frames, {o.precision})")
         timings, peaks = {}, {}
         for i, step in enumerate(steps, 1):
+            raise_if_signalled()  # a signal whose exception a finalizer swallowed
             t0 = time.perf_counter()
             with console.status(f"[{i}/{len(steps)}] {step.name}..."):
                 step.run(ctx)
             timings[step.name] = round(time.perf_counter() - t0, 3)
             peaks[step.name] = _peak_rss_mb()  # process peak so far: where it jumps, that step
             console.print(f"[green]✓[/green] [{i}/{len(steps)}] {step.name} ({timings[step.name]:.1f} s)")
+        raise_if_signalled()
         manifest["export"] = {
             "seconds": round(time.perf_counter() - t_start, 3),
             "step_seconds": timings,

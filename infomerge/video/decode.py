@@ -144,6 +144,14 @@ class _Cursor:
         self._last: int | None = None  # pts of the last frame it delivered
         self.seeks = 0
 
+    def close(self) -> None:
+        """Finish the decode generator now, not at garbage collection: a signal handler that runs
+        inside a generator's clean-up during ``gc.collect`` has its exception swallowed (the
+        interrupt would be lost), and the decoder's buffers would stay alive until then."""
+        if self._frames is not None:
+            self._frames.close()
+            self._frames = None
+
     def _key_at_or_before(self, t: int) -> int | None:
         i = int(np.searchsorted(self.keys, t, side="right")) - 1
         return int(self.keys[i]) if i >= 0 else None
@@ -189,9 +197,11 @@ class _Cursor:
             except av.FFmpegError as exc:
                 raise _SeekFailed(f"reading after a seek failed: {exc}") from exc
             if first is not None and first.pts is not None and first.pts <= t:
+                self.close()
                 self._frames = self._decode(first, packets)
                 self._last = None
                 return
+            packets.close()
         raise _SeekFailed(f"no seek landed on a keyframe before pts {t}")
 
     def _decode(self, first, packets):
@@ -280,8 +290,11 @@ def _read_seeking(container, stream, timeline: _Timeline, frames, sampling, wind
     wanted = {int(p) for p in timeline.pts[idx]}
     cursor = _Cursor(container, stream, timeline.keys, cancel, wanted)
     kept = {}
-    for i in np.unique(idx):
-        kept[int(i)] = keep(cursor.frame(int(timeline.pts[i])))
+    try:
+        for i in np.unique(idx):
+            kept[int(i)] = keep(cursor.frame(int(timeline.pts[i])))
+    finally:
+        cursor.close()
     return kept, idx, times
 
 
