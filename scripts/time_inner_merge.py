@@ -45,9 +45,13 @@ def main() -> None:
     c = pipe.llm.model.config
     deep = Qwen2ForCausalLM(
         Qwen2Config(
-            vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-            num_hidden_layers=28, num_attention_heads=c.num_attention_heads,
-            num_key_value_heads=c.num_key_value_heads, max_position_embeddings=c.max_position_embeddings,
+            vocab_size=c.vocab_size,
+            hidden_size=c.hidden_size,
+            intermediate_size=c.intermediate_size,
+            num_hidden_layers=28,
+            num_attention_heads=c.num_attention_heads,
+            num_key_value_heads=c.num_key_value_heads,
+            max_position_embeddings=c.max_position_embeddings,
         )
     ).eval()
     for label, llm in (("tiny, 2 layers", pipe.llm), ("random Qwen2, 28 layers", TorchLLM(deep, [0]))):
@@ -55,8 +59,10 @@ def main() -> None:
         on = median_ms(lambda: pipe.prefill(asm, 1))
         plain = median_ms(lambda: off.prefill(asm, 1))
         m = pipe.inner_merge(asm)
-        print(f"| {label} | K = {m.layer} | T = {asm.length} -> {asm.length - (m.video - m.keep)} "
-              f"| {plain:.2f} ms | {on:.2f} ms |")
+        print(
+            f"| {label} | K = {m.layer} | T = {asm.length} -> {asm.length - (m.video - m.keep)} "
+            f"| {plain:.2f} ms | {on:.2f} ms |"
+        )
 
 
 if __name__ == "__main__":

@@ -25,8 +25,13 @@ from infomerge.runtime.llm_torch import TorchLLM
 def _random_qwen2(layers: int = 4, seed: int = 0) -> Qwen2ForCausalLM:
     torch.manual_seed(seed)
     cfg = Qwen2Config(
-        vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
         attn_implementation="sdpa",
     )
     m = Qwen2ForCausalLM(cfg).eval()
@@ -41,9 +46,18 @@ def _prompt(d: int, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     t, nv, after, total = 5, 20, 8, 200
     index = torch.sort(torch.randperm(total, generator=g)[:nv]).values
-    pos = torch.cat([torch.arange(t), t + index, torch.tensor([t + total]), torch.arange(t + total + 1, t + total + 1 + after)])
+    pos = torch.cat(
+        [
+            torch.arange(t),
+            t + index,
+            torch.tensor([t + total]),
+            torch.arange(t + total + 1, t + total + 1 + after),
+        ]
+    )
     x = torch.randn(1, len(pos), d, generator=g)
-    x[0, t : t + nv] += 2.0 * torch.randn(4, d, generator=g)[torch.randint(0, 4, (nv,), generator=g)]  # clusters
+    x[0, t : t + nv] += (
+        2.0 * torch.randn(4, d, generator=g)[torch.randint(0, 4, (nv,), generator=g)]
+    )  # clusters
     return x, pos[None], (t, t + nv), t + total + 1 + after
 
 
@@ -153,7 +167,9 @@ def test_decode_after_merge_matches_hf_without_cache(setup):
         emb = ref.get_input_embeddings()(torch.tensor([new[: i + 1]]))
         full_x = torch.cat([x, emb], dim=1)
         full_pos = torch.cat([pos, torch.arange(next_pos, next_pos + i + 1)[None]], dim=1)
-        h = ref(inputs_embeds=full_x, position_ids=full_pos, output_hidden_states=True).hidden_states[layer][0]
+        h = ref(inputs_embeds=full_x, position_ids=full_pos, output_hidden_states=True).hidden_states[layer][
+            0
+        ]
         seq = torch.cat([states, h[x.shape[1] :]])[None]
         tail_pos = torch.cat([pos[:, rows], full_pos[:, x.shape[1] :]], dim=1)
         want = tail(inputs_embeds=seq, position_ids=tail_pos).logits[0, -1]

@@ -84,7 +84,9 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def importance(attn_tv: torch.Tensor, x_video: torch.Tensor, x_text: torch.Tensor, lam: float) -> torch.Tensor:
+def importance(
+    attn_tv: torch.Tensor, x_video: torch.Tensor, x_text: torch.Tensor, lam: float
+) -> torch.Tensor:
     """I(v) of paper Eq. 9 for every video token.
 
     Args:
@@ -101,7 +103,9 @@ def importance(attn_tv: torch.Tensor, x_video: torch.Tensor, x_text: torch.Tenso
     return (1.0 - lam) * _minmax(a_m) + lam * _minmax(s_m)
 
 
-def merge_video(x_video: torch.Tensor, score: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def merge_video(
+    x_video: torch.Tensor, score: torch.Tensor, keep: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Keep the top ``keep`` video tokens by ``score``; merge each other one into its nearest kept one.
 
     Args:

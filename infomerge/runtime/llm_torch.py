@@ -142,17 +142,25 @@ class TorchLLM(LLMBackend):
         # explicit causal mask over the rows present (prefill); one query row sees every cached key
         mask = None
         if n > 1:
-            mask = torch.full((n, n), torch.finfo(x.dtype).min, dtype=x.dtype, device=x.device).triu(1)[None, None]
+            mask = torch.full((n, n), torch.finfo(x.dtype).min, dtype=x.dtype, device=x.device).triu(1)[
+                None, None
+            ]
         for i in range(first, self.num_layers if last is None else last):
             x = m.layers[i](
-                x, attention_mask=mask, position_ids=pos, position_embeddings=rope, use_cache=True,
+                x,
+                attention_mask=mask,
+                position_ids=pos,
+                position_embeddings=rope,
+                use_cache=True,
                 **{self._cache_kw: self._cache},
             )
         if last is not None:
             return x
         return self.model.lm_head(m.norm(x[:, -1:]))[0, -1].float().cpu().numpy()
 
-    def _attention_rows(self, layer: int, x_in: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def _attention_rows(
+        self, layer: int, x_in: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor
+    ) -> torch.Tensor:
         """(|rows|, T) head-mean attention of layer ``layer`` for the query ``rows`` (SDPA gives none).
 
         q = RoPE(q_proj(input_layernorm(x))) for the rows, k = RoPE(k_proj(...)) for every row,
@@ -172,7 +180,9 @@ class TorchLLM(LLMBackend):
         return attention_rows(q[0], k[0], rows)
 
     @torch.inference_mode()
-    def _prefill_merged(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, v: InnerMerge) -> np.ndarray:
+    def _prefill_merged(
+        self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, v: InnerMerge
+    ) -> np.ndarray:
         x = inputs_embeds.to(self.device, self.dtype)
         pos = position_ids.to(self.device, torch.long)
         n = x.shape[1]
@@ -193,7 +203,12 @@ class TorchLLM(LLMBackend):
         )
         x = x[:, keep_rows].clone()
         x[0, v.start : v.start + len(kept)] = merged.to(x.dtype)
-        self.last_merge = {"rows": keep_rows.cpu(), "kept": kept.cpu(), "target": target.cpu(), "score": score.cpu()}
+        self.last_merge = {
+            "rows": keep_rows.cpu(),
+            "kept": kept.cpu(),
+            "target": target.cpu(),
+            "score": score.cpu(),
+        }
         self._filled = n
         return self._layers(x, pos[:, keep_rows], v.layer, None)
 
