@@ -61,10 +61,18 @@ class UnifiedConfig:
             (``centre_weight`` centre + rest mean of the others [HoliTom's default path]).
         centre_weight: the centre's weight under ``merge="beta"`` (0.6).
         rounds: R, rounds of the shape-static greedy selection (64); the reference ignores it.
+        inner_merge: the inner-LLM stage (paper Eq. 9, "Ours" in Table 1; True): the torch LLM
+            backend merges the video tokens before decoder layer ``inner_layer`` (see
+            :mod:`infomerge.compress.unified_inner`); False: the paper's "w/o M".
+        inner_layer: K = 18 [paper Table 5, HoliTom]; an LLM with <= K layers merges before its
+            last layer (the runtime clamps to depth - 1 and reports it).
+        inner_ratio: R = 0.5, the share of the video tokens kept at layer K [paper Fig. 5].
+        inner_lambda: lambda = 0.5 of Eq. 9 [paper Fig. 5].
 
     Raises:
         BudgetError: retention outside (0, 1], tau outside (-1, 1], cluster_ratio outside [0, 1),
-            knn / rounds < 1, an unknown merge rule.
+            knn / rounds < 1, an unknown merge rule, inner_layer < 1, inner_ratio outside (0, 1],
+            inner_lambda outside [0, 1].
     """
 
     retention: float = 0.02
@@ -74,6 +82,10 @@ class UnifiedConfig:
     merge: MergeRule = "mean"
     centre_weight: float = 0.6
     rounds: int = 64
+    inner_merge: bool = True
+    inner_layer: int = 18
+    inner_ratio: float = 0.5
+    inner_lambda: float = 0.5
 
     def __post_init__(self) -> None:
         if not (0.0 < float(self.retention) <= 1.0):
@@ -86,6 +98,12 @@ class UnifiedConfig:
             raise BudgetError(f"knn and rounds must be >= 1, got {self.knn}, {self.rounds}")
         if self.merge not in ("mean", "beta"):
             raise BudgetError(f"merge must be 'mean' or 'beta', got {self.merge!r}")
+        if self.inner_layer < 1 or not (0.0 < float(self.inner_ratio) <= 1.0):
+            raise BudgetError(
+                f"inner_layer must be >= 1 and inner_ratio in (0, 1], got {self.inner_layer}, {self.inner_ratio}"
+            )
+        if not (0.0 <= float(self.inner_lambda) <= 1.0):
+            raise BudgetError(f"inner_lambda must be in [0, 1], got {self.inner_lambda!r}")
 
     @classmethod
     def paper(cls, retention: float = 0.02) -> UnifiedConfig:

@@ -58,6 +58,8 @@ class Assembled:
         video_tokens: kept video tokens spliced in, the newline included (K + 1).
         uncompressed_video_tokens: F*N + 1.
         prompt: the :class:`PromptIds` the text came from.
+        video_span: ``(start, stop)``, the sequence rows of the kept video tokens (newline
+            excluded; it is row ``stop``): what the Unified inner-LLM merge works on.
     """
 
     inputs_embeds: torch.Tensor
@@ -66,6 +68,7 @@ class Assembled:
     video_tokens: int
     uncompressed_video_tokens: int
     prompt: PromptIds
+    video_span: tuple[int, int] = (0, 0)
 
     @property
     def length(self) -> int:
@@ -240,6 +243,7 @@ def assemble(
         video_tokens=int(index.numel()) + 1,
         uncompressed_video_tokens=total + 1,
         prompt=prompt,
+        video_span=(t, t + int(index.numel())),
     )
 
 

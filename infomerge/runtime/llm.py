@@ -113,13 +113,17 @@ class LLMBackend(ABC):
         """(n, D) float32 CPU embeddings of token ids."""
 
     @abstractmethod
-    def prefill(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, capacity: int) -> np.ndarray:
+    def prefill(
+        self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, capacity: int, visual=None
+    ) -> np.ndarray:
         """Start a new sequence: run the prompt and return the last position's logits.
 
         Args:
             inputs_embeds: (1, T, D) float.
             position_ids: (1, T) int64 RoPE positions.
             capacity: KV slots to reserve: T + the tokens that will follow.
+            visual: an :class:`~infomerge.compress.unified_inner.InnerMerge` (the inner-LLM merge of
+                the video rows) or None. Only the torch backend runs it; others raise UsageError.
 
         Returns:
             (V,) float32 logits of the token after the prompt.

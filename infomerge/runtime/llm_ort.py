@@ -33,7 +33,7 @@ import torch
 
 from infomerge.artifacts.layout import LLM_EMBED, LLM_GENAI_CONFIG, LLM_MODEL
 from infomerge.engines.ort import ort_session, providers_for
-from infomerge.errors import ArtifactError
+from infomerge.errors import ArtifactError, UsageError
 from infomerge.runtime.llm import LLMBackend
 
 MODEL_FILE, EMBED_FILE, GENAI_CONFIG = LLM_MODEL, LLM_EMBED, LLM_GENAI_CONFIG
@@ -171,7 +171,21 @@ class OrtLLM(LLMBackend):
         self._filled += n
         return self._logits.numpy()[0, -1].astype(np.float32)
 
-    def prefill(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, capacity: int) -> np.ndarray:
+    def prefill(
+        self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, capacity: int, visual=None
+    ) -> np.ndarray:
+        """See :meth:`LLMBackend.prefill`.
+
+        Raises:
+            UsageError: ``visual`` given: the inner-LLM merge (Unified, arXiv 2603.21957 Eq. 9) needs
+                the torch LLM backend; this graph runs all layers at once. The pipeline never asks
+                (it runs the outer stage only and prints a note, ``docs/compression.md``).
+        """
+        if visual is not None:
+            raise UsageError(
+                "the inner-LLM merge needs the torch LLM backend (--llm torch): the ONNX Runtime LLM is one "
+                "graph over all layers and cannot shorten the sequence before layer K"
+            )
         self._allocate(int(capacity))
         self._filled = 0
         return self._run(inputs_embeds.detach().float().cpu().numpy(), position_ids.cpu().numpy())

@@ -4,6 +4,11 @@ The language model is read on its own from the checkpoint by
 :func:`infomerge.backbones.text.load_text_model`.
 
 Precision: fp32 on the CPU; bf16 on CUDA where the GPU supports it, else fp16.
+
+With ``prefill(..., visual=InnerMerge(...))`` the prefill runs the Unified method's inner-LLM merge
+(arXiv 2603.21957 Eq. 9; ``docs/compression.md``, "Inner-LLM merge"): a loop over the decoder
+layers that shortens the sequence before layer K. The cache then holds T rows in layers 0..K-1 and
+fewer in layers K..; :meth:`TorchLLM.step` runs the same loop (one query row: no mask needed).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import numpy as np
 import torch
 
 from infomerge.backbones.text import load_text_model
+from infomerge.compress.unified_inner import InnerMerge, attention_rows, importance, merge_video
 from infomerge.runtime.llm import LLMBackend
 
 
@@ -45,8 +51,11 @@ class TorchLLM(LLMBackend):
         self.vocab_size = int(cfg.vocab_size)
         self.context = int(cfg.max_position_embeddings)
         self.eos_token_ids = tuple(int(i) for i in eos_token_ids)
+        self.num_layers = int(cfg.num_hidden_layers)
         self._cache = None
         self._filled = 0
+        self._looped = False  # the cache came from the layer loop (per-layer lengths differ)
+        self.last_merge: dict | None = None  # kept rows / targets of the last inner merge
         # transformers 5.x names the KV-cache argument ``cache`` (``past_key_values`` is deprecated
         # and warns mid-answer); 4.x knows only ``past_key_values``
         params = inspect.signature(type(model).forward).parameters
@@ -83,18 +92,125 @@ class TorchLLM(LLMBackend):
         self._filled += n
         return out.logits[0, -1].float().cpu().numpy()
 
-    def prefill(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, capacity: int) -> np.ndarray:
+    def prefill(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        capacity: int,
+        visual: InnerMerge | None = None,
+    ) -> np.ndarray:
+        """Start a sequence (see :meth:`LLMBackend.prefill`); with ``visual``, merge inside the LLM.
+
+        Args:
+            inputs_embeds: (1, T, D) float prompt embeddings.
+            position_ids: (1, T) int64 RoPE positions (gaps allowed).
+            capacity: unused (the DynamicCache grows).
+            visual: the inner-LLM merge (video rows, K, kept count, lambda); None: plain forward.
+
+        Returns:
+            (V,) float32 logits of the token after the prompt.
+
+        Raises:
+            ValueError: ``visual`` out of range (K not in [1, depth), rows outside the prompt).
+        """
         from transformers import DynamicCache
 
         self._cache = DynamicCache(config=self.model.config)
         self._filled = 0
-        return self._forward(inputs_embeds, position_ids)
+        self.last_merge = None
+        self._looped = visual is not None
+        if visual is None:
+            return self._forward(inputs_embeds, position_ids)
+        return self._prefill_merged(inputs_embeds, position_ids, visual)
 
     def step(self, token_id: int, position: int) -> np.ndarray:
         if self._cache is None:
             raise RuntimeError("step() before prefill()")
         emb = self.model.get_input_embeddings()(torch.tensor([[token_id]], device=self.device))
+        if self._looped:
+            with torch.inference_mode():
+                self._filled += 1
+                return self._layers(emb, torch.tensor([[position]], device=self.device), 0, None)
         return self._forward(emb, torch.tensor([[position]]))
+
+    # --- the inner-LLM merge: a loop over the decoder layers ------------------------------------
+    def _layers(self, x: torch.Tensor, pos: torch.Tensor, first: int, last: int | None) -> torch.Tensor:
+        """Run decoder layers ``first .. last-1`` (None: to the end, then norm + lm_head -> logits)."""
+        m = self.model.model
+        n = x.shape[1]
+        rope = m.rotary_emb(x, pos)
+        # explicit causal mask over the rows present (prefill); one query row sees every cached key
+        mask = None
+        if n > 1:
+            mask = torch.full((n, n), torch.finfo(x.dtype).min, dtype=x.dtype, device=x.device).triu(1)[
+                None, None
+            ]
+        for i in range(first, self.num_layers if last is None else last):
+            x = m.layers[i](
+                x,
+                attention_mask=mask,
+                position_ids=pos,
+                position_embeddings=rope,
+                use_cache=True,
+                **{self._cache_kw: self._cache},
+            )
+        if last is not None:
+            return x
+        return self.model.lm_head(m.norm(x[:, -1:]))[0, -1].float().cpu().numpy()
+
+    def _attention_rows(
+        self, layer: int, x_in: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor
+    ) -> torch.Tensor:
+        """(|rows|, T) head-mean attention of layer ``layer`` for the query ``rows`` (SDPA gives none).
+
+        q = RoPE(q_proj(input_layernorm(x))) for the rows, k = RoPE(k_proj(...)) for every row,
+        biases included; then :func:`attention_rows` (fp32 softmax, causal).
+        """
+        from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
+
+        block = self.model.model.layers[layer]
+        att = block.self_attn
+        h = block.input_layernorm(x_in)[0]  # (T, D)
+        d = att.head_dim
+        q = att.q_proj(h[rows]).view(len(rows), -1, d).transpose(0, 1)[None]  # (1, H, Tq, d)
+        k = att.k_proj(h).view(h.shape[0], -1, d).transpose(0, 1)[None]  # (1, Hkv, T, d)
+        cos, sin = self.model.model.rotary_emb(x_in, pos)
+        q, _ = apply_rotary_pos_emb(q, q, cos[:, rows], sin[:, rows])
+        _, k = apply_rotary_pos_emb(k, k, cos, sin)
+        return attention_rows(q[0], k[0], rows)
+
+    @torch.inference_mode()
+    def _prefill_merged(
+        self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, v: InnerMerge
+    ) -> np.ndarray:
+        x = inputs_embeds.to(self.device, self.dtype)
+        pos = position_ids.to(self.device, torch.long)
+        n = x.shape[1]
+        if not (1 <= v.layer < self.num_layers) or not (0 <= v.start < v.stop <= v.queries < n):
+            raise ValueError(
+                f"inner merge: need 1 <= layer < {self.num_layers} and 0 <= start < stop <= queries < {n}; "
+                f"got {v}"
+            )
+        x_in = self._layers(x, pos, 0, v.layer - 1)  # layer K-1's input
+        x = self._layers(x_in, pos, v.layer - 1, v.layer)  # states leaving layer K-1
+        rows = torch.arange(v.queries, n, device=x.device)
+        attn = self._attention_rows(v.layer - 1, x_in, pos, rows)  # (|T|, T)
+        xv = x[0, v.start : v.stop]
+        score = importance(attn[:, v.start : v.stop], xv, x[0, v.queries :], v.lam)
+        kept, target, merged = merge_video(xv, score, min(v.keep, v.video))
+        keep_rows = torch.cat(
+            [torch.arange(v.start, device=x.device), v.start + kept, torch.arange(v.stop, n, device=x.device)]
+        )
+        x = x[:, keep_rows].clone()
+        x[0, v.start : v.start + len(kept)] = merged.to(x.dtype)
+        self.last_merge = {
+            "rows": keep_rows.cpu(),
+            "kept": kept.cpu(),
+            "target": target.cpu(),
+            "score": score.cpu(),
+        }
+        self._filled = n
+        return self._layers(x, pos[:, keep_rows], v.layer, None)
 
     def close(self) -> None:
         self._cache = None

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -32,6 +33,7 @@ import torch
 
 from infomerge.artifacts.layout import COMPRESS_ONNX, LLM_DIR, LLM_GENAI_CONFIG, LLM_TOKENIZER
 from infomerge.compress.methods import get_method
+from infomerge.compress.unified_inner import InnerMerge, inner_keep
 from infomerge.errors import ArtifactError, BackendUnavailableError, BudgetError, UsageError
 from infomerge.runtime.backends import BackendSource, VideoTokens, VisionFeatures, backend_factory
 from infomerge.runtime.decode_thread import DecodedVideo, DecodeJob, decode_video
@@ -446,11 +448,21 @@ class Pipeline:
         return pipe
 
     def _compression_info(self, method: str) -> dict:
-        return {
+        info = {
             "compress_backend": self.compressor.name,
             "method": method if self.config is not None else None,
             "retention": float(self.config.retention) if self.config is not None else None,
         }
+        if getattr(self.config, "inner_merge", False):
+            info["inner_layer"] = self.inner_layer()
+            if self.llm.name != "torch":
+                note = (
+                    f"{method}: the inner-LLM merge needs the torch LLM backend (the {self.llm.name} "
+                    "LLM is one graph); running the outer stage only"
+                )
+                info["inner_merge_note"] = note
+                print(f"note: {note}", file=sys.stderr)
+        return info
 
     # --- stages --------------------------------------------------------------------------------
     def start_decode(self, video: str | os.PathLike) -> DecodeJob:
@@ -497,9 +509,38 @@ class Pipeline:
             PromptTooLongError: the prompt's positions + ``max_new_tokens`` exceed the context.
         """
         check_context(assembled.next_position, max_new_tokens, self.llm.context)
+        inner = self.inner_merge(assembled)
         return self.llm.prefill(
-            assembled.inputs_embeds, assembled.position_ids, assembled.length + max_new_tokens
+            assembled.inputs_embeds,
+            assembled.position_ids,
+            assembled.length + max_new_tokens,
+            **({} if inner is None else {"visual": inner}),
         )
+
+    def inner_layer(self) -> int | None:
+        """K of the method's inner-LLM merge on this LLM, or None when there is none.
+
+        None: the method has no inner stage or it is switched off (``inner_merge=False``), or the LLM
+        backend is not ``torch`` (only it runs the layer loop; the ``ort`` graph is one piece). K is
+        ``config.inner_layer`` clamped to depth - 1 (the tiny backbone has 2 layers: K = 1).
+        """
+        if not getattr(self.config, "inner_merge", False) or self.llm.name != "torch":
+            return None
+        depth = int(getattr(self.llm, "num_layers", 0))
+        return min(int(self.config.inner_layer), depth - 1) if depth >= 2 else None
+
+    def inner_merge(self, assembled: Assembled) -> InnerMerge | None:
+        """The :class:`~infomerge.compress.unified_inner.InnerMerge` for this prompt, or None.
+
+        Video rows: ``assembled.video_span``; queries T: the rows after the newline; kept:
+        ``round(inner_ratio |V|)`` (half to even); None also when fewer than 2 video tokens.
+        """
+        layer = self.inner_layer()
+        start, stop = assembled.video_span
+        if layer is None or stop - start < 2 or stop + 1 >= assembled.length:
+            return None
+        keep = inner_keep(stop - start, self.config.inner_ratio)
+        return InnerMerge(start, stop, stop + 1, layer, keep, float(self.config.inner_lambda))
 
     def decode_tokens(
         self,
