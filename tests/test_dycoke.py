@@ -122,7 +122,9 @@ def test_budget_errors_and_registry():
     assert m.budget(0.15, 32, 196) == 941
     assert DyCokeConfig(0.001).total_budget(2, 3) == 1
     with pytest.raises(ValueError):
-        FixedBudgetDyCoke(DyCokeConfig(0.5), 4, 3, 2)(torch.zeros(4, 3, 3), torch.zeros(4, 3), torch.zeros(4, 2))
+        FixedBudgetDyCoke(DyCokeConfig(0.5), 4, 3, 2)(
+            torch.zeros(4, 3, 3), torch.zeros(4, 3), torch.zeros(4, 2)
+        )
     assert m.config(0.15).to_dict() == {"retention": 0.15, "window": 4}
 
 

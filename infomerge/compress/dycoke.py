@@ -209,13 +209,19 @@ class FixedBudgetDyCoke(nn.Module):
     def __init__(self, config: DyCokeConfig, frames: int, tokens_per_frame: int, hidden: int):
         super().__init__()
         if frames < 1 or tokens_per_frame < 1 or hidden < 1:
-            raise ValueError(f"FixedBudgetDyCoke: need L, N, D >= 1, got {frames}, {tokens_per_frame}, {hidden}")
+            raise ValueError(
+                f"FixedBudgetDyCoke: need L, N, D >= 1, got {frames}, {tokens_per_frame}, {hidden}"
+            )
         self.config = config
         self.frames, self.n, self.hidden = int(frames), int(tokens_per_frame), int(hidden)
         self.quotas = config.quotas(self.frames, self.n)
         self.budget = int(sum(self.quotas))
-        self.register_buffer("_cmp", torch.tensor(comparison_frames(self.frames), dtype=torch.int64), persistent=False)
-        self.register_buffer("_quota", torch.tensor(self.quotas, dtype=torch.int64).reshape(-1, 1), persistent=False)
+        self.register_buffer(
+            "_cmp", torch.tensor(comparison_frames(self.frames), dtype=torch.int64), persistent=False
+        )
+        self.register_buffer(
+            "_quota", torch.tensor(self.quotas, dtype=torch.int64).reshape(-1, 1), persistent=False
+        )
 
     def _sum(self, t: torch.Tensor) -> torch.Tensor:
         total = None
@@ -264,4 +270,12 @@ METHOD = Method(
     fixed_budget=FixedBudgetDyCoke,
 )
 
-__all__ = ["METHOD", "WINDOW", "DyCokeConfig", "DyCokeResult", "FixedBudgetDyCoke", "comparison_frames", "reference"]
+__all__ = [
+    "METHOD",
+    "WINDOW",
+    "DyCokeConfig",
+    "DyCokeResult",
+    "FixedBudgetDyCoke",
+    "comparison_frames",
+    "reference",
+]

@@ -100,7 +100,8 @@ class UnifiedConfig:
             raise BudgetError(f"merge must be 'mean' or 'beta', got {self.merge!r}")
         if self.inner_layer < 1 or not (0.0 < float(self.inner_ratio) <= 1.0):
             raise BudgetError(
-                f"inner_layer must be >= 1 and inner_ratio in (0, 1], got {self.inner_layer}, {self.inner_ratio}"
+                f"inner_layer must be >= 1 and inner_ratio in (0, 1], got {self.inner_layer}, "
+                f"{self.inner_ratio}"
             )
         if not (0.0 <= float(self.inner_lambda) <= 1.0):
             raise BudgetError(f"inner_lambda must be in [0, 1], got {self.inner_lambda!r}")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from infomerge.compress.methods import method_names
 from infomerge.errors import UsageError
-from infomerge.interrupts import EXIT_CODES_HELP, Terminated, run_cli
+from infomerge.interrupts import EXIT_CODES_HELP, Terminated, raise_if_signalled, run_cli
 from infomerge.runtime.backends import COMPRESS_BACKENDS, LLM_BACKENDS, VISION_BACKENDS
 from infomerge.runtime.embeddings import DEFAULT_PROMPT
 
@@ -293,6 +293,7 @@ def run(args) -> dict:
     job.raise_early()  # a missing or non-video file: fail before loading models
     try:
         pipe = _build_pipeline(args)
+        raise_if_signalled()  # an interrupt whose exception a finalizer swallowed while loading
     except BaseException:
         job.join()  # cancel the decoder: one left running at exit can abort the interpreter
         raise

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from infomerge.interrupts import raise_if_signalled
 from infomerge.video import SIGLIP_SIZE, VideoClip, read_video
 
 
@@ -112,10 +113,21 @@ class DecodeJob:
     def result(self, timeout: float | None = None) -> DecodedVideo:
         """Wait for the thread; return its :class:`DecodedVideo` or raise its exception.
 
+        The wait polls every 0.1 s for an interrupt whose exception was lost
+        (:func:`infomerge.interrupts.raise_if_signalled`): a decoder blocked on a stalled stream
+        must never keep a Ctrl-C'd run waiting.
+
         Raises:
             TimeoutError: still running after ``timeout`` seconds.
+            KeyboardInterrupt: an interrupt arrived while waiting.
         """
-        self._thread.join(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._thread.is_alive():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            self._thread.join(0.1 if left is None else min(0.1, left))
+            raise_if_signalled()
         if self._thread.is_alive():
             raise TimeoutError(f"decoding {self.video} did not finish within {timeout} s")
         if self._error is not None:
