@@ -83,6 +83,7 @@ MODULES = (
     "infomerge.compress.presets",
     "infomerge.compress.unified",
     "infomerge.compress.divprune",
+    "infomerge.compress.visionzip",
 )
 # fmt: on
 
