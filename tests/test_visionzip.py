@@ -159,3 +159,43 @@ def test_onnx_graph_is_static_and_correct_on_other_videos(videos, tmp_path):
         assert np.abs(got_tok - tok.numpy()).max() <= 1e-4 * peak
         ref = reference(h.double(), a.double(), g, VisionZipConfig(0.15))
         assert torch.equal(ref.index, idx)
+
+
+@torch.no_grad()
+def test_last_layer_stats_match_hf_attentions_and_keys():
+    """The optional encoder outputs VisionZip's official form uses, against transformers' SigLIP
+    (eager attention weights of the last layer; its k_proj output captured by a hook)."""
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    from infomerge.backbones.tiny import build_tiny_checkpoint
+    from infomerge.backbones.vision import VisionEncoder
+    from infomerge.video import load_frames, sample_video
+
+    frames = load_frames(sample_video(), frames=3)
+    enc = VisionEncoder.from_backbone("tiny")
+    got = enc.last_layer_stats(frames)
+    hf = LlavaOnevisionForConditionalGeneration.from_pretrained(
+        build_tiny_checkpoint(), attn_implementation="eager"
+    ).eval()
+    tower = hf.model.vision_tower
+    model = getattr(tower, "vision_model", tower)  # transformers 4 / 5 layouts
+    last = model.encoder.layers[-1].self_attn
+    seen = {}
+    hook = last.k_proj.register_forward_hook(lambda m, i, o: seen.__setitem__("k", o))
+    out = tower(frames, output_attentions=True)
+    hook.remove()
+    att = out.attentions[-1]  # (F, heads, 729, 729)
+    heads = att.shape[1]
+    received = att.mean(1).mean(1)  # (F, 729): mean over heads, then over queries
+    keys = seen["k"].reshape(3, 729, heads, -1).mean(2)  # (F, 729, head_dim)
+
+    def pool(x):  # (F, 729, C) -> (F, 196, C), LLaVA-OneVision's bilinear 27 -> 14
+        c = x.shape[-1]
+        y = x.transpose(1, 2).reshape(3, c, 27, 27)
+        y = torch.nn.functional.interpolate(y, size=(14, 14), mode="bilinear", align_corners=False)
+        return y.reshape(3, c, 196).transpose(1, 2)
+
+    torch.testing.assert_close(got["attention"], pool(received[..., None])[..., 0], rtol=1e-4, atol=1e-8)
+    torch.testing.assert_close(got["keys"], pool(keys), rtol=1e-4, atol=1e-5)
+    h, a, g = enc(frames)  # the default outputs are unchanged by the extra call
+    assert got["keys"].shape == (3, 196, enc.backbone.vision_hidden // enc.backbone.vision_heads)

@@ -76,6 +76,16 @@ class _Attention(nn.Module):
         o = torch.matmul(p, v).transpose(1, 2).reshape(-1, n, c)
         return self.out_proj(o)
 
+    def received_and_keys(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (F, N, C) (the layer-normed layer input) -> (attention received (F, N) float32: the
+        softmax attention onto each token averaged over heads and over all N queries; keys
+        (F, N, head_dim) float32: ``k_proj(x)`` averaged over heads, unscaled)."""
+        n = self.tokens
+        q = (self.q_proj(x) * self.scale).reshape(-1, n, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).reshape(-1, n, self.heads, self.head_dim).transpose(1, 2)
+        p = torch.matmul(q, k.transpose(-1, -2)).float().softmax(dim=-1)  # (F, heads, N, N)
+        return p.mean(dim=1).mean(dim=1), k.float().mean(dim=1)
+
 
 class _MLP(nn.Module):
     def __init__(self, dim: int, hidden: int):
@@ -259,6 +269,28 @@ class VisionEncoder(nn.Module):
         g, attn = self.siglip_head(x.float())
         a = torch.matmul(attn, self.pool.T)  # (F, 196)
         return h, a, g
+
+    def last_layer_stats(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The last tower layer's self-attention statistics, pooled to the token grid like ``H``.
+
+        Optional vision outputs (not part of :meth:`forward`): VisionZip's "attention received"
+        and "keys" in LLaVA-OneVision's video form (HoliTom's code, ``visionzip/``): the last of
+        the 26 layers, attention averaged over heads and queries, keys averaged over heads, both
+        bilinearly pooled 27x27 -> 14x14.
+
+        Args:
+            pixel_values: (F, 3, 384, 384) float32.
+
+        Returns:
+            ``{"attention": (F, 196) float32, "keys": (F, 196, head_dim) float32}``.
+        """
+        x = self.vision_tower.embeddings(pixel_values.to(self.compute_dtype))
+        layers = self.vision_tower.encoder.layers
+        for layer in layers[:-1]:
+            x = layer(x)
+        last = layers[-1]
+        received, keys = last.self_attn.received_and_keys(_layer_norm(x, last.layer_norm1))
+        return {"attention": torch.matmul(received, self.pool.T), "keys": torch.matmul(self.pool, keys)}
 
     # --- construction ------------------------------------------------------------------------
     @classmethod
