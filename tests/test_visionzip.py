@@ -85,6 +85,15 @@ def test_separate_keys_are_used_for_the_merge():
     got = visionzip(h, a, keys, cfg)
     assert got.index.tolist() == index
     assert torch.allclose(got.tokens, torch.tensor(tokens, dtype=torch.float64), atol=1e-12)
+    # the registered reference and the static module with the official inputs passed explicitly
+    # (A deliberately different from the attention used)
+    other = torch.rand(2, 30, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    ref = reference(h, other, g, cfg, attention=a, keys=keys)
+    assert ref.index.tolist() == index
+    tok, idx = FixedBudgetVisionZip(cfg, 2, 30, 4)(h.float(), other.float(), g, a.float(), keys.float())
+    assert idx.tolist() == index
+    assert torch.allclose(tok, torch.tensor(tokens, dtype=torch.float32), atol=1e-5)
+    assert reference(h, other, g, cfg).index.tolist() != index  # the fallback is another set
 
 
 def test_hand_computed_frame_with_attention_ties():
@@ -199,3 +208,61 @@ def test_last_layer_stats_match_hf_attentions_and_keys():
     torch.testing.assert_close(got["keys"], pool(keys), rtol=1e-4, atol=1e-5)
     h, a, g = enc(frames)  # the default outputs are unchanged by the extra call
     assert got["keys"].shape == (3, 196, enc.backbone.vision_hidden // enc.backbone.vision_heads)
+
+
+@torch.no_grad()
+def test_encoder_extra_outputs_in_one_pass_and_static_graph_with_official_inputs(tmp_path):
+    """extra_outputs appends the last-layer statistics to (H, A, g) unchanged; the static graph
+    traced with them as inputs (synthetic) gives eager's indices in ONNX Runtime on real frames."""
+    import onnxruntime as ort
+
+    from infomerge.backbones.vision import VisionEncoder
+    from infomerge.video import load_frames, sample_video
+
+    enc = VisionEncoder.from_backbone("tiny").eval()
+    px = {v: load_frames(sample_video(v), frames=8) for v in ("bigbuckbunny.mp4", "bikes.mp4")}
+    feats = {}
+    for v, frames in px.items():
+        h, a, g = enc(frames)
+        stats = enc.last_layer_stats(frames)
+        enc.extra_outputs = ("attention", "keys")
+        out = enc(frames)
+        enc.extra_outputs = ()
+        assert len(out) == 5
+        for got, want in zip(out, (h, a, g, stats["attention"], stats["keys"])):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+        feats[v] = out
+    enc.extra_outputs = ("bogus",)
+    with pytest.raises(ValueError, match="unknown vision outputs"):
+        enc(px["bikes.mp4"])
+
+    h1 = feats["bigbuckbunny.mp4"][0]
+    L, N, D = h1.shape
+    dk = feats["bigbuckbunny.mp4"][4].shape[-1]
+    comp = FixedBudgetVisionZip(VisionZipConfig(0.25), L, N, D).eval()
+    gen = torch.Generator().manual_seed(5)
+    trace = (
+        torch.randn(L, N, D, generator=gen),
+        torch.rand(L, N, generator=gen),
+        torch.randn(L, feats["bikes.mp4"][2].shape[-1], generator=gen),
+        torch.rand(L, N, generator=gen),
+        torch.randn(L, N, dk, generator=gen),
+    )
+    path = tmp_path / "compress.onnx"
+    names = ["H", "A", "g", "attention", "keys"]
+    torch.onnx.export(
+        comp, trace, str(path), input_names=names, output_names=["tokens", "index"], opset_version=17, dynamo=False
+    )
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert not ops & FORBIDDEN, ops & FORBIDDEN
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    results = []
+    for v, out in feats.items():
+        tok, idx = comp(*out)
+        got_tok, got_idx = sess.run(None, {n: t.numpy() for n, t in zip(names, out)})
+        assert np.array_equal(got_idx, idx.numpy())
+        assert np.abs(got_tok - tok.numpy()).max() <= 1e-4 * float(tok.abs().max())
+        ref = reference(*(t.double() for t in out[:3]), VisionZipConfig(0.25), attention=out[3], keys=out[4])
+        assert torch.equal(ref.index, idx)
+        results.append(idx)
+    assert not torch.equal(*results)

@@ -20,15 +20,12 @@ What "attention received" and "keys" are in the official video form: the last la
 onto patch p averaged over heads and over all 729 queries; ``k`` = that layer's key vectors
 averaged over heads (head_dim wide); both bilinearly pooled 27x27 -> 14x14 like the tokens.
 
-[D] This toolkit's vision graph does not output those two tensors. The registered method uses
-the graph's outputs instead (an approximation, documented in ``docs/methods.md``):
-
-- attention received := ``A`` (F, N), the SigLIP head's probe attention (one learned query,
-  averaged over heads, on the post-layernormed layer-26 output), pooled the same way;
-- keys := ``H`` (F, N, D), the projected, pooled tokens.
-
-:func:`visionzip` takes attention and keys explicitly, so the official inputs can be passed
-once the vision graph provides them.
+The vision encoder computes both (``VisionEncoder.extra_outputs = ("attention", "keys")``), and
+:func:`reference` and :class:`FixedBudgetVisionZip` take them as optional ``attention`` (L, N)
+and ``keys`` (L, N, head_dim) arguments. [D] The pipeline, the exported graphs and the studies
+carry H, A, g only, so the registered method runs on the fallback attention := ``A`` (the SigLIP
+head's probe attention) and keys := ``H``: an approximation that keeps a different token set
+(measured in ``docs/methods.md``).
 
 Other decisions where the paper and code are silent or the contract differs:
 
@@ -179,19 +176,28 @@ def visionzip(
     )
 
 
-def reference(H: torch.Tensor, A: torch.Tensor, g: torch.Tensor, config: VisionZipConfig) -> VisionZipResult:
-    """The registered reference: :func:`visionzip` with attention := ``A``, keys := ``H`` (the
-    vision graph's outputs; see the module docstring for how they differ from the official ones).
+def reference(
+    H: torch.Tensor,
+    A: torch.Tensor,
+    g: torch.Tensor,
+    config: VisionZipConfig,
+    attention: torch.Tensor | None = None,
+    keys: torch.Tensor | None = None,
+) -> VisionZipResult:
+    """The registered reference: :func:`visionzip` on the official inputs ``attention`` and
+    ``keys`` (the last vision layer's; the method's extra vision outputs), or where they are not
+    given on the fallback attention := ``A``, keys := ``H`` (see the module docstring).
 
     Args:
-        H: (L, N, D) float tokens. A: (L, N) float attention. g: (L, G): checked, not used.
+        H: (L, N, D) float tokens. A: (L, N) float. g: (L, G): checked, not used.
         config: :class:`VisionZipConfig`.
+        attention: (L, N) float attention received, or None. keys: (L, N, Dk) float, or None.
 
     Raises:
         ValueError: bad shapes or non-finite H / A. BudgetError: from the config.
     """
     _check(H, A, g)
-    return visionzip(H, A, H, config)
+    return visionzip(H, A if attention is None else attention, H if keys is None else keys, config)
 
 
 class FixedBudgetVisionZip(nn.Module):
@@ -234,12 +240,20 @@ class FixedBudgetVisionZip(nn.Module):
         self.step = max(1, (self.n - self.dominant) // self.contextual)
         self.budget = config.total_budget(self.frames, self.n)
 
-    def forward(self, H: torch.Tensor, A: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        H: torch.Tensor,
+        A: torch.Tensor,
+        g: torch.Tensor,
+        attention: torch.Tensor | None = None,
+        keys: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Keep ``B = budget`` tokens.
 
         Args:
-            H: (L, N, D) float32 or float16 (also the keys). A: (L, N) float attention.
-            g: (L, G), unused (kept as a graph input).
+            H: (L, N, D) float32 or float16. A: (L, N) float. g: (L, G), unused (a graph input).
+            attention: (L, N) float attention received (None: ``A``). keys: (L, N, Dk) float
+                (None: ``H``). Which of the two forms a graph has is fixed when it is traced.
 
         Returns:
             ``tokens`` (B, D) in H's dtype, ``index`` (B,) int64 sorted flat positions.
@@ -249,7 +263,7 @@ class FixedBudgetVisionZip(nn.Module):
         if not torch.jit.is_tracing() and tuple(H.shape) != (L, N, D):
             raise ValueError(f"FixedBudgetVisionZip({L}x{N}x{D}): got H {tuple(H.shape)}")
         dev = H.device
-        a = A.to(torch.float32)
+        a = (A if attention is None else attention).to(torch.float32)
         idx = torch.arange(N, device=dev)
         ai, aq = a.unsqueeze(-1), a.unsqueeze(-2)  # (L, N, 1): token p; (L, 1, N): token q
         before = (idx.unsqueeze(0) < idx.unsqueeze(1)).unsqueeze(0)  # [p, q]: q < p
@@ -263,8 +277,9 @@ class FixedBudgetVisionZip(nn.Module):
         tgt_pos = (onehot.to(torch.int64) * idx).sum(-1)  # (L, c) int
         is_tgt = onehot.to(torch.int64).sum(1) > 0  # (L, N)
         x = H.to(torch.float32)
-        kn = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        kt = torch.gather(kn, 1, tgt_pos.unsqueeze(-1).expand(L, c, D))  # (L, c, D)
+        k = x if keys is None else keys.to(torch.float32)
+        kn = k / k.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        kt = torch.gather(kn, 1, tgt_pos.unsqueeze(-1).expand(L, c, kn.shape[-1]))  # (L, c, Dk)
         sim = kn @ kt.transpose(1, 2)  # (L, N, c)
         j = torch.argmax(sim, dim=-1)  # (L, N)
         merged = (~dom) & (~is_tgt)
@@ -275,7 +290,8 @@ class FixedBudgetVisionZip(nn.Module):
         out = (x + onehot.to(x.dtype).transpose(1, 2) @ (total / count)).reshape(L * N, D)
         index, _ = compact((dom | is_tgt).reshape(L * N), self.budget)
         tokens = out.index_select(0, index).to(H.dtype)
-        tokens = tokens + (0.0 * g.sum()).to(tokens.dtype)  # g stays a graph input
+        unused = g.sum() if attention is None else g.sum() + A.sum()  # graph inputs all the same
+        tokens = tokens + (0.0 * unused).to(tokens.dtype)
         return tokens, index
 
 
