@@ -251,13 +251,19 @@ def test_encoder_extra_outputs_in_one_pass_and_static_graph_with_official_inputs
     path = tmp_path / "compress.onnx"
     names = ["H", "A", "g", "attention", "keys"]
     torch.onnx.export(
-        comp, trace, str(path), input_names=names, output_names=["tokens", "index"], opset_version=17, dynamo=False
+        comp,
+        trace,
+        str(path),
+        input_names=names,
+        output_names=["tokens", "index"],
+        opset_version=17,
+        dynamo=False,
     )
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert not ops & FORBIDDEN, ops & FORBIDDEN
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     results = []
-    for v, out in feats.items():
+    for out in feats.values():
         tok, idx = comp(*out)
         got_tok, got_idx = sess.run(None, {n: t.numpy() for n, t in zip(names, out)})
         assert np.array_equal(got_idx, idx.numpy())

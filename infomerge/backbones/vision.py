@@ -42,7 +42,6 @@ from torch import nn
 
 from infomerge.backbones.registry import Backbone
 
-
 #: optional vision outputs (:attr:`VisionEncoder.extra_outputs`): name -> what it is
 EXTRA_OUTPUTS = {
     "attention": "(F, 196) float32: last tower layer's attention received (mean over heads and queries)",

@@ -214,8 +214,9 @@ class FixedBudgetVisionZip(nn.Module):
       the j-th target's position is an integer sum over a one-hot mask.
     - merge: cosine similarities by one batched MatMul (fp32), argmax over the c targets, a
       one-hot assignment, sums by MatMul, counts clamped at 1; the mean is added at its target
-      by a one-hot MatMul (no ScatterND). The assignment can differ from the eager module's only where two targets'
-      similarities are within fp32 rounding; that changes a merged token's value, never an index.
+      by a one-hot MatMul (no ScatterND). The assignment can differ from the eager module's only
+      where two targets' similarities are within fp32 rounding; that changes a merged token's
+      value, never an index.
     - compaction of the kept mask: cumsum + ScatterElements
       (:func:`~infomerge.compress.fixed_budget.compact`).
 
