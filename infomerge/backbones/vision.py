@@ -25,6 +25,10 @@ fp16 mode: tower and projector weights and activations are float16; LayerNorm (i
 overflow in fp16 once |x| > 256) and softmax run in float32 with float32 parameters; the SigLIP
 head branch (about 15 M parameters at full size) runs entirely in float32, so ``A`` and ``g`` are
 fp32 islands.
+
+Optional outputs (``VisionEncoder.extra_outputs``, :data:`EXTRA_OUTPUTS`), for methods that
+declare them: ``attention`` (F, 196) and ``keys`` (F, 196, head_dim) float32, the last tower
+layer's self-attention received and keys, pooled like ``A``.
 """
 
 from __future__ import annotations
@@ -37,6 +41,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from infomerge.backbones.registry import Backbone
+
+#: optional vision outputs (:attr:`VisionEncoder.extra_outputs`): name -> what it is
+EXTRA_OUTPUTS = {
+    "attention": "(F, 196) float32: last tower layer's attention received (mean over heads and queries)",
+    "keys": "(F, 196, head_dim) float32: last tower layer's keys (mean over heads)",
+}
 
 
 def bilinear_pool_matrix(side_in: int = 27, side_out: int = 14) -> torch.Tensor:
@@ -75,6 +85,16 @@ class _Attention(nn.Module):
         p = torch.matmul(q, k.transpose(-1, -2)).float().softmax(dim=-1).to(x.dtype)
         o = torch.matmul(p, v).transpose(1, 2).reshape(-1, n, c)
         return self.out_proj(o)
+
+    def received_and_keys(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (F, N, C) (the layer-normed layer input) -> (attention received (F, N) float32: the
+        softmax attention onto each token averaged over heads and over all N queries; keys
+        (F, N, head_dim) float32: ``k_proj(x)`` averaged over heads, unscaled)."""
+        n = self.tokens
+        q = (self.q_proj(x) * self.scale).reshape(-1, n, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).reshape(-1, n, self.heads, self.head_dim).transpose(1, 2)
+        p = torch.matmul(q, k.transpose(-1, -2)).float().softmax(dim=-1)  # (F, heads, N, N)
+        return p.mean(dim=1).mean(dim=1), k.float().mean(dim=1)
 
 
 class _MLP(nn.Module):
@@ -216,6 +236,8 @@ class VisionEncoder(nn.Module):
         vision_tower, multi_modal_projector, siglip_head: the three parts (HF parameter names).
         image_newline: (D,) float32 buffer, the LLaVA newline embedding.
         pool: (196, 729) float32 buffer, the bilinear 27x27 -> 14x14 map.
+        extra_outputs: names of optional outputs :meth:`forward` returns after (H, A, g), in
+            order, from :data:`EXTRA_OUTPUTS` (default none: the default graph).
     """
 
     def __init__(self, backbone: Backbone, dtype: torch.dtype = torch.float32):
@@ -231,6 +253,7 @@ class VisionEncoder(nn.Module):
         self.register_buffer(
             "pool", bilinear_pool_matrix(backbone.patch_side, backbone.pooled_side), persistent=False
         )
+        self.extra_outputs: tuple[str, ...] = ()
         if dtype == torch.float16:
             self.to_compute_dtype(torch.float16)
 
@@ -251,14 +274,54 @@ class VisionEncoder(nn.Module):
         """(F, 3, S, S) float32 -> 26-layer output before post_layernorm (F, 729, G), compute dtype."""
         return self.vision_tower(pixel_values.to(self.compute_dtype))
 
-    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """pixel_values (F, 3, 384, 384) float32 -> H (F, 196, D), A (F, 196) fp32, g (F, G) fp32."""
-        x = self.tower(pixel_values)
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """pixel_values (F, 3, 384, 384) float32 -> H (F, 196, D), A (F, 196) fp32, g (F, G) fp32,
+        then the :attr:`extra_outputs` (see :meth:`last_layer_stats`), computed in the same pass.
+
+        Raises:
+            ValueError: an unknown name in ``extra_outputs``.
+        """
+        if self.extra_outputs:
+            unknown = set(self.extra_outputs) - set(EXTRA_OUTPUTS)
+            if unknown:
+                raise ValueError(f"unknown vision outputs {sorted(unknown)}; known: {EXTRA_OUTPUTS}")
+            x, stats = self._tower_and_stats(pixel_values)
+            return (*self._heads(x), *(stats[n] for n in self.extra_outputs))
+        return self._heads(self.tower(pixel_values))
+
+    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h = self.multi_modal_projector(x)  # (F, 729, D)
         h = torch.matmul(self.pool.to(h.dtype), h)  # (F, 196, D)
         g, attn = self.siglip_head(x.float())
         a = torch.matmul(attn, self.pool.T)  # (F, 196)
         return h, a, g
+
+    def last_layer_stats(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The last tower layer's self-attention statistics, pooled to the token grid like ``H``.
+
+        Optional vision outputs (:meth:`forward` appends those named in :attr:`extra_outputs`):
+        VisionZip's "attention received"
+        and "keys" in LLaVA-OneVision's video form (HoliTom's code, ``visionzip/``): the last of
+        the 26 layers, attention averaged over heads and queries, keys averaged over heads, both
+        bilinearly pooled 27x27 -> 14x14.
+
+        Args:
+            pixel_values: (F, 3, 384, 384) float32.
+
+        Returns:
+            ``{"attention": (F, 196) float32, "keys": (F, 196, head_dim) float32}``.
+        """
+        return self._tower_and_stats(pixel_values)[1]
+
+    def _tower_and_stats(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x = self.vision_tower.embeddings(pixel_values.to(self.compute_dtype))
+        layers = self.vision_tower.encoder.layers
+        for layer in layers[:-1]:
+            x = layer(x)
+        last = layers[-1]
+        received, keys = last.self_attn.received_and_keys(_layer_norm(x, last.layer_norm1))
+        stats = {"attention": torch.matmul(received, self.pool.T), "keys": torch.matmul(self.pool, keys)}
+        return last(x), stats
 
     # --- construction ------------------------------------------------------------------------
     @classmethod
@@ -352,4 +415,4 @@ class VisionEncoder(nn.Module):
         )
 
 
-__all__ = ["Projector", "SiglipHead", "SiglipTower", "VisionEncoder", "bilinear_pool_matrix"]
+__all__ = ["EXTRA_OUTPUTS", "Projector", "SiglipHead", "SiglipTower", "VisionEncoder", "bilinear_pool_matrix"]

@@ -84,6 +84,7 @@ MODULES = (
     "infomerge.compress.unified",
     "infomerge.compress.divprune",
     "infomerge.compress.dycoke",
+    "infomerge.compress.visionzip",
 )
 # fmt: on
 
