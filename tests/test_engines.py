@@ -4,7 +4,8 @@
   of time) runs the real builder code against stand-in ``tensorrt`` modules (full TensorRT cannot
   be installed on this CPU machine).
 - TensorRT-RTX (installed, [rtx] extra) really builds engines here, without a GPU, for SM86 and
-  SM89: small graphs, and every graph of a ``tiny`` export through ``infomerge-export --engine rtx``.
+  SM89: small graphs, every graph of a ``tiny`` export through ``infomerge-export --engine rtx``, and
+  the unified compress graph (``--method unified --retention 0.02``, SM86).
 - A stale engine (other TensorRT version, other GPU, changed ONNX, swapped bytes, no metadata) is
   refused with the command that rebuilds it; with a valid engine the loader stops at "no GPU here".
 """
@@ -487,6 +488,37 @@ def test_export_writes_the_plugin_graph_beside_the_standard_one(tiny_export):
     assert not any(
         n.op_type == "MergeToAnchors" for n in std.graph.node
     )  # ONNX Runtime's graph stays standard
+
+
+# --- the unified graph (issue 12): infomerge-export --method unified --retention 0.02 --engine rtx --
+def test_export_builds_an_rtx_engine_for_the_unified_graph(tmp_path):
+    """The final unified compress graph (``FixedBudgetUnified``, exactly B tokens) builds with
+    TensorRT-RTX for SM86; tiny, 8 frames, one target (about 15 s on 2 cores)."""
+    from infomerge.artifacts.manifest import verify_manifest
+    from infomerge.compress.methods import get_method
+    from infomerge.export import cli
+
+    out = tmp_path / "tiny-unified"
+    args = ["--backbone", "tiny", "--frames", str(F), "--method", "unified", "--retention", "0.02"]
+    args += ["--engine", "rtx", "--compute-capability", "86", "--workspace", "512", "--output", str(out)]
+    assert cli.main(args) == 0
+    m = verify_manifest(out, backbone="tiny", frames=F)
+    g = m["graphs"]["compress"]
+    L, N, _ = g["inputs"]["H"]["shape"]
+    assert m["method"] == "unified" and g["method"] == "unified" and L == F
+    assert g["tokens_kept"] == get_method("unified").budget(0.02, F, N) == g["outputs"]["index"]["shape"][0]
+    assert g["validation"]["ok"] and g["validation"]["outputs"]["index"]["max_abs_diff"] == 0.0
+    eng = m["engines"]
+    assert eng["flavour"] == "rtx" and eng["compute_capabilities"] == ["8.6"] and not eng["skipped"]
+    assert set(eng["items"]) == {"vision.sm86", "compress.sm86"}
+    meta = EngineMetadata.read(out / eng["items"]["compress.sm86"]["metadata"])
+    assert meta.graph == "compress" and meta.source_sha256 == onnx_digest(out / "compress.onnx")
+    assert meta.outputs["index"]["shape"] == [g["tokens_kept"]]
+    validate_engine(
+        out / eng["items"]["compress.sm86"]["engine"],
+        out / "compress.onnx",
+        runtime=RuntimeInfo("rtx", meta.trt_version, meta.compute_capability),
+    )
 
 
 @pytest.mark.parametrize(
