@@ -50,3 +50,19 @@ def topk_mask(x: torch.Tensor, k: int, largest: bool = True) -> torch.Tensor:
 def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """``x / ||x||`` along the last dim; an all-zero vector stays zero (its cosines are 0)."""
     return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
+
+
+def check_features(method: str, H: torch.Tensor, A: torch.Tensor, g: torch.Tensor) -> None:
+    """The common input check of a compressor's reference: H (L, N, D), A (L, N), g (L, G), finite.
+
+    Raises:
+        ValueError: a shape that does not match, or NaN / infinite values in H or A (named with
+            ``method``, the fix being to check the vision features).
+    """
+    if H.dim() != 3 or A.shape != H.shape[:2] or g.dim() != 2 or g.shape[0] != H.shape[0]:
+        raise ValueError(
+            f"{method}: expected H (L, N, D), A (L, N), g (L, G); got {tuple(H.shape)}, "
+            f"{tuple(A.shape)}, {tuple(g.shape)}"
+        )
+    if not (torch.isfinite(H).all() and torch.isfinite(A).all()):
+        raise ValueError(f"{method}: H or A has NaN or infinite values; check the vision features")

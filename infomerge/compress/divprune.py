@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from infomerge.compress._ops import check_features
 from infomerge.compress.fixed_budget import compact
 from infomerge.compress.methods import Method
 from infomerge.errors import BudgetError
@@ -96,16 +97,6 @@ def cosine_distances(x: torch.Tensor) -> torch.Tensor:
     return 1.0 - xn @ xn.transpose(0, 1)
 
 
-def _check(H: torch.Tensor, A: torch.Tensor, g: torch.Tensor) -> None:
-    if H.dim() != 3 or A.shape != H.shape[:2] or g.dim() != 2 or g.shape[0] != H.shape[0]:
-        raise ValueError(
-            f"DivPrune: expected H (L, N, D), A (L, N), g (L, G); got {tuple(H.shape)}, "
-            f"{tuple(A.shape)}, {tuple(g.shape)}"
-        )
-    if not torch.isfinite(H).all():
-        raise ValueError("DivPrune: H has NaN or infinite values; check the vision features")
-
-
 def reference(H: torch.Tensor, A: torch.Tensor, g: torch.Tensor, config: DivPruneConfig) -> DivPruneResult:
     """Paper-exact greedy max-min selection (Alg. 1) over the whole video.
 
@@ -120,7 +111,7 @@ def reference(H: torch.Tensor, A: torch.Tensor, g: torch.Tensor, config: DivPrun
     Raises:
         ValueError: bad shapes or non-finite H. BudgetError: from ``config.total_budget``.
     """
-    _check(H, A, g)
+    check_features("DivPrune", H, A, g)
     L, N, D = H.shape
     k = config.total_budget(L, N)
     x = H.reshape(L * N, D)

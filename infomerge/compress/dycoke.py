@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from infomerge.compress._ops import check_features
 from infomerge.compress.fixed_budget import _SUM_CHUNK, _tree_sum, compact
 from infomerge.compress.methods import Method
 from infomerge.errors import BudgetError
@@ -143,16 +144,6 @@ class DyCokeResult:
         return int(self.index.numel())
 
 
-def _check(H: torch.Tensor, A: torch.Tensor, g: torch.Tensor) -> None:
-    if H.dim() != 3 or A.shape != H.shape[:2] or g.dim() != 2 or g.shape[0] != H.shape[0]:
-        raise ValueError(
-            f"DyCoke: expected H (L, N, D), A (L, N), g (L, G); got {tuple(H.shape)}, "
-            f"{tuple(A.shape)}, {tuple(g.shape)}"
-        )
-    if not torch.isfinite(H).all():
-        raise ValueError("DyCoke: H has NaN or infinite values; check the vision features")
-
-
 def reference(H: torch.Tensor, A: torch.Tensor, g: torch.Tensor, config: DyCokeConfig) -> DyCokeResult:
     """DyCoke TTM: per frame, the ``q_t`` tokens least similar to the comparison frame's.
 
@@ -167,7 +158,7 @@ def reference(H: torch.Tensor, A: torch.Tensor, g: torch.Tensor, config: DyCokeC
     Raises:
         ValueError: bad shapes or non-finite H. BudgetError: from the config.
     """
-    _check(H, A, g)
+    check_features("DyCoke", H, A, g)
     L, N, D = H.shape
     quotas = config.quotas(L, N)
     x = H.to(torch.float64)

@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from infomerge.compress._ops import check_features
 from infomerge.compress.fixed_budget import compact
 from infomerge.compress.methods import Method
 from infomerge.errors import BudgetError
@@ -107,16 +108,6 @@ class VisionZipResult:
     dominant: torch.Tensor
     target: torch.Tensor
     assign: torch.Tensor
-
-
-def _check(H: torch.Tensor, A: torch.Tensor, g: torch.Tensor) -> None:
-    if H.dim() != 3 or A.shape != H.shape[:2] or g.dim() != 2 or g.shape[0] != H.shape[0]:
-        raise ValueError(
-            f"VisionZip: expected H (L, N, D), A (L, N), g (L, G); got {tuple(H.shape)}, "
-            f"{tuple(A.shape)}, {tuple(g.shape)}"
-        )
-    if not (torch.isfinite(H).all() and torch.isfinite(A).all()):
-        raise ValueError("VisionZip: H or A has NaN or infinite values; check the vision features")
 
 
 def visionzip(
@@ -196,7 +187,7 @@ def reference(
     Raises:
         ValueError: bad shapes or non-finite H / A. BudgetError: from the config.
     """
-    _check(H, A, g)
+    check_features("VisionZip", H, A, g)
     return visionzip(H, A if attention is None else attention, H if keys is None else keys, config)
 
 
