@@ -490,23 +490,26 @@ def test_export_writes_the_plugin_graph_beside_the_standard_one(tiny_export):
     )  # ONNX Runtime's graph stays standard
 
 
-# --- the unified graph (issue 12): infomerge-export --method unified --retention 0.02 --engine rtx --
-def test_export_builds_an_rtx_engine_for_the_unified_graph(tmp_path):
-    """The final unified compress graph (``FixedBudgetUnified``, exactly B tokens) builds with
-    TensorRT-RTX for SM86; tiny, 8 frames, one target (about 15 s on 2 cores)."""
+# --- every further method's graph: infomerge-export --method M --retention R --engine rtx -----------
+@pytest.mark.parametrize(
+    ("method", "retention"), [("unified", 0.02), ("divprune", 0.15), ("dycoke", 0.15), ("visionzip", 0.15)]
+)
+def test_export_builds_an_rtx_engine_for_the_method_graph(tmp_path, method, retention):
+    """The method's fixed-budget compress graph (exactly B tokens) builds with TensorRT-RTX for
+    SM86; tiny, 8 frames, one target (about 15 s each on 2 cores)."""
     from infomerge.artifacts.manifest import verify_manifest
     from infomerge.compress.methods import get_method
     from infomerge.export import cli
 
-    out = tmp_path / "tiny-unified"
-    args = ["--backbone", "tiny", "--frames", str(F), "--method", "unified", "--retention", "0.02"]
+    out = tmp_path / f"tiny-{method}"
+    args = ["--backbone", "tiny", "--frames", str(F), "--method", method, "--retention", str(retention)]
     args += ["--engine", "rtx", "--compute-capability", "86", "--workspace", "512", "--output", str(out)]
     assert cli.main(args) == 0
     m = verify_manifest(out, backbone="tiny", frames=F)
     g = m["graphs"]["compress"]
     L, N, _ = g["inputs"]["H"]["shape"]
-    assert m["method"] == "unified" and g["method"] == "unified" and L == F
-    assert g["tokens_kept"] == get_method("unified").budget(0.02, F, N) == g["outputs"]["index"]["shape"][0]
+    assert m["method"] == method and g["method"] == method and L == F
+    assert g["tokens_kept"] == get_method(method).budget(retention, F, N) == g["outputs"]["index"]["shape"][0]
     assert g["validation"]["ok"] and g["validation"]["outputs"]["index"]["max_abs_diff"] == 0.0
     eng = m["engines"]
     assert eng["flavour"] == "rtx" and eng["compute_capabilities"] == ["8.6"] and not eng["skipped"]

@@ -188,12 +188,13 @@ class FixedBudgetDivPrune(nn.Module):
         fill = torch.ones(m, dtype=dist.dtype, device=H.device)
         nearest = flat.scatter(0, diag, 4.0 * fill).reshape(m, m).amin(0)  # (M,) min_{j != i} d(j, i)
         dist = flat.scatter(0, diag, _SELECTED * fill).reshape(m, m)
-        s = torch.argmax(nearest, dim=0, keepdim=True)  # (1,) s_1
-        running = dist.index_select(0, s).reshape(m)
+        # rows of shape (1, M): TensorRT's ArgMax needs an input of at least 2 dimensions
+        s = torch.argmax(nearest.reshape(1, m), dim=1)  # (1,) s_1
+        running = dist.index_select(0, s)  # (1, M)
         for _ in range(self.budget - 1):  # eq. 6, unrolled: the count is static
-            s = torch.argmax(running, dim=0, keepdim=True)
-            running = torch.minimum(running, dist.index_select(0, s).reshape(m))
-        index, _ = compact(running < _SELECTED / 2, self.budget)  # (B,) sorted
+            s = torch.argmax(running, dim=1)
+            running = torch.minimum(running, dist.index_select(0, s))
+        index, _ = compact(running.reshape(m) < _SELECTED / 2, self.budget)  # (B,) sorted
         tokens = x.index_select(0, index)
         # A and g stay graph inputs like every compressor's (weight 0: no effect)
         tokens = tokens + (0.0 * (A.sum() + g.sum())).to(tokens.dtype)
