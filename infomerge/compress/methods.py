@@ -8,7 +8,14 @@ A :class:`Method` maps a name (``--method NAME`` in every CLI) to:
   backend runs), returning a :class:`CompressedTokens`;
 - ``fixed_budget(config, frames, tokens_per_frame, hidden)``: its fixed-budget, shape-static
   ``nn.Module`` (``forward(H, A, g) -> (tokens (B, D), index (B,))``) that ``infomerge-export``
-  traces to ``compress.onnx``; or None with ``not_exportable`` saying why.
+  traces to ``compress.onnx``; or None with ``not_exportable`` saying why;
+- ``vision_outputs``: optional vision-encoder outputs it reads besides (H, A, g), by name (the
+  names of :data:`infomerge.backbones.vision.EXTRA_OUTPUTS`, e.g. ``("attention", "keys")``).
+  The vision stage then produces them in the same pass, the reference receives them as keyword
+  arguments (``reference(H, A, g, config, attention=..., keys=...)``), the fixed-budget module as
+  further positional inputs in this order (``forward(H, A, g, attention, keys)``), and the
+  exported ``vision.onnx`` / ``compress.onnx`` carry them as outputs / inputs of the same names.
+  Default ``()``: the default graphs, unchanged.
 
 Adding a method: write one module that defines ``METHOD = Method(...)`` (or ``METHODS``, a tuple)
 and add its module name to :data:`MODULES` below. Nothing else in the package names a method.
@@ -59,6 +66,8 @@ class Method:
         fixed_budget: ``fixed_budget(config, frames, tokens_per_frame, hidden) -> nn.Module``, or
             None when the method has no shape-static form.
         not_exportable: why there is no fixed-budget form (None when there is one).
+        vision_outputs: names of the optional vision outputs the method reads, in the order its
+            fixed-budget module takes them after (H, A, g) (default: none).
     """
 
     name: str
@@ -67,6 +76,7 @@ class Method:
     reference: Callable[..., Any]
     fixed_budget: Callable[..., torch.nn.Module] | None = None
     not_exportable: str | None = None
+    vision_outputs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.fixed_budget is None) == (self.not_exportable is None):
@@ -123,4 +133,19 @@ def get_method(name: str) -> Method:
         ) from None
 
 
-__all__ = ["METHODS", "MODULES", "CompressedTokens", "Method", "MethodConfig", "get_method", "method_names"]
+def vision_outputs_of(names) -> tuple[str, ...]:
+    """The union of the named methods' :attr:`Method.vision_outputs`, in first-seen order (what one
+    vision pass must produce to serve all of them). Raises UnknownMethodError."""
+    return tuple(dict.fromkeys(x for name in names for x in get_method(name).vision_outputs))
+
+
+__all__ = [
+    "METHODS",
+    "MODULES",
+    "CompressedTokens",
+    "Method",
+    "MethodConfig",
+    "get_method",
+    "method_names",
+    "vision_outputs_of",
+]

@@ -20,12 +20,15 @@ What "attention received" and "keys" are in the official video form: the last la
 onto patch p averaged over heads and over all 729 queries; ``k`` = that layer's key vectors
 averaged over heads (head_dim wide); both bilinearly pooled 27x27 -> 14x14 like the tokens.
 
-The vision encoder computes both (``VisionEncoder.extra_outputs = ("attention", "keys")``), and
-:func:`reference` and :class:`FixedBudgetVisionZip` take them as optional ``attention`` (L, N)
-and ``keys`` (L, N, head_dim) arguments. [D] The pipeline, the exported graphs and the studies
-carry H, A, g only, so the registered method runs on the fallback attention := ``A`` (the SigLIP
-head's probe attention) and keys := ``H``: an approximation that keeps a different token set
-(measured in ``docs/methods.md``).
+The method declares both as its vision outputs (``METHOD.vision_outputs = ("attention",
+"keys")``): the vision stage computes them in the same pass as (H, A, g) (``VisionEncoder.
+extra_outputs``, ``vision.onnx`` outputs of those names), :func:`reference` takes them as the
+keyword arguments ``attention`` (L, N) and ``keys`` (L, N, head_dim), and
+:class:`FixedBudgetVisionZip` as its fourth and fifth inputs (``compress.onnx`` has five). [D] A
+vision source without them (an old ``vision.onnx``) is refused by the runtime with the re-export
+command; called directly without them, :func:`reference` and the module fall back to
+attention := ``A`` (the SigLIP head's probe attention) and keys := ``H``, an approximation that
+keeps a different token set (measured in ``docs/methods.md``).
 
 Other decisions where the paper and code are silent or the contract differs:
 
@@ -176,8 +179,9 @@ def reference(
     keys: torch.Tensor | None = None,
 ) -> VisionZipResult:
     """The registered reference: :func:`visionzip` on the official inputs ``attention`` and
-    ``keys`` (the last vision layer's; the method's extra vision outputs), or where they are not
-    given on the fallback attention := ``A``, keys := ``H`` (see the module docstring).
+    ``keys`` (the last vision layer's; the method's vision outputs, which the runtime always
+    passes), or where a direct caller gives none on the fallback attention := ``A``,
+    keys := ``H`` (an approximation, see the module docstring).
 
     Args:
         H: (L, N, D) float tokens. A: (L, N) float. g: (L, G): checked, not used.
@@ -293,6 +297,7 @@ METHOD = Method(
     config=VisionZipConfig,
     reference=reference,
     fixed_budget=FixedBudgetVisionZip,
+    vision_outputs=("attention", "keys"),
 )
 
 __all__ = ["METHOD", "FixedBudgetVisionZip", "VisionZipConfig", "VisionZipResult", "reference", "visionzip"]

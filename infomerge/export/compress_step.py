@@ -17,6 +17,11 @@ here (its indices would be the synthetic input's).
 joined with :func:`onnx.compose.merge_models` on H, A, g, validated against ``vision.onnx`` run in
 ONNX Runtime followed by the eager compressor (the chain it must equal).
 
+A method with optional vision outputs (``Method.vision_outputs``, VisionZip's ``attention`` and
+``keys``) gets a ``compress.onnx`` with those inputs after H, A, g, of the same names as the
+vision graph's extra outputs (:func:`infomerge.export.graphs.with_vision_outputs`); it is traced
+on synthetic ones and validated on the real video's, and the fused graph joins on them too.
+
 The merge implementation is the module's own unless an earlier step set ``ctx.merge_impl``.
 """
 
@@ -29,12 +34,17 @@ from infomerge.artifacts.layout import COMPRESS_ONNX, FUSED_ONNX, VISION_ONNX
 from infomerge.artifacts.onnx_graph import graph_io, onnx_files
 from infomerge.compress.methods import get_method
 from infomerge.export.context import ExportContext, Step
-from infomerge.export.graphs import COMPRESS, FUSED, synthetic_features
+from infomerge.export.graphs import COMPRESS, FUSED, GraphSpec, synthetic_features, with_vision_outputs
 from infomerge.export.onnx_export import export_onnx, save_onnx
 
 COMPRESS_INPUTS = COMPRESS.inputs
 COMPRESS_OUTPUTS = COMPRESS.outputs
 DEFAULT_ATOL = COMPRESS.atol
+
+
+def compress_spec(ctx: ExportContext) -> GraphSpec:
+    """The ``compress`` graph of this run's method: H, A, g, then the method's vision outputs."""
+    return with_vision_outputs(COMPRESS, get_method(ctx.options.method).vision_outputs)
 
 
 def build_compressor(ctx: ExportContext):
@@ -58,12 +68,13 @@ def export_compress(ctx: ExportContext) -> None:
     """``compress.onnx`` (static shapes, opset 17), traced on synthetic features."""
     comp = build_compressor(ctx)
     bb = ctx.backbone
+    spec = compress_spec(ctx)
     g_dim = int(ctx.reference["g"].shape[-1]) if "g" in ctx.reference else bb.vision_hidden
-    example = COMPRESS.example(bb, ctx.frames, _h_dtype(ctx), g_dim)
+    example = spec.example(bb, ctx.frames, _h_dtype(ctx), g_dim)
     path = ctx.path(COMPRESS_ONNX)
-    export_onnx(comp, example, path, input_names=COMPRESS_INPUTS, output_names=COMPRESS_OUTPUTS)
+    export_onnx(comp, example, path, input_names=spec.inputs, output_names=spec.outputs)
     inputs, outputs = graph_io(path)
-    COMPRESS.check_io(inputs, outputs, bb, ctx.frames, int(comp.budget), g_dim)
+    spec.check_io(inputs, outputs, bb, ctx.frames, int(comp.budget), g_dim)
     ctx.manifest["graphs"]["compress"] = {
         "file": COMPRESS_ONNX,
         "opset": COMPRESS.opset,
@@ -85,8 +96,19 @@ def export_compress(ctx: ExportContext) -> None:
 
 
 def _features(ctx: ExportContext) -> dict[str, torch.Tensor]:
+    """The compress graph's inputs on the real video: H in the graph's dtype, the rest float32.
+
+    Raises:
+        ValidationError: the vision reference lacks one of the method's vision outputs.
+    """
+    from infomerge.errors import ValidationError
+
     r = ctx.reference
-    return {"H": r["H"].to(_h_dtype(ctx)), "A": r["A"].float(), "g": r["g"].float()}
+    names = compress_spec(ctx).inputs
+    missing = [k for k in names if k not in r]
+    if missing:
+        raise ValidationError(f"the vision reference lacks {missing}, which {ctx.options.method} reads")
+    return {k: (r[k].to(_h_dtype(ctx)) if k == "H" else r[k].float()) for k in names}
 
 
 def validate_compress(ctx: ExportContext) -> None:
@@ -94,10 +116,11 @@ def validate_compress(ctx: ExportContext) -> None:
     from infomerge.export.validate import validate_onnx
 
     comp = ctx.compressor
+    names = compress_spec(ctx).inputs
     atol = COMPRESS.tolerances(ctx.precision, ctx.options.atol)
     report = validate_onnx(
         ctx.work / COMPRESS_ONNX,
-        lambda H, A, g: dict(zip(COMPRESS_OUTPUTS, comp(H, A, g))),
+        lambda **feed: dict(zip(COMPRESS_OUTPUTS, comp(*(feed[k] for k in names)))),
         _features(ctx),
         atol,
         output_names=COMPRESS_OUTPUTS,
@@ -109,12 +132,13 @@ def validate_compress(ctx: ExportContext) -> None:
         "compress",
         report,
         atol,
-        f"PyTorch eager fixed-budget {ctx.options.method} on the video's fp32 H, A, g",
+        f"PyTorch eager fixed-budget {ctx.options.method} on the video's fp32 {', '.join(names)}",
     )
 
 
 def export_fused(ctx: ExportContext) -> None:
-    """``vision_compress.onnx``: vision.onnx and compress.onnx joined on H, A, g."""
+    """``vision_compress.onnx``: vision.onnx and compress.onnx joined on the compress graph's inputs
+    (H, A, g and the method's vision outputs)."""
     import onnx
     from onnx import compose
 
@@ -123,7 +147,7 @@ def export_fused(ctx: ExportContext) -> None:
     comp = compose.add_prefix(comp, "compress/", rename_inputs=False, rename_outputs=False)
     comp.ir_version = vision.ir_version = min(vision.ir_version, comp.ir_version)
     fused = compose.merge_models(
-        vision, comp, io_map=[(n, n) for n in COMPRESS.inputs], outputs=list(FUSED.outputs)
+        vision, comp, io_map=[(n, n) for n in compress_spec(ctx).inputs], outputs=list(FUSED.outputs)
     )
     path = ctx.path(FUSED_ONNX)
     save_onnx(fused, path)
@@ -157,7 +181,8 @@ def validate_fused(ctx: ExportContext) -> None:
     px = {"pixel_values": _numpy(ctx.pixel_values)}
     vis, _, _ = run_onnx(ctx.work / VISION_ONNX, px, optimization="off")
     with torch.no_grad():
-        tokens, index = comp(*(torch.from_numpy(np.ascontiguousarray(vis[k])) for k in COMPRESS_INPUTS))
+        names = compress_spec(ctx).inputs
+        tokens, index = comp(*(torch.from_numpy(np.ascontiguousarray(vis[k])) for k in names))
     atol = FUSED.tolerances(ctx.precision, ctx.options.atol)
     report = validate_onnx(
         ctx.work / FUSED_ONNX,
@@ -195,6 +220,7 @@ __all__ = [
     "COMPRESS_STEPS",
     "FUSED_ONNX",
     "build_compressor",
+    "compress_spec",
     "export_compress",
     "export_fused",
     "synthetic_features",

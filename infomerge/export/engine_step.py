@@ -30,7 +30,7 @@ from infomerge.engines.builder import DEFAULT_WORKSPACE_MIB, artifact_graphs, bu
 from infomerge.engines.flavour import load_flavour
 from infomerge.errors import ArtifactError, ValidationError
 from infomerge.export.context import ExportContext, Step
-from infomerge.export.graphs import PLUGIN
+from infomerge.export.graphs import PLUGIN, with_vision_outputs
 
 
 def export_compress_plugin(ctx: ExportContext) -> None:
@@ -52,9 +52,12 @@ def export_compress_plugin(ctx: ExportContext) -> None:
     bb = ctx.backbone
     dtype = torch.float16 if ctx.precision == "fp16" else torch.float32
     g_dim = int(ctx.reference["g"].shape[-1]) if "g" in ctx.reference else bb.vision_hidden
-    example = PLUGIN.example(bb, ctx.frames, dtype, g_dim)
+    from infomerge.compress.methods import get_method
+
+    spec = with_vision_outputs(PLUGIN, get_method(ctx.options.method).vision_outputs)
+    example = spec.example(bb, ctx.frames, dtype, g_dim)
     path = ctx.path(PLUGIN_ONNX)
-    export_onnx(comp, example, path, input_names=PLUGIN.inputs, output_names=PLUGIN.outputs)
+    export_onnx(comp, example, path, input_names=spec.inputs, output_names=spec.outputs)
 
     model = onnx.load(str(path), load_external_data=False)
     nodes = [n for n in model.graph.node if n.op_type == PLUGIN_NAME]
@@ -67,7 +70,7 @@ def export_compress_plugin(ctx: ExportContext) -> None:
     agreement = {}
     if ctx.reference:
         r = ctx.reference
-        feats = (r["H"].to(dtype), r["A"].float(), r["g"].float())
+        feats = (r["H"].to(dtype), *(r[k].float() for k in spec.inputs[1:]))
         with torch.no_grad():
             tok_s, idx_s = standard(*feats)
             tok_p, idx_p = comp(*feats)

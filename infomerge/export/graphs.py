@@ -13,16 +13,25 @@ inputs, and the opset. The export steps read these; nothing else spells a graph'
 
 S: image size (384), N: tokens per frame (196), D: the LLM width, G: the vision width (SigLIP
 head), B: the method's budget for the retention ratio.
+
+A method that reads optional vision outputs (``Method.vision_outputs``, e.g. VisionZip's
+``attention`` (F, N) and ``keys`` (F, N, head_dim), :data:`infomerge.backbones.vision.EXTRA_OUTPUTS`)
+gets the specs of :func:`with_vision_outputs`: ``vision`` with those names appended to its
+outputs, ``compress`` / ``compress_plugin`` with them appended to their inputs (the fused graph's
+I/O is unchanged; it is joined on every shared name). The default specs are those of every other
+method.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from infomerge.artifacts.layout import COMPRESS_ONNX, FUSED_ONNX, PLUGIN_ONNX, VISION_ONNX
+from infomerge.backbones.vision import EXTRA_OUTPUTS
 
 OPSET = 17
 
@@ -162,4 +171,76 @@ PLUGIN = GraphSpec(
 
 GRAPHS = {g.name: g for g in (VISION, COMPRESS, FUSED, PLUGIN)}
 
-__all__ = ["COMPRESS", "FUSED", "GRAPHS", "OPSET", "PLUGIN", "VISION", "GraphSpec", "synthetic_features"]
+
+def extra_shape(name: str, bb, frames: int) -> list[int]:
+    """Static shape of optional vision output ``name`` (:data:`~infomerge.backbones.vision.EXTRA_OUTPUTS`):
+    ``attention`` [F, N], ``keys`` [F, N, head_dim] (head_dim = vision width / heads).
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    n = bb.tokens_per_frame
+    if name == "attention":
+        return [frames, n]
+    if name == "keys":
+        return [frames, n, bb.vision_hidden // bb.vision_heads]
+    raise ValueError(f"unknown vision output {name!r}; known: {', '.join(EXTRA_OUTPUTS)}")
+
+
+def synthetic_extras(names, bb, frames: int, seed: int = 8765) -> tuple[torch.Tensor, ...]:
+    """Deterministic float32 tracing inputs for the optional vision outputs ``names`` (NOT a real
+    video): a softmax row per frame for ``attention``, Gaussian ``keys``; shapes of :func:`extra_shape`."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for name in names:
+        shape = extra_shape(name, bb, frames)
+        x = torch.randn(shape, generator=gen)
+        out.append(torch.softmax(x, -1) if name == "attention" else x)
+    return tuple(out)
+
+
+def with_vision_outputs(spec: GraphSpec, names: tuple[str, ...]) -> GraphSpec:
+    """``spec`` for a method that reads the optional vision outputs ``names`` (in that order).
+
+    ``vision``: the names appended to the outputs (tolerances as ``A``'s); ``compress`` and
+    ``compress_plugin``: appended to the inputs (tracing example: :func:`synthetic_extras`);
+    ``vision_compress``: unchanged. ``names == ()``: ``spec`` itself.
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    names = tuple(names)
+    if not names or spec.name == FUSED.name:
+        return spec
+    unknown = [k for k in names if k not in EXTRA_OUTPUTS]
+    if unknown:
+        raise ValueError(f"unknown vision outputs {unknown}; known: {', '.join(EXTRA_OUTPUTS)}")
+    base_shapes = spec.shapes
+
+    def shapes(bb, frames, budget, g_dim):
+        return {**base_shapes(bb, frames, budget, g_dim), **{k: extra_shape(k, bb, frames) for k in names}}
+
+    if spec.name == VISION.name:
+        atol = {p: {**tol, **{k: tol["A"] for k in names}} for p, tol in spec.atol.items()}
+        return dataclasses.replace(spec, outputs=spec.outputs + names, shapes=shapes, atol=atol)
+    base_example = spec.example
+
+    def example(bb, frames, dtype, g_dim):
+        return (*base_example(bb, frames, dtype, g_dim), *synthetic_extras(names, bb, frames))
+
+    return dataclasses.replace(spec, inputs=spec.inputs + names, shapes=shapes, example=example)
+
+
+__all__ = [
+    "COMPRESS",
+    "FUSED",
+    "GRAPHS",
+    "OPSET",
+    "PLUGIN",
+    "VISION",
+    "GraphSpec",
+    "extra_shape",
+    "synthetic_extras",
+    "synthetic_features",
+    "with_vision_outputs",
+]

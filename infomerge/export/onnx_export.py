@@ -130,6 +130,9 @@ def _pin_frames(model, frames: int) -> None:
             raise RuntimeError(
                 f"ONNX export: {v.name} has a non-static shape after pinning frames to {frames}"
             )
+    # the exporter may name an output's inner dim symbolically (a MatMul's): take the inferred dims
+    for out, got in zip(model.graph.output, inferred.graph.output):
+        out.type.tensor_type.shape.CopyFrom(got.type.tensor_type.shape)
 
 
 def _inference_skeleton(model):

@@ -39,6 +39,10 @@ class ExportOptions:
         frames: F, frames per video (None: the backbone's).
         method: a registered compression method; its fixed-budget graph is ``compress.onnx``.
         retention: retention ratio r in (0, 1]; 1.0 exports no compression graph.
+        vision_outputs: optional vision outputs ``vision.onnx`` carries besides H, A, g (names of
+            :data:`infomerge.backbones.vision.EXTRA_OUTPUTS`). :meth:`resolved` adds the
+            method's own (``Method.vision_outputs``, when a compression graph is exported) in
+            front; None: the method's only. ``infomerge-bench`` passes the union of its methods'.
         fused: also ``vision_compress.onnx``.
         vision: export ``vision.onnx`` (False: compute the vision features only to validate the
             compression graph; for compression-only artifacts).
@@ -64,6 +68,7 @@ class ExportOptions:
     frames: int | None = None
     method: str = "infomerge"
     retention: float = 0.15
+    vision_outputs: tuple[str, ...] | None = None
     fused: bool = False
     vision: bool = True
     engine: str = "none"
@@ -97,6 +102,8 @@ class ExportOptions:
         bb = get_backbone(self.backbone)
         out = dataclasses.replace(self)
         out.frames = self.frames if self.frames is not None else bb.frames
+        own = get_method(self.method).vision_outputs if self.compress else ()
+        out.vision_outputs = tuple(dict.fromkeys((*own, *(self.vision_outputs or ()))))
         out.output = Path(self.output) if self.output is not None else Path("artifacts") / bb.name
         if out.video is None:
             from infomerge.video import sample_video
@@ -131,6 +138,11 @@ class ExportOptions:
                     f"method {self.method!r} has no fixed-budget graph ({method.not_exportable}); export "
                     "with --retention 1.0 and compress with the torch backend at run time"
                 )
+        from infomerge.backbones.vision import EXTRA_OUTPUTS
+
+        unknown = [k for k in self.vision_outputs or () if k not in EXTRA_OUTPUTS]
+        if unknown:
+            raise UsageError(f"vision_outputs: unknown {unknown}; choose from {', '.join(EXTRA_OUTPUTS)}")
         for name, value, choices in (
             ("--engine", self.engine, ENGINES),
             ("--llm", self.llm, LLM_PRECISIONS),

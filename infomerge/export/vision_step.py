@@ -17,7 +17,7 @@ from infomerge.artifacts.layout import IMAGE_NEWLINE, VISION_ONNX
 from infomerge.artifacts.manifest import tensor_spec
 from infomerge.artifacts.onnx_graph import graph_io, onnx_files
 from infomerge.export.context import ExportContext, Step
-from infomerge.export.graphs import VISION
+from infomerge.export.graphs import VISION, GraphSpec, with_vision_outputs
 from infomerge.export.onnx_export import export_onnx
 
 VISION_INPUTS = VISION.inputs
@@ -27,8 +27,15 @@ REFERENCE_CHUNK = 4  # frames per fp32 reference forward (bounds activation memo
 DEFAULT_ATOL = VISION.atol
 
 
+def vision_spec(ctx: ExportContext) -> GraphSpec:
+    """The ``vision`` graph of this export: H, A, g, then ``options.vision_outputs`` (the method's
+    optional vision outputs, see :func:`infomerge.export.graphs.with_vision_outputs`)."""
+    return with_vision_outputs(VISION, ctx.options.vision_outputs or ())
+
+
 def load_encoder(ctx: ExportContext) -> None:
-    """Build the fp32 encoder from the checkpoint (vision tensors only) or random weights."""
+    """Build the fp32 encoder from the checkpoint (vision tensors only) or random weights; it
+    returns the export's optional vision outputs after (H, A, g)."""
     from infomerge.backbones.vision import VisionEncoder
 
     a = ctx.options
@@ -39,6 +46,7 @@ def load_encoder(ctx: ExportContext) -> None:
         siglip_path=a.siglip_path,
         seed=a.seed,
     )
+    ctx.encoder.extra_outputs = tuple(a.vision_outputs or ())
     src = dict(ctx.encoder.source)
     src.setdefault("weights", "checkpoint")
     ctx.manifest["checkpoint"] = src
@@ -61,10 +69,12 @@ def read_frames(ctx: ExportContext) -> None:
 
 @torch.no_grad()
 def compute_reference(ctx: ExportContext) -> None:
-    """fp32 PyTorch outputs H, A, g on the real frames (chunked), kept in ``ctx.reference``."""
+    """fp32 PyTorch outputs H, A, g (and the optional vision outputs) on the real frames (chunked),
+    kept in ``ctx.reference``."""
     enc = ctx.encoder
+    names = vision_spec(ctx).outputs
     parts = [enc(ctx.pixel_values[i : i + REFERENCE_CHUNK]) for i in range(0, ctx.frames, REFERENCE_CHUNK)]
-    ctx.reference = {name: torch.cat([p[k] for p in parts]).float() for k, name in enumerate(VISION_OUTPUTS)}
+    ctx.reference = {name: torch.cat([p[k] for p in parts]).float() for k, name in enumerate(names)}
 
 
 def save_image_newline(ctx: ExportContext) -> None:
@@ -77,23 +87,25 @@ def save_image_newline(ctx: ExportContext) -> None:
 
 
 def export_vision(ctx: ExportContext) -> None:
-    """``vision.onnx``: pixel_values (F,3,S,S) float32 -> H (F,196,D), A (F,196), g (F,G)."""
+    """``vision.onnx``: pixel_values (F,3,S,S) float32 -> H (F,196,D), A (F,196), g (F,G), then the
+    optional vision outputs of :func:`vision_spec`."""
     enc = ctx.encoder
+    spec = vision_spec(ctx)
     if ctx.precision == "fp16":
         enc.to_compute_dtype(torch.float16)
     n = min(ctx.frames, TRACE_FRAMES)
-    example = VISION.example(ctx.backbone, n, torch.float32, 0)  # not the validation frames
+    example = spec.example(ctx.backbone, n, torch.float32, 0)  # not the validation frames
     path = ctx.path(VISION_ONNX)
     export_onnx(
         enc,
         example,
         path,
-        input_names=VISION_INPUTS,
-        output_names=VISION_OUTPUTS,
+        input_names=spec.inputs,
+        output_names=spec.outputs,
         frames=ctx.frames if n != ctx.frames else None,
     )
     inputs, outputs = graph_io(path)
-    VISION.check_io(inputs, outputs, ctx.backbone, ctx.frames, None, int(ctx.reference["g"].shape[-1]))
+    spec.check_io(inputs, outputs, ctx.backbone, ctx.frames, None, int(ctx.reference["g"].shape[-1]))
     files = onnx_files(path)
     ctx.manifest["graphs"]["vision"] = {
         "file": VISION_ONNX,
@@ -125,13 +137,14 @@ def validate_vision(ctx: ExportContext) -> None:
     """Run ``vision.onnx`` in ONNX Runtime on the real frames; compare with the fp32 reference."""
     from infomerge.export.validate import validate_onnx
 
-    atol = VISION.tolerances(ctx.precision, ctx.options.atol)
+    spec = vision_spec(ctx)
+    atol = spec.tolerances(ctx.precision, ctx.options.atol)
     report = validate_onnx(
         ctx.work / VISION_ONNX,
         ctx.reference,
         {"pixel_values": ctx.pixel_values},
         atol,
-        output_names=VISION_OUTPUTS,
+        output_names=spec.outputs,
         console=ctx.console,
         raise_on_failure=False,
         display_name=str(ctx.output / VISION_ONNX),
@@ -162,4 +175,5 @@ __all__ = [
     "release_memory",
     "save_image_newline",
     "validate_vision",
+    "vision_spec",
 ]

@@ -3,8 +3,11 @@
 Stages (each a method, so a benchmark can time them one by one)::
 
     decode()        video file -> sampled frames, pixel_values (F, 3, 384, 384)   [background thread]
-    encode()        pixel_values -> H (F, N, D), A (F, N), g (F, G)                 [vision backend]
-    compress()      (H, A, g) -> kept tokens (K, D) + original flat indices (K,)    [compress backend]
+    encode()        pixel_values -> H (F, N, D), A (F, N), g (F, G) [+ extra]       [vision backend]
+    compress()      (H, A, g [, extra]) -> kept tokens (K, D) + flat indices (K,)   [compress backend]
+
+``extra``: the optional vision outputs the method reads (``Method.vision_outputs``; VisionZip's
+last-layer ``attention`` and ``keys``), produced in the same vision pass.
     assemble()      chat template + text embeddings + kept tokens + newline, RoPE positions
     prefill()       LLM over the assembled prompt -> first logits, KV cache         [LLM backend]
     decode_tokens() one LLM step per token, positions continuing from the uncompressed length
@@ -197,6 +200,7 @@ class Pipeline:
         frames: int | None = None,
         compile_mode: str | None | bool = False,
         threads: int | None = None,
+        vision_outputs: tuple[str, ...] = (),
     ) -> Pipeline:
         """A pipeline over the checkpoint of backbone ``name`` (``tiny`` is built locally).
 
@@ -217,6 +221,9 @@ class Pipeline:
             compile_mode: ``torch.compile`` the torch vision tower and LLM with this mode (None:
                 torch's default mode; False: no compilation).
             threads: intra-op threads of the ONNX Runtime LLM session (None: its default).
+            vision_outputs: optional vision outputs the vision stage produces besides those the
+                method reads (``Method.vision_outputs``, always produced): for
+                :meth:`with_compression` to other methods (``infomerge-bench`` passes the union).
 
         Raises:
             UnknownBackboneError, CheckpointNotFoundError: from the backbone registry / loader.
@@ -247,6 +254,7 @@ class Pipeline:
             device=device,
             frames=frames,
             options={"siglip_path": siglip_path, "compile_mode": compile_mode, "threads": threads},
+            vision_outputs=vision_outputs,
         )
         pipe.load_ms = (time.perf_counter() - t0) * 1000.0
         return pipe
@@ -268,6 +276,7 @@ class Pipeline:
         rehash: bool = False,
         compile_mode: str | None | bool = False,
         threads: int | None = None,
+        vision_outputs: tuple[str, ...] = (),
     ) -> Pipeline:
         """A pipeline over an ``infomerge-export`` artifact directory.
 
@@ -283,12 +292,16 @@ class Pipeline:
                 file verified before and unchanged since is not hashed again
                 (:func:`infomerge.artifacts.manifest.verify_manifest`).
             rehash: hash every file even if it was verified before.
+            vision_outputs: as :meth:`from_backbone` (an ``ort`` / ``trt`` vision graph must have
+                been exported with them).
 
         Raises:
             ArtifactError: missing / mismatched manifest (backbone, frames, infomerge version,
                 files), a file whose contents do not match its sha256 (named, with the re-export
                 command), a manifest edited after export, or a compress graph exported for another
-                method or retention (checked against the graph's own output shape too).
+                method or retention (checked against the graph's own output shape too), or a
+                vision graph without the optional outputs the method reads (VisionZip's
+                ``attention`` and ``keys``: re-export with ``--method visionzip``).
             BackendUnavailableError, EngineMismatchError: from the ort / trt backends.
         """
         from infomerge.artifacts.manifest import verify_manifest
@@ -330,6 +343,7 @@ class Pipeline:
             device=device,
             frames=manifest.get("frames"),
             options={"compile_mode": compile_mode, "threads": threads},
+            vision_outputs=vision_outputs,
         )
         pipe.load_ms = (time.perf_counter() - t0) * 1000.0
         return pipe
@@ -350,8 +364,13 @@ class Pipeline:
         device: str,
         frames: int | None,
         options: dict,
+        vision_outputs: tuple[str, ...] = (),
     ) -> Pipeline:
-        """Look every stage's backend up in its registry and build it from one :class:`BackendSource`."""
+        """Look every stage's backend up in its registry and build it from one :class:`BackendSource`.
+
+        The vision backend produces ``vision_outputs`` and the optional outputs the method reads
+        (when it compresses); a vision graph without the latter is refused (ArtifactError).
+        """
         from transformers import AutoTokenizer
 
         if device.startswith("cuda") and "torch" in (vision_backend, llm) and not torch.cuda.is_available():
@@ -367,9 +386,12 @@ class Pipeline:
             manifest=manifest,
             frames=frames or bb.frames,
             options=dict(options),
+            vision_outputs=_vision_outputs(compress_backend, method, retention, vision_outputs),
         )
         vision = backend_factory("vision", vision_backend)(source)
         compressor, config = _compressor(source, compress_backend, method, retention)
+        if config is not None:
+            check_vision_outputs(vision, method, artifacts)
 
         # --- tokenizer, chat template, LLM
         text_source = checkpoint if checkpoint is not None else artifacts / LLM_DIR
@@ -429,7 +451,9 @@ class Pipeline:
                 pipeline's); its manifest is verified (sizes and, once, contents).
 
         Raises:
-            UnknownBackendError, UnknownMethodError, BudgetError, ArtifactError: as the constructors.
+            UnknownBackendError, UnknownMethodError, BudgetError, ArtifactError: as the constructors
+                (ArtifactError also: this pipeline's vision stage lacks an optional output the
+                method reads; build it with ``vision_outputs``).
         """
         import copy
 
@@ -442,6 +466,8 @@ class Pipeline:
             manifest = verify_manifest(root, backbone=self.backbone.name, frames=self.frames)
             source = replace(source, artifacts=root, manifest=manifest)
         compressor, config = _compressor(source, backend, method, retention)
+        if config is not None:
+            check_vision_outputs(self.vision, method, self.source.artifacts)
         pipe = copy.copy(self)
         pipe.compressor, pipe.config = compressor, config
         pipe.info = {**self.info, **pipe._compression_info(method)}
@@ -769,6 +795,30 @@ def _check_names(vision_backend, compress_backend, llm, method, retention) -> No
         get_method(method).config(float(retention))
 
 
+def _vision_outputs(compress_backend, method, retention, extra) -> tuple[str, ...]:
+    """The optional vision outputs to produce: the method's (when it compresses), then ``extra``."""
+    own = ()
+    if compress_backend != "none" and compression_wanted(retention):
+        own = get_method(method).vision_outputs
+    return tuple(dict.fromkeys((*own, *extra)))
+
+
+def check_vision_outputs(vision, method: str, artifacts: Path | None) -> None:
+    """The vision backend must produce the optional outputs ``method`` reads.
+
+    Raises:
+        ArtifactError: it lacks some (an ``ort`` / ``trt`` graph exported for another method or
+            before they existed; the message names the re-export command).
+    """
+    from infomerge.runtime.backends.base import missing_outputs_message
+
+    have = getattr(vision, "extra_outputs", ())
+    missing = [k for k in get_method(method).vision_outputs if k not in have]
+    if missing:
+        where = f"the {vision.name} vision backend" + (f" of {artifacts}" if vision.name != "torch" else "")
+        raise ArtifactError(missing_outputs_message(method, missing, where))
+
+
 def _compressor(source: BackendSource, backend: str, method: str, retention: float | None):
     """(compress backend, config) for a method and retention; ``none`` where nothing is compressed."""
     if backend == "none" or not compression_wanted(retention):
@@ -783,6 +833,7 @@ __all__ = [
     "Answer",
     "Pipeline",
     "check_device",
+    "check_vision_outputs",
     "check_prompt_fits",
     "compression_wanted",
     "make_config",

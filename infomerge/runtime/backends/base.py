@@ -2,9 +2,12 @@
 from.
 
 Every vision backend maps ``pixel_values`` (F, 3, S, S) float32 to :class:`VisionFeatures`
-``(H, A, g)``: H (F, N, D), A (F, N), g (F, G) (see :mod:`infomerge.backbones.vision`), and holds
-the (D,) ``image_newline``. Every compressor maps ``(H, A, g)`` to :class:`VideoTokens`: the kept
-tokens and their original flat indices, sorted. The LLM interface is
+``(H, A, g)``: H (F, N, D), A (F, N), g (F, G) (see :mod:`infomerge.backbones.vision`), plus the
+optional vision outputs it produces (``extra``, by name: VisionZip's ``attention`` and ``keys``,
+listed in the backend's ``extra_outputs``), and holds the (D,) ``image_newline``. Every
+compressor maps the features to :class:`VideoTokens`: the kept tokens and their original flat
+indices, sorted; one whose method declares ``vision_outputs`` reads them from ``extra``
+(:func:`method_inputs`). The LLM interface is
 :class:`infomerge.runtime.llm.LLMBackend`.
 
 Stage outputs stay where the backend computed them: a torch vision backend on CUDA returns CUDA
@@ -29,11 +32,37 @@ from infomerge.errors import ArtifactError
 @dataclass
 class VisionFeatures:
     """Output of the vision stage: H (F, N, D), A (F, N) float32, g (F, G) float32, on the
-    backend's device."""
+    backend's device; ``extra``: the optional vision outputs by name (``attention`` (F, N),
+    ``keys`` (F, N, head_dim), float32; empty for the default graph)."""
 
     H: torch.Tensor
     A: torch.Tensor
     g: torch.Tensor
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def method_inputs(method, features: VisionFeatures, where: str) -> dict[str, torch.Tensor]:
+    """``{name: tensor}`` of the optional vision outputs ``method`` reads (``method.vision_outputs``),
+    taken from ``features.extra``.
+
+    Raises:
+        ArtifactError: the features lack one (a vision source exported or built without it; the
+            message names the re-export command).
+    """
+    names = tuple(getattr(method, "vision_outputs", ()))
+    missing = [k for k in names if k not in features.extra]
+    if missing:
+        raise ArtifactError(missing_outputs_message(method.name, missing, where))
+    return {k: features.extra[k] for k in names}
+
+
+def missing_outputs_message(method: str, missing, where: str) -> str:
+    """The one error text for a vision source without the outputs a method reads."""
+    return (
+        f"{method} reads the vision outputs {', '.join(missing)}, which {where} does not produce "
+        f"(exported for another method, or before they existed); re-export with "
+        f"`infomerge-export --method {method}` (its vision.onnx carries them) or use --vision-backend torch"
+    )
 
 
 @dataclass
@@ -84,6 +113,8 @@ class BackendSource:
         method: the compression method's registry entry (compress backends), or None.
         config: its configuration for the retention ratio (compress backends), or None.
         options: backend-specific settings (``siglip_path``, ``compile_mode``, ``threads``).
+        vision_outputs: optional vision outputs the vision backend must produce besides H, A, g
+            (the methods' ``vision_outputs``; a torch encoder computes them, a graph must have them).
     """
 
     backbone: Any
@@ -95,6 +126,7 @@ class BackendSource:
     method: Any = None
     config: Any = None
     options: dict = field(default_factory=dict)
+    vision_outputs: tuple[str, ...] = ()
 
     def need_artifacts(self, what: str) -> Path:
         """The artifact directory, or :class:`ArtifactError` naming the backend that needs one."""
@@ -154,5 +186,7 @@ __all__ = [
     "VisionBackend",
     "VisionFeatures",
     "dedupe_sorted",
+    "method_inputs",
+    "missing_outputs_message",
     "no_compression",
 ]

@@ -1,8 +1,10 @@
 """The ``ort`` backend: the exported graphs of an artifact directory in ONNX Runtime.
 
-- vision: ``vision.onnx`` (input ``pixel_values``; outputs ``H``, ``A``, ``g``);
-- compress: ``compress.onnx`` (inputs ``H``, ``A``, ``g``; outputs ``tokens`` (B, D), ``index``
-  (B,)), the method's fixed-budget graph, checked against the requested method and retention;
+- vision: ``vision.onnx`` (input ``pixel_values``; outputs ``H``, ``A``, ``g``, then any optional
+  vision outputs it was exported with, e.g. ``attention``, ``keys``: ``VisionFeatures.extra``);
+- compress: ``compress.onnx`` (inputs ``H``, ``A``, ``g`` and the method's vision outputs, fed by
+  name; outputs ``tokens`` (B, D), ``index`` (B,)), the method's fixed-budget graph, checked
+  against the requested method and retention;
 - LLM: ``llm/`` (onnxruntime-genai's decoder graph with explicit ``position_ids``, KV cache bound
   in place; :class:`~infomerge.runtime.llm_ort.OrtLLM`).
 
@@ -21,7 +23,15 @@ import torch
 from infomerge.artifacts.layout import COMPRESS_ONNX, IMAGE_NEWLINE, LLM_DIR, VISION_ONNX
 from infomerge.engines.ort import ort_session
 from infomerge.errors import ArtifactError
-from infomerge.runtime.backends.base import BackendSource, VideoTokens, VisionFeatures, dedupe_sorted
+from infomerge.runtime.backends.base import (
+    BackendSource,
+    VideoTokens,
+    VisionFeatures,
+    dedupe_sorted,
+    method_inputs,
+)
+
+BASE_OUTPUTS = ("H", "A", "g")
 
 
 def load_image_newline(path: str | os.PathLike) -> torch.Tensor:
@@ -33,28 +43,32 @@ def load_image_newline(path: str | os.PathLike) -> torch.Tensor:
 
 
 class OrtVision:
-    """``vision.onnx`` in ONNX Runtime."""
+    """``vision.onnx`` in ONNX Runtime; ``extra_outputs``: the graph's outputs after H, A, g."""
 
     name = "ort"
 
     def __init__(self, graph: str | os.PathLike, image_newline: str | os.PathLike, device: str = "cpu"):
         self.session = ort_session(graph, device)
         self.image_newline = load_image_newline(image_newline)
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.extra_outputs = tuple(k for k in outputs if k not in BASE_OUTPUTS)
 
     def __call__(self, pixel_values: torch.Tensor) -> VisionFeatures:
-        h, a, g = self.session.run(["H", "A", "g"], {"pixel_values": pixel_values.float().cpu().numpy()})
-        return VisionFeatures(
-            torch.from_numpy(h).float(), torch.from_numpy(a).float(), torch.from_numpy(g).float()
-        )
+        names = [*BASE_OUTPUTS, *self.extra_outputs]
+        out = self.session.run(names, {"pixel_values": pixel_values.float().cpu().numpy()})
+        h, a, g, *extra = (torch.from_numpy(x).float() for x in out)
+        return VisionFeatures(h, a, g, dict(zip(self.extra_outputs, extra)))
 
 
 class OrtCompressor:
-    """``compress.onnx`` in ONNX Runtime (fixed budget; repeated pad indices dropped)."""
+    """``compress.onnx`` in ONNX Runtime (fixed budget; repeated pad indices dropped); its inputs
+    are fed by name from H, A, g and the features' ``extra``."""
 
     name = "ort"
 
-    def __init__(self, graph: str | os.PathLike, device: str = "cpu"):
+    def __init__(self, graph: str | os.PathLike, device: str = "cpu", method=None):
         self.session = ort_session(graph, device)
+        self.method = method
         self.input_types = {i.name: i.type for i in self.session.get_inputs()}
 
     def __call__(self, f: VisionFeatures) -> VideoTokens:
@@ -62,7 +76,9 @@ class OrtCompressor:
             dtype = np.float16 if self.input_types.get(name) == "tensor(float16)" else np.float32
             return t.detach().cpu().numpy().astype(dtype)
 
-        feeds = {"H": as_input("H", f.H), "A": as_input("A", f.A), "g": as_input("g", f.g)}
+        extra = method_inputs(self.method, f, "this vision backend") if self.method is not None else f.extra
+        named = {"H": f.H, "A": f.A, "g": f.g, **extra}
+        feeds = {k: as_input(k, named[k]) for k in self.input_types}
         tokens, index = self.session.run(["tokens", "index"], feeds)
         tokens, index = dedupe_sorted(
             torch.from_numpy(tokens).float(), torch.from_numpy(index).to(torch.int64)
@@ -70,11 +86,16 @@ class OrtCompressor:
         return VideoTokens(tokens, index)
 
 
-def check_compress_graph(root: Path, manifest: dict | None, method: str, retention: float) -> None:
-    """The exported compress graph must be for the requested method and retention.
+def check_compress_graph(
+    root: Path, manifest: dict | None, method: str, retention: float, vision_outputs: tuple[str, ...] = ()
+) -> None:
+    """The exported compress graph must be for the requested method and retention, and take the
+    method's optional vision outputs as inputs (a VisionZip graph exported before they were wired
+    has H, A, g only).
 
     Raises:
-        ArtifactError: it was exported for another method or retention (says how to re-export).
+        ArtifactError: it was exported for another method or retention, or lacks the method's
+            vision-output inputs (says how to re-export).
     """
     if manifest is None:
         from infomerge.artifacts.manifest import load_manifest
@@ -87,6 +108,14 @@ def check_compress_graph(root: Path, manifest: dict | None, method: str, retenti
         raise ArtifactError(
             f"{root / COMPRESS_ONNX} was exported for {got_method} at retention {got_ret}, not {method} at "
             f"{retention}; re-export with --method {method} --retention {retention}, "
+            "or use --compress-backend torch"
+        )
+    have = entry.get("inputs")
+    missing = [k for k in vision_outputs if have is not None and k not in have]
+    if missing:
+        raise ArtifactError(
+            f"{root / COMPRESS_ONNX} lacks the inputs {', '.join(missing)} that {method} reads (exported "
+            f"before they were wired); re-export with --method {method} --retention {retention} --force, "
             "or use --compress-backend torch"
         )
 
@@ -121,8 +150,9 @@ def check_graph_budget(compressor: OrtCompressor, source: BackendSource) -> None
 
 def compress(source: BackendSource) -> OrtCompressor:
     root = source.need_artifacts("ort compress")
-    check_compress_graph(root, source.manifest, source.method.name, float(source.config.retention))
-    compressor = OrtCompressor(root / COMPRESS_ONNX, source.device)
+    m = source.method
+    check_compress_graph(root, source.manifest, m.name, float(source.config.retention), m.vision_outputs)
+    compressor = OrtCompressor(root / COMPRESS_ONNX, source.device, m)
     check_graph_budget(compressor, source)
     return compressor
 

@@ -12,23 +12,27 @@ from __future__ import annotations
 
 import torch
 
-from infomerge.runtime.backends.base import BackendSource, VideoTokens, VisionFeatures
+from infomerge.runtime.backends.base import BackendSource, VideoTokens, VisionFeatures, method_inputs
 
 
 class TorchVision:
-    """The checkpoint's vision tower, projector and SigLIP head in PyTorch, on the source's device."""
+    """The checkpoint's vision tower, projector and SigLIP head in PyTorch, on the source's device;
+    the optional outputs ``extra_outputs`` are computed in the same pass
+    (:attr:`~infomerge.backbones.vision.VisionEncoder.extra_outputs`)."""
 
     name = "torch"
 
-    def __init__(self, encoder, device: str = "cpu"):
+    def __init__(self, encoder, device: str = "cpu", extra_outputs: tuple[str, ...] = ()):
         self.encoder = encoder.to(device).eval()
+        self.encoder.extra_outputs = self.extra_outputs = tuple(extra_outputs)
         self.device = device
         self.image_newline = encoder.image_newline.detach().float()
 
     @torch.inference_mode()
     def __call__(self, pixel_values: torch.Tensor) -> VisionFeatures:
-        h, a, g = self.encoder(pixel_values.to(self.device))
-        return VisionFeatures(h.float(), a.float(), g.float())
+        h, a, g, *extra = self.encoder(pixel_values.to(self.device))
+        named = {k: v.float() for k, v in zip(self.extra_outputs, extra)}
+        return VisionFeatures(h.float(), a.float(), g.float(), named)
 
 
 class TorchCompressor:
@@ -41,7 +45,8 @@ class TorchCompressor:
         self.config = config
 
     def __call__(self, f: VisionFeatures) -> VideoTokens:
-        c = self.method.reference(f.H, f.A, f.g, self.config)
+        extra = method_inputs(self.method, f, "this vision backend")
+        c = self.method.reference(f.H, f.A, f.g, self.config, **extra)
         return VideoTokens(c.tokens, c.index.to(torch.int64), detail=c)
 
 
@@ -52,7 +57,7 @@ def vision(source: BackendSource) -> TorchVision:
     encoder = VisionEncoder.from_backbone(
         source.backbone, checkpoint, siglip_path=source.options.get("siglip_path")
     )
-    backend = TorchVision(encoder, source.device)
+    backend = TorchVision(encoder, source.device, source.vision_outputs)
     if source.options.get("compile_mode", False) is not False:
         backend.encoder = torch.compile(backend.encoder, mode=source.options["compile_mode"])
     return backend

@@ -1,8 +1,9 @@
 """The ``trt`` backend: the TensorRT engines of an artifact directory (:mod:`infomerge.engines`).
 
-- vision: the ``vision`` engine (same I/O names as ``vision.onnx``);
-- compress: the ``compress`` engine (same I/O names as ``compress.onnx``), checked against the
-  requested method and retention like the ONNX Runtime one.
+- vision: the ``vision`` engine (same I/O names as ``vision.onnx``; outputs after H, A, g go to
+  ``VisionFeatures.extra``);
+- compress: the ``compress`` engine (same I/O names as ``compress.onnx``, inputs fed by name), checked
+  against the requested method and retention like the ONNX Runtime one.
 
 There is no TensorRT LLM backend: pair it with ``--llm torch`` or ``--llm ort``. Engine outputs
 are CUDA tensors and stay there: the compress engine reads the vision engine's outputs in place.
@@ -13,22 +14,34 @@ from __future__ import annotations
 import torch
 
 from infomerge.artifacts.layout import IMAGE_NEWLINE
-from infomerge.runtime.backends.base import BackendSource, VideoTokens, VisionFeatures, dedupe_sorted
-from infomerge.runtime.backends.ort import check_compress_graph, load_image_newline
+from infomerge.runtime.backends.base import (
+    BackendSource,
+    VideoTokens,
+    VisionFeatures,
+    dedupe_sorted,
+    method_inputs,
+)
+from infomerge.runtime.backends.ort import (
+    BASE_OUTPUTS,
+    check_compress_graph,
+    load_image_newline,
+)
 
 
 class TrtVision:
-    """The vision engine."""
+    """The vision engine; ``extra_outputs``: its outputs after H, A, g."""
 
     name = "trt"
 
     def __init__(self, runner, image_newline: torch.Tensor):
         self.runner = runner
         self.image_newline = image_newline
+        self.extra_outputs = tuple(k for k in runner.output_names if k not in BASE_OUTPUTS)
 
     def __call__(self, pixel_values: torch.Tensor) -> VisionFeatures:
         out = self.runner({"pixel_values": pixel_values.float()})
-        return VisionFeatures(*(out[k].float() for k in ("H", "A", "g")))
+        extra = {k: out[k].float() for k in self.extra_outputs}
+        return VisionFeatures(*(out[k].float() for k in BASE_OUTPUTS), extra)
 
 
 class TrtCompressor:
@@ -36,11 +49,13 @@ class TrtCompressor:
 
     name = "trt"
 
-    def __init__(self, runner):
+    def __init__(self, runner, method=None):
         self.runner = runner
+        self.method = method
 
     def __call__(self, f: VisionFeatures) -> VideoTokens:
-        out = self.runner({"H": f.H, "A": f.A, "g": f.g})
+        extra = method_inputs(self.method, f, "this vision backend") if self.method is not None else f.extra
+        out = self.runner({"H": f.H, "A": f.A, "g": f.g, **extra})
         return VideoTokens(*dedupe_sorted(out["tokens"].float(), out["index"].to(torch.int64)))
 
 
@@ -55,8 +70,9 @@ def compress(source: BackendSource) -> TrtCompressor:
     from infomerge.engines.runner import load_artifact_engine
 
     root = source.need_artifacts("trt compress")
-    check_compress_graph(root, source.manifest, source.method.name, float(source.config.retention))
-    return TrtCompressor(load_artifact_engine(root, "compress"))
+    m = source.method
+    check_compress_graph(root, source.manifest, m.name, float(source.config.retention), m.vision_outputs)
+    return TrtCompressor(load_artifact_engine(root, "compress"), m)
 
 
 VISION, COMPRESS = vision, compress
