@@ -517,6 +517,11 @@ def test_export_builds_an_rtx_engine_for_the_method_graph(tmp_path, method, rete
     meta = EngineMetadata.read(out / eng["items"]["compress.sm86"]["metadata"])
     assert meta.graph == "compress" and meta.source_sha256 == onnx_digest(out / "compress.onnx")
     assert meta.outputs["index"]["shape"] == [g["tokens_kept"]]
+    # VisionZip: the vision engine has the extra outputs, the compress engine five inputs
+    extra = list(get_method(method).vision_outputs)
+    vision_meta = EngineMetadata.read(out / eng["items"]["vision.sm86"]["metadata"])
+    assert set(vision_meta.outputs) == {"H", "A", "g", *extra}
+    assert set(meta.inputs) == {"H", "A", "g", *extra}
     validate_engine(
         out / eng["items"]["compress.sm86"]["engine"],
         out / "compress.onnx",
