@@ -83,6 +83,25 @@ def test_graph_computes_the_function_on_other_inputs(fp32_dir, real_frames):
             )
 
 
+def test_ort_fused_graph_on_other_inputs(fp32_dir, fp16_dir, real_frames):
+    """ort/vision.onnx: every tower attention is one MultiHeadAttention (the MAP head's, whose weights
+    are the output A, stays written out), LayerNorms and GELUs fused; it computes the torch model's
+    function on another real clip; fp16 exports have none."""
+    fused = fp32_dir / "ort" / "vision.onnx"
+    ops = [n.op_type for n in onnx.load(str(fused)).graph.node]
+    assert ops.count("MultiHeadAttention") == TINY.vision_layers
+    assert ops.count("Softmax") == 1 and "SkipLayerNormalization" in ops and "FastGelu" in ops
+    assert not (fp16_dir / "ort").exists()
+    entry = load_manifest(fp32_dir)["graphs"]["vision_ort"]
+    assert entry["validation"]["ok"] and entry["fused_ops"]["MultiHeadAttention"] == TINY.vision_layers
+    ref = VisionEncoder.from_backbone("tiny")
+    got, _, _ = run_onnx(fused, {"pixel_values": real_frames})
+    with torch.no_grad():
+        want = dict(zip(("H", "A", "g"), ref(real_frames)))
+    for k in ("H", "A", "g"):
+        np.testing.assert_allclose(got[k], want[k].numpy(), rtol=1e-4, atol=1e-4 * float(want[k].abs().max()))
+
+
 def test_fp16_graph_on_real_frames(fp16_dir, real_frames):
     model = onnx.load(str(fp16_dir / "vision.onnx"))
     dtypes = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.input, *model.graph.output]}
@@ -104,6 +123,9 @@ def test_fp16_graph_on_real_frames(fp16_dir, real_frames):
     assert kinds[("MatMul", "multi_modal_projector")] == f16
     assert kinds[("LayerNormalization", "vision_tower")] == f32  # fp32 islands
     assert kinds[("MatMul", "siglip_head")] == kinds[("LayerNormalization", "siglip_head")] == f32
+    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.output]}
+    softmax_in = [types[n.input[0]] for n in model.graph.node if n.op_type == "Softmax"]
+    assert len(softmax_in) == TINY.vision_layers + 1 and set(softmax_in) == f32  # never normalised in fp16
     ref = VisionEncoder.from_backbone("tiny")
     got, _, _ = run_onnx(fp16_dir / "vision.onnx", {"pixel_values": real_frames})
     with torch.no_grad():

@@ -1,6 +1,8 @@
 """The ``ort`` backend: the exported graphs of an artifact directory in ONNX Runtime.
 
-- vision: ``vision.onnx`` (input ``pixel_values``; outputs ``H``, ``A``, ``g``);
+- vision: ``ort/vision.onnx`` when the export wrote it (``vision.onnx`` with ONNX Runtime's
+  transformer fusions, validated like it; fp32 exports), else ``vision.onnx`` (input
+  ``pixel_values``; outputs ``H``, ``A``, ``g``);
 - compress: ``compress.onnx`` (inputs ``H``, ``A``, ``g``; outputs ``tokens`` (B, D), ``index``
   (B,)), the method's fixed-budget graph, checked against the requested method and retention;
 - LLM: ``llm/`` (onnxruntime-genai's decoder graph with explicit ``position_ids``, KV cache bound
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from infomerge.artifacts.layout import COMPRESS_ONNX, IMAGE_NEWLINE, LLM_DIR, VISION_ONNX
+from infomerge.artifacts.layout import COMPRESS_ONNX, IMAGE_NEWLINE, LLM_DIR, VISION_ONNX, VISION_ORT_ONNX
 from infomerge.engines.ort import ort_session
 from infomerge.errors import ArtifactError
 from infomerge.runtime.backends.base import BackendSource, VideoTokens, VisionFeatures, dedupe_sorted
@@ -91,9 +93,16 @@ def check_compress_graph(root: Path, manifest: dict | None, method: str, retenti
         )
 
 
+def vision_graph(root: Path) -> Path:
+    """The vision graph the ``ort`` backend runs: ``ort/vision.onnx`` (fused) when present, else
+    ``vision.onnx``."""
+    fused = root / VISION_ORT_ONNX
+    return fused if fused.is_file() else root / VISION_ONNX
+
+
 def vision(source: BackendSource) -> OrtVision:
     root = source.need_artifacts("ort vision")
-    return OrtVision(root / VISION_ONNX, root / IMAGE_NEWLINE, source.device)
+    return OrtVision(vision_graph(root), root / IMAGE_NEWLINE, source.device)
 
 
 def check_graph_budget(compressor: OrtCompressor, source: BackendSource) -> None:
