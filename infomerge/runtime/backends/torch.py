@@ -19,6 +19,7 @@ class TorchVision:
     """The checkpoint's vision tower, projector and SigLIP head in PyTorch, on the source's device."""
 
     name = "torch"
+    any_frame_count = True  # the tower runs on any number of frames (repeats encoded once)
 
     def __init__(self, encoder, device: str = "cpu"):
         self.encoder = encoder.to(device).eval()
