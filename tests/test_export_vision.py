@@ -313,3 +313,32 @@ def test_default_output_and_force(tmp_path, monkeypatch, capsys):
     assert cli.main(["--frames", "2", "--force"]) == 0  # default output: artifacts/<backbone>
     assert not (out / "keep.txt").exists() and (out / "manifest.json").is_file()
     assert os.listdir(tmp_path / "artifacts") == ["tiny"]  # no temp or backup left
+
+
+def test_ort_fused_graph_takes_the_distinct_frames_only(fp32_dir, real_frames):
+    """ort/vision.onnx has a free frame axis: a video sampled with repeats sends its distinct frames
+    once; the features equal the torch model's on all F frames. vision.onnx stays pinned to F."""
+    from infomerge.runtime.backends.base import encode_unique_frames
+    from infomerge.runtime.backends.ort import OrtVision, vision_graph
+
+    newline = fp32_dir / "image_newline.npy"
+    fused = OrtVision(vision_graph(fp32_dir), newline)
+    assert vision_graph(fp32_dir) == fp32_dir / "ort" / "vision.onnx" and fused.any_frame_count
+    assert not OrtVision(fp32_dir / "vision.onnx", newline).any_frame_count
+    calls = []
+
+    def spy(pixel_values):
+        calls.append(int(pixel_values.shape[0]))
+        return fused(pixel_values)
+
+    spy.any_frame_count, spy.image_newline = True, fused.image_newline
+    order = [0, 0, 1, 1, 1, 2, 3, 3]  # F = 8 samples of a 4-frame video
+    pixel_values = real_frames[:4][order]
+    got = encode_unique_frames(spy, pixel_values, np.array(order) + 100)
+    assert calls == [4]
+    with torch.no_grad():
+        want = VisionEncoder.from_backbone("tiny")(pixel_values)
+    for k, w in zip(("H", "A", "g"), want):
+        np.testing.assert_allclose(
+            getattr(got, k).numpy(), w.numpy(), rtol=1e-4, atol=1e-4 * float(w.abs().max())
+        )

@@ -13,6 +13,10 @@ does not form by itself from our graph. This pass writes a second, ORT-only grap
    whose weights are outputs (the MAP head's probe attention ``A``, the last-layer statistics)
    does not match the pattern and is left as it is.
 
+3. the frame axis is left free (``frames``; every reshape of the graph keeps it as ``-1``), so the
+   runtime can send only the distinct frames of a video shorter than F
+   (:func:`infomerge.runtime.backends.base.encode_unique_frames`).
+
 The fused graph is validated against PyTorch on the real frames like every graph
 (:mod:`infomerge.export.vision_step`); only fp32 graphs are fused (ORT's CPU kernels of these
 ops are fp32; an fp16 graph is for GPUs and TensorRT).
@@ -51,8 +55,19 @@ def fuse_vision_graph(src: str | os.PathLike, dst: str | os.PathLike, num_heads:
     fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
     fused[MHA] = fuse_sdpa_attention(opt, num_heads)
     opt.prune_graph()
+    free_frame_axis(opt.model)
     save_onnx(opt.model, Path(dst))
     return fused
+
+
+def free_frame_axis(model, name: str = "frames") -> None:
+    """Make axis 0 of every graph input and output the symbolic ``name`` and drop the static
+    intermediate shapes (ONNX Runtime infers them per run)."""
+    for v in [*model.graph.input, *model.graph.output]:
+        d = v.type.tensor_type.shape.dim[0]
+        d.Clear()
+        d.dim_param = name
+    del model.graph.value_info[:]
 
 
 def _single_consumer(model, name: str, op_type: str):
@@ -136,4 +151,4 @@ def fuse_sdpa_attention(model, num_heads: int) -> int:
     return fused
 
 
-__all__ = ["MHA", "fuse_sdpa_attention", "fuse_vision_graph"]
+__all__ = ["MHA", "free_frame_axis", "fuse_sdpa_attention", "fuse_vision_graph"]

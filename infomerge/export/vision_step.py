@@ -143,14 +143,19 @@ def validate_vision(ctx: ExportContext) -> None:
 
 def fuse_vision(ctx: ExportContext) -> None:
     """``ort/vision.onnx``: ``vision.onnx`` with ONNX Runtime's fusions (MultiHeadAttention,
-    SkipLayerNormalization, FastGelu, BiasGelu); what the ``ort`` vision backend runs when present."""
+    SkipLayerNormalization, FastGelu, BiasGelu) and a free frame axis; what the ``ort`` vision
+    backend runs when present."""
     from infomerge.export.ort_fusion import fuse_vision_graph
 
     bb = ctx.backbone
     path = ctx.path(VISION_ORT_ONNX)
     fused = fuse_vision_graph(ctx.work / VISION_ONNX, path, bb.vision_heads, bb.vision_hidden)
     inputs, outputs = graph_io(path)
-    VISION.check_io(inputs, outputs, bb, ctx.frames, None, int(ctx.reference["g"].shape[-1]))
+    pinned = {k: {**v, "shape": [ctx.frames, *v["shape"][1:]]} for k, v in {**inputs, **outputs}.items()}
+    VISION.check_io(  # the frame axis is free ("frames"); every other dimension as declared
+        {k: pinned[k] for k in inputs}, {k: pinned[k] for k in outputs}, bb, ctx.frames, None,
+        int(ctx.reference["g"].shape[-1]),
+    )  # fmt: skip
     files = onnx_files(path)
     ctx.manifest["graphs"]["vision_ort"] = {
         "file": VISION_ORT_ONNX,

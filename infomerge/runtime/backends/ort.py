@@ -42,6 +42,8 @@ class OrtVision:
     def __init__(self, graph: str | os.PathLike, image_newline: str | os.PathLike, device: str = "cpu"):
         self.session = ort_session(graph, device)
         self.image_newline = load_image_newline(image_newline)
+        # a graph whose frame axis is free (ort/vision.onnx) takes the distinct frames only
+        self.any_frame_count = not isinstance(self.session.get_inputs()[0].shape[0], int)
 
     def __call__(self, pixel_values: torch.Tensor) -> VisionFeatures:
         h, a, g = self.session.run(["H", "A", "g"], {"pixel_values": pixel_values.float().cpu().numpy()})
