@@ -8,6 +8,7 @@ import statistics
 import time
 
 import pytest
+import torch
 
 from infomerge import timing
 from infomerge.bench.results import MISMATCH, OK, UNAVAILABLE, Row, fill_speedups
@@ -99,6 +100,28 @@ def test_speedups_against_the_baseline_row():
     assert other.prefill_speedup is None  # no ORT baseline in this list
     assert missing.prefill_speedup is None
     assert speedup(None, 1.0) is None and speedup(1.0, 0.0) is None
+    assert r15.ttft_vs_hf is None  # no Hugging Face row in this list
+
+
+def test_speedups_against_the_hugging_face_row():
+    def meas(ms):
+        return Measurement(summarize([ms]), None, "none")
+
+    def stages(vision, prefill):
+        return {"vision": meas(vision), "prefill": meas(prefill)}
+
+    hf = Row("hf", "sdpa", "none", 1.0, stages=stages(300.0, 90.0), ttft=meas(420.0))
+    base = Row("torch", "eager", "none", 1.0, stages=stages(400.0, 100.0), ttft=meas(560.0))
+    r15 = Row("ort", "cpu-ep", "infomerge", 0.15, stages=stages(250.0, 12.0), ttft=meas(280.0))
+    failed = Row("ort", "cpu-ep", "infomerge", 0.05, status="failed", reason="boom")
+    fill_speedups([base, r15, hf, failed])
+    # by hand: HF median / row median
+    assert (base.vision_vs_hf, base.prefill_vs_hf, base.ttft_vs_hf) == pytest.approx((0.75, 0.9, 0.75))
+    assert (r15.vision_vs_hf, r15.prefill_vs_hf, r15.ttft_vs_hf) == pytest.approx((1.2, 7.5, 1.5))
+    assert hf.ttft_vs_hf == 1.0 and hf.ttft_speedup == 1.0
+    assert failed.ttft_vs_hf is None and r15.ttft_speedup is None  # no ORT r = 1.0 row here
+    d = r15.to_dict()
+    assert (d["vision_vs_hf"], d["prefill_vs_hf"], d["ttft_vs_hf"]) == pytest.approx((1.2, 7.5, 1.5))
 
 
 def test_report_files(tmp_path):
@@ -173,7 +196,8 @@ def _fake_tegrastats(tmp_path, monkeypatch):
 
 def test_infomerge_bench_tiny_end_to_end(tmp_path, capsys, monkeypatch):
     """`infomerge-bench --backbone tiny` with small runs: every stage on torch and ort, the trt row with its
-    reason, table, results.json and plot. A strict logits tolerance makes the int4 ORT LLM fail its
+    reason, the Hugging Face row (token count by hand, speedups against it recomputed from the recorded
+    medians), table, results.json and plot. A strict logits tolerance makes the int4 ORT LLM fail its
     cross-check, which must flag the ort rows (still measured) and leave the torch rows ok. A stand-in
     tegrastats checks the --tegrastats wiring."""
     from infomerge.bench.cli import PLOT_PNG, RESULTS_JSON, RESULTS_MD, main
@@ -210,7 +234,7 @@ def test_infomerge_bench_tiny_end_to_end(tmp_path, capsys, monkeypatch):
     ]
     assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "torch/eager" in text and "ort/cpu-ep" in text and "trt/-" in text
+    assert "torch/eager" in text and "ort/cpu-ep" in text and "trt/-" in text and "hf/sdpa" in text
     assert "CHECK FAILED" in text and "first-token logits cosine" in text
 
     data = json.loads((out / RESULTS_JSON).read_text())
@@ -223,7 +247,23 @@ def test_infomerge_bench_tiny_end_to_end(tmp_path, capsys, monkeypatch):
         ("ort", "none", 1.0),
         ("ort", "infomerge", 0.15),
         ("trt", "-", None),
+        ("hf", "none", 1.0),
     }
+    hf = rows[("hf", "none", 1.0)]
+    # 4 frames x 14 x 14 pooled tokens + the one newline, all in the LLM (HF expands <video> to them)
+    assert hf["visual_tokens"] == 4 * 14 * 14 + 1 and hf["status"] == "ok"
+    assert {"vision", "assemble", "prefill", "token_decode"} <= set(hf["stages"])
+    assert "compress" not in hf["stages"] and hf["ttft"]["runs"] == 1
+    by_metric = {d["metric"]: d for d in hf["check"]["details"]}  # against torch's uncompressed row
+    assert by_metric["max rel |diff| of H"]["value"] < 1e-5
+    assert by_metric["first-token logits cosine"]["value"] > 0.99999
+    for r in data["rows"]:
+        if r["status"] not in ("ok", "mismatch"):
+            continue
+        for stage, field in (("vision", "vision_vs_hf"), ("prefill", "prefill_vs_hf")):
+            want = hf["stages"][stage]["median_ms"] / r["stages"][stage]["median_ms"]
+            assert r[field] == pytest.approx(want, rel=1e-12)
+        assert r["ttft_vs_hf"] == pytest.approx(hf["ttft"]["median_ms"] / r["ttft"]["median_ms"], rel=1e-12)
     for backend in ("torch", "ort"):
         base, comp = rows[(backend, "none", 1.0)], rows[(backend, "infomerge", 0.15)]
         for r in (base, comp):
@@ -248,9 +288,10 @@ def test_infomerge_bench_tiny_end_to_end(tmp_path, capsys, monkeypatch):
     assert (out / PLOT_PNG).read_bytes()[:4] == b"\x89PNG"
     md = (out / RESULTS_MD).read_text()
     assert "| torch/eager | infomerge | 0.15 |" in md and "] trt/-: TensorRT" in md
+    assert "| hf/sdpa | none | 1 | 785 |" in md
     assert data["goals"] and {g["backend"] for g in data["goals"]} == {"torch/eager", "ort/cpu-ep"}
     tele = data["telemetry"]
-    assert set(tele) == {"torch/eager", "ort/cpu-ep", "trt/-"}
+    assert set(tele) == {"torch/eager", "ort/cpu-ep", "trt/-", "hf/sdpa"}
     assert tele["torch/eager"]["gpu_load_pct"]["peak"] == 37.0
     assert tele["ort/cpu-ep"]["power_mw"]["VDD_IN"]["avg"] == 5000.0
     assert "tegrastats torch/eager" in text
@@ -294,3 +335,21 @@ def test_trt_reasons(monkeypatch):
     flavours("trt")
     monkeypatch.setattr(stages, "local_compute_capability", lambda: "9.0")
     assert stages.trt_unavailable_reason("cuda") is None
+
+
+def test_hf_prompt_holds_one_placeholder_per_hf_video_feature():
+    """The hf row's prompt: the pipeline's ids with <video> expanded; the placeholder count must be
+    the number of feature rows transformers' own get_video_features returns (F x 14 x 14 + 1)."""
+    from infomerge.backbones.loading import resolve_checkpoint
+    from infomerge.bench.hf import HFBaseline
+
+    frames = 2
+    hf = HFBaseline(resolve_checkpoint("tiny", None), frames=frames)
+    ids = hf.prompt_ids("What is the man doing?")
+    prompt = hf.prompt(ids)
+    pixels = torch.rand(frames, 3, 384, 384) * 2 - 1
+    features = hf.vision(pixels)
+    n_placeholders = int((prompt.input_ids == hf.model.config.video_token_index).sum())
+    assert n_placeholders == prompt.video_tokens == features.shape[1] == frames * 14 * 14 + 1
+    assert prompt.length == len(ids.before) + n_placeholders + len(ids.after)
+    assert hf.assemble(prompt, features).shape == (1, prompt.length, features.shape[-1])

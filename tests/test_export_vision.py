@@ -83,6 +83,25 @@ def test_graph_computes_the_function_on_other_inputs(fp32_dir, real_frames):
             )
 
 
+def test_ort_fused_graph_on_other_inputs(fp32_dir, fp16_dir, real_frames):
+    """ort/vision.onnx: every tower attention is one MultiHeadAttention (the MAP head's, whose weights
+    are the output A, stays written out), LayerNorms and GELUs fused; it computes the torch model's
+    function on another real clip; fp16 exports have none."""
+    fused = fp32_dir / "ort" / "vision.onnx"
+    ops = [n.op_type for n in onnx.load(str(fused)).graph.node]
+    assert ops.count("MultiHeadAttention") == TINY.vision_layers
+    assert ops.count("Softmax") == 1 and "SkipLayerNormalization" in ops and "FastGelu" in ops
+    assert not (fp16_dir / "ort").exists()
+    entry = load_manifest(fp32_dir)["graphs"]["vision_ort"]
+    assert entry["validation"]["ok"] and entry["fused_ops"]["MultiHeadAttention"] == TINY.vision_layers
+    ref = VisionEncoder.from_backbone("tiny")
+    got, _, _ = run_onnx(fused, {"pixel_values": real_frames})
+    with torch.no_grad():
+        want = dict(zip(("H", "A", "g"), ref(real_frames)))
+    for k in ("H", "A", "g"):
+        np.testing.assert_allclose(got[k], want[k].numpy(), rtol=1e-4, atol=1e-4 * float(want[k].abs().max()))
+
+
 def test_fp16_graph_on_real_frames(fp16_dir, real_frames):
     model = onnx.load(str(fp16_dir / "vision.onnx"))
     dtypes = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.input, *model.graph.output]}
@@ -104,6 +123,9 @@ def test_fp16_graph_on_real_frames(fp16_dir, real_frames):
     assert kinds[("MatMul", "multi_modal_projector")] == f16
     assert kinds[("LayerNormalization", "vision_tower")] == f32  # fp32 islands
     assert kinds[("MatMul", "siglip_head")] == kinds[("LayerNormalization", "siglip_head")] == f32
+    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.output]}
+    softmax_in = [types[n.input[0]] for n in model.graph.node if n.op_type == "Softmax"]
+    assert len(softmax_in) == TINY.vision_layers + 1 and set(softmax_in) == f32  # never normalised in fp16
     ref = VisionEncoder.from_backbone("tiny")
     got, _, _ = run_onnx(fp16_dir / "vision.onnx", {"pixel_values": real_frames})
     with torch.no_grad():
@@ -291,3 +313,32 @@ def test_default_output_and_force(tmp_path, monkeypatch, capsys):
     assert cli.main(["--frames", "2", "--force"]) == 0  # default output: artifacts/<backbone>
     assert not (out / "keep.txt").exists() and (out / "manifest.json").is_file()
     assert os.listdir(tmp_path / "artifacts") == ["tiny"]  # no temp or backup left
+
+
+def test_ort_fused_graph_takes_the_distinct_frames_only(fp32_dir, real_frames):
+    """ort/vision.onnx has a free frame axis: a video sampled with repeats sends its distinct frames
+    once; the features equal the torch model's on all F frames. vision.onnx stays pinned to F."""
+    from infomerge.runtime.backends.base import encode_unique_frames
+    from infomerge.runtime.backends.ort import OrtVision, vision_graph
+
+    newline = fp32_dir / "image_newline.npy"
+    fused = OrtVision(vision_graph(fp32_dir), newline)
+    assert vision_graph(fp32_dir) == fp32_dir / "ort" / "vision.onnx" and fused.any_frame_count
+    assert not OrtVision(fp32_dir / "vision.onnx", newline).any_frame_count
+    calls = []
+
+    def spy(pixel_values):
+        calls.append(int(pixel_values.shape[0]))
+        return fused(pixel_values)
+
+    spy.any_frame_count, spy.image_newline = True, fused.image_newline
+    order = [0, 0, 1, 1, 1, 2, 3, 3]  # F = 8 samples of a 4-frame video
+    pixel_values = real_frames[:4][order]
+    got = encode_unique_frames(spy, pixel_values, np.array(order) + 100)
+    assert calls == [4]
+    with torch.no_grad():
+        want = VisionEncoder.from_backbone("tiny")(pixel_values)
+    for k, w in zip(("H", "A", "g"), want):
+        np.testing.assert_allclose(
+            getattr(got, k).numpy(), w.numpy(), rtol=1e-4, atol=1e-4 * float(w.abs().max())
+        )

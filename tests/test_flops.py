@@ -81,3 +81,22 @@ def test_bad_input():
         layer_flops(-1)
     with pytest.raises(ValueError):
         LLMDims(layers=0, hidden=8, ffn=8, heads=1, kv_heads=1)
+
+
+def test_vision_flops_and_the_ttft_bound_by_hand():
+    """SigLIP so400m (729 patches of 14 px, width 1152, MLP 4304, 26 layers) + projector into
+    Qwen2-0.5B (896): by hand, then the ov-0.5b bound at 32 frames, r = 0.15 (docs/benchmarks.md)."""
+    from infomerge.backbones.registry import get_backbone
+    from infomerge.bench.flops import ttft_flops_bound, vision_flops
+
+    bb = get_backbone("ov-0.5b")
+    per_layer = 729 * 1152**2 * 4 + 2 * 729**2 * 1152 + 2 * 729 * 1152 * 4304
+    per_frame = 26 * per_layer + 729 * 3 * 14 * 14 * 1152 + 729 * (1152 * 896 + 896 * 896)
+    assert vision_flops(32, bb) == pytest.approx(32 * per_frame, rel=1e-12)
+    assert vision_flops(0, bb) == 0
+    full, kept = prefill_flops(32 * 196, QWEN2_0_5B), prefill_flops(941, QWEN2_0_5B)  # round(0.15 * 6272)
+    bound = (32 * per_frame + full) / (32 * per_frame + kept)
+    assert ttft_flops_bound(0.15, 32, bb) == pytest.approx(bound, rel=1e-12)
+    assert round(bound, 2) == 1.33
+    with pytest.raises(ValueError):
+        vision_flops(-1, bb)

@@ -4,6 +4,7 @@ An ``infomerge-export`` directory::
 
     manifest.json              what it holds, how it was made, sha256 of every file
     vision.onnx[.data]         pixel_values -> H, A, g
+    ort/vision.onnx[.data]     the same graph with ONNX Runtime's transformer fusions (fp32; ORT only)
     image_newline.npy          (D,) float32
     compress.onnx              H, A, g -> tokens, index   (fixed-budget compressor)
     vision_compress.onnx       pixel_values -> tokens, index (--fused)
@@ -26,6 +27,8 @@ from infomerge.errors import ArtifactError, TargetError
 
 MANIFEST = "manifest.json"
 VISION_ONNX = "vision.onnx"
+ORT_DIR = "ort"  # graphs with ONNX Runtime contrib ops: kept out of the top level, which gets engines
+VISION_ORT_ONNX = f"{ORT_DIR}/{VISION_ONNX}"
 IMAGE_NEWLINE = "image_newline.npy"
 COMPRESS_ONNX = "compress.onnx"
 FUSED_ONNX = "vision_compress.onnx"
@@ -139,9 +142,11 @@ __all__ = [
     "LLM_MODEL",
     "LLM_TOKENIZER",
     "MANIFEST",
+    "ORT_DIR",
     "PLUGIN_ONNX",
     "TIMING_CACHE",
     "VISION_ONNX",
+    "VISION_ORT_ONNX",
     "engine_paths",
     "find_engine",
     "graph_file",

@@ -18,8 +18,10 @@ which the tests compare against.
 
 Export notes: every reshape keeps the frame axis as ``-1`` (the traced graph is frame-count
 agnostic, see :mod:`infomerge.export.onnx_export`); the bilinear pooling is a constant (196, 729)
-matrix, so it exports as one MatMul (exactly ``F.interpolate``'s map); attention is written out
-(SDPA returns no weights and the MAP head needs them).
+matrix, so it exports as one MatMul (exactly ``F.interpolate``'s map); the tower's attention is
+``F.scaled_dot_product_attention`` (see ``_Attention.forward``); the attention weights are written
+out only where they are an output: the MAP head's probe attention (``A``) and
+:meth:`VisionEncoder.last_layer_stats`.
 
 fp16 mode: tower and projector weights and activations are float16; LayerNorm (its statistics
 overflow in fp16 once |x| > 256) and softmax run in float32 with float32 parameters; the SigLIP
@@ -77,14 +79,25 @@ class _Attention(nn.Module):
         self.v_proj = nn.Linear(dim, dim)
         self.out_proj = nn.Linear(dim, dim)
 
+    def _heads(self, proj: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        """(F, N, C) -> (F, heads, N, head_dim)."""
+        return proj(x).reshape(-1, self.tokens, self.heads, self.head_dim).transpose(1, 2)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (F, N, C)
-        n, c = self.tokens, self.dim
-        q = (self.q_proj(x) * self.scale).reshape(-1, n, self.heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).reshape(-1, n, self.heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).reshape(-1, n, self.heads, self.head_dim).transpose(1, 2)
-        p = torch.matmul(q, k.transpose(-1, -2)).float().softmax(dim=-1).to(x.dtype)
-        o = torch.matmul(p, v).transpose(1, 2).reshape(-1, n, c)
-        return self.out_proj(o)
+        """softmax(q k^T / sqrt(head_dim)) v per head (SigLIP's eager attention, without weights).
+
+        fp32, or any tensor on a GPU: ``F.scaled_dot_product_attention`` (the library's fused
+        kernels, flash attention on CUDA; exported at opset 17 as MatMul - Softmax - MatMul).
+        fp16 on the CPU (the fp16 ONNX export traces this): written out with the softmax in fp32,
+        so the exported graph never normalises in fp16.
+        """
+        q, k, v = self._heads(self.q_proj, x), self._heads(self.k_proj, x), self._heads(self.v_proj, x)
+        if x.dtype == torch.float32 or x.is_cuda:
+            o = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # (F, heads, N, head_dim)
+        else:
+            p = torch.matmul(q * self.scale, k.transpose(-1, -2)).float().softmax(dim=-1).to(x.dtype)
+            o = torch.matmul(p, v)
+        return self.out_proj(o.transpose(1, 2).reshape(-1, self.tokens, self.dim))
 
     def received_and_keys(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (F, N, C) (the layer-normed layer input) -> (attention received (F, N) float32: the

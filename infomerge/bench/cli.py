@@ -3,12 +3,14 @@ TTFT speedup against retention, theoretical prefill FLOPs.
 
     infomerge-bench --backbone {tiny,ov-0.5b,ov-7b,llava-video-7b} [--random-weights]
                     [--retention 1.0 0.25 0.15 0.10 0.05] [--method infomerge fastvid]
-                    [--backends torch ort trt] [--device cpu|cuda] [--runs N --warmup W]
+                    [--backends torch ort trt hf] [--device cpu|cuda] [--runs N --warmup W]
                     [--video PATH] [--output DIR] [--tegrastats]
 
 Writes ``<output>/results.json`` (every raw figure, the machine, the command) and
 ``<output>/bench.png``, and prints the table. ``--retention 1.0`` is the uncompressed baseline;
-speedups are against it, from the same run. See :mod:`infomerge.bench.stages` for what is measured
+speedups are against it, from the same run, and against the ``hf`` row (the checkpoint's own
+transformers model with SDPA, uncompressed, same frames and prompt: what a user runs without this
+toolkit). See :mod:`infomerge.bench.stages` for what is measured
 and how backends are cross-checked.
 
 Exit status: 0 when at least one backend was measured (rows of backends that cannot run here
@@ -28,7 +30,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from infomerge.bench.results import BASELINE_METHOD, FAILED, Row, fill_speedups
+from infomerge.bench.results import BASELINE_METHOD, FAILED, HF_BACKEND, Row, fill_speedups
 from infomerge.bench.stages import (
     BACKENDS,
     LOGITS_COSINE,
@@ -101,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=list(BACKENDS),
         choices=BACKENDS,
-        help="backends (default torch ort trt)",
+        help="backends (default torch ort trt hf; hf: the checkpoint's own transformers model, SDPA, "
+        "uncompressed, the baseline of the 'vs hf' speedups)",
     )
     p.add_argument(
         "--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available, else cpu"
@@ -277,6 +280,8 @@ def _goals(rows: list[Row]) -> list[dict]:
         if r.measured and r.retention is not None:
             by_key.setdefault(r.key, {})[r.retention] = r
     for key, rs in by_key.items():
+        if key[0] == HF_BACKEND:  # the baseline: nothing compressed
+            continue
         for name, retention, metric, limit, higher in GOALS:
             r = next(
                 (x for x in rs.values() if x.retention == retention and x.method != BASELINE_METHOD), None
@@ -439,7 +444,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> tuple[dict, 
     caption = (
         f"{machine.summary_line(info)}. Median of {cfg.runs} runs after {cfg.warmup} warm-ups "
         f"(p90 and samples in {RESULTS_JSON}); TTFT: end-to-end request, median of {cfg.ttft_runs}; "
-        f"speedups vs r = 1 of the same backend; prefill TFLOPs of the kept visual tokens "
+        f"speedups vs r = 1 of the same backend and vs hf (transformers' own model, SDPA, "
+        f"uncompressed; > 1 is faster); prefill TFLOPs of the kept visual tokens "
         f"(paper App. A.2); decode+pre is shared by all backends."
     )
     console.print(report.table(rows, title=title, caption=caption))

@@ -115,6 +115,52 @@ def paper_flops(retention: float, dims: LLMDims = QWEN2_7B, total: int = PAPER_V
     return prefill_flops(nominal_tokens(retention, total), dims)
 
 
+def vision_flops(frames: int, backbone) -> float:
+    """FLOPs of the vision stage for ``frames`` frames, counted like :func:`layer_flops` (one
+    multiply-add = one FLOP): the SigLIP tower, per frame and layer over its P patches of width G,
+
+        P * G^2 * 4  +  2 * P^2 * G  +  2 * P * G * G_ff
+
+    (q, k, v, o projections; scores and weighted values; the MLP), times its layers, plus the patch
+    embedding ``P * 3 * patch^2 * G`` and the projector ``P * (G D + D^2)``. Normalisations,
+    activations, the bilinear pooling and the SigLIP head (one query) are left out (< 1 %).
+
+    Args:
+        frames: F >= 0.
+        backbone: a registry :class:`~infomerge.backbones.registry.Backbone` (``vision_hidden``,
+            ``vision_layers``, ``vision_intermediate``, ``num_patches``, ``patch``, ``text_hidden``).
+
+    Raises:
+        ValueError: ``frames < 0``.
+    """
+    if int(frames) < 0:
+        raise ValueError(f"frame count must be >= 0, got {frames!r}")
+    p, g, gff = (
+        float(backbone.num_patches),
+        float(backbone.vision_hidden),
+        float(backbone.vision_intermediate),
+    )
+    layer = p * g * g * 4.0 + 2.0 * p * p * g + 2.0 * p * g * gff
+    embed = p * 3.0 * backbone.patch**2 * g
+    projector = p * (g * backbone.text_hidden + float(backbone.text_hidden) ** 2)
+    return int(frames) * (backbone.vision_layers * layer + embed + projector)
+
+
+def ttft_flops_bound(retention: float, frames: int, backbone) -> float:
+    """The most that compression alone can speed up vision + prefill if time follows FLOPs:
+    ``(vision + prefill(F N)) / (vision + prefill(round(r F N)))`` (vision is not compressed).
+
+    Raises:
+        BudgetError: ``retention`` outside (0, 1].
+    """
+    dims = dims_from_config(backbone)
+    total = int(frames) * int(backbone.tokens_per_frame)
+    vision = vision_flops(frames, backbone)
+    return (vision + prefill_flops(total, dims)) / (
+        vision + prefill_flops(nominal_tokens(retention, total), dims)
+    )
+
+
 def dims_from_config(config) -> LLMDims:
     """LLMDims from a Hugging Face-style config (object or dict).
 
@@ -191,4 +237,6 @@ __all__ = [
     "paper_flops",
     "prefill_flops",
     "tflops",
+    "ttft_flops_bound",
+    "vision_flops",
 ]

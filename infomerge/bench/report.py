@@ -1,7 +1,8 @@
 """Benchmark output: the rich table, ``results.json`` and the PNG plot.
 
 - :func:`table`: one line per row (backend, variant, method, retention) with the median of each
-  stage, the end-to-end TTFT, decode tokens/s, speedups against r = 1.0, theoretical prefill FLOPs,
+  stage, the end-to-end TTFT, decode tokens/s, speedups against r = 1.0 of the same backend and
+  against the Hugging Face row (vision, prefill, TTFT), theoretical prefill FLOPs,
   peak memory and the cross-check status. Rows that could not run show their reason; rows whose
   outputs disagree with the reference are flagged in red, as Ultralytics' benchmark flags a failed
   validation.
@@ -106,6 +107,9 @@ _TAIL = [
     ("decode\ntok/s", True),
     ("prefill\nspeedup", True),
     ("TTFT\nspeedup", True),
+    ("vision\nvs hf", True),
+    ("prefill\nvs hf", True),
+    ("TTFT\nvs hf", True),
     ("prefill\nFLOPs", True),
     ("peak\nMiB", True),
     ("status", False),
@@ -135,6 +139,9 @@ def _cells(rows: list[Row]) -> list[list[str]]:
                 _rate(r.decode_tokens_per_s()),
                 _x(r.prefill_speedup),
                 _x(r.ttft_speedup),
+                _x(r.vision_vs_hf),
+                _x(r.prefill_vs_hf),
+                _x(r.ttft_vs_hf),
                 _flops(r.flops.get("kept_tflops")),
                 _mb(r.peak_memory_bytes()),
                 status,
@@ -223,6 +230,9 @@ def rows_from_json(payload: dict) -> list[Row]:
                 d["check"],
                 d["prefill_speedup"],
                 d["ttft_speedup"],
+                d.get("vision_vs_hf"),
+                d.get("prefill_vs_hf"),
+                d.get("ttft_vs_hf"),
             )
         )
     return rows
@@ -300,6 +310,15 @@ def plot(rows: list[Row], path: str | os.PathLike, title: str = "infomerge-bench
             color=line[0].get_color(),
             label=f"{label} {method}: TTFT",
         )
+        if any(r.ttft_vs_hf is not None for r in pts):
+            ax_sp.plot(
+                xs,
+                [r.ttft_vs_hf if r.ttft_vs_hf is not None else float("nan") for r in pts],
+                marker="^",
+                linestyle=":",
+                color=line[0].get_color(),
+                label=f"{label} {method}: TTFT vs Hugging Face",
+            )
     flops_pts = sorted(
         {(r.retention, r.flops.get("paper_tflops")) for r in measured if r.flops.get("paper_tflops")},
         reverse=True,
@@ -314,7 +333,7 @@ def plot(rows: list[Row], path: str | os.PathLike, title: str = "infomerge-bench
             label="theoretical: prefill FLOPs ratio, round(r*tokens)",
         )
     ax_sp.set_xlabel("retention (%)")
-    ax_sp.set_ylabel("speedup vs r = 100 %")
+    ax_sp.set_ylabel("speedup vs r = 100 % (triangles: vs Hugging Face)")
     ax_sp.set_yscale("log")
     ax_sp.grid(alpha=0.3, which="both")
     if ax_sp.get_legend_handles_labels()[0]:

@@ -3,7 +3,8 @@
 A row holds one :class:`~infomerge.timing.Measurement` per pipeline stage (times in ms, peak
 memory in bytes), the end-to-end time to first token, the decode rate, the theoretical prefill
 FLOPs and the cross-check against the reference backend. Speedups are filled in afterwards from the
-``retention == 1.0`` row of the same backend and variant (same run, same inputs).
+``retention == 1.0`` row of the same backend and variant (same run, same inputs), and from the
+Hugging Face row (backend ``hf``: transformers' own model, uncompressed, same frames and prompt).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ UNAVAILABLE = "unavailable"  # the backend cannot run here (reason says why)
 FAILED = "failed"  # the backend raised while running (reason holds the error)
 
 BASELINE_METHOD = "none"  # the method name of the uncompressed (retention 1.0) rows
+HF_BACKEND = "hf"  # the backend name of the Hugging Face baseline row
 
 
 @dataclass
@@ -38,7 +40,7 @@ class Row:
     """One benchmarked configuration.
 
     Attributes:
-        backend: "torch", "ort" or "trt".
+        backend: "torch", "ort", "trt", or "hf" (the Hugging Face baseline).
         variant: how the backend ran, e.g. "eager", "cuda-graphs", "compile", "cpu-ep", "cuda-ep", "engines".
         method: "infomerge", "fastvid", or "none" for the uncompressed baseline.
         retention: r in (0, 1]; 1.0 is the baseline; None on the one row of a backend that could
@@ -52,7 +54,10 @@ class Row:
         flops: "paper_tflops" (nominal round(r*L*N) tokens, the paper's column), "kept_tflops"
             (the tokens actually kept), "dims" (LLM dims used).
         check: cross-check against the reference backend: {"reference", "ok", "details": [...]}.
-        prefill_speedup, ttft_speedup: filled by :func:`fill_speedups`.
+        prefill_speedup, ttft_speedup: against r = 1.0 of the same backend and variant; filled by
+            :func:`fill_speedups`.
+        vision_vs_hf, prefill_vs_hf, ttft_vs_hf: speedups against the Hugging Face row (its median
+            over this row's; > 1 is faster than Hugging Face); filled by :func:`fill_speedups`.
     """
 
     backend: str
@@ -69,6 +74,9 @@ class Row:
     check: dict | None = None
     prefill_speedup: float | None = None
     ttft_speedup: float | None = None
+    vision_vs_hf: float | None = None
+    prefill_vs_hf: float | None = None
+    ttft_vs_hf: float | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -111,25 +119,42 @@ class Row:
             "check": self.check,
             "prefill_speedup": self.prefill_speedup,
             "ttft_speedup": self.ttft_speedup,
+            "vision_vs_hf": self.vision_vs_hf,
+            "prefill_vs_hf": self.prefill_vs_hf,
+            "ttft_vs_hf": self.ttft_vs_hf,
         }
 
 
 def fill_speedups(rows: list[Row]) -> None:
-    """Set prefill and TTFT speedups of every measured row against the retention-1.0 row of the
-    same backend and variant (``baseline median / row median``); None where there is no baseline."""
+    """Set the speedups of every measured row (``baseline median / row median``; None where there is
+    no baseline or no figure):
+
+    - ``prefill_speedup``, ``ttft_speedup``: against the retention-1.0 row of the same backend and
+      variant;
+    - ``vision_vs_hf``, ``prefill_vs_hf``, ``ttft_vs_hf``: against the measured Hugging Face row
+      (backend :data:`HF_BACKEND`).
+    """
     base = {r.key: r for r in rows if r.measured and r.retention == 1.0}
+    hf = next((r for r in rows if r.measured and r.backend == HF_BACKEND), None)
     for r in rows:
         b = base.get(r.key)
         if b is None or not r.measured:
             r.prefill_speedup = r.ttft_speedup = None
-            continue
-        r.prefill_speedup = speedup(b.median("prefill"), r.median("prefill"))
-        r.ttft_speedup = speedup(b.median("ttft"), r.median("ttft"))
+        else:
+            r.prefill_speedup = speedup(b.median("prefill"), r.median("prefill"))
+            r.ttft_speedup = speedup(b.median("ttft"), r.median("ttft"))
+        if hf is None or not r.measured:
+            r.vision_vs_hf = r.prefill_vs_hf = r.ttft_vs_hf = None
+        else:
+            r.vision_vs_hf = speedup(hf.median("vision"), r.median("vision"))
+            r.prefill_vs_hf = speedup(hf.median("prefill"), r.median("prefill"))
+            r.ttft_vs_hf = speedup(hf.median("ttft"), r.median("ttft"))
 
 
 __all__ = [
     "BASELINE_METHOD",
     "FAILED",
+    "HF_BACKEND",
     "MISMATCH",
     "OK",
     "STAGES",

@@ -26,7 +26,12 @@ Backends:
   the CPU one. Without ``--artifacts``, the benchmark exports what it needs (``--work``);
 - ``trt``: the TensorRT engines of that directory. Where TensorRT cannot run (not installed, no
   GPU, TensorRT-RTX on compute capability 8.7 / 9.0, no engines) the backend gets one row with the
-  reason.
+  reason;
+- ``hf``: the baseline a user has without this toolkit, the checkpoint's own transformers
+  ``LlavaOnevisionForConditionalGeneration`` (SDPA, fp32, uncompressed; :mod:`infomerge.bench.hf`):
+  one row at r = 1.0, on the same pixel values and prompt ids, its vision features and first-token
+  logits cross-checked against the reference backend's uncompressed ones. Every other row's
+  speedups are also given against it (:func:`infomerge.bench.results.fill_speedups`).
 """
 
 from __future__ import annotations
@@ -43,13 +48,13 @@ import torch
 from infomerge.artifacts.layout import MANIFEST
 from infomerge.artifacts.manifest import load_manifest
 from infomerge.bench.flops import dims_from_config, nominal_tokens, paper_flops, prefill_flops, tflops
-from infomerge.bench.results import BASELINE_METHOD, FAILED, MISMATCH, UNAVAILABLE, Row
+from infomerge.bench.results import BASELINE_METHOD, FAILED, HF_BACKEND, MISMATCH, UNAVAILABLE, Row
 from infomerge.engines.builder import local_compute_capability, rtx_capabilities
 from infomerge.engines.flavour import load_flavour
 from infomerge.errors import ArtifactError, BackendUnavailableError, InfomergeError
 from infomerge.timing import Measurement, measure, summarize
 
-BACKENDS = ("torch", "ort", "trt")
+BACKENDS = ("torch", "ort", "trt", HF_BACKEND)
 # torch.compile mode of the "compile" rows per device
 TORCH_COMPILE_MODE = {"cpu": None, "cuda": "reduce-overhead"}
 # TensorRT-RTX runs on desktop / laptop RTX GPUs only (spec deployment.md); used where the installed
@@ -425,6 +430,8 @@ class StageBench:
     def run_backend(self, name: str, variant: str = "eager", artifacts: Path | None = None) -> list[Row]:
         """Measure every case on backend ``name``; returns its rows (one row with the reason when it
         cannot run). Never raises for a backend problem: a failure becomes a ``failed`` row."""
+        if name == HF_BACKEND:
+            return [self._run_hf()]
         try:
             backend = load_backend(self.cfg, name, variant, artifacts)
         except Unavailable as exc:
@@ -543,6 +550,100 @@ class StageBench:
             decode_tokens=cfg.decode_tokens,
             flops=self.flops(int(kept.index.numel()), retention),
             check=None if is_ref and not check.details else check.to_dict(),
+        )
+        if not check.ok:
+            row.status, row.reason = MISMATCH, check.failures()
+        return row
+
+    def _run_hf(self) -> Row:
+        """The Hugging Face row (r = 1.0, uncompressed), or one ``failed`` row with the reason."""
+        from infomerge.bench.hf import HFBaseline
+
+        variant = HFBaseline.variant
+        try:
+            hf = HFBaseline(self.cfg.checkpoint, self.cfg.device, self.cfg.frames, self.bb.tokens_per_frame)
+        except (InfomergeError, ImportError, OSError, RuntimeError, ValueError) as exc:
+            return self.unavailable_row(HF_BACKEND, variant, f"{type(exc).__name__}: {exc}", FAILED)
+        try:
+            return self._measure_hf(hf)
+        except (InfomergeError, ImportError, OSError, RuntimeError, ValueError) as exc:
+            return Row(
+                HF_BACKEND,
+                variant,
+                BASELINE_METHOD,
+                1.0,
+                status=FAILED,
+                reason=f"{type(exc).__name__}: {exc}",
+            )
+        finally:
+            hf.close()
+            del hf
+            gc.collect()
+
+    def _measure_hf(self, hf) -> Row:
+        """Vision, assembly, prefill, decode and TTFT of :class:`~infomerge.bench.hf.HFBaseline`."""
+        cfg, ref = self.cfg, self.ref
+        key = (BASELINE_METHOD, 1.0)
+        pixel_values = self.decoded.pixel_values
+        vision = self._measure(lambda: hf.vision(pixel_values))
+        self.advance("hf: vision encoder")
+        features = vision.output
+        prompt = hf.prompt(hf.prompt_ids(cfg.prompt) if cfg.prompt else hf.prompt_ids())
+        asm = self._measure(lambda: hf.assemble(prompt, features))
+        embeds = asm.output
+        prefill = self._measure(lambda: hf.prefill(embeds))
+        logits, cache = prefill.output
+        self.advance("hf: prefill")
+        state = {"token": int(np.argmax(logits))}
+
+        def decode_loop():
+            token = state["token"]
+            for _ in range(cfg.decode_tokens):
+                token = int(hf.step(token, cache).argmax())
+            state["token"] = token
+            return token
+
+        decode = self._measure(decode_loop)
+        self.advance("hf: decode")
+        ttft = None
+        if cfg.ttft_runs > 0:  # the request returns at its first token: its wall time is the TTFT
+            prompt_text = cfg.prompt or _default_prompt()
+            ttft = measure(
+                lambda: hf.request(cfg.video, prompt_text, self.bb.image_size),
+                runs=cfg.ttft_runs,
+                warmup=0,
+                device=cfg.device,
+            )
+            ttft.output = None
+        self.advance("hf: time to first token")
+        check = CrossCheck(ref.name or "-")
+        if ref.features is not None:
+            h = features[0, :-1].reshape(ref.features.H.shape)  # the newline is the last row
+            check.add(
+                "vision", "max rel |diff| of H", _rel_diff(h, ref.features.H), cfg.tolerances.vision, False
+            )
+        if key in ref.logits:
+            limit = max(cfg.tolerances.logits, LOGITS_COSINE["fp32"])  # fp32 against fp32
+            check.add("prefill", "first-token logits cosine", _cosine(logits, ref.logits[key]), limit, True)
+        for m in (vision, asm, prefill, decode):
+            m.output = None
+        row = Row(
+            HF_BACKEND,
+            hf.variant,
+            BASELINE_METHOD,
+            1.0,
+            visual_tokens=prompt.video_tokens,
+            stages={
+                "video_decode": self.decode_stage,
+                "vision": vision,
+                "assemble": asm,
+                "prefill": prefill,
+                "token_decode": decode,
+            },
+            ttft=ttft,
+            decode_tokens=cfg.decode_tokens,
+            flops=self.flops(cfg.frames * self.bb.tokens_per_frame, 1.0),
+            check=check.to_dict() if check.details else None,
         )
         if not check.ok:
             row.status, row.reason = MISMATCH, check.failures()

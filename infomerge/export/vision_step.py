@@ -1,4 +1,6 @@
-"""The vision steps of ``infomerge-export``: encoder, real frames, reference, ``vision.onnx``.
+"""The vision steps of ``infomerge-export``: encoder, real frames, reference, ``vision.onnx``, and
+(fp32) ``ort/vision.onnx``, the same graph with ONNX Runtime's transformer fusions
+(:mod:`infomerge.export.ort_fusion`), validated on the real frames like ``vision.onnx``.
 
 Order and memory: the fp32 encoder is loaded (vision tensors only), the fp32 reference outputs on
 the real video are computed in chunks of frames, then (``--fp16``) the encoder is cast to fp16 in
@@ -13,7 +15,7 @@ import gc
 import numpy as np
 import torch
 
-from infomerge.artifacts.layout import IMAGE_NEWLINE, VISION_ONNX
+from infomerge.artifacts.layout import IMAGE_NEWLINE, VISION_ONNX, VISION_ORT_ONNX
 from infomerge.artifacts.manifest import tensor_spec
 from infomerge.artifacts.onnx_graph import graph_io, onnx_files
 from infomerge.export.context import ExportContext, Step
@@ -152,6 +154,59 @@ def validate_vision(ctx: ExportContext) -> None:
     ctx.record_validation("vision", report, atol, "PyTorch fp32 VisionEncoder")
 
 
+def fuse_vision(ctx: ExportContext) -> None:
+    """``ort/vision.onnx``: ``vision.onnx`` with ONNX Runtime's fusions (MultiHeadAttention,
+    SkipLayerNormalization, FastGelu, BiasGelu) and a free frame axis; what the ``ort`` vision
+    backend runs when present."""
+    from infomerge.export.ort_fusion import fuse_vision_graph
+
+    bb = ctx.backbone
+    path = ctx.path(VISION_ORT_ONNX)
+    fused = fuse_vision_graph(ctx.work / VISION_ONNX, path, bb.vision_heads, bb.vision_hidden)
+    inputs, outputs = graph_io(path)
+    pinned = {k: {**v, "shape": [ctx.frames, *v["shape"][1:]]} for k, v in {**inputs, **outputs}.items()}
+    vision_spec(ctx).check_io(  # the frame axis is free ("frames"); every other dimension as declared
+        {k: pinned[k] for k in inputs}, {k: pinned[k] for k in outputs}, bb, ctx.frames, None,
+        int(ctx.reference["g"].shape[-1]),
+    )  # fmt: skip
+    files = onnx_files(path)
+    ctx.manifest["graphs"]["vision_ort"] = {
+        "file": VISION_ORT_ONNX,
+        "external_data": f"{VISION_ORT_ONNX}.data" if len(files) > 1 else None,
+        "opset": VISION.opset,
+        "precision": ctx.precision,
+        "fused_ops": fused,
+        "source": "onnxruntime.transformers optimizer (model_type vit) + SDPA -> MultiHeadAttention",
+        "inputs": inputs,
+        "outputs": outputs,
+    }
+    release_memory()
+
+
+def validate_vision_ort(ctx: ExportContext) -> None:
+    """Run ``ort/vision.onnx`` on the real frames; compare with the fp32 reference (vision tolerances)."""
+    from infomerge.export.validate import validate_onnx
+
+    spec = vision_spec(ctx)
+    atol = spec.tolerances(ctx.precision, ctx.options.atol)
+    report = validate_onnx(
+        ctx.work / VISION_ORT_ONNX,
+        ctx.reference,
+        {"pixel_values": ctx.pixel_values},
+        atol,
+        output_names=spec.outputs,
+        console=ctx.console,
+        raise_on_failure=False,
+        display_name=str(ctx.output / VISION_ORT_ONNX),
+    )
+    ctx.record_validation("vision_ort", report, atol, "PyTorch fp32 VisionEncoder")
+
+
+def _fused_vision(options) -> bool:
+    """ORT's fused vision graph: with the vision graph, in fp32 (ORT's CPU contrib kernels are fp32)."""
+    return bool(options.vision) and not options.fp16
+
+
 VISION_STEPS = [
     Step("load vision encoder", load_encoder),
     Step("decode validation video", read_frames),
@@ -159,6 +214,8 @@ VISION_STEPS = [
     Step("save image_newline.npy", save_image_newline),
     Step("export vision.onnx", export_vision, when=lambda o: o.vision),
     Step("validate vision.onnx", validate_vision, when=lambda o: o.vision),
+    Step("ONNX Runtime fusions: ort/vision.onnx", fuse_vision, when=_fused_vision),
+    Step("validate ort/vision.onnx", validate_vision_ort, when=_fused_vision),
 ]
 
 __all__ = [
@@ -170,10 +227,12 @@ __all__ = [
     "VISION_STEPS",
     "compute_reference",
     "export_vision",
+    "fuse_vision",
     "load_encoder",
     "read_frames",
     "release_memory",
     "save_image_newline",
     "validate_vision",
     "vision_spec",
+    "validate_vision_ort",
 ]

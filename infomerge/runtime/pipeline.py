@@ -39,6 +39,7 @@ from infomerge.compress.methods import get_method
 from infomerge.compress.unified_inner import InnerMerge, inner_keep
 from infomerge.errors import ArtifactError, BackendUnavailableError, BudgetError, UsageError
 from infomerge.runtime.backends import BackendSource, VideoTokens, VisionFeatures, backend_factory
+from infomerge.runtime.backends.base import encode_unique_frames
 from infomerge.runtime.decode_thread import DecodedVideo, DecodeJob, decode_video
 from infomerge.runtime.embeddings import (
     DEFAULT_PROMPT,
@@ -499,9 +500,14 @@ class Pipeline:
         """Decode, sample and preprocess ``video`` in this thread. Raises VideoError subclasses."""
         return decode_video(video, self.frames, self.backbone.image_size)
 
-    def encode(self, pixel_values: torch.Tensor) -> VisionFeatures:
-        """Vision stage: (F, 3, 384, 384) float32 -> H (F, N, D), A (F, N), g (F, G)."""
-        return self.vision(pixel_values)
+    def encode(self, pixel_values: torch.Tensor, frame_indices=None) -> VisionFeatures:
+        """Vision stage: (F, 3, 384, 384) float32 -> H (F, N, D), A (F, N), g (F, G).
+
+        ``frame_indices`` (F,) (the decoded frames' indices, ``VideoClip.indices``): frames sampled
+        more than once (a video shorter than F frames) are encoded once, on backends that take any
+        frame count (:func:`~infomerge.runtime.backends.base.encode_unique_frames`).
+        """
+        return encode_unique_frames(self.vision, pixel_values, frame_indices)
 
     def compress(self, features: VisionFeatures) -> VideoTokens:
         """Compression stage: kept tokens (K, D) and their sorted original flat indices (K,)."""
@@ -646,7 +652,7 @@ class Pipeline:
             decoded = video.result() if isinstance(video, DecodeJob) else video
         timings.stages_ms["video_decode"] = decoded.decode_ms
         with clock.stage("vision"):
-            features = self.encode(decoded.pixel_values)
+            features = self.encode(decoded.pixel_values, decoded.clip.indices)
         with clock.stage("compress"):
             kept = self.compress(features)
         with clock.stage("assemble"):

@@ -83,7 +83,11 @@ class VideoTokens:
 
 
 class VisionBackend(Protocol):
-    """``__call__(pixel_values (F, 3, S, S) float32) -> VisionFeatures``; ``image_newline`` (D,)."""
+    """``__call__(pixel_values (F, 3, S, S) float32) -> VisionFeatures``; ``image_newline`` (D,).
+
+    ``any_frame_count`` (optional, default False): the backend accepts any number of frames, not
+    only the F its graph was built for (what :func:`encode_unique_frames` needs).
+    """
 
     name: str
     image_newline: torch.Tensor
@@ -143,6 +147,36 @@ class BackendSource:
         return self.checkpoint
 
 
+def encode_unique_frames(vision, pixel_values: torch.Tensor, frame_indices=None) -> VisionFeatures:
+    """Run ``vision`` once per distinct sampled frame and give every repeat its frame's features.
+
+    A video shorter than F frames is sampled with repeated frame indices (the same decoded frame,
+    hence the same pixels): the tower then runs on the U < F distinct frames only, and the features
+    are gathered back to F rows in sampling order. Backends pinned to F frames (exported graphs:
+    ``any_frame_count`` false) run all F frames.
+
+    Args:
+        vision: a vision backend.
+        pixel_values: (F, 3, S, S) float32.
+        frame_indices: (F,) decoded-frame index of each sampled frame (``VideoClip.indices``), or
+            None (every frame encoded).
+
+    Returns:
+        :class:`VisionFeatures` with F rows, equal to ``vision(pixel_values)``'s.
+    """
+    if frame_indices is None or not getattr(vision, "any_frame_count", False):
+        return vision(pixel_values)
+    idx = torch.as_tensor(frame_indices).reshape(-1)
+    unique, inverse = torch.unique(idx, return_inverse=True)  # inverse: (F,) row in ``unique``
+    if unique.numel() == idx.numel():
+        return vision(pixel_values)
+    first = torch.full((unique.numel(),), idx.numel(), dtype=torch.int64)
+    first.scatter_reduce_(0, inverse, torch.arange(idx.numel()), reduce="amin")  # (U,) first position
+    f = vision(pixel_values[first])
+    rows = inverse.to(f.H.device)
+    return VisionFeatures(f.H[rows], f.A[rows], f.g[rows], {k: v[rows] for k, v in f.extra.items()})
+
+
 def dedupe_sorted(tokens: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Sort by index and drop repeated indices (a fixed-budget graph may pad with repeats).
 
@@ -186,6 +220,7 @@ __all__ = [
     "VisionBackend",
     "VisionFeatures",
     "dedupe_sorted",
+    "encode_unique_frames",
     "method_inputs",
     "missing_outputs_message",
     "no_compression",

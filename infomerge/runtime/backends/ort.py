@@ -1,7 +1,9 @@
 """The ``ort`` backend: the exported graphs of an artifact directory in ONNX Runtime.
 
-- vision: ``vision.onnx`` (input ``pixel_values``; outputs ``H``, ``A``, ``g``, then any optional
-  vision outputs it was exported with, e.g. ``attention``, ``keys``: ``VisionFeatures.extra``);
+- vision: ``ort/vision.onnx`` when the export wrote it (``vision.onnx`` with ONNX Runtime's
+  transformer fusions, validated like it; fp32 exports), else ``vision.onnx`` (input
+  ``pixel_values``; outputs ``H``, ``A``, ``g``, then any optional vision outputs it was exported
+  with, e.g. ``attention``, ``keys``: ``VisionFeatures.extra``);
 - compress: ``compress.onnx`` (inputs ``H``, ``A``, ``g`` and the method's vision outputs, fed by
   name; outputs ``tokens`` (B, D), ``index`` (B,)), the method's fixed-budget graph, checked
   against the requested method and retention;
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from infomerge.artifacts.layout import COMPRESS_ONNX, IMAGE_NEWLINE, LLM_DIR, VISION_ONNX
+from infomerge.artifacts.layout import COMPRESS_ONNX, IMAGE_NEWLINE, LLM_DIR, VISION_ONNX, VISION_ORT_ONNX
 from infomerge.engines.ort import ort_session
 from infomerge.errors import ArtifactError
 from infomerge.runtime.backends.base import (
@@ -52,6 +54,8 @@ class OrtVision:
         self.image_newline = load_image_newline(image_newline)
         outputs = [o.name for o in self.session.get_outputs()]
         self.extra_outputs = tuple(k for k in outputs if k not in BASE_OUTPUTS)
+        # a graph whose frame axis is free (ort/vision.onnx) takes the distinct frames only
+        self.any_frame_count = not isinstance(self.session.get_inputs()[0].shape[0], int)
 
     def __call__(self, pixel_values: torch.Tensor) -> VisionFeatures:
         names = [*BASE_OUTPUTS, *self.extra_outputs]
@@ -120,9 +124,16 @@ def check_compress_graph(
         )
 
 
+def vision_graph(root: Path) -> Path:
+    """The vision graph the ``ort`` backend runs: ``ort/vision.onnx`` (fused) when present, else
+    ``vision.onnx``."""
+    fused = root / VISION_ORT_ONNX
+    return fused if fused.is_file() else root / VISION_ONNX
+
+
 def vision(source: BackendSource) -> OrtVision:
     root = source.need_artifacts("ort vision")
-    return OrtVision(root / VISION_ONNX, root / IMAGE_NEWLINE, source.device)
+    return OrtVision(vision_graph(root), root / IMAGE_NEWLINE, source.device)
 
 
 def check_graph_budget(compressor: OrtCompressor, source: BackendSource) -> None:

@@ -21,6 +21,7 @@ class TorchVision:
     (:attr:`~infomerge.backbones.vision.VisionEncoder.extra_outputs`)."""
 
     name = "torch"
+    any_frame_count = True  # the tower runs on any number of frames (repeats encoded once)
 
     def __init__(self, encoder, device: str = "cpu", extra_outputs: tuple[str, ...] = ()):
         self.encoder = encoder.to(device).eval()
