@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from infomerge.engines.threads import intra_op_threads
 from infomerge.errors import ArtifactError, BackendUnavailableError
 
 OPTIMIZATION_LEVELS = ("all", "basic", "off")
@@ -62,7 +63,8 @@ def ort_session(
         path: the ``.onnx`` file (its ``.onnx.data`` beside it, when it has one).
         device: "cpu" or "cuda[:i]" (CUDA execution provider, CPU fallback).
         optimization: one of :data:`OPTIMIZATION_LEVELS` (see the module docstring).
-        threads: intra-op threads (None or 0: ONNX Runtime's default).
+        threads: intra-op threads (None or 0: the toolkit's policy,
+            :func:`infomerge.engines.threads.intra_op_threads`: one per core, or ``--threads``).
         arena: the CPU memory arena (off: one run's activations are freed as it goes).
 
     Raises:
@@ -85,8 +87,7 @@ def ort_session(
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "off": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     }[optimization]
-    if threads:
-        opts.intra_op_num_threads = int(threads)
+    opts.intra_op_num_threads = int(threads) if threads else intra_op_threads()
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph / RuntimeException types
