@@ -55,7 +55,8 @@ def bilinear_pool_matrix(side_in: int = 27, side_out: int = 14) -> torch.Tensor:
     ``x`` is one side_in x side_in channel; the interpolation is
     ``F.interpolate(mode="bilinear", align_corners=False)`` (what HF ``apply_pooling`` uses).
     """
-    eye = torch.eye(side_in * side_in, dtype=torch.float64).reshape(-1, 1, side_in, side_in)
+    # on the CPU whatever the default device (a module built on the meta device keeps real values)
+    eye = torch.eye(side_in * side_in, dtype=torch.float64, device="cpu").reshape(-1, 1, side_in, side_in)
     out = F.interpolate(eye, size=(side_out, side_out), mode="bilinear", align_corners=False)
     return out.reshape(side_in * side_in, side_out * side_out).T.contiguous().to(torch.float32)
 
@@ -125,7 +126,9 @@ class _Embeddings(nn.Module):
         super().__init__()
         self.dim, self.num_patches = dim, num_patches
         self.patch_embedding = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
-        self.position_embedding = nn.Embedding(num_patches, dim)
+        # zeros, not nn.Embedding's normal_ init: on the meta device normal_ runs torch's Python
+        # reference, which imports torch._dynamo (4 s); the weights come from the checkpoint
+        self.position_embedding = nn.Embedding(num_patches, dim, _weight=torch.zeros(num_patches, dim))
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # (F, 3, S, S) -> (F, P, C)
         x = self.patch_embedding(pixel_values).reshape(-1, self.dim, self.num_patches).transpose(1, 2)
