@@ -73,19 +73,63 @@ def _child(threads: int) -> dict:
     return {"reference_s": statistics.median(ref), "decode_step_s": statistics.median(steps)}
 
 
-def _spin() -> None:
-    while True:
-        pass
+def _child_ort(threads: int) -> dict:
+    """ONNX Runtime's own thread pool (not OpenMP): a graph of 8 MatMul + Gelu blocks on
+    (1568, 896) activations (8 frames x 196 tokens at the ov-0.5b width), spinning on and off."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from infomerge.engines.ort import ort_session
+
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "x"
+    for i in range(8):
+        inits.append(
+            numpy_helper.from_array((0.03 * rng.standard_normal((896, 896))).astype(np.float32), f"w{i}")
+        )
+        nodes += [
+            helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"]),
+            helper.make_node("Gelu", [f"m{i}"], [f"y{i}"]),
+        ]
+        x = f"y{i}"
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1568, 896])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1568, 896])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 9
+    import tempfile
+
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        path = f"{d}/mlp.onnx"
+        onnx.save(model, path)
+        feed = {"x": rng.standard_normal((1568, 896)).astype(np.float32)}
+        for spin in ("1", "0"):
+            sess = ort_session(path, threads=threads, spinning=spin == "1")
+            sess.run(None, feed)
+            ts = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                sess.run(None, feed)
+                ts.append(time.perf_counter() - t0)
+            out[f"ort_spin{spin}_s"] = statistics.median(ts)
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--load", type=int, default=0, help="busy processes running alongside (one core each)")
+    p.add_argument("--ort", action="store_true", help="time ONNX Runtime's spinning instead")
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child is not None:
-        print(json.dumps(_child(args.child)))
+        print(json.dumps(_child_ort(args.child) if args.ort else _child(args.child)))
         return
     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.load)]
     results: dict[tuple, list[dict]] = {c: [] for c in CONFIGS}
@@ -97,8 +141,10 @@ def main() -> None:
                 env.pop("OMP_WAIT_POLICY", None)
                 if policy:
                     env["OMP_WAIT_POLICY"] = policy
+                if args.ort and policy:
+                    continue  # OpenMP's policy does not concern ONNX Runtime's thread pool
                 out = subprocess.run(
-                    [sys.executable, __file__, "--child", str(threads)],
+                    [sys.executable, __file__, "--child", str(threads), *(["--ort"] if args.ort else [])],
                     env=env,
                     capture_output=True,
                     text=True,
@@ -111,6 +157,14 @@ def main() -> None:
             s.kill()
             s.wait()
     print(f"synthetic load: {args.load} busy processes; 1-min load average {min(loads):.1f}-{max(loads):.1f}")
+    if args.ort:
+        print("| threads | ORT spinning on (s) | ORT spinning off (s) |")
+        print("|---|---|---|")
+        for (threads, _), rows in results.items():
+            if rows:
+                on, off = ([r[k] for r in rows] for k in ("ort_spin1_s", "ort_spin0_s"))
+                print(f"| {threads} | {statistics.median(on):.3f} | {statistics.median(off):.3f} |")
+        return
     print("| threads | OMP_WAIT_POLICY | reference compressor (s) | decode step (s) |")
     print("|---|---|---|---|")
     for (threads, policy), rows in results.items():

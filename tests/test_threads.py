@@ -78,6 +78,15 @@ def test_apply_threads_sets_torch_and_every_later_ort_session(tmp_path, monkeypa
         threads.apply_threads(0)
 
 
+def test_ort_spinning_follows_the_policy_unless_asked(tmp_path, monkeypatch):
+    graph = _identity_graph(tmp_path / "identity.onnx")
+    key = "session.intra_op.allow_spinning"
+    for policy, want in ((True, "1"), (False, "0")):
+        monkeypatch.setattr("infomerge.engines.ort.ORT_SPINNING", policy)
+        assert ort_session(graph).get_session_options().get_session_config_entry(key) == want
+    assert ort_session(graph, spinning=True).get_session_options().get_session_config_entry(key) == "1"
+
+
 class _Stop(Exception):
     pass
 

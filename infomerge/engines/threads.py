@@ -23,6 +23,10 @@ from pathlib import Path
 
 _threads: int | None = None  # set by apply_threads; None: default_threads()
 
+#: ONNX Runtime's intra-op threads spin while idle (its own pool, not OpenMP; measured in
+#: docs/runtime.md, "Threads")
+ORT_SPINNING = True
+
 
 def _cgroup_cpus(root: Path = Path("/sys/fs/cgroup")) -> int | None:
     """The cgroup v2 CPU quota in whole CPUs (``cpu.max`` "quota period", rounded up), else None."""
@@ -109,4 +113,11 @@ def intra_op_threads() -> int:
     return _threads if _threads is not None else default_threads()
 
 
-__all__ = ["add_threads_argument", "apply_threads", "default_threads", "intra_op_threads", "threads_arg"]
+__all__ = [
+    "ORT_SPINNING",
+    "add_threads_argument",
+    "apply_threads",
+    "default_threads",
+    "intra_op_threads",
+    "threads_arg",
+]
