@@ -3,12 +3,12 @@
 The policy (measured in ``docs/runtime.md``, "Threads"):
 
 - **count**: one thread per core this process may use, :func:`default_threads` (the CPUs of its
-  affinity mask, at most the machine's physical cores and the cgroup's CPU quota), never more:
-  with more threads than free cores every torch op waits for its slowest thread
-  (a 0.4 s compression took 6.5 s with 2 threads on 2 busy cores);
+  affinity mask, at most the machine's physical cores and the cgroup's CPU quota), never more;
 - **waiting**: ``OMP_WAIT_POLICY=PASSIVE`` (set by ``infomerge/__init__.py`` unless the environment
   sets it): OpenMP threads sleep between parallel regions instead of spinning on cores other
-  processes need. OpenMP reads it once, when torch loads it, so it cannot be changed later.
+  processes need (on 2 busy cores a 0.37 s compression took 6.5 s with 2 spinning threads, 0.44 s
+  with 2 passive ones). OpenMP reads it once, when torch loads it, so it cannot be changed later.
+  ONNX Runtime's own pool does not spin either (:data:`ORT_SPINNING`).
 
 :func:`apply_threads` sets torch's intra-op threads and the count every later
 :func:`infomerge.engines.ort.ort_session` gives ONNX Runtime (``intra_op_num_threads``).
@@ -23,9 +23,9 @@ from pathlib import Path
 
 _threads: int | None = None  # set by apply_threads; None: default_threads()
 
-#: ONNX Runtime's intra-op threads spin while idle (its own pool, not OpenMP; measured in
-#: docs/runtime.md, "Threads")
-ORT_SPINNING = True
+#: whether ONNX Runtime's idle intra-op threads spin (its own pool, not OpenMP): off, measured
+#: 10-17% faster on a shared 2-core machine (docs/runtime.md, "Threads")
+ORT_SPINNING = False
 
 
 def _cgroup_cpus(root: Path = Path("/sys/fs/cgroup")) -> int | None:
