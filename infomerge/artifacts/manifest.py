@@ -206,7 +206,8 @@ def reexport_command(data: dict, root: str | os.PathLike) -> str:
     return f"re-export: infomerge-export --backbone {name} --output {root} --force"
 
 
-def _cache_root() -> Path:
+def cache_root() -> Path:
+    """The user cache: ``$INFOMERGE_CACHE``, else ``~/.cache/infomerge``."""
     root = os.environ.get("INFOMERGE_CACHE")
     return Path(root) if root else Path.home() / ".cache" / "infomerge"
 
@@ -214,11 +215,23 @@ def _cache_root() -> Path:
 def stamp_path(directory: str | os.PathLike) -> Path:
     """The verified stamp of an artifact directory: ``<cache>/verified/<sha1 of its real path>.json``."""
     key = hashlib.sha1(str(Path(directory).resolve()).encode("utf-8")).hexdigest()
-    return _cache_root() / "verified" / f"{key}.json"
+    return cache_root() / "verified" / f"{key}.json"
 
 
 def _stat_key(st: os.stat_result) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def file_identity(path: str | os.PathLike) -> list[int]:
+    """``[size, mtime_ns, ctime_ns, inode, device]`` of a file: what a verified stamp is keyed by.
+
+    Any write to the file changes it (the ctime, even when size and mtime are restored), so a
+    digest remembered under it is valid only for the bytes it was computed from.
+
+    Raises:
+        OSError: the file cannot be stat'ed.
+    """
+    return _stat_key(os.stat(path))
 
 
 def _read_stamp(path: Path, digest: str) -> dict:
@@ -337,6 +350,8 @@ __all__ = [
     "FORMAT",
     "MANIFEST_NAME",
     "SCHEMA",
+    "cache_root",
+    "file_identity",
     "command_line",
     "file_hashes",
     "load_manifest",

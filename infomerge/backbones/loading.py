@@ -300,6 +300,15 @@ def read_tensors(
     return out, read
 
 
+def _read_with_files(
+    directory: Path, rename: Callable[[str], str | None]
+) -> tuple[dict[str, torch.Tensor], list[str], list[Path]]:
+    """:func:`read_tensors`, and the files the tensors came from."""
+    files = sorted({f for k, f in safetensors_key_files(directory).items() if rename(k) is not None})
+    state, read = read_tensors(directory, rename)
+    return state, read, files
+
+
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     """sha256 over (key, dtype, shape, raw bytes) of each tensor, keys sorted: a weight fingerprint."""
     h = hashlib.sha256()
@@ -310,13 +319,62 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def weights_stamp_path(files: list[Path], keys: list[str]) -> Path:
+    """Where the fingerprint of ``keys`` read from ``files`` is remembered:
+    ``<cache>/weights/<sha1 of the files' real paths and the keys>.json``."""
+    from infomerge.artifacts.manifest import cache_root
+
+    h = hashlib.sha1()
+    for f in sorted(str(Path(f).resolve()) for f in files):
+        h.update(f.encode() + b"\0")
+    for k in sorted(keys):
+        h.update(k.encode() + b"\n")
+    return cache_root() / "weights" / f"{h.hexdigest()}.json"
+
+
+def cached_tensors_sha256(tensors: dict[str, torch.Tensor], files: list[Path], keys: list[str]) -> str:
+    """:func:`tensors_sha256` of ``tensors`` (checkpoint ``keys`` read from ``files``), remembered in
+    a stamp keyed by the files' identity (size, mtime, ctime, inode, device:
+    :func:`infomerge.artifacts.manifest.file_identity`), like the artifacts' verified stamps.
+
+    An unchanged checkpoint is hashed once (6.3 s for the 1.66 GB of fp32 vision tensors of ov-0.5b); a file
+    written since (even with its size and mtime restored: its ctime changes) is hashed again. A
+    cache that cannot be written only means hashing again next time.
+    """
+    from infomerge.artifacts.atomic import atomic_write_json
+    from infomerge.artifacts.manifest import file_identity
+
+    stamp = weights_stamp_path(files, keys)
+    identity = {str(Path(f).resolve()): file_identity(f) for f in files}
+    try:
+        seen = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        seen = None
+    if isinstance(seen, dict) and seen.get("files") == identity and isinstance(seen.get("sha256"), str):
+        return seen["sha256"]
+    digest = tensors_sha256(tensors)
+    try:
+        atomic_write_json(stamp, {"files": identity, "sha256": digest})
+    except OSError:
+        pass  # a read-only cache: hash again next time
+    return digest
+
+
 def load_vision_state(
     backbone: Backbone | str,
     model_path: str | os.PathLike | None = None,
     *,
     siglip_path: str | os.PathLike | None = None,
+    fingerprint: bool = True,
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """The :class:`VisionEncoder` state dict of ``backbone``, read without the language model.
+
+    Args:
+        backbone: a :class:`Backbone` or its registry name.
+        model_path: local checkpoint directory (default: :func:`resolve_checkpoint`'s).
+        siglip_path: local SigLIP head checkpoint (default: :func:`resolve_siglip_head`'s).
+        fingerprint: compute ``weights_sha256`` (:func:`cached_tensors_sha256`: hashed once per
+            unchanged checkpoint); off: None (a run records no manifest and needs none).
 
     Returns:
         (state dict in checkpoint dtypes, source info for the manifest: checkpoint dir / hub id,
@@ -329,12 +387,12 @@ def load_vision_state(
     bb = get_backbone(backbone) if isinstance(backbone, str) else backbone
     ckpt = resolve_checkpoint(bb, model_path)
     head_dir = resolve_siglip_head(bb, ckpt, siglip_path)
-    state, read = read_tensors(ckpt, vision_key)
+    state, read, files = _read_with_files(ckpt, vision_key)
     if not state:
         raise ArtifactError(
             f"{ckpt}: no vision tower / projector tensors found; is it a LLaVA-OneVision checkpoint?"
         )
-    head, head_read = read_tensors(head_dir, head_key)
+    head, head_read, head_files = _read_with_files(head_dir, head_key)
     if not head:
         raise ArtifactError(
             f"{head_dir}: no vision_model.post_layernorm / vision_model.head tensors; pass the original "
@@ -344,13 +402,13 @@ def load_vision_state(
         "checkpoint": bb.hf_id if model_path is None and bb.hf_id else str(ckpt),
         "checkpoint_dir": str(ckpt),
         "revision": checkpoint_revision(ckpt),
-        "weights_sha256": tensors_sha256(state),
+        "weights_sha256": cached_tensors_sha256(state, files, read) if fingerprint else None,
         "tensors_read": len(read),
         "siglip_head": {
             "checkpoint": bb.siglip_head_id if siglip_path is None and bb.siglip_head_id else str(head_dir),
             "checkpoint_dir": str(head_dir),
             "revision": checkpoint_revision(head_dir),
-            "weights_sha256": tensors_sha256(head),
+            "weights_sha256": cached_tensors_sha256(head, head_files, head_read) if fingerprint else None,
             "tensors_read": len(head_read),
         },
     }
@@ -390,6 +448,7 @@ def load_llava_model(
 
 
 __all__ = [
+    "cached_tensors_sha256",
     "check_checkpoint_files",
     "open_safetensors",
     "checkpoint_revision",
@@ -403,4 +462,5 @@ __all__ = [
     "safetensors_key_files",
     "tensors_sha256",
     "vision_key",
+    "weights_stamp_path",
 ]

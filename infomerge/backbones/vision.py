@@ -57,7 +57,8 @@ def bilinear_pool_matrix(side_in: int = 27, side_out: int = 14) -> torch.Tensor:
     ``x`` is one side_in x side_in channel; the interpolation is
     ``F.interpolate(mode="bilinear", align_corners=False)`` (what HF ``apply_pooling`` uses).
     """
-    eye = torch.eye(side_in * side_in, dtype=torch.float64).reshape(-1, 1, side_in, side_in)
+    # on the CPU whatever the default device (a module built on the meta device keeps real values)
+    eye = torch.eye(side_in * side_in, dtype=torch.float64, device="cpu").reshape(-1, 1, side_in, side_in)
     out = F.interpolate(eye, size=(side_out, side_out), mode="bilinear", align_corners=False)
     return out.reshape(side_in * side_in, side_out * side_out).T.contiguous().to(torch.float32)
 
@@ -138,7 +139,9 @@ class _Embeddings(nn.Module):
         super().__init__()
         self.dim, self.num_patches = dim, num_patches
         self.patch_embedding = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
-        self.position_embedding = nn.Embedding(num_patches, dim)
+        # zeros, not nn.Embedding's normal_ init: on the meta device normal_ runs torch's Python
+        # reference, which imports torch._dynamo (4 s); the weights come from the checkpoint
+        self.position_embedding = nn.Embedding(num_patches, dim, _weight=torch.zeros(num_patches, dim))
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # (F, 3, S, S) -> (F, P, C)
         x = self.patch_embedding(pixel_values).reshape(-1, self.dim, self.num_patches).transpose(1, 2)
@@ -347,12 +350,15 @@ class VisionEncoder(nn.Module):
         dtype: torch.dtype = torch.float32,
         siglip_path: str | Path | None = None,
         seed: int = 0,
+        fingerprint: bool = True,
     ) -> VisionEncoder:
         """Build the encoder of ``backbone`` with its weights (or random ones).
 
         Only the vision tower, projector and ``image_newline`` tensors are read from the LLaVA
         checkpoint (never the language model's), and post_layernorm + head from the SigLIP
-        checkpoint; see :func:`infomerge.backbones.loading.load_vision_state`.
+        checkpoint; see :func:`infomerge.backbones.loading.load_vision_state`. The module is built
+        on the meta device and the checkpoint's tensors assigned to it (:meth:`on_meta`,
+        :meth:`materialize`): nothing is initialised only to be overwritten.
 
         Args:
             backbone: a :class:`Backbone` or its registry name.
@@ -362,6 +368,8 @@ class VisionEncoder(nn.Module):
             siglip_path: local directory of the SigLIP head checkpoint (default: ``siglip_head/``
                 inside ``model_path`` when present, else ``backbone.siglip_head_id``).
             seed: seed of the random weights.
+            fingerprint: record the weights' sha256 in :attr:`source` (``weights_sha256``; an
+                export's manifest needs it, a run does not: None when off).
 
         Raises:
             UnknownBackboneError: an unknown backbone name.
@@ -372,22 +380,56 @@ class VisionEncoder(nn.Module):
         from infomerge.backbones.registry import get_backbone
 
         bb = get_backbone(backbone) if isinstance(backbone, str) else backbone
-        enc = cls(bb)
         if random_weights:
+            enc = cls.on_meta(bb)
+            enc.materialize()
             enc.init_random(seed)
             enc.source = {"weights": "random", "seed": seed}
         else:
-            state, source = load_vision_state(bb, model_path, siglip_path=siglip_path)
-            enc.load_encoder_state(state)
+            state, source = load_vision_state(
+                bb, model_path, siglip_path=siglip_path, fingerprint=fingerprint
+            )
+            enc = cls.on_meta(bb)
+            enc.materialize(state)
             enc.source = source
         enc.eval()
         if dtype != torch.float32:
             enc.to_compute_dtype(dtype)
         return enc
 
-    def load_encoder_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Copy a state dict with this module's keys into it (any float dtype, converted to the
-        parameters' dtype; every key required, shapes checked; extra keys ignored)."""
+    @classmethod
+    def on_meta(cls, backbone: Backbone) -> VisionEncoder:
+        """The float32 encoder of ``backbone`` with every parameter on the meta device: built in
+        milliseconds (no random initialisation of 400 M parameters); :meth:`materialize` gives it
+        storage."""
+        with torch.device("meta"):
+            return cls(backbone)
+
+    def materialize(self, state: dict[str, torch.Tensor] | None = None) -> None:
+        """Give an encoder from :meth:`on_meta` CPU storage: the tensors of ``state`` (assigned, not
+        copied; converted to float32 where the checkpoint has another dtype), or uninitialised
+        memory when ``state`` is None (for :meth:`init_random`). The pooling matrix is computed.
+
+        Raises:
+            ArtifactError: ``state`` lacks a tensor or has one of the wrong shape (see
+                :meth:`check_state`).
+        """
+        if state is None:
+            self.to_empty(device="cpu")
+        else:
+            own = self.state_dict()
+            self.check_state(state)
+            self.load_state_dict({k: state[k].to(v.dtype) for k, v in own.items()}, assign=True)
+        bb = self.backbone
+        self.pool = bilinear_pool_matrix(bb.patch_side, bb.pooled_side)  # non-persistent buffer
+
+    def check_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Every key of this module's state dict must be in ``state``, with the same shape
+        (extra keys are ignored).
+
+        Raises:
+            ArtifactError: a missing tensor or a wrong shape (names the likely wrong ``--backbone``).
+        """
         from infomerge.errors import ArtifactError
 
         own = self.state_dict()
@@ -404,8 +446,14 @@ class VisionEncoder(nn.Module):
                     f"checkpoint tensor {k} has shape {tuple(state[k].shape)}, the backbone "
                     f"{self.backbone.name!r} expects {tuple(v.shape)}: wrong --backbone for this checkpoint?"
                 )
+
+    def load_encoder_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy a state dict with this module's keys into it (any float dtype, converted to the
+        parameters' dtype; every key required, shapes checked (:meth:`check_state`); extra keys
+        ignored)."""
+        self.check_state(state)
         with torch.no_grad():  # in place, one tensor at a time: no second full-size copy
-            for k, v in own.items():
+            for k, v in self.state_dict().items():
                 v.copy_(state[k])
 
     @torch.no_grad()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import os
 import shlex
 import sys
 import time
@@ -40,6 +41,7 @@ from infomerge.bench.stages import (
     Tolerances,
 )
 from infomerge.compress.methods import method_names
+from infomerge.engines.threads import add_threads_argument, apply_threads
 from infomerge.errors import InfomergeError
 from infomerge.errors import UsageError as _UsageError
 from infomerge.interrupts import EXIT_CODES_HELP, run_cli
@@ -193,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="sample Jetson tegrastats during each backend (GPU load, RAM, power rails)",
     )
+    add_threads_argument(p)
     p.add_argument("--debug", action="store_true", help="print the traceback of a failure")
     return p
 
@@ -308,6 +311,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> tuple[dict, 
     from infomerge.bench import machine, report
 
     _check(args)
+    threads = apply_threads(args.threads)
     bb = get_backbone(args.backbone)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.video is None:
@@ -420,6 +424,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> tuple[dict, 
             "torch_variants": cfg.torch_variants,
             "torch_compile_mode": TORCH_COMPILE_MODE["cuda" if device == "cuda" else "cpu"],
             "device": device,
+            "threads": threads,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "runs": cfg.runs,
             "warmup": cfg.warmup,
             "ttft_runs": cfg.ttft_runs,

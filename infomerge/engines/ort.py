@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from infomerge.engines.threads import ORT_SPINNING, intra_op_threads
 from infomerge.errors import ArtifactError, BackendUnavailableError
 
 OPTIMIZATION_LEVELS = ("all", "basic", "off")
@@ -55,6 +56,7 @@ def ort_session(
     optimization: str = "all",
     threads: int | None = None,
     arena: bool = True,
+    spinning: bool | None = None,
 ):
     """An ``onnxruntime.InferenceSession`` of the graph at ``path``.
 
@@ -62,8 +64,11 @@ def ort_session(
         path: the ``.onnx`` file (its ``.onnx.data`` beside it, when it has one).
         device: "cpu" or "cuda[:i]" (CUDA execution provider, CPU fallback).
         optimization: one of :data:`OPTIMIZATION_LEVELS` (see the module docstring).
-        threads: intra-op threads (None or 0: ONNX Runtime's default).
+        threads: intra-op threads (None or 0: the toolkit's policy,
+            :func:`infomerge.engines.threads.intra_op_threads`: one per core, or ``--threads``).
         arena: the CPU memory arena (off: one run's activations are freed as it goes).
+        spinning: whether idle intra-op threads spin (``session.intra_op.allow_spinning``);
+            None: the toolkit's policy, :data:`infomerge.engines.threads.ORT_SPINNING`.
 
     Raises:
         ArtifactError: the graph is missing or ONNX Runtime cannot load it.
@@ -85,8 +90,9 @@ def ort_session(
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "off": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     }[optimization]
-    if threads:
-        opts.intra_op_num_threads = int(threads)
+    opts.intra_op_num_threads = int(threads) if threads else intra_op_threads()
+    spin = ORT_SPINNING if spinning is None else bool(spinning)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph / RuntimeException types

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from infomerge.backbones.registry import BACKBONES
 from infomerge.compress.methods import method_names
+from infomerge.engines.threads import add_threads_argument, apply_threads
 from infomerge.export.options import ENGINES, LLM_EPS, LLM_PRECISIONS, ExportOptions
 from infomerge.export.run import PROG, export
 from infomerge.interrupts import EXIT_CODES_HELP, run_cli
@@ -103,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", type=Path, default=None, help="artifact directory (default: artifacts/<backbone>)"
     )
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
+    add_threads_argument(p)
     p.add_argument("--debug", action="store_true", help="print the traceback of a failure")
     p.add_argument(
         "--atol",
@@ -134,7 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``infomerge-export``. Returns the exit code (0 ok, 1 failed, 2 bad usage,
     130 interrupted); the error is one line on stderr (``--debug``: with its traceback)."""
     args = build_parser().parse_args(argv)
-    return run_cli(PROG, lambda: export(options_from_args(args, argv)) and None, debug=args.debug)
+
+    def body() -> None:
+        apply_threads(args.threads)  # torch (tracing, validation) and the validating ORT sessions
+        export(options_from_args(args, argv))
+
+    return run_cli(PROG, body, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 
 from infomerge.compress.methods import method_names
+from infomerge.engines.threads import add_threads_argument, apply_threads
 from infomerge.errors import UsageError
 from infomerge.interrupts import EXIT_CODES_HELP, Terminated, raise_if_signalled, run_cli
 from infomerge.runtime.backends import COMPRESS_BACKENDS, LLM_BACKENDS, VISION_BACKENDS
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="hash every artifact file again (by default a file verified before and unchanged since is not)",
     )
+    add_threads_argument(p)
     p.add_argument("--debug", action="store_true", help="print the traceback of a failure")
     return p
 
@@ -279,6 +281,7 @@ def run(args) -> dict:
 
     console = Console(highlight=False, soft_wrap=True)
     frames = check_args(args)  # cheap checks first: nothing loaded, nothing decoded yet
+    apply_threads(args.threads)  # torch and every ONNX Runtime session (docs/runtime.md, "Threads")
     sampling = Sampling(args.sample, args.temperature, args.top_k, args.top_p, args.seed)
     video = args.video or sample_video()
     if args.verbose:

@@ -37,6 +37,7 @@ import torch
 from infomerge.artifacts.layout import COMPRESS_ONNX, LLM_DIR, LLM_GENAI_CONFIG, LLM_TOKENIZER
 from infomerge.compress.methods import get_method
 from infomerge.compress.unified_inner import InnerMerge, inner_keep
+from infomerge.engines.threads import apply_threads
 from infomerge.errors import ArtifactError, BackendUnavailableError, BudgetError, UsageError
 from infomerge.runtime.backends import BackendSource, VideoTokens, VisionFeatures, backend_factory
 from infomerge.runtime.backends.base import encode_unique_frames
@@ -221,7 +222,9 @@ class Pipeline:
                 have been exported for the same F).
             compile_mode: ``torch.compile`` the torch vision tower and LLM with this mode (None:
                 torch's default mode; False: no compilation).
-            threads: intra-op threads of the ONNX Runtime LLM session (None: its default).
+            threads: intra-op threads of torch and of every ONNX Runtime session, for the whole
+                process (:func:`infomerge.engines.threads.apply_threads`; None: leave torch's
+                setting, sessions get one per core).
             vision_outputs: optional vision outputs the vision stage produces besides those the
                 method reads (``Method.vision_outputs``, always produced): for
                 :meth:`with_compression` to other methods (``infomerge-bench`` passes the union).
@@ -238,6 +241,8 @@ class Pipeline:
 
         t0 = time.perf_counter()
         check_device(device)
+        if threads is not None:
+            apply_threads(threads)
         bb = get_backbone(name)
         _check_layout(bb)  # before any download
         _check_names(vision_backend, compress_backend, llm, method, retention)
@@ -293,6 +298,7 @@ class Pipeline:
                 file verified before and unchanged since is not hashed again
                 (:func:`infomerge.artifacts.manifest.verify_manifest`).
             rehash: hash every file even if it was verified before.
+            threads: as in :meth:`from_backbone`.
             vision_outputs: as :meth:`from_backbone` (an ``ort`` / ``trt`` vision graph must have
                 been exported with them).
 
@@ -310,6 +316,8 @@ class Pipeline:
 
         t0 = time.perf_counter()
         check_device(device)
+        if threads is not None:
+            apply_threads(threads)
         root = Path(directory)
         manifest = verify_manifest(
             root, backbone=backbone, hashes=verify_hashes, rehash=rehash, versions=("infomerge",)

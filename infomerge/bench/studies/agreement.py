@@ -295,6 +295,7 @@ def bench(
     import numpy as np
     import onnxruntime as ort
 
+    from infomerge.engines.ort import ort_session
     from infomerge.export.graphs import synthetic_features
 
     rows = []
@@ -324,9 +325,7 @@ def bench(
                     dynamo=False,
                 )
                 export_s = time.perf_counter() - t0
-                opts = ort.SessionOptions()
-                opts.log_severity_level = 3
-                sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+                sess = ort_session(path, optimization="all")  # the one loader: the threading policy
                 feed = {"H": H.numpy(), "A": A.numpy(), "g": g.numpy()}
                 sess.run(None, feed)
                 onnx_t = []

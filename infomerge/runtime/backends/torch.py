@@ -55,8 +55,8 @@ def vision(source: BackendSource) -> TorchVision:
     from infomerge.backbones.vision import VisionEncoder
 
     checkpoint = source.need_checkpoint("torch vision")
-    encoder = VisionEncoder.from_backbone(
-        source.backbone, checkpoint, siglip_path=source.options.get("siglip_path")
+    encoder = VisionEncoder.from_backbone(  # no fingerprint: a run writes no manifest
+        source.backbone, checkpoint, siglip_path=source.options.get("siglip_path"), fingerprint=False
     )
     backend = TorchVision(encoder, source.device, source.vision_outputs)
     if source.options.get("compile_mode", False) is not False:
