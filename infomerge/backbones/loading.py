@@ -423,12 +423,19 @@ def load_llava_model(
     random_weights: bool = False,
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
+    device: str = "cpu",
 ):
     """The full ``LlavaOnevisionForConditionalGeneration`` (LLM included) of ``backbone``.
 
     For the runtime and HF-equivalence tests. ``random_weights`` builds it from
     :meth:`Backbone.llava_config` with random weights (no download; the 7B models need ~32 GB in
     fp32). Otherwise loads ``model_path`` / the hub checkpoint / the tiny one with ``from_pretrained``.
+
+    Args:
+        device: where ``random_weights`` builds and initialises the model ("cpu" or "cuda[:i]"). The
+            initialisation draws one random number per weight, single-threaded on the CPU (about
+            27 M weights/s on the 2-core CI machine: 5 min for a 7B model); a GPU draws them in
+            seconds, from its own generator (the same seed gives other weights than on the CPU).
 
     Raises:
         CheckpointNotFoundError: as :func:`resolve_checkpoint`.
@@ -437,7 +444,8 @@ def load_llava_model(
 
     bb = get_backbone(backbone) if isinstance(backbone, str) else backbone
     if random_weights:
-        with torch.random.fork_rng(devices=[]):
+        gpus = [torch.device(device)] if torch.device(device).type == "cuda" else []
+        with torch.random.fork_rng(devices=gpus), torch.device(device):
             torch.manual_seed(seed)
             return LlavaOnevisionForConditionalGeneration(bb.llava_config()).to(dtype).eval()
     if model_path is None and bb.hf_id is not None:

@@ -7,7 +7,9 @@ directory. :func:`random_checkpoint` writes one in the layout of the ``tiny`` ch
 (:mod:`infomerge.backbones.tiny`), with the real backbone's sizes:
 
 - ``config.json`` + ``model.safetensors``: ``LlavaOnevisionForConditionalGeneration`` built from
-  :meth:`Backbone.llava_config` with transformers' random initialisation (seeded);
+  :meth:`Backbone.llava_config` with transformers' random initialisation (seeded), on a CUDA GPU
+  when one is visible (the CPU draws about 27 M random weights/s single-threaded, 5 min for a 7B
+  model; a GPU takes seconds, from its own generator, so the same seed gives other weights there);
 - the tiny tokenizer and chat template (a 1,024-token byte-level BPE: the prompt's token count
   differs from Qwen2's by a few tokens, which does not matter for timing); the config's
   ``image_token_index`` / ``video_token_index`` are set to its ``<image>`` / ``<video>`` ids;
@@ -49,7 +51,7 @@ def _is_complete(d: Path) -> bool:
     )
 
 
-def _write(out: Path, bb: Backbone, seed: int) -> None:
+def _write(out: Path, bb: Backbone, seed: int, device: str) -> None:
     from safetensors.torch import save_file
 
     from infomerge.backbones.loading import load_llava_model
@@ -62,7 +64,7 @@ def _write(out: Path, bb: Backbone, seed: int) -> None:
 
     tokenizer = build_tokenizer()
     spec = dataclasses.replace(bb, image_token_id=TINY.image_token_id, video_token_id=TINY.video_token_id)
-    model = load_llava_model(spec, random_weights=True, seed=seed)
+    model = load_llava_model(spec, random_weights=True, seed=seed, device=device)
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     for cfg in (model.config.text_config, model.generation_config):
         cfg.eos_token_id, cfg.pad_token_id, cfg.bos_token_id = eos, tokenizer.pad_token_id, None
@@ -78,17 +80,24 @@ def _write(out: Path, bb: Backbone, seed: int) -> None:
     save_file(build_siglip_head(seed, bb), str(head / "model.safetensors"), metadata={"format": "pt"})
     (out / "README.md").write_text(
         f"# random-weight {bb.name}\n\nFull-size random weights (seed {seed}) for timing only; "
-        "tokenizer and chat template of the infomerge tiny checkpoint.\n"
+        f"tokenizer and chat template of the infomerge tiny checkpoint; initialised on {device}.\n"
     )
 
 
-def random_checkpoint(backbone: str, seed: int = 0, directory: str | os.PathLike | None = None) -> Path:
+def random_checkpoint(
+    backbone: str,
+    seed: int = 0,
+    directory: str | os.PathLike | None = None,
+    device: str | None = None,
+) -> Path:
     """Write (or reuse) a full-size random-weight LLaVA-OneVision checkpoint of ``backbone``.
 
     Args:
         backbone: registry name (``ov-0.5b``, ``ov-7b``; ``tiny`` returns the tiny checkpoint).
         seed: seed of the weights.
         directory: where to write it (default :func:`default_directory`).
+        device: where the weights are drawn: None = ``cuda`` when a GPU is visible, else ``cpu``.
+            The file is the same size and layout either way; the values differ (two generators).
 
     Returns:
         The checkpoint directory (loadable by :class:`infomerge.runtime.pipeline.Pipeline` through
@@ -106,8 +115,10 @@ def random_checkpoint(backbone: str, seed: int = 0, directory: str | os.PathLike
     target = Path(directory) if directory is not None else default_directory(bb.name, seed)
     if _is_complete(target):
         return target
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     with atomic_directory(target, replace=True) as tmp:  # an incomplete leftover is replaced
-        _write(tmp, bb, seed)
+        _write(tmp, bb, seed, device)
     return target
 
 
