@@ -101,7 +101,9 @@ def test_average_pool_matrix_by_hand():
     want = torch.empty(13, 13, dtype=torch.float64)
     for i in range(13):
         for j in range(13):
-            want[i, j] = (x[2 * i, 2 * j] + x[2 * i + 1, 2 * j] + x[2 * i, 2 * j + 1] + x[2 * i + 1, 2 * j + 1]) / 4
+            want[i, j] = (
+                x[2 * i, 2 * j] + x[2 * i + 1, 2 * j] + x[2 * i, 2 * j + 1] + x[2 * i + 1, 2 * j + 1]
+            ) / 4
     got = (average_pool_matrix(27, 13).double() @ x.reshape(729)).reshape(13, 13)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-7)  # fp32 entries 0.25: exact
     with pytest.raises(ValueError, match="13"):
@@ -118,7 +120,14 @@ def test_grid_assembly_matches_the_loop(keep):
     before, after = (7, 8, 9), (10, 11)
     table = torch.randn(16, d, generator=gen)
     asm = assemble(
-        lambda ids: table[list(ids)], PromptIds(before, after, ""), tokens, index, newline, frames, side * side, "grid"
+        lambda ids: table[list(ids)],
+        PromptIds(before, after, ""),
+        tokens,
+        index,
+        newline,
+        frames,
+        side * side,
+        "grid",
     )
     embeds, pos, span = _loop_layout(tokens, index, newline, frames, side)
     t = len(before)
