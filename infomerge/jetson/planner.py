@@ -361,14 +361,15 @@ def plan_memory(
     )
 
     # 4. KV cache
-    seq = tokens + _newline_tokens(bb, frames, tokens) + a.text_tokens
+    newlines = _newline_tokens(bb, frames, tokens)
+    seq = tokens + newlines + a.text_tokens
     kv_dtype = FP32 if llm_quant == "fp32" else FP16
     kv = Row(
         "KV cache",
         0,
         kv_cache_bytes(tc, seq, kv_dtype),
         f"{'fp32' if kv_dtype == FP32 else 'fp16'}, seq {seq}",
-        f"seq {seq} = {tokens} video + {_newline_tokens(bb, frames, tokens)} newline + {a.text_tokens} text tokens; "
+        f"seq {seq} = {tokens} video + {newlines} newline + {a.text_tokens} text tokens; "
         f"2 x {tc.num_hidden_layers} layers x {tc.num_key_value_heads} kv heads x {_head_dim(tc)} head dim "
         f"x {seq} x {kv_dtype} bytes",
     )

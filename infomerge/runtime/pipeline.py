@@ -303,6 +303,7 @@ class Pipeline:
         )
         bb = get_backbone(manifest["backbone"]["name"])
         _check_layout(bb)
+        _check_manifest_layout(root, manifest, bb)
         has_compress = (root / COMPRESS_ONNX).is_file()
         has_llm = (root / LLM_DIR).is_dir()
         if compress_backend is None:
@@ -685,6 +686,21 @@ def _check_layout(bb) -> None:
         raise ArtifactError(
             f"backbone {bb.name!r} has newline layout {bb.newline!r}; the runtime assembles 'one' "
             "(one newline after all frames) and 'grid' (one after every row of every frame) only"
+        )
+
+
+def _check_manifest_layout(root: Path, manifest: dict, bb) -> None:
+    """Raise :class:`ArtifactError` when the artifacts' token grid or newline layout is not the
+    backbone's (e.g. a ``llava-video-7b`` export made before its 13 x 13 average pooling)."""
+    from infomerge.artifacts.manifest import reexport_command
+
+    got = manifest.get("backbone", {})
+    want = {"tokens_per_frame": bb.tokens_per_frame, "newline": bb.newline}
+    wrong = {k: got.get(k) for k, v in want.items() if k in got and got.get(k) != v}
+    if wrong:
+        raise ArtifactError(
+            f"{root}: artifacts have {wrong}, backbone {bb.name!r} has "
+            f"{ {k: want[k] for k in wrong} }; {reexport_command(manifest, root)}"
         )
 
 
