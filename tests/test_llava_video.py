@@ -220,3 +220,45 @@ def test_every_method_runs_on_the_13x13_grid(name, features):
     assert int(index.min()) >= 0 and int(index.max()) < 32 * 169 and bool((index[1:] > index[:-1]).all())
     assert out.tokens.shape == (len(index), BB.text_hidden)
     assert abs(len(index) - config.total_budget(32, 169)) <= 0.02 * config.total_budget(32, 169) + 4
+
+
+# --- export, engines and the artifact pipeline -----------------------------------------------------
+@pytest.fixture(scope="module")
+def video_export(tmp_path_factory):
+    """tiny-video at 8 frames: vision + FastVID's fixed-budget graph, TensorRT-RTX engines for SM86
+    (built without a GPU)."""
+    from infomerge.export import cli
+
+    out = tmp_path_factory.mktemp("tiny-video") / "art"
+    args = ["--backbone", "tiny-video", "--frames", "8", "--method", "fastvid", "--retention", "0.15"]
+    args += ["--engine", "rtx", "--compute-capability", "86", "--workspace", "512", "--output", str(out)]
+    assert cli.main(args) == 0
+    return out
+
+
+def test_export_and_engines_have_the_13x13_grid(video_export):
+    from infomerge.artifacts.manifest import verify_manifest
+
+    m = verify_manifest(video_export, backbone="tiny-video", frames=8)
+    assert (m["backbone"]["newline"], m["backbone"]["pool"], m["backbone"]["tokens_per_frame"]) == (
+        "grid",
+        "average",
+        169,
+    )
+    g = m["graphs"]
+    assert g["vision"]["outputs"]["H"]["shape"] == [8, 169, 64] and g["vision"]["validation"]["ok"]
+    assert g["compress"]["inputs"]["H"]["shape"] == [8, 169, 64] and g["compress"]["validation"]["ok"]
+    assert g["compress"]["tokens_kept"] == get_method("fastvid").budget(0.15, 8, 169)
+    assert set(m["engines"]["items"]) == {"vision.sm86", "compress.sm86"} and not m["engines"]["skipped"]
+
+
+def test_pipeline_from_artifacts_assembles_the_grid(video_export):
+    p = Pipeline.from_artifacts(video_export)
+    assert (p.vision.name, p.compressor.name, p.frames) == ("ort", "ort", 8)
+    answer = p.generate(sample_video(), max_new_tokens=2)
+    kept = answer.video_tokens
+    t = len(p.prompt_ids().before)
+    _, pos, span = _loop_layout(kept.tokens, kept.index, p.vision.image_newline, 8, SIDE)
+    assert torch.equal(answer.position_ids[t : t + len(pos)], t + pos)
+    assert answer.timings.uncompressed_video_tokens == span == 8 * 13 * 14
+    assert answer.timings.video_tokens == len(pos)
