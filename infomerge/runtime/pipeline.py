@@ -202,7 +202,7 @@ class Pipeline:
         """A pipeline over the checkpoint of backbone ``name`` (``tiny`` is built locally).
 
         Args:
-            name: registry name (``tiny``, ``ov-0.5b``, ``ov-7b``).
+            name: registry name (``tiny``, ``tiny-video``, ``ov-0.5b``, ``ov-7b``, ``llava-video-7b``).
             model_path: local checkpoint directory (default: resolved by
                 :func:`infomerge.backbones.loading.resolve_checkpoint`).
             vision_backend, compress_backend, llm: names in the backend registries
