@@ -10,7 +10,8 @@
   HF's vision tower and projector, its ``<video>`` expansion, ``masked_scatter`` and LLM do the rest;
 - compression on: prefill and cached decode logits == a plain HF forward of the language model
   given the same spliced embeddings and explicit positions (no cache);
-- every registered method runs on the backbone's 13 x 13 grid.
+- every registered method runs on the backbone's 13 x 13 grid (reference and fixed-budget form);
+- the export (13 x 13 graphs, TensorRT-RTX engines) and the ORT artifact pipeline.
 """
 
 from __future__ import annotations
@@ -220,6 +221,12 @@ def test_every_method_runs_on_the_13x13_grid(name, features):
     assert int(index.min()) >= 0 and int(index.max()) < 32 * 169 and bool((index[1:] > index[:-1]).all())
     assert out.tokens.shape == (len(index), BB.text_hidden)
     assert abs(len(index) - config.total_budget(32, 169)) <= 0.02 * config.total_budget(32, 169) + 4
+    # the fixed-budget (exported) form keeps exactly B of the 32 x 169 tokens
+    module = method.fixed_budget(config, 32, 169, BB.text_hidden).eval()
+    with torch.no_grad():
+        tokens, fixed = module(features.H, features.A, features.g)
+    assert fixed.shape == (config.total_budget(32, 169),) and tokens.shape == (len(fixed), BB.text_hidden)
+    assert int(fixed.max()) < 32 * 169 and bool((fixed[1:] > fixed[:-1]).all())
 
 
 # --- export, engines and the artifact pipeline -----------------------------------------------------
