@@ -269,3 +269,13 @@ def test_pipeline_from_artifacts_assembles_the_grid(video_export):
     assert torch.equal(answer.position_ids[t : t + len(pos)], t + pos)
     assert answer.timings.uncompressed_video_tokens == span == 8 * 13 * 14
     assert answer.timings.video_tokens == len(pos)
+
+
+def test_unified_inner_merge_is_skipped_with_a_note_on_the_grid(pipe, features, capsys):
+    unified = pipe.with_compression("unified", 0.15)
+    assert unified.inner_layer() is None
+    note = unified.info["inner_merge_note"]
+    assert "grid" in note and "outer stage only" in note
+    assert "note: unified" in capsys.readouterr().err
+    asm = unified.assemble(unified.compress(features))
+    assert unified.inner_merge(asm) is None
