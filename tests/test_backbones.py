@@ -37,7 +37,7 @@ def frames() -> torch.Tensor:
 
 # --- registry ----------------------------------------------------------------------------------
 def test_registry_numbers_and_configs():
-    assert set(BACKBONES) == {"tiny", "ov-0.5b", "ov-7b", "llava-video-7b"}
+    assert set(BACKBONES) == {"tiny", "tiny-video", "ov-0.5b", "ov-7b", "llava-video-7b"}
     ov7 = get_backbone("ov-7b")
     assert (ov7.text_hidden, ov7.text_layers, ov7.text_heads, ov7.text_kv_heads) == (3584, 28, 28, 4)
     assert (ov7.text_intermediate, ov7.text_vocab, ov7.frames, ov7.newline) == (18944, 152064, 32, "one")
@@ -45,17 +45,19 @@ def test_registry_numbers_and_configs():
     assert (ov05.text_hidden, ov05.text_layers, ov05.text_heads, ov05.text_kv_heads) == (896, 24, 14, 2)
     assert (ov05.text_intermediate, ov05.text_vocab) == (4864, 151936)
     lv = get_backbone("llava-video-7b")
-    assert (lv.frames, lv.newline, lv.text_hidden) == (64, "grid", 3584)
+    # LLaVA-NeXT's LLaVA-Video evaluation: 64 frames, avg_pool2d stride 2 (27 -> 13), grid newlines
+    assert (lv.frames, lv.newline, lv.pool, lv.text_hidden) == (64, "grid", "average", 3584)
     for bb in BACKBONES.values():
+        side = 13 if bb.pool == "average" else 14
         assert (bb.image_size, bb.patch, bb.patch_side, bb.pooled_side, bb.tokens_per_frame) == (
             384,
             14,
             27,
-            14,
-            196,
+            side,
+            side * side,
         )
     assert ov7.video_tokens == 32 * 196 + 1
-    assert lv.video_tokens == 64 * 14 * 15
+    assert lv.video_tokens == 64 * 13 * 14 == 11648
     cfg = ov7.llava_config()
     assert cfg.vision_config.num_hidden_layers == 26 and cfg.vision_config.hidden_size == 1152
     assert cfg.vision_config.vision_use_head is False and cfg.vision_feature_layer == -1

@@ -95,6 +95,26 @@ def test_hand_calculation_ov7b_int4_agx_orin_32gb():
     assert plan.fits
 
 
+def test_hand_calculation_llava_video_7b_grid_layout():
+    # LLaVA-Video-7B: 64 frames, 2x2 average pooling 27 -> 13 (N = 169), a newline after every row
+    plan = plan_memory("llava-video-7b", "agx-orin-32gb", "int4", 0.15)
+    r = rows(plan)
+    F, N, D = 64, 169, 3584
+    # B: T_s = floor(0.6 * 0.15 * 169) = 15 per frame, context round(0.4 * 0.15 * 64 * 169) = 649
+    B = 64 * 15 + 649
+    assert B == 1609 and plan.tokens == B
+    fn = F * N
+    assert r["Compression engine"].total == fn * D * 2 + fn * D * 4 + fn * fn * 4 + B * fn * 2 + B * D * 2
+    proj = F * T * (D_V + 2 * D) * 2 + F * N * D * 2
+    assert r["Vision engine"].runtime == max(F * T * 4 * D_V * 2 + F * H_V * T * T * 4, proj)
+    # newlines: one per row that keeps a token, at most all 64 x 13 rows
+    seq = B + 64 * 13 + 256
+    assert plan.seq == seq == 2697
+    assert r["KV cache"].runtime == 2 * 28 * 4 * 128 * seq * 2
+    # at r = 0.05 fewer tokens are kept (536) than there are rows: at most one newline per token
+    assert plan_memory("llava-video-7b", "agx-orin-32gb", "int4", 0.05).seq == 536 * 2 + 256
+
+
 def test_hand_calculation_ov05b_fp32_rtx4060_with_options():
     a = Assumptions(text_tokens=128, logits="last", vision_batch=8)
     plan = plan_memory("ov-0.5b", "rtx-4060-8gb", "fp32", 0.10, 16, a)

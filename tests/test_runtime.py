@@ -216,8 +216,14 @@ def test_cli_unknown_backbone(capsys):
     assert "tiny" in capsys.readouterr().err  # the message lists the choices
 
 
-def test_grid_layout_refused_before_download():
-    with pytest.raises(ArtifactError, match="grid"):
+def test_grid_layout_backbone_is_served(tmp_path, monkeypatch):
+    """llava-video-7b (newline after every row) is no longer refused: offline, without its
+    checkpoint, the error names the checkpoint and the flag, not the layout."""
+    from infomerge.errors import CheckpointNotFoundError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(CheckpointNotFoundError, match="LLaVA-Video-7B-Qwen2-hf.*--model-path"):
         Pipeline.from_backbone("llava-video-7b")
 
 

@@ -10,16 +10,25 @@ Sources: the LLaVA-OneVision pipeline (arXiv 2408.03326; summary in ``docs/expor
 ``llava-hf/llava-onevision-qwen2-7b-ov-hf`` and ``llava-hf/LLaVA-Video-7B-Qwen2-hf`` (Qwen2-0.5B /
 Qwen2-7B text models, SigLIP so400m/14-384 with its last layer removed: 26 layers, no head); the
 SigLIP head (post_layernorm + MAP head) of ``google/siglip-so400m-patch14-384``.
+
+LLaVA-Video's video layout (``llava-video-7b``, ``tiny-video``) is that of the original LLaVA-NeXT
+code (``llava/model/llava_arch.py``: ``get_2dPool`` with ``mm_spatial_pool_mode="average"``, stride
+2; ``add_token_per_grid`` for ``mm_newline_position="grid"``) and of its published evaluation
+(``docs/LLaVA_Video_1003.md``: lmms-eval ``llava_vid``, ``max_frames_num=64``,
+``mm_spatial_pool_mode=average``): 64 frames x 13 x (13 + 1) = 11,648 video tokens. Hugging Face's
+``LlavaOnevisionModel.get_video_features`` (bilinear 14 x 14, one newline) is NOT that layout; see
+``docs/backbones.md``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from infomerge.errors import UnknownBackboneError
 
 NewlineMode = Literal["one", "grid"]
+PoolMode = Literal["bilinear", "average"]
 
 SIGLIP_HEAD_ID = "google/siglip-so400m-patch14-384"
 # Token ids of the Qwen2 vocabulary used by the llava-hf checkpoints.
@@ -32,16 +41,20 @@ class Backbone:
     """One video LLM: checkpoint, frames, and the dimensions of its vision tower and LLM.
 
     Attributes:
-        name: registry key (``tiny``, ``ov-0.5b``, ``ov-7b``, ``llava-video-7b``).
+        name: registry key (``tiny``, ``tiny-video``, ``ov-0.5b``, ``ov-7b``, ``llava-video-7b``).
         hf_id: Hugging Face checkpoint id (``None`` for ``tiny``, which is built locally).
         frames: F, frames sampled per video.
-        newline: ``"one"``: one ``image_newline`` vector after all frames (OneVision video);
-            ``"grid"``: one per row of every frame (LLaVA-Video, as FastVID's variant).
+        newline: ``"one"``: one ``image_newline`` vector after all frames (OneVision video,
+            ``mm_newline_position="one_token"``); ``"grid"``: one after every pooled row of every
+            frame (LLaVA-Video, ``mm_newline_position="grid"``, LLaVA-NeXT ``add_token_per_grid``).
+        pool: ``mm_spatial_pool_mode`` with stride 2: ``"bilinear"`` (OneVision: 27 -> ceil(27/2)
+            = 14) or ``"average"`` (LLaVA-Video: ``avg_pool2d``, 27 -> floor(27/2) = 13).
         siglip_head_id: checkpoint of the SigLIP post_layernorm + MAP head (not part of the LLaVA
             checkpoints); ``None`` for ``tiny`` (the head ships inside its checkpoint).
         image_size: input side in pixels (384).
         patch: patch side in pixels (14): 27 x 27 = 729 patches.
-        pooled_side: side of the pooled grid (14): 196 tokens per frame.
+        pooled_side: side of the pooled grid: 14 (196 tokens per frame, bilinear) or 13 (169,
+            average).
         vision_hidden, vision_layers, vision_heads, vision_intermediate: SigLIP tower (and head).
         vision_layer_norm_eps: LayerNorm epsilon of the tower and head.
         text_*: Qwen2 decoder dimensions; ``text_hidden`` is D, the width of H.
@@ -64,6 +77,7 @@ class Backbone:
     text_rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = False
     siglip_head_id: str | None = SIGLIP_HEAD_ID
+    pool: PoolMode = "bilinear"
     image_size: int = 384
     patch: int = 14
     pooled_side: int = 14
@@ -93,13 +107,20 @@ class Backbone:
 
     @property
     def video_tokens(self) -> int:
-        """Video placeholder tokens of one uncompressed video, newline(s) included.
+        """Video placeholder tokens of one uncompressed video of :attr:`frames`, newline(s) included.
 
-        ``"one"``: F * N + 1 (6273 for 32 frames); ``"grid"``: F * side * (side + 1).
+        ``"one"``: F * N + 1 (6273 for 32 x 196); ``"grid"``: F * side * (side + 1) (11648 for
+        64 x 13 x 14).
         """
-        if self.newline == "one":
-            return self.frames * self.tokens_per_frame + 1
-        return self.frames * self.pooled_side * (self.pooled_side + 1)
+        return self.video_tokens_for(self.frames)
+
+    def video_tokens_for(self, frames: int) -> int:
+        """As :attr:`video_tokens` for ``frames`` frames (the runtime may sample another F)."""
+        return uncompressed_video_tokens(self.newline, frames, self.pooled_side)
+
+    def newline_tokens_for(self, frames: int) -> int:
+        """Newline vectors of one uncompressed video: 1 (``"one"``) or F * side (``"grid"``)."""
+        return 1 if self.newline == "one" else frames * self.pooled_side
 
     # --- transformers configs --------------------------------------------------------------
     def vision_config(self):
@@ -169,6 +190,21 @@ class Backbone:
         return self._siglip_config(self.vision_layers + 1, use_head=True)
 
 
+def uncompressed_video_tokens(newline: NewlineMode, frames: int, side: int) -> int:
+    """Video tokens of an uncompressed video, newlines included.
+
+    Args:
+        newline: ``"one"`` or ``"grid"`` (see :class:`Backbone`).
+        frames: F. side: the pooled grid side (N = side^2 tokens per frame).
+
+    Returns:
+        F * side^2 + 1 (``"one"``) or F * side * (side + 1) (``"grid"``: a newline closes every row).
+    """
+    if newline == "one":
+        return frames * side * side + 1
+    return frames * side * (side + 1)
+
+
 # Qwen2-7B text model shared by the 7B backbones.
 _QWEN2_7B = dict(
     text_hidden=3584,
@@ -204,8 +240,15 @@ TINY = Backbone(
     video_token_id=4,
 )
 
+# The LLaVA-Video layout on the tiny weights: 2x2 average pooling (13 x 13 = 169 tokens per frame),
+# a newline after every row. It reads the tiny checkpoint: a LLaVA-Video checkpoint in Hugging Face
+# format has exactly the LLaVA-OneVision tensors, only the video layout differs. 32 frames, not 64:
+# 64 x 182 = 11,648 video positions exceed the tiny LLM's 8,192-position context.
+TINY_VIDEO = replace(TINY, name="tiny-video", frames=32, newline="grid", pool="average", pooled_side=13)
+
 BACKBONES: dict[str, Backbone] = {
     "tiny": TINY,
+    "tiny-video": TINY_VIDEO,
     "ov-0.5b": Backbone(
         name="ov-0.5b",
         hf_id="llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
@@ -231,6 +274,8 @@ BACKBONES: dict[str, Backbone] = {
         hf_id="llava-hf/LLaVA-Video-7B-Qwen2-hf",
         frames=64,
         newline="grid",
+        pool="average",
+        pooled_side=13,
         **_QWEN2_7B,
     ),
 }
@@ -250,4 +295,14 @@ def get_backbone(name: str) -> Backbone:
         ) from None
 
 
-__all__ = ["BACKBONES", "SIGLIP_HEAD_ID", "Backbone", "NewlineMode", "get_backbone"]
+__all__ = [
+    "BACKBONES",
+    "SIGLIP_HEAD_ID",
+    "TINY",
+    "TINY_VIDEO",
+    "Backbone",
+    "NewlineMode",
+    "PoolMode",
+    "get_backbone",
+    "uncompressed_video_tokens",
+]

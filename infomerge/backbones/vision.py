@@ -16,6 +16,11 @@ transformers ``modeling_siglip`` (``SiglipEncoderLayer``,
 ``SiglipMultiheadAttentionPoolingHead``) and ``modeling_llava_onevision`` (``apply_pooling``),
 which the tests compare against.
 
+LLaVA-Video (``backbone.pool == "average"``): the same, pooled 27x27 -> 13x13 by 2 x 2 averaging
+(LLaVA-NeXT ``get_2dPool``, ``mm_spatial_pool_mode="average"``), N = 169; ``A`` and the optional
+outputs are pooled the same way (FastVID's LLaVA-Video code pools its saliency with
+``avg_pool2d`` too).
+
 Export notes: every reshape keeps the frame axis as ``-1`` (the traced graph is frame-count
 agnostic, see :mod:`infomerge.export.onnx_export`); the bilinear pooling is a constant (196, 729)
 matrix, so it exports as one MatMul (exactly ``F.interpolate``'s map); the tower's attention is
@@ -61,6 +66,35 @@ def bilinear_pool_matrix(side_in: int = 27, side_out: int = 14) -> torch.Tensor:
     eye = torch.eye(side_in * side_in, dtype=torch.float64, device="cpu").reshape(-1, 1, side_in, side_in)
     out = F.interpolate(eye, size=(side_out, side_out), mode="bilinear", align_corners=False)
     return out.reshape(side_in * side_in, side_out * side_out).T.contiguous().to(torch.float32)
+
+
+def average_pool_matrix(side_in: int = 27, side_out: int = 13) -> torch.Tensor:
+    """(side_out^2, side_in^2) float32 matrix P with ``P @ x.flatten() == avg_pool2d(x, 2).flatten()``.
+
+    LLaVA-NeXT ``get_2dPool`` with ``mm_spatial_pool_mode="average"`` (LLaVA-Video): 2 x 2 windows,
+    stride 2, no padding, so a 27 x 27 grid gives 13 x 13 and the last row and column are dropped.
+
+    Raises:
+        ValueError: ``side_out != side_in // 2``.
+    """
+    if side_out != side_in // 2:
+        raise ValueError(f"2 x 2 average pooling maps side {side_in} to {side_in // 2}, not {side_out}")
+    eye = torch.eye(side_in * side_in, dtype=torch.float64).reshape(-1, 1, side_in, side_in)
+    out = F.avg_pool2d(eye, kernel_size=2, stride=2)
+    return out.reshape(side_in * side_in, side_out * side_out).T.contiguous().to(torch.float32)
+
+
+def pool_matrix(mode: str, side_in: int, side_out: int) -> torch.Tensor:
+    """The (side_out^2, side_in^2) pooling map of ``mode`` (``"bilinear"`` or ``"average"``).
+
+    Raises:
+        ValueError: an unknown mode.
+    """
+    if mode == "bilinear":
+        return bilinear_pool_matrix(side_in, side_out)
+    if mode == "average":
+        return average_pool_matrix(side_in, side_out)
+    raise ValueError(f"unknown pooling mode {mode!r}; use 'bilinear' or 'average'")
 
 
 def _layer_norm(x: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
@@ -251,7 +285,8 @@ class VisionEncoder(nn.Module):
         compute_dtype: torch.float32 or torch.float16: dtype of the tower, projector and ``H``.
         vision_tower, multi_modal_projector, siglip_head: the three parts (HF parameter names).
         image_newline: (D,) float32 buffer, the LLaVA newline embedding.
-        pool: (196, 729) float32 buffer, the bilinear 27x27 -> 14x14 map.
+        pool: (N, 729) float32 buffer: the bilinear 27x27 -> 14x14 map (N = 196), or the 2 x 2
+            average 27x27 -> 13x13 map (N = 169) for ``backbone.pool == "average"`` (LLaVA-Video).
         extra_outputs: names of optional outputs :meth:`forward` returns after (H, A, g), in
             order, from :data:`EXTRA_OUTPUTS` (default none: the default graph).
     """
@@ -267,7 +302,7 @@ class VisionEncoder(nn.Module):
         self.siglip_head = SiglipHead(backbone)
         self.register_buffer("image_newline", torch.zeros(backbone.text_hidden), persistent=True)
         self.register_buffer(
-            "pool", bilinear_pool_matrix(backbone.patch_side, backbone.pooled_side), persistent=False
+            "pool", pool_matrix(backbone.pool, backbone.patch_side, backbone.pooled_side), persistent=False
         )
         self.extra_outputs: tuple[str, ...] = ()
         if dtype == torch.float16:
@@ -476,4 +511,13 @@ class VisionEncoder(nn.Module):
         )
 
 
-__all__ = ["EXTRA_OUTPUTS", "Projector", "SiglipHead", "SiglipTower", "VisionEncoder", "bilinear_pool_matrix"]
+__all__ = [
+    "EXTRA_OUTPUTS",
+    "Projector",
+    "SiglipHead",
+    "SiglipTower",
+    "VisionEncoder",
+    "average_pool_matrix",
+    "bilinear_pool_matrix",
+    "pool_matrix",
+]

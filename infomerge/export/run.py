@@ -127,6 +127,7 @@ def export(options: ExportOptions, console=None) -> Path:
             "siglip_head_id": bb.siglip_head_id,
             "frames": bb.frames,
             "newline": bb.newline,
+            "pool": bb.pool,
             "image_size": bb.image_size,
             "patch": bb.patch,
             "tokens_per_frame": bb.tokens_per_frame,

@@ -26,7 +26,9 @@ Rows (bytes; "act" = activation dtype size, 2 for fp16):
    quantized like the decoder linears; a tied one (Qwen2-0.5B) reuses the embedding table and adds
    nothing.
 4. **KV cache** at the compressed sequence: ``2 * layers * kv_heads * head_dim * seq * 2`` (fp16),
-   seq = B + newline tokens + text tokens (prompt template, question and answer; ``--text-tokens``).
+   seq = B + newline tokens + text tokens (prompt template, question and answer; ``--text-tokens``);
+   newline tokens: 1 for LLaVA-OneVision, at most ``min(F * side, B)`` for LLaVA-Video's grid
+   layout (one per pooled row that keeps a token).
 5. **LLM activations and workspace**: prefill of seq tokens with fused grouped-query attention (no
    score matrix): ``seq*(2D + max(2D + 2*kv_heads*head_dim, 3*d_ff))*act``, plus logits ``seq*vocab*act``
    (``--logits all``, the default: assumes the decoder returns the logits of every prompt position in
@@ -249,10 +251,10 @@ def _fmt(n: int) -> str:
     return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / MIB:.1f} MiB"
 
 
-def _newline_tokens(backbone, frames: int) -> int:
-    # "one": a single image_newline after all frames; "grid": one per pooled row of every frame,
-    # counted as in the uncompressed video (an upper bound once tokens are dropped).
-    return 1 if backbone.newline == "one" else frames * backbone.pooled_side
+def _newline_tokens(backbone, frames: int, tokens: int) -> int:
+    # "one": a single image_newline after all frames; "grid" (LLaVA-Video): one per pooled row that
+    # keeps a token (infomerge.runtime.embeddings.grid_layout), at most min(rows, kept tokens).
+    return 1 if backbone.newline == "one" else min(frames * backbone.pooled_side, tokens)
 
 
 @cache
@@ -359,14 +361,15 @@ def plan_memory(
     )
 
     # 4. KV cache
-    seq = tokens + _newline_tokens(bb, frames) + a.text_tokens
+    newlines = _newline_tokens(bb, frames, tokens)
+    seq = tokens + newlines + a.text_tokens
     kv_dtype = FP32 if llm_quant == "fp32" else FP16
     kv = Row(
         "KV cache",
         0,
         kv_cache_bytes(tc, seq, kv_dtype),
         f"{'fp32' if kv_dtype == FP32 else 'fp16'}, seq {seq}",
-        f"seq {seq} = {tokens} video + {_newline_tokens(bb, frames)} newline + {a.text_tokens} text tokens; "
+        f"seq {seq} = {tokens} video + {newlines} newline + {a.text_tokens} text tokens; "
         f"2 x {tc.num_hidden_layers} layers x {tc.num_key_value_heads} kv heads x {_head_dim(tc)} head dim "
         f"x {seq} x {kv_dtype} bytes",
     )

@@ -14,12 +14,15 @@ dropped tokens, and the first generated token takes position ``t + F*N + 1 + len
 length of the uncompressed prompt. With every token kept (no compression) the positions are
 ``0 .. T-1``, exactly those Hugging Face uses.
 
-Only the OneVision video layout (``newline="one"``: one ``image_newline`` vector after all frames)
-is supported.
+That is the OneVision video layout (``newline="one"``: one ``image_newline`` vector after all
+frames). LLaVA-Video's ``"grid"`` layout closes every row of every frame with a newline; there the
+kept tokens keep their positions in that layout and a row's newline is kept with its row
+(:func:`grid_layout`, FastVID's rule), so the uncompressed prompt is again positions ``0 .. T-1``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,11 +58,12 @@ class Assembled:
         position_ids: (1, T) int64 RoPE positions (with gaps where tokens were dropped).
         next_position: RoPE position of the first generated token: the uncompressed prompt
             length ``len(before) + F*N + 1 + len(after)``.
-        video_tokens: kept video tokens spliced in, the newline included (K + 1).
-        uncompressed_video_tokens: F*N + 1.
+        video_tokens: kept video tokens spliced in, newlines included (K + 1; grid: K + rows kept).
+        uncompressed_video_tokens: F*N + 1 (grid: F * side * (side + 1)).
         prompt: the :class:`PromptIds` the text came from.
-        video_span: ``(start, stop)``, the sequence rows of the kept video tokens (newline
-            excluded; it is row ``stop``): what the Unified inner-LLM merge works on.
+        video_span: ``(start, stop)``, the sequence rows of the kept video tokens (``"one"``: newline
+            excluded, it is row ``stop``: what the Unified inner-LLM merge works on; ``"grid"``:
+            every video row, the interleaved newlines included).
     """
 
     inputs_embeds: torch.Tensor
@@ -183,6 +187,33 @@ def check_context(next_position: int, max_new_tokens: int, context: int) -> None
         )
 
 
+def grid_layout(index: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of kept tokens and of the newlines kept with them in the ``"grid"`` layout.
+
+    The uncompressed LLaVA-Video layout (LLaVA-NeXT ``add_token_per_grid``) is, per frame, each
+    row of ``side`` tokens followed by one ``image_newline``: token ``(l, i, j)`` (frame ``l``,
+    row ``i``, column ``j``) sits at ``(l * side + i) * (side + 1) + j``, the newline closing row
+    ``(l, i)`` at ``(l * side + i) * (side + 1) + side``.
+
+    Under compression a row's newline is kept when at least one token of that row is kept, at its
+    original position; rows with nothing kept lose theirs (FastVID's LLaVA-Video code,
+    ``fastvid_llavavideo/.../modeling_qwen2.py``: ``newline_index = ((index // 14) + 1) * 14 - 1``,
+    then ``unique``). With every token kept this is the whole uncompressed layout.
+
+    Args:
+        index: (K,) int64 kept flat indices ``l * side^2 + i * side + j``, strictly increasing.
+        side: the pooled grid side (13 for LLaVA-Video).
+
+    Returns:
+        (token offsets (K,) int64, newline offsets (R,) int64 of the R rows with a kept token),
+        both relative to the first video position and increasing.
+    """
+    row = index // side  # global row l * side + i
+    tokens = row * (side + 1) + index % side
+    newlines = torch.unique(row) * (side + 1) + side
+    return tokens, newlines
+
+
 def assemble(
     embed: Callable[[Sequence[int]], torch.Tensor],
     prompt: PromptIds,
@@ -191,23 +222,30 @@ def assemble(
     newline: torch.Tensor,
     frames: int,
     tokens_per_frame: int,
+    newline_mode: str = "one",
 ) -> Assembled:
-    """Splice kept video tokens and the newline into the text embeddings; compute position ids.
+    """Splice kept video tokens and the newline(s) into the text embeddings; compute position ids.
+
+    ``newline_mode="one"`` (LLaVA-OneVision): the one newline follows all kept tokens, at position
+    ``t + F*N``. ``"grid"`` (LLaVA-Video): a newline closes every row that keeps a token, each
+    token and newline at its position in the uncompressed grid layout (:func:`grid_layout`).
 
     Args:
         embed: text token ids -> (n, D) embeddings (the LLM's ``embed_tokens``).
         prompt: the templated prompt split at ``<video>``.
         tokens: (K, D) kept video tokens, in the order of ``index``.
         index: (K,) int64 original flat positions ``l * N + p``, strictly increasing, in [0, F*N).
-        newline: (D,) the ``image_newline`` vector (one, after all frames: OneVision video).
+        newline: (D,) the ``image_newline`` vector.
         frames: F.
-        tokens_per_frame: N.
+        tokens_per_frame: N (a square, side^2, for ``"grid"``).
+        newline_mode: ``"one"`` or ``"grid"``.
 
     Returns:
         :class:`Assembled` in the dtype and on the device of ``tokens``.
 
     Raises:
-        ValueError: shapes disagree, or ``index`` is not strictly increasing within [0, F*N).
+        ValueError: shapes disagree, ``index`` is not strictly increasing within [0, F*N), an
+            unknown ``newline_mode``, or N not a square for ``"grid"``.
     """
     total = frames * tokens_per_frame
     if tokens.dim() != 2 or index.shape != (tokens.shape[0],) or newline.shape != (tokens.shape[1],):
@@ -222,28 +260,44 @@ def assemble(
         raise ValueError(f"assemble: index must be strictly increasing within [0, {total})")
     t, a = len(prompt.before), len(prompt.after)
     dtype, device = tokens.dtype, tokens.device
+    row = newline.view(1, -1).to(device=device, dtype=dtype)
+    if newline_mode == "one":
+        video = torch.cat([tokens, row])
+        offsets = torch.cat([index, torch.tensor([total], device=device)])
+        span = total + 1
+        video_span = (t, t + int(index.numel()))  # the newline is row video_span[1]
+    elif newline_mode == "grid":
+        side = math.isqrt(tokens_per_frame)
+        if side * side != tokens_per_frame:
+            raise ValueError(f"assemble: grid layout needs a square N, got {tokens_per_frame}")
+        tok_pos, nl_pos = grid_layout(index, side)
+        offsets, order = torch.sort(torch.cat([tok_pos, nl_pos]))
+        video = torch.cat([tokens, row.expand(int(nl_pos.numel()), -1)])[order]
+        span = frames * side * (side + 1)
+        video_span = (t, t + int(offsets.numel()))  # newlines interleaved: rows of the whole video
+    else:
+        raise ValueError(f"assemble: unknown newline mode {newline_mode!r}; use 'one' or 'grid'")
     parts = []
     if t:
         parts.append(embed(prompt.before).to(device=device, dtype=dtype))
-    parts += [tokens, newline.view(1, -1).to(device=device, dtype=dtype)]
+    parts.append(video)
     if a:
         parts.append(embed(prompt.after).to(device=device, dtype=dtype))
     positions = torch.cat(
         [
             torch.arange(t, device=device),
-            t + index,
-            torch.tensor([t + total], device=device),
-            torch.arange(t + total + 1, t + total + 1 + a, device=device),
+            t + offsets,
+            torch.arange(t + span, t + span + a, device=device),
         ]
     )
     return Assembled(
         inputs_embeds=torch.cat(parts).unsqueeze(0),
         position_ids=positions.unsqueeze(0),
-        next_position=t + total + 1 + a,
-        video_tokens=int(index.numel()) + 1,
-        uncompressed_video_tokens=total + 1,
+        next_position=t + span + a,
+        video_tokens=int(offsets.numel()),
+        uncompressed_video_tokens=span,
         prompt=prompt,
-        video_span=(t, t + int(index.numel())),
+        video_span=video_span,
     )
 
 
@@ -253,6 +307,7 @@ __all__ = [
     "PromptIds",
     "assemble",
     "check_context",
+    "grid_layout",
     "load_chat_template",
     "prompt_ids",
 ]

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from infomerge.artifacts.layout import COMPRESS_ONNX, LLM_DIR, LLM_GENAI_CONFIG, LLM_TOKENIZER
+from infomerge.backbones.registry import uncompressed_video_tokens
 from infomerge.compress.methods import get_method
 from infomerge.compress.unified_inner import InnerMerge, inner_keep
 from infomerge.engines.threads import apply_threads
@@ -207,7 +208,7 @@ class Pipeline:
         """A pipeline over the checkpoint of backbone ``name`` (``tiny`` is built locally).
 
         Args:
-            name: registry name (``tiny``, ``ov-0.5b``, ``ov-7b``).
+            name: registry name (``tiny``, ``tiny-video``, ``ov-0.5b``, ``ov-7b``, ``llava-video-7b``).
             model_path: local checkpoint directory (default: resolved by
                 :func:`infomerge.backbones.loading.resolve_checkpoint`).
             vision_backend, compress_backend, llm: names in the backend registries
@@ -324,6 +325,7 @@ class Pipeline:
         )
         bb = get_backbone(manifest["backbone"]["name"])
         _check_layout(bb)
+        _check_manifest_layout(root, manifest, bb)
         has_compress = (root / COMPRESS_ONNX).is_file()
         has_llm = (root / LLM_DIR).is_dir()
         if compress_backend is None:
@@ -490,7 +492,15 @@ class Pipeline:
         }
         if getattr(self.config, "inner_merge", False):
             info["inner_layer"] = self.inner_layer()
-            if self.llm.name != "torch":
+            if self.backbone.newline != "one":
+                note = (
+                    f"{method}: the inner-LLM merge is defined on one contiguous run of video tokens "
+                    f"(LLaVA-OneVision); backbone {self.backbone.name!r} interleaves a newline after "
+                    "every row ('grid'), for which it has no rule; running the outer stage only"
+                )
+                info["inner_merge_note"] = note
+                print(f"note: {note}", file=sys.stderr)
+            elif self.llm.name != "torch":
                 note = (
                     f"{method}: the inner-LLM merge needs the torch LLM backend (the {self.llm.name} "
                     "LLM is one graph); running the outer stage only"
@@ -540,6 +550,7 @@ class Pipeline:
             self.vision.image_newline.cpu(),
             self.frames,
             self.tokens_per_frame,
+            self.backbone.newline,
         )
 
     def prefill(self, assembled: Assembled, max_new_tokens: int = 1) -> np.ndarray:
@@ -562,9 +573,12 @@ class Pipeline:
 
         None: the method has no inner stage or it is switched off (``inner_merge=False``), or the LLM
         backend is not ``torch`` (only it runs the layer loop; the ``ort`` graph is one piece). K is
-        ``config.inner_layer`` clamped to depth - 1 (the tiny backbone has 2 layers: K = 1).
+        ``config.inner_layer`` clamped to depth - 1 (the tiny backbone has 2 layers: K = 1). None on a
+        ``"grid"`` backbone (LLaVA-Video): its newlines interleave the video rows.
         """
         if not getattr(self.config, "inner_merge", False) or self.llm.name != "torch":
+            return None
+        if self.backbone.newline != "one":  # grid newlines interleave the video rows
             return None
         depth = int(getattr(self.llm, "num_layers", 0))
         return min(int(self.config.inner_layer), depth - 1) if depth >= 2 else None
@@ -654,7 +668,7 @@ class Pipeline:
         with clock.stage("assemble"):
             ids = self.prompt_ids(prompt)  # overlaps with the decode thread
         # the prompt spans the uncompressed positions whatever is kept: fail before any video work
-        span = len(ids.before) + self.frames * self.tokens_per_frame + 1 + len(ids.after)
+        span = len(ids.before) + self.backbone.video_tokens_for(self.frames) + len(ids.after)
         check_context(span, max_new_tokens, self.llm.context)
         with clock.stage("video_decode_wait"):
             decoded = video.result() if isinstance(video, DecodeJob) else video
@@ -706,11 +720,27 @@ class Pipeline:
 
 
 def _check_layout(bb) -> None:
-    """Raise :class:`ArtifactError` for a backbone whose video layout the runtime cannot assemble."""
-    if bb.newline != "one":
+    """Raise :class:`ArtifactError` for a backbone whose video layout the runtime cannot assemble
+    (the runtime assembles ``"one"``, LLaVA-OneVision, and ``"grid"``, LLaVA-Video)."""
+    if bb.newline not in ("one", "grid"):
         raise ArtifactError(
-            f"backbone {bb.name!r} puts a newline after every row ('grid' layout); the runtime "
-            "supports the OneVision layout (one newline after all frames) only"
+            f"backbone {bb.name!r} has newline layout {bb.newline!r}; the runtime assembles 'one' "
+            "(one newline after all frames) and 'grid' (one after every row of every frame) only"
+        )
+
+
+def _check_manifest_layout(root: Path, manifest: dict, bb) -> None:
+    """Raise :class:`ArtifactError` when the artifacts' token grid or newline layout is not the
+    backbone's (e.g. a ``llava-video-7b`` export made before its 13 x 13 average pooling)."""
+    from infomerge.artifacts.manifest import reexport_command
+
+    got = manifest.get("backbone", {})
+    want = {"tokens_per_frame": bb.tokens_per_frame, "newline": bb.newline}
+    wrong = {k: got.get(k) for k, v in want.items() if k in got and got.get(k) != v}
+    if wrong:
+        raise ArtifactError(
+            f"{root}: artifacts have {wrong}, backbone {bb.name!r} has "
+            f"{ {k: want[k] for k in wrong} }; {reexport_command(manifest, root)}"
         )
 
 
@@ -757,7 +787,8 @@ def check_prompt_fits(
     model is loaded or any video decoded (only the tokenizer and the config files are read).
 
     The span is the uncompressed one whatever is kept (positions continue from it): text before the
-    video + ``frames * tokens_per_frame`` + 1 newline + text after.
+    video + ``frames * tokens_per_frame`` + the newline(s) of ``bb.newline`` (1, or one per row of
+    every frame) + text after.
 
     Args:
         text_source: the checkpoint directory or ``<artifacts>/llm`` (tokenizer, chat template,
@@ -783,7 +814,8 @@ def check_prompt_fits(
     tokenizer = AutoTokenizer.from_pretrained(str(src))
     placeholder = video_token_id(src, bb, tokenizer)
     ids = prompt_ids(tokenizer, load_chat_template(src, tokenizer), prompt, placeholder)
-    span = len(ids.before) + frames * tokens_per_frame + 1 + len(ids.after)
+    video = uncompressed_video_tokens(bb.newline, frames, math.isqrt(tokens_per_frame))
+    span = len(ids.before) + video + len(ids.after)
     context = None
     if (src / "config.json").is_file():
         cfg = json.loads((src / "config.json").read_text())
