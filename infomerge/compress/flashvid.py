@@ -80,7 +80,7 @@ from torch import nn
 
 from infomerge.compress._ops import check_features
 from infomerge.compress.dpc_knn import density
-from infomerge.compress.fixed_budget import compact, rank_asc, rank_desc
+from infomerge.compress.fixed_budget import _exp_neg, _pair_sq_dist, compact, rank_asc, rank_desc
 from infomerge.compress.methods import Method
 from infomerge.errors import BudgetError
 
@@ -502,35 +502,77 @@ class FixedBudgetFlashVID(nn.Module):
         return c, k
 
     def _dpc(self, v, roots, c, k):
-        """(centres (L, N) bool, join (L, N) int64): DPC-kNN per frame over its roots."""
-        L, N, D = v.shape
+        """(centres (L, N) bool, join (L, N) int64): DPC-kNN per frame over its roots.
+
+        Exact across backends (as the InfoMerge graph's density step, ``fixed_budget._density``):
+        the MatMul form of the squared distances (frame-centred) only CHOOSES pairs (a margin of
+        2 k_nn nearest, the k_nn nearest denser, the farthest, the 2 nearest centres); the chosen
+        pairs' d^2 are recomputed by fixed-order elementwise sums (``_pair_sq_dist``); "denser"
+        compares m = mean kNN d^2 (rho = exp(-m)); centres are ranked by
+        ``(rho delta)^2 / rho_max^2 = exp(-2 (m - m_min)) delta^2`` with the Mul/Add ``_exp_neg``
+        (no Exp or Sqrt, whose last bits differ between torch and ONNX Runtime).
+        """
+        L, N, D = self.frames, self.n, self.hidden
         dev = v.device
+        cols = torch.arange(N, device=dev)
         rf = roots.to(v.dtype)
-        centre = (v * rf.unsqueeze(-1)).sum(1, keepdim=True) / rf.sum(1).clamp_min(1.0).reshape(L, 1, 1)
-        y = v - centre  # frame-centred: a better-conditioned MatMul form
+        mean = (v * rf.unsqueeze(-1)).sum(1, keepdim=True) / rf.sum(1).clamp_min(1.0).reshape(L, 1, 1)
+        y = v - mean  # frame-centred: less cancellation in the MatMul form
         sq = (y * y).sum(-1)
         d2 = (sq.unsqueeze(2) + sq.unsqueeze(1) - 2.0 * (y @ y.transpose(1, 2))).clamp_min(0.0)
-        cols = torch.arange(N, device=dev)
-        eye = cols.unsqueeze(0) == cols.unsqueeze(1)
-        d = torch.where(eye, 0.0, torch.sqrt(d2)) / math.sqrt(D)  # (L, N, N)
+        d2 = torch.where(cols.unsqueeze(0) == cols.unsqueeze(1), 0.0, d2)  # (L, N, N) choice only
         valid = roots.unsqueeze(2) & roots.unsqueeze(1)
-        cur = torch.where(valid, d, _BIG)
+        vf = v.reshape(L * N, D)
+        row = (torch.arange(L, device=dev) * N).reshape(L, 1, 1) + cols.reshape(1, N, 1)
+        base = (torch.arange(L, device=dev) * N).reshape(L, 1, 1)
+
+        def exact(at: torch.Tensor) -> torch.Tensor:
+            """(L, N, j) exact d^2 / D from token i to the tokens ``at`` (L, N, j) of its frame."""
+            j = at.shape[-1]
+            rows = row.expand(L, N, j).reshape(-1)
+            return (_pair_sq_dist(vf, rows, (at + base).reshape(-1), D) / D).reshape(L, N, j)
+
+        def nearest(score: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+            """The ``count`` smallest entries' columns (L, N, count) and which are real (< _BIG)."""
+            at, ok = [], []
+            for _ in range(count):  # unrolled min-and-mask: no TopK
+                j = torch.argmin(score, dim=2, keepdim=True)
+                ok.append(torch.gather(score, 2, j) < _BIG / 2)
+                at.append(j)
+                score = torch.where(cols.reshape(1, 1, N) == j, _BIG, score)
+            return torch.cat(at, 2), torch.cat(ok, 2)
+
+        knn = self.config.knn
+        # m: mean of the k smallest exact d^2 (self included), k per frame, added in ascending order
+        at, ok = nearest(torch.where(valid, d2, _BIG), min(2 * knn, N))
+        near = torch.where(ok, exact(at), _BIG)
+        slots = torch.arange(near.shape[-1], device=dev).reshape(1, 1, -1)
         acc = torch.zeros(L, N, dtype=v.dtype, device=dev)
-        for j in range(self.config.knn):  # the k smallest of each row, k per frame
-            low = cur.amin(2)
-            acc = acc + torch.where(k.unsqueeze(1) > j, low * low, 0.0)
-            at = torch.argmin(cur, dim=2, keepdim=True)
-            cur = torch.where(cols.reshape(1, 1, N) == at, _BIG, cur)
-        rho = torch.exp(-acc / k.unsqueeze(1))  # (L, N)
-        ri, rj = rho.unsqueeze(2), rho.unsqueeze(1)
-        denser = valid & ((rj > ri) | ((rj == ri) & (cols.reshape(1, 1, N) < cols.reshape(1, N, 1))))
-        dmax = torch.where(valid, d, 0.0).amax(dim=(1, 2)).reshape(L, 1, 1)
-        delta = torch.where(denser, d, dmax).amin(2)
-        gamma = torch.where(roots, rho * delta, -math.inf)
-        centres = (rank_desc(gamma) < c.unsqueeze(1)) & roots
-        to_centre = torch.where(centres.unsqueeze(1), d, _BIG)
-        join = torch.where(centres, cols.unsqueeze(0), torch.argmin(to_centre, dim=2))
-        return centres, join
+        for j in range(min(knn, N)):
+            low = near.amin(2)
+            acc = acc + torch.where(k.unsqueeze(1) > j, low, 0.0)
+            near = torch.where(slots == torch.argmin(near, dim=2, keepdim=True), _BIG, near)
+        m = acc / k.unsqueeze(1)  # (L, N); rho = exp(-m)
+        # delta^2: exact d^2 to the nearest denser root (among the MatMul form's k_nn nearest)
+        mi, mj = m.unsqueeze(2), m.unsqueeze(1)
+        denser = valid & ((mj < mi) | ((mj == mi) & (cols.reshape(1, 1, N) < cols.reshape(1, N, 1))))
+        at, ok = nearest(torch.where(denser, d2, _BIG), min(knn, N))
+        to_denser = torch.where(ok, exact(at), _BIG).amin(2)
+        far = torch.argmax(torch.where(valid, d2, -1.0), dim=2, keepdim=True)  # each row's farthest
+        dmax2 = torch.where(roots, exact(far).squeeze(-1), 0.0).amax(1, keepdim=True)  # (L, 1)
+        delta2 = torch.where(denser.any(2), to_denser, dmax2)
+        m_min = torch.where(roots, m, _BIG).amin(1, keepdim=True)
+        score = _exp_neg(2.0 * (torch.where(roots, m, m_min) - m_min)) * delta2
+        centres = (rank_desc(torch.where(roots, score, -math.inf)) < c.unsqueeze(1)) & roots
+        # join: the nearer (exact) of the 2 nearest centres by the MatMul form; ties: lower position
+        at, ok = nearest(torch.where(centres.unsqueeze(1) & valid, d2, _BIG), min(2, N))
+        e = torch.where(ok, exact(at), _BIG)
+        if at.shape[-1] > 1:
+            second = (e[..., 1] < e[..., 0]) | ((e[..., 1] == e[..., 0]) & (at[..., 1] < at[..., 0]))
+            join = torch.where(second, at[..., 1], at[..., 0])
+        else:
+            join = at[..., 0]
+        return centres, torch.where(centres, cols.unsqueeze(0), join)
 
     def forward(
         self, H: torch.Tensor, A: torch.Tensor, g: torch.Tensor, attention: torch.Tensor | None = None
