@@ -95,6 +95,7 @@ MODULES = (
     "infomerge.compress.divprune",
     "infomerge.compress.dycoke",
     "infomerge.compress.visionzip",
+    "infomerge.compress.flashvid",
 )
 # fmt: on
 
