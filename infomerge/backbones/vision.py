@@ -79,7 +79,7 @@ def average_pool_matrix(side_in: int = 27, side_out: int = 13) -> torch.Tensor:
     """
     if side_out != side_in // 2:
         raise ValueError(f"2 x 2 average pooling maps side {side_in} to {side_in // 2}, not {side_out}")
-    eye = torch.eye(side_in * side_in, dtype=torch.float64).reshape(-1, 1, side_in, side_in)
+    eye = torch.eye(side_in * side_in, dtype=torch.float64, device="cpu").reshape(-1, 1, side_in, side_in)
     out = F.avg_pool2d(eye, kernel_size=2, stride=2)
     return out.reshape(side_in * side_in, side_out * side_out).T.contiguous().to(torch.float32)
 
@@ -456,7 +456,7 @@ class VisionEncoder(nn.Module):
             self.check_state(state)
             self.load_state_dict({k: state[k].to(v.dtype) for k, v in own.items()}, assign=True)
         bb = self.backbone
-        self.pool = bilinear_pool_matrix(bb.patch_side, bb.pooled_side)  # non-persistent buffer
+        self.pool = pool_matrix(bb.pool, bb.patch_side, bb.pooled_side)  # non-persistent buffer
 
     def check_state(self, state: dict[str, torch.Tensor]) -> None:
         """Every key of this module's state dict must be in ``state``, with the same shape
