@@ -279,3 +279,16 @@ def test_unified_inner_merge_is_skipped_with_a_note_on_the_grid(pipe, features, 
     assert "note: unified" in capsys.readouterr().err
     asm = unified.assemble(unified.compress(features))
     assert unified.inner_merge(asm) is None
+
+
+def test_artifacts_of_another_token_grid_are_refused(video_export, monkeypatch):
+    """An export made with another grid (e.g. llava-video-7b before its 13 x 13 pooling) is named,
+    with the re-export command, before any backend loads."""
+    from dataclasses import replace
+
+    from infomerge.backbones import registry
+    from infomerge.errors import ArtifactError
+
+    monkeypatch.setitem(registry.BACKBONES, "tiny-video", replace(BB, pool="bilinear", pooled_side=14))
+    with pytest.raises(ArtifactError, match=r"tokens_per_frame.*169.*196.*infomerge-export"):
+        Pipeline.from_artifacts(video_export)
