@@ -279,3 +279,42 @@ def test_unified_inner_merge_is_skipped_with_a_note_on_the_grid(pipe, features, 
     assert "note: unified" in capsys.readouterr().err
     asm = unified.assemble(unified.compress(features))
     assert unified.inner_merge(asm) is None
+
+
+def test_artifacts_of_another_token_grid_are_refused(video_export, monkeypatch):
+    """An export made with another grid (e.g. llava-video-7b before its 13 x 13 pooling) is named,
+    with the re-export command, before any backend loads."""
+    from dataclasses import replace
+
+    from infomerge.backbones import registry
+    from infomerge.errors import ArtifactError
+
+    monkeypatch.setitem(registry.BACKBONES, "tiny-video", replace(BB, pool="bilinear", pooled_side=14))
+    with pytest.raises(ArtifactError, match=r"tokens_per_frame.*169.*196.*infomerge-export"):
+        Pipeline.from_artifacts(video_export)
+
+
+@torch.no_grad()
+def test_saliency_is_the_siglip_head_attention_average_pooled(pipe, decoded, hf):
+    """A: the MAP head's probe attention (HF's ``nn.MultiheadAttention`` weights) pooled 2 x 2 by
+    ``avg_pool2d``, as FastVID's LLaVA-Video code pools it; g is untouched by the layout."""
+    from safetensors.torch import load_file
+    from transformers.models.siglip.modeling_siglip import SiglipMultiheadAttentionPoolingHead
+
+    from infomerge.backbones.tiny import SIGLIP_HEAD_SUBDIR
+
+    px = decoded.pixel_values[:4]
+    features = pipe.encode(px)
+    cfg = BB.siglip_head_config()
+    sd = load_file(f"{pipe.info['checkpoint']}/{SIGLIP_HEAD_SUBDIR}/model.safetensors")
+    head = SiglipMultiheadAttentionPoolingHead(cfg).eval()
+    post = torch.nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+    head.load_state_dict({k.removeprefix("vision_model.head."): v for k, v in sd.items() if ".head." in k})
+    post.load_state_dict(
+        {k.removeprefix("vision_model.post_layernorm."): v for k, v in sd.items() if "post_" in k}
+    )
+    y = post(hf.model.vision_tower(px, output_hidden_states=True).hidden_states[-1])
+    torch.testing.assert_close(features.g, head(y), rtol=1e-4, atol=1e-5)
+    _, w = head.attention(head.probe.repeat(4, 1, 1), y, y, need_weights=True, average_attn_weights=True)
+    ref_a = torch.nn.functional.avg_pool2d(w.reshape(4, 1, 27, 27), 2).reshape(4, 169)
+    torch.testing.assert_close(features.A, ref_a, rtol=1e-4, atol=1e-8)
