@@ -493,17 +493,19 @@ class FixedBudgetCompressor(nn.Module):
         The same arithmetic as :func:`~infomerge.compress.merge.merge_to_anchors` once per anchor
         rank (spec step 6, eqs. 12 and 31-34), without computing a similarity twice:
 
-        1. all anchors (at most R) in one list of R slots sorted by flat index;
-           ``sim = xn @ xn[slots]^T``, (LN, R) cosines;
-        2. per rank j: the columns of the rank-j slots (``K_j`` of them, gathered), other
-           segments' anchors masked, ArgMax (ties: the lower slot, as ArgMax in the merge contract);
-           a member takes part when its segment has rank-j anchors and is not itself a rank-j anchor;
+        1. all anchors (at most R) in one list of R slots sorted by flat index; one (LN, R + 1)
+           matmul of the anchors' normalised ``[x, sqrt(2) |x| onehot(segment)]`` (and a zero dummy row
+           for unused slots) against every token's: ``(cos + 2 [same segment]) / 3``, so a token's own
+           segment's anchors always win, in cosine order (as :meth:`_merge_per_rank`);
+        2. per rank j: the rows of the rank-j slots (``K_j`` of them, gathered) and ArgMax
+           (ties: the lower slot, as ArgMax in the merge contract); a member takes part when its
+           segment has rank-j anchors and is not itself a rank-j anchor;
         3. one (LN, R + J) 0/1 matrix ``W`` holding every (token, anchor) assignment of every rank,
            written by one ScatterElements with distinct indices (a non-member's entry goes to a
            dummy column of its rank);
         4. ``summed = W^T x``, ``n = W^T 1`` and :func:`~infomerge.compress.merge.combine_merge`.
 
-        Costs ``2 LN R D`` multiply-adds for the two matmuls plus ``LN sum K_j`` compares, against
+        Costs ``LN R (2 D + L)`` multiply-adds for the two matmuls plus ``LN sum K_j`` compares, against
         ``2 LN (D + L) sum K_j`` for :meth:`_merge_per_rank` (``sum K_j`` is about 4 R at L = 128).
 
         Returns:
@@ -513,9 +515,16 @@ class FixedBudgetCompressor(nn.Module):
         flat_n, dev = xf.shape[0], xf.device
         R = self.context_total
         slot_index, slot_used = compact(anchors_flat, R)  # (R,) flat positions, sorted
-        xn = xf / xf.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        sim = xn @ xn.index_select(0, slot_index).t()  # (LN, R) cosine to every anchor
-        seg_slot = torch.where(slot_used, seg_of_token.index_select(0, slot_index), -1)  # (R,)
+        # [x, sqrt(2) |x| onehot(segment)], normalised: the dot product is (cos + 2 [same segment]) / 3,
+        # the cosine order within a segment, and above every other segment's anchors
+        frame_ids = torch.arange(L, device=dev)
+        tag = (seg_of_token.unsqueeze(1) == frame_ids.unsqueeze(0)).to(xf.dtype)
+        xt = torch.cat([xf, tag * (math.sqrt(2.0) * xf.norm(dim=-1, keepdim=True))], dim=1)  # (LN, D + L)
+        xtn = xt / xt.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        dummy = torch.zeros(1, xt.shape[1], dtype=xf.dtype, device=dev)  # column R: 0, below any own anchor
+        sim_t = (
+            torch.cat([xtn.index_select(0, slot_index), dummy]) @ xtn.t()
+        )  # (R + 1, LN), rows gathered below
         rank_slot = rank_flat.index_select(0, slot_index)  # (R,)
         groups = list(enumerate(self.rank_slots)) if self.merge_scope == "anchor_frame" else [(0, R)]
         rows = torch.arange(flat_n, device=dev) * (R + len(groups))
@@ -526,15 +535,15 @@ class FixedBudgetCompressor(nn.Module):
             if self.merge_scope == "anchor_frame":
                 in_rank = rank_flat == j
                 cols, used = compact(slot_used & (rank_slot == j), kj)  # (K_j,) slots of rank j
-                s = sim.index_select(1, cols)  # (LN, K_j)
                 has = seg_anchors[j]  # (L,) rank-j anchors in each frame's segment
             else:
                 in_rank = torch.ones_like(anchors_flat)
-                cols, used, s = torch.arange(R, device=dev), slot_used, sim
+                cols, used = torch.arange(R, device=dev), slot_used
                 has = seg_anchors.sum(0)
-            same_seg = seg_of_token.unsqueeze(1) == seg_slot.index_select(0, cols).unsqueeze(0)  # (LN, K_j)
-            ok = same_seg & used.unsqueeze(0)
-            best = cols.index_select(0, torch.where(ok, s, -4.0).argmax(1))  # (LN,) slot in [0, R)
+            cols = torch.where(used, cols, R)  # unused slots read the dummy column
+            best = cols.index_select(
+                0, sim_t.index_select(0, cols).max(0).indices
+            )  # (LN,) first max: slot in [0, R)
             has_tok = (has > 0.5).unsqueeze(1).expand(L, flat_n // L).reshape(flat_n)
             member = cand_flat & has_tok & ~(anchors_flat & in_rank)
             targets.append(rows + torch.where(member, best, R + g_i))
@@ -709,6 +718,9 @@ def _tree_sum(t: torch.Tensor, width: int) -> torch.Tensor:
     return t[..., 0]
 
 
+_ROW_BLOCK = 64  # rows per block of :func:`_row_sq_dist` in eager mode (keeps its temporaries in cache)
+
+
 def _row_sq_dist(xf: torch.Tensor, cols: torch.Tensor, width: int) -> torch.Tensor:
     """``||xf[i] - xf[cols[i, t]]||^2`` (M, c) from elementwise ops only (Gather, Sub, Mul, Add).
 
@@ -718,15 +730,30 @@ def _row_sq_dist(xf: torch.Tensor, cols: torch.Tensor, width: int) -> torch.Tens
     Unlike a MatMul or ReduceSum, whose accumulation order is the kernel's, the result is
     bit-identical in torch and ONNX Runtime, and free of the Gram form's cancellation. Row ``i``
     is broadcast, not gathered, and the columns are summed in chunks of ``_SUM_CHUNK`` by
-    :func:`_tree_sum`: the same additions in the same order whatever the row count.
+    :func:`_tree_sum`: the same additions in the same order whatever the row count, so eager mode
+    works through blocks of ``_ROW_BLOCK`` rows (cache-sized temporaries; the graph, traced,
+    keeps one block: fewer nodes) and gets the same bits.
     """
+    m = cols.shape[0]
+    if torch.jit.is_tracing() or m <= _ROW_BLOCK:
+        return _row_block_sq_dist(xf, xf, cols, width)
+    return torch.cat(
+        [
+            _row_block_sq_dist(xf[r : r + _ROW_BLOCK], xf, cols[r : r + _ROW_BLOCK], width)
+            for r in range(0, m, _ROW_BLOCK)
+        ]
+    )
+
+
+def _row_block_sq_dist(rows: torch.Tensor, xf: torch.Tensor, cols: torch.Tensor, width: int) -> torch.Tensor:
+    """``||rows[i] - xf[cols[i, t]]||^2`` (m, c) for a block of rows (see :func:`_row_sq_dist`)."""
     m, c = cols.shape
     flat = cols.reshape(-1)
     total = None
     for c0 in range(0, width, _SUM_CHUNK):
-        part = xf[:, c0 : c0 + _SUM_CHUNK]
         w = min(_SUM_CHUNK, width - c0)
-        diff = part.unsqueeze(1) - part.index_select(0, flat).reshape(m, c, w)  # (M, c, w)
+        part = xf[:, c0 : c0 + w]
+        diff = rows[:, c0 : c0 + w].unsqueeze(1) - part.index_select(0, flat).reshape(m, c, w)  # (m, c, w)
         s = _tree_sum(diff * diff, w)
         total = s if total is None else total + s
     return total
