@@ -245,6 +245,13 @@ class FixedBudgetCompressor(nn.Module):
             for j in range(self.ranks)
         ]
         self.rank_slots = caps if merge_scope == "anchor_frame" else [self.context_total]  # K_j
+        # a rank-j anchor frame holds at most ceil(B_k / (j + 1)) <= ceil(R / (j + 1)) anchors and at
+        # most its N - T_s candidates: the blocked merge's window of slots per rank
+        self.window_slots = (
+            [max(1, min(N - self.salient_count, -(-R // (j + 1)))) for j in range(self.ranks)]
+            if merge_scope == "anchor_frame"
+            else [R]
+        )
         basis = sketch_basis(hidden) if (config.caba and richness == "estimate") else None
         self.use_sketch = basis is not None
         self.register_buffer("sketch", basis if basis is not None else torch.zeros(0), persistent=False)
@@ -428,7 +435,7 @@ class FixedBudgetCompressor(nn.Module):
         seg_anchors = (rank_of_frame.to(f32) * anchors_per_frame.unsqueeze(0)) @ same
         merge = self._merge_blocked if self.merge_impl is None else self._merge_per_rank
         merged_all, slot_of_token = merge(
-            xf, cand.reshape(flat_n), anchors_flat, seg_of_token, rank_flat, seg_anchors
+            xf, cand.reshape(flat_n), anchors_flat, seg_of_token, rank_flat, seg_anchors, to_end
         )
 
         # ---- step 7: sorted output ---------------------------------------------------------------
@@ -452,7 +459,7 @@ class FixedBudgetCompressor(nn.Module):
         )
 
     # ---- step 6b: the two merge forms ----------------------------------------------------------------
-    def _merge_per_rank(self, xf, cand_flat, anchors_flat, seg_of_token, rank_flat, seg_anchors):
+    def _merge_per_rank(self, xf, cand_flat, anchors_flat, seg_of_token, rank_flat, seg_anchors, to_end):
         """Step 6b through ``merge_impl``: one call per anchor rank j over the whole video.
 
         The anchors of rank j are compacted into ``K_j`` slots; the merge input is
@@ -487,7 +494,7 @@ class FixedBudgetCompressor(nn.Module):
         merged_all = torch.cat(merged_parts, 0) if merged_parts else xf[:1]
         return merged_all, slot_of_token
 
-    def _merge_blocked(self, xf, cand_flat, anchors_flat, seg_of_token, rank_flat, seg_anchors):
+    def _merge_blocked(self, xf, cand_flat, anchors_flat, seg_of_token, rank_flat, seg_anchors, to_end):
         """Step 6b, the default form: one similarity matmul, per-rank argmaxes, one summing matmul.
 
         The same arithmetic as :func:`~infomerge.compress.merge.merge_to_anchors` once per anchor
@@ -511,7 +518,7 @@ class FixedBudgetCompressor(nn.Module):
         Returns:
             ``(merged (R, D), slot_of_token (LN,) int64)``.
         """
-        cfg, L = self.config, self.frames
+        cfg, L, n = self.config, self.frames, self.n
         flat_n, dev = xf.shape[0], xf.device
         R = self.context_total
         slot_index, slot_used = compact(anchors_flat, R)  # (R,) flat positions, sorted
@@ -522,40 +529,38 @@ class FixedBudgetCompressor(nn.Module):
         xt = torch.cat([xf, tag * (math.sqrt(2.0) * xf.norm(dim=-1, keepdim=True))], dim=1)  # (LN, D + L)
         xtn = xt / xt.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         dummy = torch.zeros(1, xt.shape[1], dtype=xf.dtype, device=dev)  # column R: 0, below any own anchor
-        sim_t = (
-            torch.cat([xtn.index_select(0, slot_index), dummy]) @ xtn.t()
-        )  # (R + 1, LN), rows gathered below
-        rank_slot = rank_flat.index_select(0, slot_index)  # (R,)
-        groups = list(enumerate(self.rank_slots)) if self.merge_scope == "anchor_frame" else [(0, R)]
-        rows = torch.arange(flat_n, device=dev) * (R + len(groups))
+        sim = xtn @ torch.cat([xtn.index_select(0, slot_index), dummy]).t()  # (LN, R + 1)
+        rows = torch.arange(flat_n, device=dev) * (R + len(self.window_slots))
         targets, values = [], []
-        for g_i, (j, kj) in enumerate(groups):
-            if kj == 0:
-                continue
-            if self.merge_scope == "anchor_frame":
-                in_rank = rank_flat == j
-                cols, used = compact(slot_used & (rank_slot == j), kj)  # (K_j,) slots of rank j
-                has = seg_anchors[j]  # (L,) rank-j anchors in each frame's segment
-            else:
-                in_rank = torch.ones_like(anchors_flat)
-                cols, used = torch.arange(R, device=dev), slot_used
-                has = seg_anchors.sum(0)
-            cols = torch.where(used, cols, R)  # unused slots read the dummy column
-            best = cols.index_select(
-                0, sim_t.index_select(0, cols).max(0).indices
-            )  # (LN,) first max: slot in [0, R)
-            has_tok = (has > 0.5).unsqueeze(1).expand(L, flat_n // L).reshape(flat_n)
-            member = cand_flat & has_tok & ~(anchors_flat & in_rank)
-            targets.append(rows + torch.where(member, best, R + g_i))
+        if self.merge_scope == "segment":  # one pool per segment: ArgMax over every slot
+            cols = torch.where(slot_used, torch.arange(R, device=dev), R)
+            best = cols.index_select(0, sim.index_select(1, cols).max(1).indices)
+            has_tok = (seg_anchors.sum(0) > 0.5).unsqueeze(1).expand(L, n).reshape(flat_n)
+            member = cand_flat & has_tok & ~anchors_flat
+            targets.append(rows + torch.where(member, best, R))
             values.append(member.to(xf.dtype))
-        if not targets:
-            return xf.index_select(0, slot_index), torch.zeros(flat_n, dtype=torch.int64, device=dev)
-        width = R + len(groups)
+        else:  # per rank j: the window of slots of the rank-j anchor frame of each frame's segment
+            per_frame = anchors_flat.reshape(L, n).to(torch.int64).sum(1)  # (L,) anchors per frame
+            first = torch.cumsum(per_frame, 0) - per_frame  # (L,) slot of each frame's first anchor
+            sim3 = sim.reshape(L, n, R + 1)
+            p = cfg.anchor_interval
+            for j, width in enumerate(self.window_slots):
+                f = (frame_ids + to_end - j * p).clamp(0, L - 1)  # (L,) rank-j frame of l's segment
+                t = torch.arange(width, device=dev).unsqueeze(0)
+                inside = t < per_frame.index_select(0, f).unsqueeze(1)
+                win = torch.where(inside, first.index_select(0, f).unsqueeze(1) + t, R)  # (L, width) slots
+                pick = sim3.gather(2, win.unsqueeze(1).expand(L, n, width)).max(2).indices  # (L, N) first max
+                best = win.gather(1, pick).reshape(flat_n)  # (LN,) slot in [0, R)
+                has_tok = (seg_anchors[j] > 0.5).unsqueeze(1).expand(L, n).reshape(flat_n)
+                member = cand_flat & has_tok & ~(anchors_flat & (rank_flat == j))
+                targets.append(rows + torch.where(member, best, R + j))
+                values.append(member.to(xf.dtype))
+        width = R + len(self.window_slots)
         w = torch.zeros(flat_n * width, dtype=xf.dtype, device=dev)
         w = w.scatter(0, torch.cat(targets), torch.cat(values)).reshape(flat_n, width)  # (LN, R + J)
         summed = (w.t() @ xf)[:R]  # (R, D) sum of each anchor's assigned tokens
-        n = w.sum(0)[:R]  # (R,)
-        merged = combine_merge(xf.index_select(0, slot_index), summed, n, cfg.anchor_weight)
+        count = w.sum(0)[:R]  # (R,)
+        merged = combine_merge(xf.index_select(0, slot_index), summed, count, cfg.anchor_weight)
         slot_of_token = torch.where(anchors_flat, torch.cumsum(anchors_flat.to(torch.int64), 0) - 1, 0)
         return merged, slot_of_token
 
