@@ -36,6 +36,7 @@ from infomerge.compress.methods import get_method
 from infomerge.compress.unified_inner import InnerMerge, inner_keep
 from infomerge.errors import ArtifactError, BackendUnavailableError, BudgetError, UsageError
 from infomerge.runtime.backends import BackendSource, VideoTokens, VisionFeatures, backend_factory
+from infomerge.runtime.backends.torch import check_vision_dtype
 from infomerge.runtime.decode_thread import DecodedVideo, DecodeJob, decode_video
 from infomerge.runtime.embeddings import (
     DEFAULT_PROMPT,
@@ -197,6 +198,7 @@ class Pipeline:
         frames: int | None = None,
         compile_mode: str | None | bool = False,
         threads: int | None = None,
+        vision_dtype: str = "fp32",
     ) -> Pipeline:
         """A pipeline over the checkpoint of backbone ``name`` (``tiny`` is built locally).
 
@@ -217,9 +219,14 @@ class Pipeline:
             compile_mode: ``torch.compile`` the torch vision tower and LLM with this mode (None:
                 torch's default mode; False: no compilation).
             threads: intra-op threads of the ONNX Runtime LLM session (None: its default).
+            vision_dtype: ``"fp32"`` (default) or ``"bf16"``: the torch vision tower and projector
+                in bfloat16 (LayerNorms, softmax and the SigLIP head stay fp32; measured error and
+                speed in docs/benchmarks.md, "Vision tower in bf16").
 
         Raises:
             UnknownBackboneError, CheckpointNotFoundError: from the backbone registry / loader.
+            UsageError: ``vision_dtype`` other than fp32 / bf16, or bf16 with a non-torch vision
+                backend.
             ArtifactError: an ort/trt backend without ``artifacts``, or a mismatched directory.
             BackendUnavailableError: a backend whose package is not installed (names the extra).
             UnknownBackendError, UnknownMethodError, BudgetError: bad names or retention (checked
@@ -233,6 +240,7 @@ class Pipeline:
         bb = get_backbone(name)
         _check_layout(bb)  # before any download
         _check_names(vision_backend, compress_backend, llm, method, retention)
+        check_vision_dtype(vision_dtype, vision_backend)
         checkpoint = resolve_checkpoint(bb, model_path)
         pipe = cls._build(
             bb,
@@ -246,7 +254,12 @@ class Pipeline:
             retention=retention,
             device=device,
             frames=frames,
-            options={"siglip_path": siglip_path, "compile_mode": compile_mode, "threads": threads},
+            options={
+                "siglip_path": siglip_path,
+                "compile_mode": compile_mode,
+                "threads": threads,
+                "vision_dtype": vision_dtype,
+            },
         )
         pipe.load_ms = (time.perf_counter() - t0) * 1000.0
         return pipe

@@ -33,8 +33,8 @@ import time
 import torch
 
 from infomerge.backbones.vision import VisionEncoder
-from infomerge.compress.methods import METHODS
 from infomerge.compress.config import InfoMergeConfig
+from infomerge.compress.methods import METHODS
 from infomerge.compress.reference import reference
 from infomerge.video import load_frames, sample_video
 
@@ -64,16 +64,17 @@ def encode(enc: VisionEncoder, px: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return tuple(torch.cat([p[k] for p in parts]).float() for k in range(3))
 
 
-def _timed(fn) -> tuple[float, object]:
+def _timed(fn, *args) -> tuple[float, object]:
     t0 = time.perf_counter()
-    out = fn()
+    out = fn(*args)
     return time.perf_counter() - t0, out
 
 
 def _err(x: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     """(max |x - ref| / max |ref|, mean |x - ref| / mean |ref|)."""
     d = (x - ref).abs()
-    return float(d.max() / ref.abs().max().clamp_min(1e-30)), float(d.mean() / ref.abs().mean().clamp_min(1e-30))
+    peak, mean = ref.abs().max().clamp_min(1e-30), ref.abs().mean().clamp_min(1e-30)
+    return float(d.max() / peak), float(d.mean() / mean)
 
 
 def kept_share(ref_index: torch.Tensor, other_index: torch.Tensor) -> float:
@@ -94,9 +95,9 @@ def precision(backbone: str, videos, frames: int, repeat: int) -> list[dict]:
         px = frames_of(video, frames)
         t32, t16 = [], []
         for _ in range(repeat):  # interleaved
-            s, f32 = _timed(lambda: encode(enc32, px))
+            s, f32 = _timed(encode, enc32, px)
             t32.append(s)
-            s, f16 = _timed(lambda: encode(enc16, px))
+            s, f16 = _timed(encode, enc16, px)
             t16.append(s)
         row = {"backbone": backbone, "video": video, "frames": frames}
         for name, a, b in zip("HAg", f16, f32):
@@ -154,12 +155,12 @@ def dedup(backbone: str, videos, frames: int, thresholds, retention: float = 0.1
     rows = []
     for video in videos:
         px = frames_of(video, frames)
-        full_s, full = _timed(lambda: encode(enc, px))
+        full_s, full = _timed(encode, enc, px)
         base = _methods_kept(full, retention)
         for thr in thresholds:
             plan = duplicate_plan(px, thr)
             encoded = torch.unique(plan)
-            part_s, part = _timed(lambda: encode(enc, px[encoded]))
+            part_s, part = _timed(encode, enc, px[encoded])
             pos = torch.searchsorted(encoded, plan)
             feats = tuple(t[pos] for t in part)
             # the reused frames' features exactly; the encoded ones within batch-size rounding
