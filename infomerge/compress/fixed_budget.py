@@ -16,14 +16,20 @@ How each data-dependent step becomes static:
   and ``rank < k`` as a mask.
 - the penalty history P and the hard mask: a loop unrolled over the L frames, reset where a
   segment starts.
-- merging: :func:`~infomerge.compress.merge.merge_to_anchors` (or ``merge_impl``) once per anchor
-  rank j (the j-th anchor frame of a segment counted from its end), j = 0 .. ceil(L/p)-1, over the
-  whole video. The anchors of rank j are compacted into a static number of slots ``K_j`` (bound
-  below); a token takes part if its segment has a rank-j anchor frame. So that a token only picks
-  anchors of its own segment, the merge input is ``[x, sqrt(2) |x| onehot(segment)]``: cosine then
-  becomes ``(cos + 2 [same segment]) / 3``, the same order within a segment and always above any
-  other segment's anchor; the extra columns are dropped from the merged tokens, which are exactly
-  the merge of the original tokens.
+- merging (default): the merge of every anchor rank j (the j-th anchor frame of a segment counted
+  from its end), j = 0 .. ceil(L/p)-1, from ONE (LN, R) cosine matrix of every token against every
+  anchor (at most R = the context budget, compacted into R slots): per rank, the columns of its
+  anchors are gathered into a static number of slots ``K_j`` (bound below), other segments'
+  anchors are masked, and ArgMax picks each token's anchor; one ScatterElements writes every
+  (token, anchor) assignment of every rank into one 0/1 matrix W, and one ``W^T x`` matmul sums
+  each anchor's members (:meth:`FixedBudgetCompressor._merge_blocked`). Same decisions and
+  arithmetic as :func:`~infomerge.compress.merge.merge_to_anchors` per rank; the matmul work is
+  ``2 LN R D`` instead of ``2 LN (D + L) sum K_j`` (``sum K_j`` is about 4 R at L = 128).
+- merging with a ``merge_impl`` (the Triton kernel, the TensorRT plugin): one call per anchor rank
+  over the whole video, the rank-j anchors compacted into ``K_j`` slots, segment scope enforced
+  by the merge input ``[x, sqrt(2) |x| onehot(segment)]``: cosine then becomes ``(cos + 2 [same
+  segment]) / 3``, the same order within a segment and always above any other segment's anchor;
+  the extra columns are dropped from the merged tokens (:meth:`FixedBudgetCompressor._merge_per_rank`).
 - compaction (anchor slots, the output): a cumsum gives every True entry of a mask its slot and
   every False entry a distinct slot past the end; one plain ScatterElements (distinct indices, no
   reduction) writes the positions, and the first k slots are the sorted positions (:func:`compact`).
@@ -61,7 +67,7 @@ import torch
 from torch import nn
 
 from infomerge.compress.config import InfoMergeConfig
-from infomerge.compress.merge import merge_to_anchors
+from infomerge.compress.merge import combine_merge
 from infomerge.compress.richness import RICHNESS_MODES, renyi2_richness, segment_richness_exact, sketch_basis
 
 MergeImpl = Callable[..., torch.Tensor]
@@ -180,9 +186,10 @@ class FixedBudgetCompressor(nn.Module):
         frames: L, the static frame count.
         tokens_per_frame: N (196 for LLaVA-OneVision).
         hidden: D, the token width.
-        merge_impl: callable with the signature of
-            :func:`infomerge.compress.merge.merge_to_anchors`; ALL merging goes through it (once
-            per anchor rank, ``ceil(L / p)`` calls).
+        merge_impl: None (default: the blocked merge, one similarity and one summing matmul for
+            all anchor ranks) or a callable with the signature of
+            :func:`infomerge.compress.merge.merge_to_anchors`; then ALL merging goes through it
+            (once per anchor rank, ``ceil(L / p)`` calls; what the fused merge kernels plug into).
         richness: ``"estimate"`` (in-graph Renyi-2 estimate, default) or ``"input"`` (the paper's
             entropy computed outside, passed to :meth:`forward` as ``richness``); see
             :mod:`infomerge.compress.richness`. Ignored when CABA is off.
@@ -204,7 +211,7 @@ class FixedBudgetCompressor(nn.Module):
         frames: int,
         tokens_per_frame: int,
         hidden: int,
-        merge_impl: MergeImpl = merge_to_anchors,
+        merge_impl: MergeImpl | None = None,
         richness: str = "estimate",
         merge_scope: str = "anchor_frame",
     ):
@@ -238,6 +245,13 @@ class FixedBudgetCompressor(nn.Module):
             for j in range(self.ranks)
         ]
         self.rank_slots = caps if merge_scope == "anchor_frame" else [self.context_total]  # K_j
+        # a rank-j anchor frame holds at most ceil(B_k / (j + 1)) <= ceil(R / (j + 1)) anchors and at
+        # most its N - T_s candidates: the blocked merge's window of slots per rank
+        self.window_slots = (
+            [max(1, min(N - self.salient_count, -(-R // (j + 1)))) for j in range(self.ranks)]
+            if merge_scope == "anchor_frame"
+            else [R]
+        )
         basis = sketch_basis(hidden) if (config.caba and richness == "estimate") else None
         self.use_sketch = basis is not None
         self.register_buffer("sketch", basis if basis is not None else torch.zeros(0), persistent=False)
@@ -407,13 +421,10 @@ class FixedBudgetCompressor(nn.Module):
         filled = take_by_key.gather(0, key).reshape(L, N)
         kept = kept | filled
 
-        # ---- step 6b: merge, once per anchor rank ----------------------------------------------
+        # ---- step 6b: merge -----------------------------------------------------------------------
         xf = hp.reshape(flat_n, D)
-        norm = xf.norm(dim=-1, keepdim=True)
-        seg_of_token = segment.unsqueeze(1).expand(L, N).reshape(flat_n)
-        tag = (seg_of_token.unsqueeze(1) == frame_ids.unsqueeze(0)).to(f32) * (math.sqrt(2.0) * norm)
-        xt = torch.cat([xf, tag], dim=1)  # (LN, D + L)
         anchors_flat = anchors.reshape(flat_n)
+        seg_of_token = segment.unsqueeze(1).expand(L, N).reshape(flat_n)
         rank_flat = anchor_rank.unsqueeze(1).expand(L, N).reshape(flat_n)
         # a candidate takes part in a rank-j merge only if its segment HAS rank-j anchors: a
         # rank-j anchor frame with 0 anchors (low retention) would otherwise send its segment's
@@ -422,22 +433,10 @@ class FixedBudgetCompressor(nn.Module):
         rank_of_frame = anchor_rank.unsqueeze(0) == frame_ids.unsqueeze(1)  # (J=L, L): frame l has rank j
         # (J, L): rank-j anchors in each frame's segment
         seg_anchors = (rank_of_frame.to(f32) * anchors_per_frame.unsqueeze(0)) @ same
-        merged_parts, slot_of_token = [], torch.zeros(flat_n, dtype=torch.int64, device=dev)
-        offset = 0
-        for j, kj in enumerate(self.rank_slots):
-            if kj == 0:
-                continue
-            am = anchors_flat & (rank_flat == j) if self.merge_scope == "anchor_frame" else anchors_flat
-            pos = torch.cumsum(am.to(torch.int64), 0) - 1
-            slot_index, slot_used = compact(am, kj)
-            slot_valid = slot_used.to(f32)
-            has = seg_anchors[j] if self.merge_scope == "anchor_frame" else seg_anchors.sum(0)  # (L,)
-            member = (cand & (has > 0.5).unsqueeze(1)).reshape(flat_n).to(f32)
-            merged = self.merge_impl(xt, member, slot_index, slot_valid, cfg.anchor_weight)
-            merged_parts.append(merged[:, :D])
-            slot_of_token = slot_of_token + am.to(torch.int64) * (pos + offset)
-            offset += kj
-        merged_all = torch.cat(merged_parts, 0) if merged_parts else xf[:1]
+        merge = self._merge_blocked if self.merge_impl is None else self._merge_per_rank
+        merged_all, slot_of_token = merge(
+            xf, cand.reshape(flat_n), anchors_flat, seg_of_token, rank_flat, seg_anchors, to_end
+        )
 
         # ---- step 7: sorted output ---------------------------------------------------------------
         B = self.budget
@@ -458,6 +457,112 @@ class FixedBudgetCompressor(nn.Module):
             tokens=tokens,
             index=index,
         )
+
+    # ---- step 6b: the two merge forms ----------------------------------------------------------------
+    def _merge_per_rank(self, xf, cand_flat, anchors_flat, seg_of_token, rank_flat, seg_anchors, to_end):
+        """Step 6b through ``merge_impl``: one call per anchor rank j over the whole video.
+
+        The anchors of rank j are compacted into ``K_j`` slots; the merge input is
+        ``[x, sqrt(2) |x| onehot(segment)]`` so that a token only picks anchors of its own segment
+        (cosine becomes ``(cos + 2 [same segment]) / 3``). Costs ``LN x sum K_j x (D + L)`` (about
+        ``4 R LN D`` at L = 128): the form for fused kernels (Triton, the TensorRT plugin).
+
+        Returns:
+            ``(merged (S, D), slot_of_token (LN,) int64)``: the merged tokens and, for every anchor
+            token, its row in ``merged``.
+        """
+        cfg, L, D = self.config, self.frames, self.hidden
+        flat_n, dev = xf.shape[0], xf.device
+        frame_ids = torch.arange(L, device=dev)
+        norm = xf.norm(dim=-1, keepdim=True)
+        tag = (seg_of_token.unsqueeze(1) == frame_ids.unsqueeze(0)).to(xf.dtype) * (math.sqrt(2.0) * norm)
+        xt = torch.cat([xf, tag], dim=1)  # (LN, D + L)
+        merged_parts, slot_of_token = [], torch.zeros(flat_n, dtype=torch.int64, device=dev)
+        offset = 0
+        for j, kj in enumerate(self.rank_slots):
+            if kj == 0:
+                continue
+            am = anchors_flat & (rank_flat == j) if self.merge_scope == "anchor_frame" else anchors_flat
+            pos = torch.cumsum(am.to(torch.int64), 0) - 1
+            slot_index, slot_used = compact(am, kj)
+            has = seg_anchors[j] if self.merge_scope == "anchor_frame" else seg_anchors.sum(0)  # (L,)
+            member = (cand_flat.reshape(L, -1) & (has > 0.5).unsqueeze(1)).reshape(flat_n).to(xf.dtype)
+            merged = self.merge_impl(xt, member, slot_index, slot_used.to(xf.dtype), cfg.anchor_weight)
+            merged_parts.append(merged[:, :D])
+            slot_of_token = slot_of_token + am.to(torch.int64) * (pos + offset)
+            offset += kj
+        merged_all = torch.cat(merged_parts, 0) if merged_parts else xf[:1]
+        return merged_all, slot_of_token
+
+    def _merge_blocked(self, xf, cand_flat, anchors_flat, seg_of_token, rank_flat, seg_anchors, to_end):
+        """Step 6b, the default form: one similarity matmul, per-rank argmaxes, one summing matmul.
+
+        The same arithmetic as :func:`~infomerge.compress.merge.merge_to_anchors` once per anchor
+        rank (spec step 6, eqs. 12 and 31-34), without computing a similarity twice:
+
+        1. all anchors (at most R) in one list of R slots sorted by flat index; one (LN, R + 1)
+           matmul of the anchors' normalised ``[x, sqrt(2) |x| onehot(segment)]`` (and a zero dummy row
+           for unused slots) against every token's: ``(cos + 2 [same segment]) / 3``, so a token's own
+           segment's anchors always win, in cosine order (as :meth:`_merge_per_rank`);
+        2. per rank j: the rows of the rank-j slots (``K_j`` of them, gathered) and ArgMax
+           (ties: the lower slot, as ArgMax in the merge contract); a member takes part when its
+           segment has rank-j anchors and is not itself a rank-j anchor;
+        3. one (LN, R + J) 0/1 matrix ``W`` holding every (token, anchor) assignment of every rank,
+           written by one ScatterElements with distinct indices (a non-member's entry goes to a
+           dummy column of its rank);
+        4. ``summed = W^T x``, ``n = W^T 1`` and :func:`~infomerge.compress.merge.combine_merge`.
+
+        Costs ``LN R (2 D + L)`` multiply-adds for the two matmuls plus ``LN sum K_j`` compares, against
+        ``2 LN (D + L) sum K_j`` for :meth:`_merge_per_rank` (``sum K_j`` is about 4 R at L = 128).
+
+        Returns:
+            ``(merged (R, D), slot_of_token (LN,) int64)``.
+        """
+        cfg, L, n = self.config, self.frames, self.n
+        flat_n, dev = xf.shape[0], xf.device
+        R = self.context_total
+        slot_index, slot_used = compact(anchors_flat, R)  # (R,) flat positions, sorted
+        # [x, sqrt(2) |x| onehot(segment)], normalised: the dot product is (cos + 2 [same segment]) / 3,
+        # the cosine order within a segment, and above every other segment's anchors
+        frame_ids = torch.arange(L, device=dev)
+        tag = (seg_of_token.unsqueeze(1) == frame_ids.unsqueeze(0)).to(xf.dtype)
+        xt = torch.cat([xf, tag * (math.sqrt(2.0) * xf.norm(dim=-1, keepdim=True))], dim=1)  # (LN, D + L)
+        xtn = xt / xt.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        dummy = torch.zeros(1, xt.shape[1], dtype=xf.dtype, device=dev)  # column R: 0, below any own anchor
+        sim = xtn @ torch.cat([xtn.index_select(0, slot_index), dummy]).t()  # (LN, R + 1)
+        rows = torch.arange(flat_n, device=dev) * (R + len(self.window_slots))
+        targets, values = [], []
+        if self.merge_scope == "segment":  # one pool per segment: ArgMax over every slot
+            cols = torch.where(slot_used, torch.arange(R, device=dev), R)
+            best = cols.index_select(0, sim.index_select(1, cols).max(1).indices)
+            has_tok = (seg_anchors.sum(0) > 0.5).unsqueeze(1).expand(L, n).reshape(flat_n)
+            member = cand_flat & has_tok & ~anchors_flat
+            targets.append(rows + torch.where(member, best, R))
+            values.append(member.to(xf.dtype))
+        else:  # per rank j: the window of slots of the rank-j anchor frame of each frame's segment
+            per_frame = anchors_flat.reshape(L, n).to(torch.int64).sum(1)  # (L,) anchors per frame
+            first = torch.cumsum(per_frame, 0) - per_frame  # (L,) slot of each frame's first anchor
+            sim3 = sim.reshape(L, n, R + 1)
+            p = cfg.anchor_interval
+            for j, width in enumerate(self.window_slots):
+                f = (frame_ids + to_end - j * p).clamp(0, L - 1)  # (L,) rank-j frame of l's segment
+                t = torch.arange(width, device=dev).unsqueeze(0)
+                inside = t < per_frame.index_select(0, f).unsqueeze(1)
+                win = torch.where(inside, first.index_select(0, f).unsqueeze(1) + t, R)  # (L, width) slots
+                pick = sim3.gather(2, win.unsqueeze(1).expand(L, n, width)).max(2).indices  # (L, N) first max
+                best = win.gather(1, pick).reshape(flat_n)  # (LN,) slot in [0, R)
+                has_tok = (seg_anchors[j] > 0.5).unsqueeze(1).expand(L, n).reshape(flat_n)
+                member = cand_flat & has_tok & ~(anchors_flat & (rank_flat == j))
+                targets.append(rows + torch.where(member, best, R + j))
+                values.append(member.to(xf.dtype))
+        width = R + len(self.window_slots)
+        w = torch.zeros(flat_n * width, dtype=xf.dtype, device=dev)
+        w = w.scatter(0, torch.cat(targets), torch.cat(values)).reshape(flat_n, width)  # (LN, R + J)
+        summed = (w.t() @ xf)[:R]  # (R, D) sum of each anchor's assigned tokens
+        count = w.sum(0)[:R]  # (R,)
+        merged = combine_merge(xf.index_select(0, slot_index), summed, count, cfg.anchor_weight)
+        slot_of_token = torch.where(anchors_flat, torch.cumsum(anchors_flat.to(torch.int64), 0) - 1, 0)
+        return merged, slot_of_token
 
     # ---- helpers -----------------------------------------------------------------------------------
     def _segment(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -515,7 +620,7 @@ class FixedBudgetCompressor(nn.Module):
         (the 2 k_nn nearest, the k_nn nearest denser, the farthest): its accumulation order is the
         BLAS's, and for near neighbours its cancellation leaves ~1e-5 relative noise. The chosen
         pairs' ``d^2`` are recomputed as sums of squared differences with a fixed order of
-        elementwise adds (:func:`_pair_sq_dist`). "j denser than i" compares the exponent
+        elementwise adds (:func:`_row_sq_dist`). "j denser than i" compares the exponent
         ``m = mean kNN d^2`` (``m_j < m_i``; equal ``m``: the lower index under
         ``density_ties="index"``, never under ``"strict"``), not ``rho = exp(-m)``: the same
         order wherever fp32 ``exp`` keeps two ``m`` apart, without the ties fp32 rounding creates
@@ -537,14 +642,12 @@ class FixedBudgetCompressor(nn.Module):
         pair = cand.unsqueeze(-1) & cand.unsqueeze(-2)
         big = 3.0e38
         xf = x.reshape(L * N, D)
-        row_base = (torch.arange(L, device=dev) * N).reshape(L, 1, 1) + idx.reshape(1, N, 1)  # flat i
         frame_base = (torch.arange(L, device=dev) * N).reshape(L, 1, 1)
 
         def exact(cols: torch.Tensor) -> torch.Tensor:
             """(L, N, c) exact d^2 / D between token i and the tokens ``cols`` of its frame."""
             c = cols.shape[-1]
-            rows = row_base.expand(L, N, c).reshape(-1)
-            return (_pair_sq_dist(xf, rows, (cols + frame_base).reshape(-1), D) / D).reshape(L, N, c)
+            return (_row_sq_dist(xf, (cols + frame_base).reshape(L * N, c), D) / D).reshape(L, N, c)
 
         # rho: mean of the k smallest d^2 (self included); candidates chosen on the mm form with a
         # margin, their exact d^2 ranked again, the k smallest summed in ascending order
@@ -606,7 +709,7 @@ def _exp_neg(m: torch.Tensor) -> torch.Tensor:
     return p
 
 
-_SUM_CHUNK = 512  # columns per chunk of :func:`_pair_sq_dist` (bounds its (P, chunk) temporaries)
+_SUM_CHUNK = 512  # columns per chunk of :func:`_row_sq_dist` (bounds its (M, c, chunk) temporaries)
 
 
 def _tree_sum(t: torch.Tensor, width: int) -> torch.Tensor:
@@ -620,17 +723,43 @@ def _tree_sum(t: torch.Tensor, width: int) -> torch.Tensor:
     return t[..., 0]
 
 
-def _pair_sq_dist(xf: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, width: int) -> torch.Tensor:
-    """``||xf[rows] - xf[cols]||^2`` (P,) from elementwise ops only (Gather, Sub, Mul, Add).
+_ROW_BLOCK = 64  # rows per block of :func:`_row_sq_dist` in eager mode (keeps its temporaries in cache)
+
+
+def _row_sq_dist(xf: torch.Tensor, cols: torch.Tensor, width: int) -> torch.Tensor:
+    """``||xf[i] - xf[cols[i, t]]||^2`` (M, c) from elementwise ops only (Gather, Sub, Mul, Add).
+
+    Args:
+        xf: (M, D) float32 tokens. cols: (M, c) int64 partner of each token. width: D (static).
 
     Unlike a MatMul or ReduceSum, whose accumulation order is the kernel's, the result is
-    bit-identical in torch and ONNX Runtime, and free of the Gram form's cancellation.
+    bit-identical in torch and ONNX Runtime, and free of the Gram form's cancellation. Row ``i``
+    is broadcast, not gathered, and the columns are summed in chunks of ``_SUM_CHUNK`` by
+    :func:`_tree_sum`: the same additions in the same order whatever the row count, so eager mode
+    works through blocks of ``_ROW_BLOCK`` rows (cache-sized temporaries; the graph, traced,
+    keeps one block: fewer nodes) and gets the same bits.
     """
+    m = cols.shape[0]
+    if torch.jit.is_tracing() or m <= _ROW_BLOCK:
+        return _row_block_sq_dist(xf, xf, cols, width)
+    return torch.cat(
+        [
+            _row_block_sq_dist(xf[r : r + _ROW_BLOCK], xf, cols[r : r + _ROW_BLOCK], width)
+            for r in range(0, m, _ROW_BLOCK)
+        ]
+    )
+
+
+def _row_block_sq_dist(rows: torch.Tensor, xf: torch.Tensor, cols: torch.Tensor, width: int) -> torch.Tensor:
+    """``||rows[i] - xf[cols[i, t]]||^2`` (m, c) for a block of rows (see :func:`_row_sq_dist`)."""
+    m, c = cols.shape
+    flat = cols.reshape(-1)
     total = None
     for c0 in range(0, width, _SUM_CHUNK):
-        part = xf[:, c0 : c0 + _SUM_CHUNK]
-        diff = part.index_select(0, rows) - part.index_select(0, cols)
-        s = _tree_sum(diff * diff, min(_SUM_CHUNK, width - c0))
+        w = min(_SUM_CHUNK, width - c0)
+        part = xf[:, c0 : c0 + w]
+        diff = rows[:, c0 : c0 + w].unsqueeze(1) - part.index_select(0, flat).reshape(m, c, w)  # (m, c, w)
+        s = _tree_sum(diff * diff, w)
         total = s if total is None else total + s
     return total
 

@@ -93,7 +93,24 @@ def merge_to_anchors(
     n = assign.sum(-2)  # (..., K) tokens assigned to each anchor
     summed = assign.transpose(-1, -2) @ x.to(acc)  # (..., K, D)
     anchors = torch.gather(x, -2, anchor_index.unsqueeze(-1).expand(*anchor_index.shape, x.shape[-1]))
-    mean = (anchors.to(acc) + summed) / (n + 1.0).unsqueeze(-1)
+    return combine_merge(anchors.to(acc), summed, n, mu).to(x.dtype)
+
+
+def combine_merge(anchors: torch.Tensor, summed: torch.Tensor, n: torch.Tensor, mu: float) -> torch.Tensor:
+    """The merged tokens from each anchor, the sum of its assigned tokens and their count.
+
+    ``merged = w * anchor + (1 - w) * (anchor + summed) / (n + 1)``, ``w = max(1 / (n + 1), mu)``
+    (spec step 6, eq. 12; FastVID's DTM with ``DTM_beta = mu``).
+
+    Args:
+        anchors: (..., K, D) anchor tokens (float32 or float64).
+        summed: (..., K, D) sum of the tokens assigned to each anchor (the anchor not included).
+        n: (..., K) number of those tokens, same dtype.
+        mu: anchor weight, 0.6 in the paper.
+
+    Returns:
+        (..., K, D) merged tokens in ``anchors``' dtype.
+    """
+    mean = (anchors + summed) / (n + 1.0).unsqueeze(-1)
     w = torch.maximum(1.0 / (n + 1.0), torch.full_like(n, float(mu))).unsqueeze(-1)
-    merged = w * anchors.to(acc) + (1.0 - w) * mean
-    return merged.to(x.dtype)
+    return w * anchors + (1.0 - w) * mean

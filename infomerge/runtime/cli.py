@@ -100,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument(
+        "--vision-dtype",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="torch vision backend: fp32 (default) or bf16 tower and projector (faster on CPUs with "
+        "AMX/AVX512-BF16; about 1%% error in H, see docs/benchmarks.md)",
+    )
+    p.add_argument(
         "--save-viz",
         metavar="PNG",
         help="write the compression visualisation (frames, salient tokens, anchors, segments, budgets)",
@@ -137,6 +144,13 @@ def _seconds(text: str) -> float:
 def _build_pipeline(args):
     from infomerge.runtime.pipeline import Pipeline
 
+    if args.artifacts and args.vision_dtype != "fp32":
+        from infomerge.errors import UsageError
+
+        raise UsageError(
+            f"--vision-dtype {args.vision_dtype} applies to --backbone runs (torch vision backend): "
+            "drop it with --artifacts"
+        )
     if args.artifacts:
         retention = (
             None if args.no_compression else (args.retention if args.retention is not None else "manifest")
@@ -162,6 +176,7 @@ def _build_pipeline(args):
         retention=None if args.no_compression else (args.retention if args.retention is not None else 0.15),
         device=args.device,
         frames=args.frames,
+        vision_dtype=args.vision_dtype,
     )
 
 

@@ -42,6 +42,7 @@ from infomerge.engines.threads import apply_threads
 from infomerge.errors import ArtifactError, BackendUnavailableError, BudgetError, UsageError
 from infomerge.runtime.backends import BackendSource, VideoTokens, VisionFeatures, backend_factory
 from infomerge.runtime.backends.base import encode_unique_frames
+from infomerge.runtime.backends.torch import check_vision_dtype
 from infomerge.runtime.decode_thread import DecodedVideo, DecodeJob, decode_video
 from infomerge.runtime.embeddings import (
     DEFAULT_PROMPT,
@@ -204,6 +205,7 @@ class Pipeline:
         compile_mode: str | None | bool = False,
         threads: int | None = None,
         vision_outputs: tuple[str, ...] = (),
+        vision_dtype: str = "fp32",
     ) -> Pipeline:
         """A pipeline over the checkpoint of backbone ``name`` (``tiny`` is built locally).
 
@@ -229,9 +231,14 @@ class Pipeline:
             vision_outputs: optional vision outputs the vision stage produces besides those the
                 method reads (``Method.vision_outputs``, always produced): for
                 :meth:`with_compression` to other methods (``infomerge-bench`` passes the union).
+            vision_dtype: ``"fp32"`` (default) or ``"bf16"``: the torch vision tower and projector
+                in bfloat16 (LayerNorms, softmax and the SigLIP head stay fp32; measured error and
+                speed in docs/benchmarks.md, "Vision tower in bf16").
 
         Raises:
             UnknownBackboneError, CheckpointNotFoundError: from the backbone registry / loader.
+            UsageError: ``vision_dtype`` other than fp32 / bf16, or bf16 with a non-torch vision
+                backend.
             ArtifactError: an ort/trt backend without ``artifacts``, or a mismatched directory.
             BackendUnavailableError: a backend whose package is not installed (names the extra).
             UnknownBackendError, UnknownMethodError, BudgetError: bad names or retention (checked
@@ -247,6 +254,7 @@ class Pipeline:
         bb = get_backbone(name)
         _check_layout(bb)  # before any download
         _check_names(vision_backend, compress_backend, llm, method, retention)
+        check_vision_dtype(vision_dtype, vision_backend)
         checkpoint = resolve_checkpoint(bb, model_path)
         pipe = cls._build(
             bb,
@@ -260,7 +268,12 @@ class Pipeline:
             retention=retention,
             device=device,
             frames=frames,
-            options={"siglip_path": siglip_path, "compile_mode": compile_mode, "threads": threads},
+            options={
+                "siglip_path": siglip_path,
+                "compile_mode": compile_mode,
+                "threads": threads,
+                "vision_dtype": vision_dtype,
+            },
             vision_outputs=vision_outputs,
         )
         pipe.load_ms = (time.perf_counter() - t0) * 1000.0

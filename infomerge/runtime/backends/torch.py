@@ -5,14 +5,31 @@
 - LLM: :class:`~infomerge.runtime.llm_torch.TorchLLM` (Qwen2 in transformers, KV cache).
 
 Options: ``siglip_path`` (SigLIP head checkpoint), ``compile_mode`` (``torch.compile`` the tower
-and the LLM: None off, "default", "reduce-overhead").
+and the LLM: None off, "default", "reduce-overhead"), ``vision_dtype`` ("fp32", or "bf16": tower
+and projector in bfloat16, LayerNorms, softmax and the SigLIP head in fp32; measured in
+docs/benchmarks.md, "Vision tower in bf16").
 """
 
 from __future__ import annotations
 
 import torch
 
+from infomerge.errors import UsageError
 from infomerge.runtime.backends.base import BackendSource, VideoTokens, VisionFeatures, method_inputs
+
+#: ``vision_dtype`` option -> the tower's compute dtype
+VISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def check_vision_dtype(vision_dtype: str, vision_backend: str) -> None:
+    """Raise :class:`UsageError` for an unknown ``vision_dtype`` or bf16 on a non-torch backend."""
+    if vision_dtype not in VISION_DTYPES:
+        raise UsageError(f"vision dtype must be one of {', '.join(VISION_DTYPES)}, got {vision_dtype!r}")
+    if vision_dtype != "fp32" and vision_backend != "torch":
+        raise UsageError(
+            f"--vision-dtype {vision_dtype} applies to the torch vision backend only, not "
+            f"{vision_backend!r}: drop it or use --vision-backend torch"
+        )
 
 
 class TorchVision:
@@ -55,8 +72,13 @@ def vision(source: BackendSource) -> TorchVision:
     from infomerge.backbones.vision import VisionEncoder
 
     checkpoint = source.need_checkpoint("torch vision")
+    dtype = VISION_DTYPES[source.options.get("vision_dtype") or "fp32"]
     encoder = VisionEncoder.from_backbone(  # no fingerprint: a run writes no manifest
-        source.backbone, checkpoint, siglip_path=source.options.get("siglip_path"), fingerprint=False
+        source.backbone,
+        checkpoint,
+        siglip_path=source.options.get("siglip_path"),
+        dtype=dtype,
+        fingerprint=False,
     )
     backend = TorchVision(encoder, source.device, source.vision_outputs)
     if source.options.get("compile_mode", False) is not False:
