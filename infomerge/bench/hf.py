@@ -1,7 +1,8 @@
 """The Hugging Face baseline of ``infomerge-bench``: the checkpoint's own transformers model.
 
 What a user runs without this toolkit: ``LlavaOnevisionForConditionalGeneration.from_pretrained``
-with SDPA attention, fp32, uncompressed (every one of the F * N + 1 video tokens reaches the LLM).
+with SDPA attention, fp32 on a CPU (bf16 on a GPU, as our torch LLM), uncompressed (every one of
+the F * N + 1 video tokens reaches the LLM).
 Stages, each through transformers' own code:
 
 - ``vision``: ``model.model.get_video_features`` (SigLIP tower, projector, bilinear pooling,
@@ -46,7 +47,7 @@ class HFPrompt:
 
 
 class HFBaseline:
-    """One ``LlavaOnevisionForConditionalGeneration`` (SDPA, fp32) and its stages (see module doc).
+    """One ``LlavaOnevisionForConditionalGeneration`` (SDPA; fp32, bf16 on CUDA) and its stages.
 
     Args:
         checkpoint: the Hugging Face checkpoint directory (the one every backend is built from).
@@ -63,9 +64,11 @@ class HFBaseline:
     ):
         from transformers import AutoTokenizer, LlavaOnevisionForConditionalGeneration
 
+        # fp32 on a CPU, bf16 on a GPU: the dtypes of the torch backend's LLM
+        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
         self.model = (
             LlavaOnevisionForConditionalGeneration.from_pretrained(
-                str(checkpoint), attn_implementation="sdpa", dtype=torch.float32
+                str(checkpoint), attn_implementation="sdpa", dtype=dtype
             )
             .to(device)
             .eval()
@@ -92,9 +95,9 @@ class HFBaseline:
 
     @torch.inference_mode()
     def vision(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """pixel_values (F, 3, S, S) float32 -> video features (1, F * N + 1, D) float32."""
+        """pixel_values (F, 3, S, S) float32 -> video features (1, F * N + 1, D), the model's dtype."""
         out = self.model.model.get_video_features(
-            pixel_values_videos=pixel_values.to(self.device)[None],
+            pixel_values_videos=pixel_values.to(self.device, self.model.dtype)[None],
             vision_feature_layer=self.feature_layer,
             vision_feature_select_strategy=self.select_strategy,
         )
@@ -126,7 +129,7 @@ class HFBaseline:
         out = self.model.generate(
             input_ids=prompt.input_ids,
             attention_mask=torch.ones_like(prompt.input_ids),
-            pixel_values_videos=pixel_values.to(self.device)[None],
+            pixel_values_videos=pixel_values.to(self.device, self.model.dtype)[None],
             max_new_tokens=1,
             do_sample=False,
         )

@@ -85,6 +85,9 @@ class Tolerances:
 
 # least first-token logits cosine against torch fp32, per ORT LLM graph precision
 LOGITS_COSINE = {"int4": 0.9, "fp32": 0.999}
+# max relative |diff| of the hf row's H (bf16 model on a GPU) against the fp32 reference; not
+# measured yet (no GPU here): bf16 keeps 8 mantissa bits, 26 layers compound it
+HF_BF16_VISION = 5e-2
 
 
 def _rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -617,13 +620,13 @@ class StageBench:
             ttft.output = None
         self.advance("hf: time to first token")
         check = CrossCheck(ref.name or "-")
+        fp32 = hf.model.dtype == torch.float32  # bf16 on a GPU: bf16 roundings, looser limits
         if ref.features is not None:
             h = features[0, :-1].reshape(ref.features.H.shape)  # the newline is the last row
-            check.add(
-                "vision", "max rel |diff| of H", _rel_diff(h, ref.features.H), cfg.tolerances.vision, False
-            )
+            limit = cfg.tolerances.vision if fp32 else HF_BF16_VISION
+            check.add("vision", "max rel |diff| of H", _rel_diff(h, ref.features.H), limit, False)
         if key in ref.logits:
-            limit = max(cfg.tolerances.logits, LOGITS_COSINE["fp32"])  # fp32 against fp32
+            limit = max(cfg.tolerances.logits, LOGITS_COSINE["fp32"]) if fp32 else cfg.tolerances.logits
             check.add("prefill", "first-token logits cosine", _cosine(logits, ref.logits[key]), limit, True)
         for m in (vision, asm, prefill, decode):
             m.output = None

@@ -45,12 +45,23 @@ def fuse_vision_graph(src: str | os.PathLike, dst: str | os.PathLike, num_heads:
     Raises:
         ImportError: onnxruntime's ``transformers`` tools are not installed.
     """
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     from infomerge.export.onnx_export import save_onnx
 
+    options = FusionOptions("vit")
+    # the graph's shapes are static already and the fusions above do not need symbolic shape
+    # inference, which works on copies of the model (1.6 GB of weights at full size)
+    options.enable_shape_inference = False
     opt = optimize_model(
-        str(src), model_type="vit", num_heads=num_heads, hidden_size=hidden, opt_level=0, use_gpu=False
+        str(src),
+        model_type="vit",
+        num_heads=num_heads,
+        hidden_size=hidden,
+        opt_level=0,
+        use_gpu=False,
+        optimization_options=options,
     )
     fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
     fused[MHA] = fuse_sdpa_attention(opt, num_heads)
