@@ -2,6 +2,8 @@
 
 Modules (import what you use; nothing heavy is imported here):
 
+- :mod:`.ort`       ``ort_session(path, device, threads=, spinning=)``: the one ONNX Runtime session loader
+- :mod:`.threads`   the threading policy: ``default_threads()``, ``apply_threads(n)``, ``--threads``
 - :mod:`.flavour`   which TensorRT is installed: ``load_flavour("trt" | "rtx") -> Flavour``
 - :mod:`.builder`   ``build_engine(onnx, out_dir, engine=, compute_capabilities=, precision=,
   workspace_mib=)``, ``build_engines(artifact_dir, ...)``; CLI ``python -m infomerge.engines.builder``
