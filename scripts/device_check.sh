@@ -75,6 +75,7 @@ shopt -s nullglob
 WHEELS=(.whl/*.whl)
 if ((${#WHEELS[@]})); then
     SITE=$(mktemp -d "${TMPDIR:-/tmp}/infomerge-site.XXXXXX")
+    trap 'rm -rf "$SITE"' EXIT
     step wheels 60 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
         --upgrade --target "$SITE" "${WHEELS[@]}" && export PYTHONPATH=$REPO:$SITE
 fi
