@@ -17,9 +17,10 @@
 #   (tiny backbone on the CPU: every step but the CUDA work runs; the cuda tests skip).
 #
 # Environment: OUT (results folder; default runs/device-check), PYTHON (default python3),
-# DEVICE_CHECK_BUDGET_S (whole script, default 420 s), DEVICE_CHECK_COMPILE=1 (also the bench's
-# torch.compile rows: minutes of compilation for a 7B LLM), INFOMERGE_CACHE (where the checkpoint
-# goes; default /dev/shm when it has 40 GB free).
+# DEVICE_CHECK_BUDGET_S (whole script, default 450 s), DEVICE_CHECK_ONLY (steps to run, e.g.
+# "pytest-cuda" or "checkpoint bench", for a shorter second call), DEVICE_CHECK_COMPILE=1 (also
+# the bench's torch.compile rows: minutes of compilation for a 7B LLM), INFOMERGE_CACHE (where the
+# checkpoint goes; default /dev/shm when it has 40 GB free).
 # Files under $OUT (at most 8, as the device tool returns them): device_check.log, steps.tsv,
 # pytest-cuda.xml, bench/results.json, bench/results.md, bench/bench.png, gpu.md.
 # Exit status: 0 when every step succeeded, 1 otherwise (the report is written either way).
@@ -29,7 +30,7 @@ cd "$(dirname "$0")/.." || exit 2
 REPO=$PWD
 OUT=${OUT:-$REPO/runs/device-check}
 PY=${PYTHON:-python3}
-BUDGET=${DEVICE_CHECK_BUDGET_S:-420}
+BUDGET=${DEVICE_CHECK_BUDGET_S:-450}
 START=$SECONDS
 mkdir -p "$OUT" || exit 2
 LOG=$OUT/device_check.log
@@ -45,6 +46,10 @@ FAILED=0
 step() {
     local name=$1 limit=$2 left rc t0
     shift 2
+    if [[ -n ${DEVICE_CHECK_ONLY:-} && " $DEVICE_CHECK_ONLY wheels environment report " != *" $name "* ]]; then
+        echo "== $name: not in DEVICE_CHECK_ONLY ($DEVICE_CHECK_ONLY)"
+        return 0
+    fi
     left=$((BUDGET - (SECONDS - START) - 25)) # 25 s kept for the report
     if ((left < limit)); then limit=$left; fi
     if ((limit < 10)); then
@@ -70,6 +75,7 @@ shopt -s nullglob
 WHEELS=(.whl/*.whl)
 if ((${#WHEELS[@]})); then
     SITE=$(mktemp -d "${TMPDIR:-/tmp}/infomerge-site.XXXXXX")
+    trap 'rm -rf "$SITE"' EXIT
     step wheels 60 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
         --upgrade --target "$SITE" "${WHEELS[@]}" && export PYTHONPATH=$REPO:$SITE
 fi
@@ -107,8 +113,8 @@ step environment 30 "$PY" -c "$ENVIRONMENT"
 
 # ---- pytest -m cuda ------------------------------------------------------------------------------
 PYTEST=("$PY" -m pytest -q -m cuda -p no:cacheprovider -rA tests/test_cuda.py --junitxml="$OUT/pytest-cuda.xml")
-if "$PY" -c 'import pytest_timeout' 2>/dev/null; then PYTEST+=(--timeout=120); fi
-step pytest-cuda 200 "${PYTEST[@]}"
+if "$PY" -c 'import pytest_timeout' 2>/dev/null; then PYTEST+=(--timeout=100); fi
+step pytest-cuda 220 "${PYTEST[@]}"
 if [[ $MODE == dry-run ]]; then # what CI checks on the CPU in place of the device's sync check
     step pytest-host-sync 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_host_sync.py
 fi

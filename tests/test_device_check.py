@@ -183,3 +183,13 @@ def test_script_out_of_budget_still_writes_the_report(tmp_path):
     md = (tmp_path / "gpu.md").read_text()
     assert all(c[0][3] == "not measured" for c in _goal_lines(md).values())
     assert "mode dry-run" in (tmp_path / "device_check.log").read_text()
+
+
+def test_random_weights_are_drawn_on_the_requested_device():
+    """The device check draws the 7B random weights on the GPU; here the meta device stands in."""
+    from infomerge.backbones.loading import load_llava_model
+
+    model = load_llava_model("tiny", random_weights=True, device="meta")
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    model = load_llava_model("tiny", random_weights=True)  # default: the CPU, as before
+    assert {p.device.type for p in model.parameters()} == {"cpu"}

@@ -444,8 +444,11 @@ def load_llava_model(
 
     bb = get_backbone(backbone) if isinstance(backbone, str) else backbone
     if random_weights:
-        gpus = [torch.device(device)] if torch.device(device).type == "cuda" else []
-        with torch.random.fork_rng(devices=gpus), torch.device(device):
+        where = torch.device(device)
+        gpus = []  # CUDA generators whose state the seed must not leak out of this call
+        if where.type == "cuda":
+            gpus = [torch.cuda.current_device() if where.index is None else where.index]
+        with torch.random.fork_rng(devices=gpus), where:
             torch.manual_seed(seed)
             return LlavaOnevisionForConditionalGeneration(bb.llava_config()).to(dtype).eval()
     if model_path is None and bb.hf_id is not None:
