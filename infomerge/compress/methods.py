@@ -85,6 +85,7 @@ MODULES = (
     "infomerge.compress.divprune",
     "infomerge.compress.dycoke",
     "infomerge.compress.visionzip",
+    "infomerge.compress.holitom",
 )
 # fmt: on
 
