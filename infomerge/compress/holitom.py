@@ -75,8 +75,15 @@ class HoliTomConfig:
         beta: weight of a cluster centre in its merged token (``BETA`` 0.6).
         knn: DPC-kNN neighbours, ``k = min(knn, C)`` for C centres (``K`` 7).
         max_window: longest window of the DP (``MAX_WINDOW_SIZE`` 1024; None: unlimited).
-        inner_merge: run the inner-LLM merge in the torch LLM backend ("HoliTom"); False is the
-            paper's "HoliTom (w/o M)" (the official scripts run both).
+        inner_merge: the inner-LLM merge in the torch LLM backend (True: the paper's "HoliTom";
+            False: "HoliTom (w/o M)"; the official scripts run both). Before decoder layer K the
+            video tokens are ranked by layer K-1's head-mean attention from the LAST prompt row;
+            the top ``round(inner_ratio |V|)`` stay, every other one is merged into its most
+            cosine-similar kept token, ``kept <- (kept + v) / 2`` in sequence order
+            (``Qwen2Model_holitom.forward``); the runtime's loop is
+            :mod:`infomerge.compress.unified_inner` with T = the last row and importance =
+            attention (``inner_queries``, ``inner_lambda`` below). ONNX Runtime / TensorRT LLMs
+            run the outer stage only (one graph).
         inner_layer: K = 18 (``HOLITOM_k``); an LLM with <= K layers merges before its last layer.
         inner_ratio: share of the video tokens kept at layer K, ``1 - HOLITOM_r`` = 0.5.
 
@@ -89,7 +96,7 @@ class HoliTomConfig:
     beta: float = 0.6
     knn: int = 7
     max_window: int | None = None
-    inner_merge: bool = False
+    inner_merge: bool = True
     inner_layer: int = 18
     inner_ratio: float = 0.5
 
@@ -110,7 +117,7 @@ class HoliTomConfig:
                 f"{self.inner_ratio}"
             )
 
-    # the runtime's inner-merge switch reads these (see infomerge.runtime.pipeline.inner_merge)
+    # read by the runtime's inner merge (infomerge.runtime.pipeline.Pipeline.inner_merge)
     inner_lambda = 0.0  # importance = attention only (no similarity term)
     inner_queries = "last"  # the last prompt row's attention (the official Qwen2Model_holitom)
 
