@@ -432,16 +432,17 @@ class FixedBudgetHoliTom(nn.Module):
         frame = torch.arange(L, device=dev)
         length = (frame.unsqueeze(0) - frame.unsqueeze(1)).clamp_min(0)  # [s, e] = max(e - s, 0)
         counts = same * length  # R(s, e)
-        shifted = [torch.zeros((), dtype=torch.int64, device=dev)]  # shifted[s] = dp(s - 1)
+        shifted = torch.zeros(L + 1, dtype=torch.int64, device=dev)  # [s] = dp(s - 1), dp(-1) = 0
+        slot = torch.arange(L + 1, device=dev)
         prev = []
         for i in range(L):  # unrolled over the static frame count
             lo = max(0, i - self.window + 1)
-            values = torch.stack(shifted[lo : i + 1]) + counts[lo : i + 1, i]  # start s = lo .. i
+            values = shifted[lo : i + 1] + counts[lo : i + 1, i]  # start s = lo .. i (s = i: singleton)
             best = values.max()
             starts = torch.arange(lo, i + 1, device=dev)
             prev.append(torch.where(values == best, starts, -1).max())  # the latest start: official tie order
-            shifted.append(best)
-        removed = shifted[-1]
+            shifted = shifted + (slot == i + 1).to(torch.int64) * best
+        removed = shifted[L]
         prev_t = torch.stack(prev)  # (L,)
         is_end = (frame == L - 1).to(torch.int64)
         is_start = torch.zeros(L, dtype=torch.int64, device=dev)
