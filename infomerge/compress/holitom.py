@@ -275,12 +275,13 @@ def reference(
     L, N, D = H.shape
     x = H.to(torch.float64)
     flags = static_flags(H, config.tau)  # (L-1, N)
-    windows, removed = segment(removable(flags), config.longest_window(L)) if L > 1 else ([(0, 0)], 0)
+    dev = H.device
+    windows, removed = segment(removable(flags.cpu()), config.longest_window(L)) if L > 1 else ([(0, 0)], 0)
     ratio = left_ratio(config.retention, L * N, removed)
-    static = torch.zeros(L, N, dtype=torch.bool)
+    static = torch.zeros(L, N, dtype=torch.bool, device=dev)
     out_index, out_tokens, out_centre = [], [], []
     for s, e in windows:
-        mask = flags[s:e].all(0) if e > s else torch.zeros(N, dtype=torch.bool)
+        mask = flags[s:e].all(0) if e > s else torch.zeros(N, dtype=torch.bool, device=dev)
         static[s : e + 1] = mask
         n_static = int(mask.sum())
         if n_static:
@@ -291,14 +292,14 @@ def reference(
                 centres, merged = _clusters(means, n_centres, config)
                 out_index.append(s * N + positions[centres])
                 out_tokens.append(merged)
-                out_centre.append(torch.ones(len(centres), dtype=torch.bool))
+                out_centre.append(torch.ones(len(centres), dtype=torch.bool, device=dev))
         dynamic = (~mask).nonzero().squeeze(1)
         q = kept_count(int(dynamic.numel()), ratio)
         for t in range(s, e + 1):
             top = dynamic[stable_topk(a[t, dynamic], q)]
             out_index.append(t * N + top)
             out_tokens.append(x[t, top])
-            out_centre.append(torch.zeros(len(top), dtype=torch.bool))
+            out_centre.append(torch.zeros(len(top), dtype=torch.bool, device=dev))
     index = torch.cat(out_index)
     order = torch.argsort(index)
     return HoliTomResult(
