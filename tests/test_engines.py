@@ -493,7 +493,14 @@ def test_export_writes_the_plugin_graph_beside_the_standard_one(tiny_export):
 # --- every further method's graph: infomerge-export --method M --retention R --engine rtx -----------
 @pytest.mark.parametrize(
     ("method", "retention"),
-    [("unified", 0.02), ("divprune", 0.15), ("dycoke", 0.15), ("visionzip", 0.15), ("flashvid", 0.15)],
+    [
+        ("unified", 0.02),
+        ("divprune", 0.15),
+        ("dycoke", 0.15),
+        ("visionzip", 0.15),
+        ("flashvid", 0.15),
+        ("holitom", 0.15),
+    ],
 )
 def test_export_builds_an_rtx_engine_for_the_method_graph(tmp_path, method, retention):
     """The method's fixed-budget compress graph (exactly B tokens) builds with TensorRT-RTX for

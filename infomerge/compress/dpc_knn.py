@@ -6,7 +6,7 @@ arXiv 2603.21957, Eqs. 3-4) and HoliTom (arXiv 2505.21334) cluster their recycle
     d_ij    = ||x_i - x_j||_2 / sqrt(D)                       (d_ii = 0)
     rho_i   = exp(-mean of the k smallest d_ij^2, j = i included)          Eq. 3
     delta_i = min d_ij over the tokens j denser than i                     Eq. 4
-              (the densest token: max_j d_ij of its own row)
+              (the densest token: max_j d_ij of its own row; HoliTom: max_ij d_ij)
     gamma_i = rho_i * delta_i;  centres = the n largest gamma
     every token joins its nearest centre by d; a centre joins itself
 
@@ -70,8 +70,10 @@ def density(d: torch.Tensor, knn: int) -> torch.Tensor:
     return torch.exp(-nearest.mean(-1))
 
 
-def denser_distance(d: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
-    """(M,) ``delta_i``: min distance to a denser token; the densest token: its row's max (Eq. 4).
+def denser_distance(d: torch.Tensor, rho: torch.Tensor, densest: str = "row") -> torch.Tensor:
+    """(M,) ``delta_i``: min distance to a denser token; the densest token: its row's max (Eq. 4),
+    or with ``densest="global"`` the largest entry of the whole matrix (HoliTom's
+    ``cluster_dpc_knn``).
 
     "j denser than i": ``rho_j > rho_i`` or (equal and ``j < i``) [D, deterministic].
     """
@@ -80,22 +82,28 @@ def denser_distance(d: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
     ri, rj = rho.unsqueeze(1), rho.unsqueeze(0)
     denser = (rj > ri) | ((rj == ri) & (idx.unsqueeze(0) < idx.unsqueeze(1)))  # [i, j]: j denser
     to_denser = torch.where(denser, d, torch.full_like(d, float("inf"))).amin(-1)
-    return torch.where(denser.any(-1), to_denser, d.amax(-1))
+    if densest not in ("row", "global"):
+        raise ValueError(f"densest must be 'row' or 'global', got {densest!r}")
+    far = d.amax(-1) if densest == "row" else d.amax().expand(m)
+    return torch.where(denser.any(-1), to_denser, far)
 
 
-def dpc_knn(x: torch.Tensor, n_centres: int, knn: int = 7) -> Clusters:
+def dpc_knn(x: torch.Tensor, n_centres: int, knn: int = 7, densest: str = "row") -> Clusters:
     """Cluster the rows of ``x`` into ``min(n_centres, M)`` DPC-kNN clusters.
 
     Args:
         x: (M, D) float tokens, M >= 1 (computed in fp32; distances accumulated in fp64).
         n_centres: number of centres, >= 0 (0: no centre, ``nearest`` is all -1).
         knn: neighbours of the density (self included).
+        densest: ``delta`` of the densest token: ``"row"`` (its row's max; Unified) or
+            ``"global"`` (the matrix max; HoliTom).
 
     Returns:
         :class:`Clusters`.
 
     Raises:
-        ValueError: ``x`` is not 2-D or empty, or ``n_centres < 0`` / ``knn < 1``.
+        ValueError: ``x`` is not 2-D or empty, ``n_centres < 0`` / ``knn < 1``, or an unknown
+            ``densest``.
     """
     if x.dim() != 2 or x.shape[0] < 1:
         raise ValueError(f"dpc_knn: x must be (M >= 1, D), got {tuple(x.shape)}")
@@ -103,7 +111,7 @@ def dpc_knn(x: torch.Tensor, n_centres: int, knn: int = 7) -> Clusters:
         raise ValueError(f"dpc_knn: need n_centres >= 0 and knn >= 1, got {n_centres}, {knn}")
     d = scaled_distances(x)  # (M, M)
     rho = density(d, knn)
-    delta = denser_distance(d, rho)
+    delta = denser_distance(d, rho, densest)
     gamma = rho * delta
     centres = stable_topk(gamma, n_centres).sort().values  # (C,) ascending
     if centres.numel() == 0:

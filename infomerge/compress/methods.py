@@ -96,6 +96,7 @@ MODULES = (
     "infomerge.compress.dycoke",
     "infomerge.compress.visionzip",
     "infomerge.compress.flashvid",
+    "infomerge.compress.holitom",
 )
 # fmt: on
 

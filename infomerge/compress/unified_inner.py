@@ -96,9 +96,13 @@ def importance(
         lam: lambda (0.5): weight of the similarity term.
 
     Returns:
-        (|V|,) float32 ``(1 - lam) minmax(max_t A) + lam minmax(max_t cos(x_v, x_t))``.
+        (|V|,) float32 ``(1 - lam) minmax(max_t A) + lam minmax(max_t cos(x_v, x_t))``; with
+        ``lam == 0``, ``max_t A`` itself (HoliTom's importance: the same order as its min-max
+        rescaling, without the ties that rescaling's rounding could create).
     """
     a_m = attn_tv.float().max(dim=0).values
+    if lam == 0.0:
+        return a_m
     s_m = (_unit(x_video.float()) @ _unit(x_text.float()).T).max(dim=1).values
     return (1.0 - lam) * _minmax(a_m) + lam * _minmax(s_m)
 

@@ -599,7 +599,8 @@ class Pipeline:
     def inner_merge(self, assembled: Assembled) -> InnerMerge | None:
         """The :class:`~infomerge.compress.unified_inner.InnerMerge` for this prompt, or None.
 
-        Video rows: ``assembled.video_span``; queries T: the rows after the newline; kept:
+        Video rows: ``assembled.video_span``; queries T: the rows after the newline, or only the
+        last prompt row where ``config.inner_queries == "last"`` (HoliTom); kept:
         ``round(inner_ratio |V|)`` (half to even); None also when fewer than 2 video tokens.
         """
         layer = self.inner_layer()
@@ -607,7 +608,9 @@ class Pipeline:
         if layer is None or stop - start < 2 or stop + 1 >= assembled.length:
             return None
         keep = inner_keep(stop - start, self.config.inner_ratio)
-        return InnerMerge(start, stop, stop + 1, layer, keep, float(self.config.inner_lambda))
+        last = getattr(self.config, "inner_queries", "text") == "last"
+        queries = assembled.length - 1 if last else stop + 1
+        return InnerMerge(start, stop, queries, layer, keep, float(self.config.inner_lambda))
 
     def decode_tokens(
         self,
