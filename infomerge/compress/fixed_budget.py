@@ -67,6 +67,7 @@ import torch
 from torch import nn
 
 from infomerge.compress.config import InfoMergeConfig
+from infomerge.compress.exact_arith import SUM_CHUNK, exp_neg, tree_sum
 from infomerge.compress.merge import combine_merge
 from infomerge.compress.richness import RICHNESS_MODES, renyi2_richness, segment_richness_exact, sketch_basis
 
@@ -626,7 +627,7 @@ class FixedBudgetCompressor(nn.Module):
         order wherever fp32 ``exp`` keeps two ``m`` apart, without the ties fp32 rounding creates
         when ``rho`` is close to 1 (small features), which any last-bit difference broke. Exp and
         Sqrt are not used: ORT's differ from torch's in the last bits (Exp for ~4% of fp32 inputs,
-        Sqrt is not correctly rounded); :func:`_exp_neg` is exp from Mul/Add/Floor/Where, and the
+        Sqrt is not correctly rounded); ``exact_arith.exp_neg`` is exp from Mul/Add/Floor/Where, and the
         score is ranked squared.
 
         Args:
@@ -680,47 +681,8 @@ class FixedBudgetCompressor(nn.Module):
         # ranked as (rho delta)^2 / rho_max^2 = exp(-2 (m - m_min)) delta^2: the order of rho * delta
         # without Sqrt (ORT's is not correctly rounded) and exp(-m) underflow in dense frames
         m_min = torch.where(cand, m, big).amin(-1, keepdim=True)
-        rel = _exp_neg(2.0 * (torch.where(cand, m, m_min) - m_min))
+        rel = exp_neg(2.0 * (torch.where(cand, m, m_min) - m_min))
         return torch.where(cand, rel * delta2, _NEG)
-
-
-_LN2_HI, _LN2_LO = 0.693145751953125, 1.428606765330187e-06  # ln 2 = HI + LO, HI has 15 bits
-_EXP_MAX = 87.0  # exp(-87) is still a normal fp32
-
-
-def _exp_neg(m: torch.Tensor) -> torch.Tensor:
-    """``exp(-m)`` for ``m >= 0`` (clamped to 87) from Floor, Mul, Add and Where only.
-
-    ``torch.exp`` and ONNX Runtime's Exp disagree in the last bit or two for a few percent of fp32
-    inputs; this form rounds identically in both. ``m = n ln2 + r`` (Cody-Waite, ``|r| <= ln2/2``),
-    ``exp(-r)`` by a degree-8 Taylor polynomial (truncation < 3e-10), times ``2^-n`` built from
-    exact powers of two. Within a few ulp of the true value.
-    """
-    m = m.clamp(0.0, _EXP_MAX)
-    n = torch.floor(m * (1.0 / math.log(2.0)) + 0.5)
-    t = (n * _LN2_HI - m) + n * _LN2_LO  # -r
-    p = torch.full_like(t, 1.0 / math.factorial(8))
-    for i in range(7, -1, -1):
-        p = p * t + 1.0 / math.factorial(i)
-    ni = n.to(torch.int64)
-    for b in range(7):  # n <= 126
-        bit = torch.remainder(torch.div(ni, 2**b, rounding_mode="floor"), 2) > 0
-        p = p * torch.where(bit, 2.0 ** -(2**b), 1.0)
-    return p
-
-
-_SUM_CHUNK = 512  # columns per chunk of :func:`_row_sq_dist` (bounds its (M, c, chunk) temporaries)
-
-
-def _tree_sum(t: torch.Tensor, width: int) -> torch.Tensor:
-    """Sum over the last dim (static ``width``) by halving with elementwise adds: the same
-    rounding in every backend."""
-    while width > 1:
-        h = width // 2
-        s = t[..., :h] + t[..., h : 2 * h]
-        t = torch.cat([s, t[..., 2 * h :]], -1) if width % 2 else s
-        width -= h
-    return t[..., 0]
 
 
 _ROW_BLOCK = 64  # rows per block of :func:`_row_sq_dist` in eager mode (keeps its temporaries in cache)
@@ -734,8 +696,8 @@ def _row_sq_dist(xf: torch.Tensor, cols: torch.Tensor, width: int) -> torch.Tens
 
     Unlike a MatMul or ReduceSum, whose accumulation order is the kernel's, the result is
     bit-identical in torch and ONNX Runtime, and free of the Gram form's cancellation. Row ``i``
-    is broadcast, not gathered, and the columns are summed in chunks of ``_SUM_CHUNK`` by
-    :func:`_tree_sum`: the same additions in the same order whatever the row count, so eager mode
+    is broadcast, not gathered, and the columns are summed in chunks of ``SUM_CHUNK`` by
+    ``exact_arith.tree_sum``: the same additions in the same order whatever the row count, so eager mode
     works through blocks of ``_ROW_BLOCK`` rows (cache-sized temporaries; the graph, traced,
     keeps one block: fewer nodes) and gets the same bits.
     """
@@ -755,11 +717,11 @@ def _row_block_sq_dist(rows: torch.Tensor, xf: torch.Tensor, cols: torch.Tensor,
     m, c = cols.shape
     flat = cols.reshape(-1)
     total = None
-    for c0 in range(0, width, _SUM_CHUNK):
-        w = min(_SUM_CHUNK, width - c0)
+    for c0 in range(0, width, SUM_CHUNK):
+        w = min(SUM_CHUNK, width - c0)
         part = xf[:, c0 : c0 + w]
         diff = rows[:, c0 : c0 + w].unsqueeze(1) - part.index_select(0, flat).reshape(m, c, w)  # (m, c, w)
-        s = _tree_sum(diff * diff, w)
+        s = tree_sum(diff * diff, w)
         total = s if total is None else total + s
     return total
 

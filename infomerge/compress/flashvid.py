@@ -80,7 +80,8 @@ from torch import nn
 
 from infomerge.compress._ops import check_features
 from infomerge.compress.dpc_knn import density
-from infomerge.compress.fixed_budget import _exp_neg, _pair_sq_dist, compact, rank_asc, rank_desc
+from infomerge.compress.exact_arith import exp_neg, pair_sq_dist
+from infomerge.compress.fixed_budget import compact, rank_asc, rank_desc
 from infomerge.compress.methods import Method
 from infomerge.errors import BudgetError
 
@@ -507,9 +508,9 @@ class FixedBudgetFlashVID(nn.Module):
         Exact across backends (as the InfoMerge graph's density step, ``fixed_budget._density``):
         the MatMul form of the squared distances (frame-centred) only CHOOSES pairs (a margin of
         2 k_nn nearest, the k_nn nearest denser, the farthest, the 2 nearest centres); the chosen
-        pairs' d^2 are recomputed by fixed-order elementwise sums (``_pair_sq_dist``); "denser"
+        pairs' d^2 are recomputed by fixed-order elementwise sums (``pair_sq_dist``); "denser"
         compares m = mean kNN d^2 (rho = exp(-m)); centres are ranked by
-        ``(rho delta)^2 / rho_max^2 = exp(-2 (m - m_min)) delta^2`` with the Mul/Add ``_exp_neg``
+        ``(rho delta)^2 / rho_max^2 = exp(-2 (m - m_min)) delta^2`` with the Mul/Add ``exp_neg``
         (no Exp or Sqrt, whose last bits differ between torch and ONNX Runtime).
         """
         L, N, D = self.frames, self.n, self.hidden
@@ -530,7 +531,7 @@ class FixedBudgetFlashVID(nn.Module):
             """(L, N, j) exact d^2 / D from token i to the tokens ``at`` (L, N, j) of its frame."""
             j = at.shape[-1]
             rows = row.expand(L, N, j).reshape(-1)
-            return (_pair_sq_dist(vf, rows, (at + base).reshape(-1), D) / D).reshape(L, N, j)
+            return (pair_sq_dist(vf, rows, (at + base).reshape(-1), D) / D).reshape(L, N, j)
 
         def nearest(score: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
             """The ``count`` smallest entries' columns (L, N, count) and which are real (< _BIG)."""
@@ -562,7 +563,7 @@ class FixedBudgetFlashVID(nn.Module):
         dmax2 = torch.where(roots, exact(far).squeeze(-1), 0.0).amax(1, keepdim=True)  # (L, 1)
         delta2 = torch.where(denser.any(2), to_denser, dmax2)
         m_min = torch.where(roots, m, _BIG).amin(1, keepdim=True)
-        score = _exp_neg(2.0 * (torch.where(roots, m, m_min) - m_min)) * delta2
+        score = exp_neg(2.0 * (torch.where(roots, m, m_min) - m_min)) * delta2
         centres = (rank_desc(torch.where(roots, score, -math.inf)) < c.unsqueeze(1)) & roots
         # join: the nearer (exact) of the 2 nearest centres by the MatMul form; ties: lower position
         at, ok = nearest(torch.where(centres.unsqueeze(1) & valid, d2, _BIG), min(2, N))

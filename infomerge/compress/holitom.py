@@ -53,7 +53,8 @@ from torch import nn
 
 from infomerge.compress._ops import check_features, stable_topk
 from infomerge.compress.dpc_knn import dpc_knn
-from infomerge.compress.fixed_budget import _SUM_CHUNK, _tree_sum, compact, rank_desc
+from infomerge.compress.exact_arith import SUM_CHUNK, tree_sum
+from infomerge.compress.fixed_budget import compact, rank_desc
 from infomerge.compress.methods import Method
 from infomerge.errors import BudgetError
 
@@ -396,8 +397,8 @@ class FixedBudgetHoliTom(nn.Module):
 
     def _sum(self, t: torch.Tensor) -> torch.Tensor:
         total = None
-        for c0 in range(0, self.hidden, _SUM_CHUNK):
-            s = _tree_sum(t[..., c0 : c0 + _SUM_CHUNK], min(_SUM_CHUNK, self.hidden - c0))
+        for c0 in range(0, self.hidden, SUM_CHUNK):
+            s = tree_sum(t[..., c0 : c0 + SUM_CHUNK], min(SUM_CHUNK, self.hidden - c0))
             total = s if total is None else total + s
         return total
 

@@ -1,0 +1,73 @@
+"""Arithmetic that rounds identically in torch and ONNX Runtime (and TensorRT's elementwise ops).
+
+A MatMul or ReduceSum accumulates in the kernel's order and ``Exp`` / ``Sqrt`` differ between
+backends in the last bit or two, so a fixed-budget graph that ranks by such a value can keep a
+different token in another backend than in eager torch. The building blocks here use elementwise
+Add / Mul / Floor / Where in a fixed order only: the same bits in every backend. Used by the
+fixed-budget graphs of InfoMerge / FastVID (``fixed_budget.py``), DyCoke, HoliTom and FlashVID.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+LN2_HI, LN2_LO = 0.693145751953125, 1.428606765330187e-06  # ln 2 = HI + LO, HI has 15 bits
+EXP_MAX = 87.0  # exp(-87) is still a normal fp32
+
+
+def exp_neg(m: torch.Tensor) -> torch.Tensor:
+    """``exp(-m)`` for ``m >= 0`` (clamped to 87) from Floor, Mul, Add and Where only.
+
+    ``torch.exp`` and ONNX Runtime's Exp disagree in the last bit or two for a few percent of fp32
+    inputs; this form rounds identically in both. ``m = n ln2 + r`` (Cody-Waite, ``|r| <= ln2/2``),
+    ``exp(-r)`` by a degree-8 Taylor polynomial (truncation < 3e-10), times ``2^-n`` built from
+    exact powers of two. Within a few ulp of the true value.
+    """
+    m = m.clamp(0.0, EXP_MAX)
+    n = torch.floor(m * (1.0 / math.log(2.0)) + 0.5)
+    t = (n * LN2_HI - m) + n * LN2_LO  # -r
+    p = torch.full_like(t, 1.0 / math.factorial(8))
+    for i in range(7, -1, -1):
+        p = p * t + 1.0 / math.factorial(i)
+    ni = n.to(torch.int64)
+    for b in range(7):  # n <= 126
+        bit = torch.remainder(torch.div(ni, 2**b, rounding_mode="floor"), 2) > 0
+        p = p * torch.where(bit, 2.0 ** -(2**b), 1.0)
+    return p
+
+
+SUM_CHUNK = 512  # columns per chunk of a row sum (bounds its (M, c, chunk) temporaries)
+
+
+def tree_sum(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Sum over the last dim (static ``width``) by halving with elementwise adds: the same
+    rounding in every backend."""
+    while width > 1:
+        h = width // 2
+        s = t[..., :h] + t[..., h : 2 * h]
+        t = torch.cat([s, t[..., 2 * h :]], -1) if width % 2 else s
+        width -= h
+    return t[..., 0]
+
+
+def pair_sq_dist(xf: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, width: int) -> torch.Tensor:
+    """``||xf[rows] - xf[cols]||^2`` (P,) from elementwise ops only (Gather, Sub, Mul, Add).
+
+    Args:
+        xf: (M, D) float32 tokens. rows, cols: (P,) int64 token pairs. width: D (static).
+
+    Unlike a MatMul or ReduceSum, whose accumulation order is the kernel's, the result is
+    bit-identical in torch and ONNX Runtime, and free of the Gram form's cancellation.
+    """
+    total = None
+    for c0 in range(0, width, SUM_CHUNK):
+        part = xf[:, c0 : c0 + SUM_CHUNK]
+        diff = part.index_select(0, rows) - part.index_select(0, cols)
+        s = tree_sum(diff * diff, min(SUM_CHUNK, width - c0))
+        total = s if total is None else total + s
+    return total
+
+
+__all__ = ["EXP_MAX", "SUM_CHUNK", "exp_neg", "pair_sq_dist", "tree_sum"]
