@@ -72,15 +72,21 @@ def frames():
     return load_frames(sample_video(), frames=FRAMES)
 
 
-def test_registry_declares_the_official_inputs_only_for_visionzip():
+def test_registry_declares_the_official_inputs_of_the_methods_that_read_them():
     from infomerge.backbones.vision import EXTRA_OUTPUTS
     from infomerge.compress.methods import METHODS, vision_outputs_of
 
     declared = {name: m.vision_outputs for name, m in METHODS.items() if m.vision_outputs}
-    assert declared == {"visionzip": ("attention", "keys")}
+    # VisionZip: attention + keys; HoliTom and FlashVID: the attention each patch receives
+    assert declared == {
+        "visionzip": ("attention", "keys"),
+        "holitom": ("attention",),
+        "flashvid": ("attention",),
+    }
     assert all(k in EXTRA_OUTPUTS for names in declared.values() for k in names)
     assert vision_outputs_of(["infomerge", "divprune", "visionzip", "dycoke"]) == ("attention", "keys")
     assert vision_outputs_of(["infomerge", "fastvid"]) == ()
+    assert vision_outputs_of(["holitom", "flashvid"]) == ("attention",)
 
 
 def test_graph_specs_extended_only_for_the_method():

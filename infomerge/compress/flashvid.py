@@ -617,6 +617,7 @@ METHOD = Method(
     config=FlashVIDConfig,
     reference=reference,
     fixed_budget=FixedBudgetFlashVID,
+    vision_outputs=("attention",),
 )
 
 __all__ = [

@@ -586,6 +586,7 @@ METHOD = Method(
     config=HoliTomConfig,
     reference=reference,
     fixed_budget=FixedBudgetHoliTom,
+    vision_outputs=("attention",),
 )
 
 __all__ = [
