@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from infomerge.compress._ops import check_features
-from infomerge.compress.exact_arith import SUM_CHUNK, tree_sum
+from infomerge.compress.exact_arith import chunked_sum
 from infomerge.compress.fixed_budget import compact
 from infomerge.compress.methods import Method
 from infomerge.errors import BudgetError
@@ -216,11 +216,7 @@ class FixedBudgetDyCoke(nn.Module):
         )
 
     def _sum(self, t: torch.Tensor) -> torch.Tensor:
-        total = None
-        for c0 in range(0, self.hidden, SUM_CHUNK):
-            s = tree_sum(t[..., c0 : c0 + SUM_CHUNK], min(SUM_CHUNK, self.hidden - c0))
-            total = s if total is None else total + s
-        return total
+        return chunked_sum(t, self.hidden)  # (..., D) -> (...), backend-exact
 
     def scores(self, H: torch.Tensor) -> torch.Tensor:
         """(L, N) float32 ``sign(cos) cos^2`` of each token with its comparison frame's token."""

@@ -52,6 +52,17 @@ def tree_sum(t: torch.Tensor, width: int) -> torch.Tensor:
     return t[..., 0]
 
 
+def chunked_sum(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Sum over the last dim (static ``width``): :func:`tree_sum` over chunks of ``SUM_CHUNK``
+    columns, the chunk sums added left to right. (..., width) -> (...), same dtype; the same bits
+    in torch and ONNX Runtime."""
+    total = None
+    for c0 in range(0, width, SUM_CHUNK):
+        s = tree_sum(t[..., c0 : c0 + SUM_CHUNK], min(SUM_CHUNK, width - c0))
+        total = s if total is None else total + s
+    return total
+
+
 def pair_sq_dist(xf: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, width: int) -> torch.Tensor:
     """``||xf[rows] - xf[cols]||^2`` (P,) from elementwise ops only (Gather, Sub, Mul, Add).
 
@@ -70,4 +81,4 @@ def pair_sq_dist(xf: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, width
     return total
 
 
-__all__ = ["EXP_MAX", "SUM_CHUNK", "exp_neg", "pair_sq_dist", "tree_sum"]
+__all__ = ["EXP_MAX", "SUM_CHUNK", "chunked_sum", "exp_neg", "pair_sq_dist", "tree_sum"]

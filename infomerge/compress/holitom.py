@@ -53,7 +53,7 @@ from torch import nn
 
 from infomerge.compress._ops import check_features, stable_topk
 from infomerge.compress.dpc_knn import dpc_knn
-from infomerge.compress.exact_arith import SUM_CHUNK, tree_sum
+from infomerge.compress.exact_arith import chunked_sum
 from infomerge.compress.fixed_budget import compact, rank_desc
 from infomerge.compress.methods import Method
 from infomerge.errors import BudgetError
@@ -396,11 +396,7 @@ class FixedBudgetHoliTom(nn.Module):
         self.tau_sq = tau * abs(tau)  # compared with sign(cos) cos^2
 
     def _sum(self, t: torch.Tensor) -> torch.Tensor:
-        total = None
-        for c0 in range(0, self.hidden, SUM_CHUNK):
-            s = tree_sum(t[..., c0 : c0 + SUM_CHUNK], min(SUM_CHUNK, self.hidden - c0))
-            total = s if total is None else total + s
-        return total
+        return chunked_sum(t, self.hidden)  # (..., D) -> (...), backend-exact
 
     def forward(
         self, H: torch.Tensor, A: torch.Tensor, g: torch.Tensor, attention: torch.Tensor | None = None

@@ -135,23 +135,30 @@ def release_memory() -> None:
         pass
 
 
-def validate_vision(ctx: ExportContext) -> None:
-    """Run ``vision.onnx`` in ONNX Runtime on the real frames; compare with the fp32 reference."""
+def _validate_graph(ctx: ExportContext, file: str, key: str) -> None:
+    """Run the vision graph ``file`` (in the work directory) in ONNX Runtime on the real frames;
+    compare each output with the fp32 PyTorch reference at the vision spec's tolerances; record the
+    report under ``key`` in the manifest."""
     from infomerge.export.validate import validate_onnx
 
     spec = vision_spec(ctx)
     atol = spec.tolerances(ctx.precision, ctx.options.atol)
     report = validate_onnx(
-        ctx.work / VISION_ONNX,
+        ctx.work / file,
         ctx.reference,
         {"pixel_values": ctx.pixel_values},
         atol,
         output_names=spec.outputs,
         console=ctx.console,
         raise_on_failure=False,
-        display_name=str(ctx.output / VISION_ONNX),
+        display_name=str(ctx.output / file),
     )
-    ctx.record_validation("vision", report, atol, "PyTorch fp32 VisionEncoder")
+    ctx.record_validation(key, report, atol, "PyTorch fp32 VisionEncoder")
+
+
+def validate_vision(ctx: ExportContext) -> None:
+    """Run ``vision.onnx`` in ONNX Runtime on the real frames; compare with the fp32 reference."""
+    _validate_graph(ctx, VISION_ONNX, "vision")
 
 
 def fuse_vision(ctx: ExportContext) -> None:
@@ -185,21 +192,7 @@ def fuse_vision(ctx: ExportContext) -> None:
 
 def validate_vision_ort(ctx: ExportContext) -> None:
     """Run ``ort/vision.onnx`` on the real frames; compare with the fp32 reference (vision tolerances)."""
-    from infomerge.export.validate import validate_onnx
-
-    spec = vision_spec(ctx)
-    atol = spec.tolerances(ctx.precision, ctx.options.atol)
-    report = validate_onnx(
-        ctx.work / VISION_ORT_ONNX,
-        ctx.reference,
-        {"pixel_values": ctx.pixel_values},
-        atol,
-        output_names=spec.outputs,
-        console=ctx.console,
-        raise_on_failure=False,
-        display_name=str(ctx.output / VISION_ORT_ONNX),
-    )
-    ctx.record_validation("vision_ort", report, atol, "PyTorch fp32 VisionEncoder")
+    _validate_graph(ctx, VISION_ORT_ONNX, "vision_ort")
 
 
 def _fused_vision(options) -> bool:
