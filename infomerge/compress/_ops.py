@@ -8,6 +8,7 @@ lower index first. ``torch.topk`` does not promise that, so every top-k here is 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -66,3 +67,30 @@ def check_features(method: str, H: torch.Tensor, A: torch.Tensor, g: torch.Tenso
         )
     if not (torch.isfinite(H).all() and torch.isfinite(A).all()):
         raise ValueError(f"{method}: H or A has NaN or infinite values; check the vision features")
+
+
+class FixedShapeModule(nn.Module):
+    """Base of the peer methods' fixed-budget modules: the static shape (L, N, D) they are built for.
+
+    Holds ``config``, ``frames`` (L), ``n`` (N, tokens per frame) and ``hidden`` (D); subclasses add
+    their budget. Shapes are constants of the exported graph, so they are checked here, once.
+
+    Raises:
+        ValueError: a dimension < 1 (constructor); H not (L, N, D) in eager mode
+            (:meth:`check_shape`), named with the subclass.
+    """
+
+    def __init__(self, config, frames: int, tokens_per_frame: int, hidden: int):
+        super().__init__()
+        if frames < 1 or tokens_per_frame < 1 or hidden < 1:
+            raise ValueError(
+                f"{type(self).__name__}: need L, N, D >= 1, got {frames}, {tokens_per_frame}, {hidden}"
+            )
+        self.config = config
+        self.frames, self.n, self.hidden = int(frames), int(tokens_per_frame), int(hidden)
+
+    def check_shape(self, H: torch.Tensor) -> None:
+        """Raise ValueError unless H is (L, N, D) (skipped while tracing: the shape is static)."""
+        L, N, D = self.frames, self.n, self.hidden
+        if not torch.jit.is_tracing() and tuple(H.shape) != (L, N, D):
+            raise ValueError(f"{type(self).__name__}({L}x{N}x{D}): got H {tuple(H.shape)}")

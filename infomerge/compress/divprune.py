@@ -33,9 +33,8 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
-from torch import nn
 
-from infomerge.compress._ops import check_features
+from infomerge.compress._ops import FixedShapeModule, check_features
 from infomerge.compress.fixed_budget import compact
 from infomerge.compress.methods import Method
 from infomerge.errors import BudgetError
@@ -133,7 +132,7 @@ def reference(H: torch.Tensor, A: torch.Tensor, g: torch.Tensor, config: DivPrun
     return DivPruneResult(tokens=x.index_select(0, index), index=index, order=order_t)
 
 
-class FixedBudgetDivPrune(nn.Module):
+class FixedBudgetDivPrune(FixedShapeModule):
     """DivPrune as a fixed-budget, shape-static graph for one video shape (L, N, D).
 
     The greedy loop is unrolled ``K`` times with three ops per step, which keeps the graph small
@@ -157,13 +156,7 @@ class FixedBudgetDivPrune(nn.Module):
     """
 
     def __init__(self, config: DivPruneConfig, frames: int, tokens_per_frame: int, hidden: int):
-        super().__init__()
-        if frames < 1 or tokens_per_frame < 1 or hidden < 1:
-            raise ValueError(
-                f"FixedBudgetDivPrune: need L, N, D >= 1, got {frames}, {tokens_per_frame}, {hidden}"
-            )
-        self.config = config
-        self.frames, self.n, self.hidden = int(frames), int(tokens_per_frame), int(hidden)
+        super().__init__(config, frames, tokens_per_frame, hidden)
         self.budget = config.total_budget(self.frames, self.n)
 
     def forward(self, H: torch.Tensor, A: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,8 +169,7 @@ class FixedBudgetDivPrune(nn.Module):
             ``tokens`` (B, D) in H's dtype, ``index`` (B,) int64 sorted flat positions.
         """
         L, N, D = self.frames, self.n, self.hidden
-        if not torch.jit.is_tracing() and (tuple(H.shape) != (L, N, D)):
-            raise ValueError(f"FixedBudgetDivPrune({L}x{N}x{D}): got H {tuple(H.shape)}")
+        self.check_shape(H)
         m = L * N
         x = H.reshape(m, D)
         dist = cosine_distances(x.to(torch.float32))  # (M, M) eq. 5

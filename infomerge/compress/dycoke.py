@@ -40,9 +40,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
-from infomerge.compress._ops import check_features
+from infomerge.compress._ops import FixedShapeModule, check_features
 from infomerge.compress.exact_arith import chunked_sum
 from infomerge.compress.fixed_budget import compact
 from infomerge.compress.methods import Method
@@ -176,7 +175,7 @@ def reference(H: torch.Tensor, A: torch.Tensor, g: torch.Tensor, config: DyCokeC
     return DyCokeResult(tokens=H.reshape(L * N, D).index_select(0, index), index=index, similarity=cos)
 
 
-class FixedBudgetDyCoke(nn.Module):
+class FixedBudgetDyCoke(FixedShapeModule):
     """DyCoke TTM as a fixed-budget, shape-static graph for one video shape (L, N, D).
 
     The comparison frames and the per-frame quotas ``q_t`` are Python constants of the shape (no
@@ -199,13 +198,7 @@ class FixedBudgetDyCoke(nn.Module):
     """
 
     def __init__(self, config: DyCokeConfig, frames: int, tokens_per_frame: int, hidden: int):
-        super().__init__()
-        if frames < 1 or tokens_per_frame < 1 or hidden < 1:
-            raise ValueError(
-                f"FixedBudgetDyCoke: need L, N, D >= 1, got {frames}, {tokens_per_frame}, {hidden}"
-            )
-        self.config = config
-        self.frames, self.n, self.hidden = int(frames), int(tokens_per_frame), int(hidden)
+        super().__init__(config, frames, tokens_per_frame, hidden)
         self.quotas = config.quotas(self.frames, self.n)
         self.budget = int(sum(self.quotas))
         self.register_buffer(
@@ -236,8 +229,7 @@ class FixedBudgetDyCoke(nn.Module):
             ``tokens`` (B, D) in H's dtype, ``index`` (B,) int64 sorted flat positions.
         """
         L, N, D = self.frames, self.n, self.hidden
-        if not torch.jit.is_tracing() and tuple(H.shape) != (L, N, D):
-            raise ValueError(f"FixedBudgetDyCoke({L}x{N}x{D}): got H {tuple(H.shape)}")
+        self.check_shape(H)
         s = self.scores(H)  # (L, N)
         pos = torch.arange(N, device=H.device)
         si, sj = s.unsqueeze(-1), s.unsqueeze(-2)  # (L, N, 1) token p, (L, 1, N) token q

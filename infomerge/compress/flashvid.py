@@ -76,9 +76,8 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
-from torch import nn
 
-from infomerge.compress._ops import check_features
+from infomerge.compress._ops import FixedShapeModule, check_features
 from infomerge.compress.dpc_knn import density
 from infomerge.compress.exact_arith import exp_neg, pair_sq_dist
 from infomerge.compress.fixed_budget import compact, rank_asc, rank_desc
@@ -364,7 +363,7 @@ def reference(
 
 
 # ---- the fixed-budget, shape-static form --------------------------------------------------------
-class FixedBudgetFlashVID(nn.Module):
+class FixedBudgetFlashVID(FixedShapeModule):
     """FlashVID as a fixed-budget, shape-static graph for one video shape (L, N, D).
 
     Exactly ``B = L T`` tokens, sorted indices; every step of :func:`flashvid` batched over the
@@ -402,13 +401,7 @@ class FixedBudgetFlashVID(nn.Module):
     """
 
     def __init__(self, config: FlashVIDConfig, frames: int, tokens_per_frame: int, hidden: int):
-        super().__init__()
-        if frames < 1 or tokens_per_frame < 1 or hidden < 1:
-            raise ValueError(
-                f"FixedBudgetFlashVID: need L, N, D >= 1, got {frames}, {tokens_per_frame}, {hidden}"
-            )
-        self.config = config
-        self.frames, self.n, self.hidden = int(frames), int(tokens_per_frame), int(hidden)
+        super().__init__(config, frames, tokens_per_frame, hidden)
         self.n_a, self.n_s = config.per_frame(self.n)
         self.budget = config.total_budget(self.frames, self.n)
 
@@ -588,8 +581,7 @@ class FixedBudgetFlashVID(nn.Module):
             ``tokens`` (B, D) in H's dtype, ``index`` (B,) int64 sorted flat positions.
         """
         L, N, D = self.frames, self.n, self.hidden
-        if not torch.jit.is_tracing() and tuple(H.shape) != (L, N, D):
-            raise ValueError(f"FixedBudgetFlashVID({L}x{N}x{D}): got H {tuple(H.shape)}")
+        self.check_shape(H)
         x = H.to(torch.float32)
         a = (A if attention is None else attention).to(torch.float32)
         xn = _normalize(x)

@@ -49,9 +49,8 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
-from torch import nn
 
-from infomerge.compress._ops import check_features, stable_topk
+from infomerge.compress._ops import FixedShapeModule, check_features, stable_topk
 from infomerge.compress.dpc_knn import dpc_knn
 from infomerge.compress.exact_arith import chunked_sum
 from infomerge.compress.fixed_budget import compact, rank_desc
@@ -347,7 +346,7 @@ class HoliTomDecisions:
         return sorted({(int(s), int(e)) for s, e in zip(self.start.tolist(), self.end.tolist())})
 
 
-class FixedBudgetHoliTom(nn.Module):
+class FixedBudgetHoliTom(FixedShapeModule):
     """HoliTom as a fixed-budget, shape-static graph for one video shape (L, N, D).
 
     Exactly ``B = L ceil(r N)`` tokens, sorted indices. No NonZero, TopK, Loop, If, boolean
@@ -383,13 +382,7 @@ class FixedBudgetHoliTom(nn.Module):
     """
 
     def __init__(self, config: HoliTomConfig, frames: int, tokens_per_frame: int, hidden: int):
-        super().__init__()
-        if frames < 1 or tokens_per_frame < 1 or hidden < 1:
-            raise ValueError(
-                f"FixedBudgetHoliTom: need L, N, D >= 1, got {frames}, {tokens_per_frame}, {hidden}"
-            )
-        self.config = config
-        self.frames, self.n, self.hidden = int(frames), int(tokens_per_frame), int(hidden)
+        super().__init__(config, frames, tokens_per_frame, hidden)
         self.budget = config.total_budget(self.frames, self.n)
         self.window = config.longest_window(self.frames)
         tau = float(config.tau)
@@ -509,8 +502,7 @@ class FixedBudgetHoliTom(nn.Module):
     ) -> HoliTomDecisions:
         """Like :meth:`forward`, with every intermediate decision."""
         L, N, D = self.frames, self.n, self.hidden
-        if not torch.jit.is_tracing() and tuple(H.shape) != (L, N, D):
-            raise ValueError(f"FixedBudgetHoliTom({L}x{N}x{D}): got H {tuple(H.shape)}")
+        self.check_shape(H)
         dev = H.device
         f32 = torch.float32
         x = H.to(f32)

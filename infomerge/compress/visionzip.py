@@ -48,9 +48,8 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
-from torch import nn
 
-from infomerge.compress._ops import check_features
+from infomerge.compress._ops import FixedShapeModule, check_features
 from infomerge.compress.fixed_budget import compact
 from infomerge.compress.methods import Method
 from infomerge.errors import BudgetError
@@ -195,7 +194,7 @@ def reference(
     return visionzip(H, A if attention is None else attention, H if keys is None else keys, config)
 
 
-class FixedBudgetVisionZip(nn.Module):
+class FixedBudgetVisionZip(FixedShapeModule):
     """VisionZip as a fixed-budget, shape-static graph for one video shape (L, N, D).
 
     Exactly ``B = L * ceil(r N)`` tokens, sorted indices. No TopK, NonZero, boolean indexing,
@@ -225,13 +224,7 @@ class FixedBudgetVisionZip(nn.Module):
     """
 
     def __init__(self, config: VisionZipConfig, frames: int, tokens_per_frame: int, hidden: int):
-        super().__init__()
-        if frames < 1 or tokens_per_frame < 1 or hidden < 1:
-            raise ValueError(
-                f"FixedBudgetVisionZip: need L, N, D >= 1, got {frames}, {tokens_per_frame}, {hidden}"
-            )
-        self.config = config
-        self.frames, self.n, self.hidden = int(frames), int(tokens_per_frame), int(hidden)
+        super().__init__(config, frames, tokens_per_frame, hidden)
         self.dominant, self.contextual = config.per_frame(self.n)
         self.step = max(1, (self.n - self.dominant) // self.contextual)
         self.budget = config.total_budget(self.frames, self.n)
@@ -256,8 +249,7 @@ class FixedBudgetVisionZip(nn.Module):
         """
         L, N, D = self.frames, self.n, self.hidden
         d, c, s = self.dominant, self.contextual, self.step
-        if not torch.jit.is_tracing() and tuple(H.shape) != (L, N, D):
-            raise ValueError(f"FixedBudgetVisionZip({L}x{N}x{D}): got H {tuple(H.shape)}")
+        self.check_shape(H)
         dev = H.device
         a = (A if attention is None else attention).to(torch.float32)
         idx = torch.arange(N, device=dev)
