@@ -27,11 +27,12 @@ from pathlib import Path
 
 import torch
 
-from infomerge.bench.studies.agreement import heavy_lock, write_section
+from infomerge.bench.studies.agreement import export_compress, heavy_lock, write_section
 from infomerge.bench.studies.reference_timing import synthetic_inputs
 from infomerge.compress.config import InfoMergeConfig
 from infomerge.compress.fixed_budget import FixedBudgetCompressor
 from infomerge.compress.reference import reference
+from infomerge.engines.ort import ort_session
 
 N = 196
 LAYOUTS = ("even", "long")
@@ -98,25 +99,12 @@ def measure(
         sess = None
         if onnx:
             import numpy as np
-            import onnxruntime as ort
 
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "compress.onnx"
-                t0 = time.perf_counter()
-                torch.onnx.export(
-                    comp,
-                    (h, a, g),
-                    str(path),
-                    input_names=["H", "A", "g"],
-                    output_names=["tokens", "index"],
-                    opset_version=17,
-                    dynamo=False,
-                )
-                row["export_s"] = time.perf_counter() - t0
-                opts = ort.SessionOptions()
-                opts.log_severity_level = 3
-                opts.intra_op_num_threads = torch.get_num_threads()
-                sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+                row["export_s"] = export_compress(comp, (h, a, g), path)
+                # the one session loader (the runtime's threading policy), as many threads as torch
+                sess = ort_session(path, threads=torch.get_num_threads())
             feed = {"H": h.numpy(), "A": a.numpy(), "g": g.numpy()}
             sess.run(None, feed)  # warm-up
         times = {"reference": [], "eager": [], "ort": []}
