@@ -173,10 +173,25 @@ def run_cli(prog: str, body: Callable[[], int | None], *, debug: bool = False) -
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a message and a status
+        if isinstance(exc, (KeyboardInterrupt, Terminated)):
+            _ignore_further_signals()  # the status is decided: a straggler must not kill the exit
         if debug:
             traceback.print_exc()
         print(f"{prog}: error: {describe(exc)}", file=sys.stderr, flush=True)
         return exit_code_of(exc)
+
+
+def _ignore_further_signals() -> None:
+    """After an interrupt was handled, ignore SIGINT / SIGTERM / SIGHUP until the process exits.
+
+    :func:`signals_raise` restores Python's handlers when its block ends; a signal still pending
+    then (delivered to another thread, or unblocked by :func:`signals_deferred`) would meet
+    Python's default SIGINT handler outside :func:`run_cli` and end the process by the signal
+    instead of with status 130 after the clean-up."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for s in (*_HANDLED, signal.SIGINT):
+        signal.signal(s, signal.SIG_IGN)
 
 
 def pid_alive(pid: int) -> bool:
