@@ -8,6 +8,7 @@ with its attention weights) for g and A, on frames of a real video.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -17,10 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from infomerge.backbones import loading
+from infomerge.backbones import loading, vision
 from infomerge.backbones.registry import BACKBONES, TINY, get_backbone
 from infomerge.backbones.tiny import SIGLIP_HEAD_SUBDIR, build_tiny_checkpoint, is_complete
-from infomerge.backbones.vision import VisionEncoder, bilinear_pool_matrix
+from infomerge.backbones.vision import VisionEncoder, bilinear_pool_matrix, linear_gelu
 from infomerge.errors import ArtifactError, CheckpointNotFoundError, UnknownBackboneError
 from infomerge.video import load_frames, sample_video
 
@@ -138,13 +139,19 @@ def test_bilinear_pool_matrix_is_interpolate():
 
 
 @torch.no_grad()
-def test_vision_encoder_matches_hf(tiny_dir, frames):
+@pytest.mark.parametrize("inference", [False, True], ids=["autograd", "inference-fused"])
+def test_vision_encoder_matches_hf(tiny_dir, frames, inference):
+    """With autograd on, the plain ops; in inference mode, the fused Linear + GELU on the CPU."""
     from safetensors.torch import load_file
     from transformers import LlavaOnevisionForConditionalGeneration
     from transformers.models.siglip.modeling_siglip import SiglipMultiheadAttentionPoolingHead
 
     enc = VisionEncoder.from_backbone("tiny")
-    h, a, g = enc(frames)
+    if inference:
+        with torch.inference_mode():
+            h, a, g = (t.clone() for t in enc(frames))
+    else:
+        h, a, g = enc(frames)
     assert (
         h.shape == (4, 196, TINY.text_hidden) and a.shape == (4, 196) and g.shape == (4, TINY.vision_hidden)
     )
@@ -172,6 +179,53 @@ def test_vision_encoder_matches_hf(tiny_dir, frames):
         w.reshape(4, 1, 27, 27), size=(14, 14), mode="bilinear", align_corners=False
     ).reshape(4, 196)
     torch.testing.assert_close(a, ref_a, rtol=1e-4, atol=1e-8)
+
+
+def _gelu_by_hand(z: torch.Tensor, approximate: str) -> torch.Tensor:
+    """GELU in float64 from its formulas (Hendrycks & Gimpel): exact erf form, or the tanh one."""
+    z = z.double()
+    if approximate == "tanh":
+        return 0.5 * z * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (z + 0.044715 * z**3)))
+    return 0.5 * z * (1.0 + torch.erf(z / math.sqrt(2.0)))
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_gelu_is_gelu_of_linear(approximate, dtype):
+    gen = torch.Generator().manual_seed(0)
+    lin = torch.nn.Linear(24, 40).to(dtype)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(40, 24, generator=gen))
+        lin.bias.copy_(torch.randn(40, generator=gen))
+    x = torch.randn(3, 7, 24, generator=gen).to(dtype)
+    z = x.double() @ lin.weight.double().T + lin.bias.double()  # (3, 7, 40)
+    want = _gelu_by_hand(z, approximate)
+    with torch.inference_mode():
+        got = linear_gelu(x, lin, approximate)
+    assert got.shape == (3, 7, 40) and got.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    assert (got.double() - want).abs().max() <= tol * want.abs().max()
+
+
+@pytest.mark.skipif(not vision._FUSED_LINEAR_GELU, reason="no oneDNN fused linear on this build / CPU")
+def test_linear_gelu_fuses_in_inference_only():
+    lin = torch.nn.Linear(8, 16)
+    x = torch.randn(2, 8)
+
+    def ops(fn) -> set[str]:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            fn()
+        return {e.name for e in prof.events()}
+
+    with torch.inference_mode():
+        fused = ops(lambda: linear_gelu(x, lin, "tanh"))
+    assert "mkldnn::_linear_pointwise" in fused and "aten::gelu" not in fused
+    plain = ops(lambda: linear_gelu(x, lin, "tanh"))  # autograd on: plain ops
+    assert "aten::gelu" in plain and "mkldnn::_linear_pointwise" not in plain
+    # tracing (the ONNX export's path) records the standard ops even without autograd
+    with torch.no_grad():
+        graph = str(torch.jit.trace(vision._MLP(8, 16).eval(), x[:, None]).inlined_graph)
+    assert "aten::gelu" in graph and "_linear_pointwise" not in graph
 
 
 @torch.no_grad()
