@@ -353,3 +353,33 @@ def test_hf_prompt_holds_one_placeholder_per_hf_video_feature():
     assert n_placeholders == prompt.video_tokens == features.shape[1] == frames * 14 * 14 + 1
     assert prompt.length == len(ids.before) + n_placeholders + len(ids.after)
     assert hf.assemble(prompt, features).shape == (1, prompt.length, features.shape[-1])
+
+
+def test_side_by_side_ort_rows_need_artifacts(capsys):
+    from infomerge.bench.studies import side_by_side
+
+    with pytest.raises(SystemExit) as e:
+        side_by_side.main(["--variants", "torch", "ort-fused"])
+    assert e.value.code == 2
+    assert "need --artifacts" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        side_by_side.main(["--variants", "attention"])  # not a row key
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_side_by_side_rounds_interleave_every_variant():
+    from infomerge.bench.studies.side_by_side import interleaved
+
+    calls: list[str] = []
+
+    def variant(name, stages=None):
+        def run():
+            calls.append(name)
+            return stages
+
+        return run
+
+    out = interleaved({"a": variant("a"), "b": variant("b", {"ttft": 5.0})}, runs=2, warmup=1)
+    assert calls == ["a", "b"] * 3  # warm-up round, then 2 timed rounds, each variant in turn
+    assert out["b"] == {"ttft": [5.0, 5.0]}
+    assert list(out["a"]) == ["wall"] and len(out["a"]["wall"]) == 2

@@ -1,7 +1,7 @@
 """Vision and TTFT side by side with Hugging Face, interleaved in one process (issue 20, item 3).
 
     python -m infomerge.bench.studies.side_by_side --backbone ov-0.5b --random-weights --frames 8 \\
-        --artifacts DIR [--runs 3] [--retention 0.15] [--json OUT]
+        --artifacts DIR [--runs 3] [--retention 0.15] [--variants KEY ...] [--json OUT]
 
 One process holds every pipeline on the same checkpoint and the same decoded frames, and each
 timed round runs every variant once, in turn, so a change in the machine's load hits all of them
@@ -21,6 +21,11 @@ Time to first token (video file -> first token, one request): Hugging Face uncom
 template, ``get_video_features``, splice, prefill: what ``generate`` does for its first token),
 infomerge torch at r = 1.0 and at ``--retention``, infomerge ORT at ``--retention`` (with
 ``--artifacts``: fused vision graph, fixed-budget compressor, onnxruntime-genai LLM).
+
+``--variants`` names the rows to run by their keys (:data:`VISION_VARIANTS`, :data:`TTFT_VARIANTS`;
+default: all). ``hf`` and ``hf-ttft``, the references of the ratios, always run; e.g.
+``--variants torch ort-fused torch-r ort-r`` leaves out the rows kept only for the record (the
+written-out attention, the unfused ``vision.onnx``, torch at r = 1.0).
 """
 
 from __future__ import annotations
@@ -36,6 +41,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+#: vision row keys -> row names (``--variants``)
+VISION_VARIANTS = {
+    "hf": "hf",
+    "torch": "torch",
+    "torch-explicit": "torch, attention written out",
+    "ort-plain": "ort vision.onnx",
+    "ort-fused": "ort ort/vision.onnx (fused)",
+}
+#: TTFT row keys -> row names (``r`` is ``--retention``)
+TTFT_VARIANTS = {
+    "hf-ttft": "Hugging Face, uncompressed",
+    "torch-r1": "infomerge torch, r = 1.0",
+    "torch-r": "infomerge torch, r = {r:g}",
+    "ort-r": "infomerge ORT, r = {r:g}",
+}
+#: the references of the ratios: always run
+_ALWAYS = ("hf", "hf-ttft")
 
 
 def _explicit_attention(self, x: torch.Tensor) -> torch.Tensor:
@@ -92,8 +115,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retention", type=float, default=0.15)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--no-ttft", action="store_true", help="vision only")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=[*VISION_VARIANTS, *TTFT_VARIANTS],
+        default=None,
+        metavar="KEY",
+        help="rows to run, by key (default: all); hf and hf-ttft always run",
+    )
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
+    chosen = set(args.variants or [*VISION_VARIANTS, *TTFT_VARIANTS]) | set(_ALWAYS)
+    if args.artifacts is None and chosen & {"ort-plain", "ort-fused", "ort-r"} and args.variants:
+        p.error("the ort rows (ort-plain, ort-fused, ort-r) need --artifacts DIR (an infomerge-export dir)")
 
     bb = get_backbone(args.backbone)
     frames = args.frames or bb.frames
@@ -120,21 +154,22 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             attention_cls.forward = sdpa_forward
 
-    vision_variants = {
-        "hf": lambda: hf.vision(pv),
-        "torch": lambda: pipe.vision(pv),
-        "torch, attention written out": torch_written_out,
-    }
-    ort_pipe = None
+    vision_variants = {"hf": lambda: hf.vision(pv)}
+    if "torch" in chosen:
+        vision_variants["torch"] = lambda: pipe.vision(pv)
+    if "torch-explicit" in chosen:
+        vision_variants[VISION_VARIANTS["torch-explicit"]] = torch_written_out
+    ort_pipe = plain = fused = None
     if args.artifacts is not None:
         from infomerge.artifacts.layout import IMAGE_NEWLINE, VISION_ONNX, VISION_ORT_ONNX
         from infomerge.runtime.backends.ort import OrtVision
 
-        plain = OrtVision(args.artifacts / VISION_ONNX, args.artifacts / IMAGE_NEWLINE)
-        vision_variants["ort vision.onnx"] = lambda: plain(pv)
-        if (args.artifacts / VISION_ORT_ONNX).is_file():
+        if "ort-plain" in chosen:
+            plain = OrtVision(args.artifacts / VISION_ONNX, args.artifacts / IMAGE_NEWLINE)
+            vision_variants[VISION_VARIANTS["ort-plain"]] = lambda: plain(pv)
+        if "ort-fused" in chosen and (args.artifacts / VISION_ORT_ONNX).is_file():
             fused = OrtVision(args.artifacts / VISION_ORT_ONNX, args.artifacts / IMAGE_NEWLINE)
-            vision_variants["ort ort/vision.onnx (fused)"] = lambda: fused(pv)
+            vision_variants[VISION_VARIANTS["ort-fused"]] = lambda: fused(pv)
     with torch.inference_mode():
         vision = interleaved(vision_variants, args.runs)
     plain = fused = None
@@ -143,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     ttft = {}
     if not args.no_ttft:
         full = pipe.with_compression(retention=None, backend="none")
-        if args.artifacts is not None:
+        if args.artifacts is not None and "ort-r" in chosen:
             ort_pipe = Pipeline.from_backbone(
                 bb.name,
                 model_path=checkpoint,
@@ -177,13 +212,10 @@ def main(argv: list[str] | None = None) -> int:
             t3 = time.perf_counter()
             return {"ttft": (t3 - t0) * 1e3, "vision": (t2 - t1) * 1e3, "prefill": (t3 - t2) * 1e3}
 
-        variants = {
-            "Hugging Face, uncompressed": hf_request,
-            "infomerge torch, r = 1.0": ours(full),
-            f"infomerge torch, r = {args.retention:g}": ours(pipe),
-        }
+        runs = {"hf-ttft": hf_request, "torch-r1": ours(full), "torch-r": ours(pipe)}
         if ort_pipe is not None:
-            variants[f"infomerge ORT, r = {args.retention:g}"] = ours(ort_pipe)
+            runs["ort-r"] = ours(ort_pipe)
+        variants = {TTFT_VARIANTS[k].format(r=args.retention): fn for k, fn in runs.items() if k in chosen}
         ttft = interleaved(variants, args.runs)
 
     hf_vision = _median(vision["hf"], "wall")
