@@ -3,6 +3,7 @@
 Not a test: prints the figures of docs/runtime.md, "Load and start-up"::
 
     PYTHONPATH=. python scripts/time_startup.py --rounds 3 /tmp/base .
+    PYTHONPATH=. python scripts/time_startup.py --rounds 3 --run-args "--artifacts DIR" .  # ORT LLM
 
 Start-up is what a process does before it can take the request: import the command, check the
 arguments and the prompt (tokenizer), apply the threading policy, load the pipeline (tiny: vision
@@ -10,7 +11,8 @@ encoder, SigLIP head, LLM, tokenizer). Each round runs it once per tree (interle
 process with that tree on ``PYTHONPATH``, and records wall time and CPU time (user + system: on a
 machine shared with other jobs the wall time mostly measures the others, the CPU time much less).
 Each round also times the floor no tree can go below with the torch LLM: a process that only
-imports torch and transformers' tokenizer and Qwen2 modules.
+imports torch and transformers' tokenizer and Qwen2 modules; and, for reference, a bare
+``import torch`` and ``infomerge-run --help`` (from the first tree given).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -25,9 +28,15 @@ import time
 from pathlib import Path
 
 FLOOR = "import torch; from transformers import AutoTokenizer, Qwen2ForCausalLM"
+#: further reference processes timed each round: (label, python arguments)
+REFERENCES = (
+    ("`python -c 'import torch'`", ["-c", "import torch"]),
+    (f"`python -c '{FLOOR}'`", ["-c", FLOOR]),
+    ("`python -m infomerge.runtime.cli --help` (this tree)", ["-m", "infomerge.runtime.cli", "--help"]),
+)
 
 
-def _child() -> dict:
+def _child(run_args: list[str]) -> dict:
     import resource
 
     def cpu() -> float:
@@ -38,7 +47,7 @@ def _child() -> dict:
     import infomerge.runtime.cli as cli
 
     c1 = cpu()
-    args = cli.build_parser().parse_args([])
+    args = cli.build_parser().parse_args(run_args)
     cli.check_args(args)
     if hasattr(cli, "apply_threads"):
         cli.apply_threads(args.threads)
@@ -67,21 +76,26 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("trees", nargs="*", type=Path, help="source trees (each holds infomerge/)")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--run-args",
+        default="",
+        help="infomerge-run arguments of the timed start-up, one string (default: none, the demo)",
+    )
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        print(json.dumps(_child()))
+        print(json.dumps(_child(shlex.split(args.run_args))))
         return
     rows: dict[Path, list[dict]] = {t: [] for t in args.trees}
     loads, floor = [], []
     for _ in range(args.rounds):
         for t in args.trees:
-            wall, cpu, out = _run([str(Path(__file__).resolve()), "--child"], t)
+            wall, cpu, out = _run([str(Path(__file__).resolve()), "--child", "--run-args", args.run_args], t)
             row = json.loads(out.strip().splitlines()[-1])
             row.update(process_wall_s=wall, process_cpu_s=cpu)
             rows[t].append(row)
             loads.append(os.getloadavg()[0])
-        floor.append(_run(["-c", FLOOR])[:2])
+        floor.append([_run(code, args.trees[0] if "--help" in code else None)[:2] for _, code in REFERENCES])
     print(f"1-min load average {min(loads):.1f}-{max(loads):.1f}; medians of {args.rounds} rounds")
     print("| tree | process wall (s) | process CPU (s) | CLI imports, CPU (s) | checks + load, CPU (s) |")
     print("|---|---|---|---|---|")
@@ -91,8 +105,9 @@ def main() -> None:
             f"{med[k]:.2f}" for k in ("process_wall_s", "process_cpu_s", "import_cpu_s", "load_cpu_s")
         )
         print(f"| {t} | {cells} |")
-    fw, fc = (statistics.median(x) for x in zip(*floor))
-    print(f"| `python -c '{FLOOR}'` | {fw:.2f} | {fc:.2f} | | |")
+    for i, (label, _) in enumerate(REFERENCES):
+        fw, fc = (statistics.median(x) for x in zip(*(r[i] for r in floor)))
+        print(f"| {label} | {fw:.2f} | {fc:.2f} | | |")
 
 
 if __name__ == "__main__":
