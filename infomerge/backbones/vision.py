@@ -26,7 +26,8 @@ agnostic, see :mod:`infomerge.export.onnx_export`); the bilinear pooling is a co
 matrix, so it exports as one MatMul (exactly ``F.interpolate``'s map); the tower's attention is
 ``F.scaled_dot_product_attention`` (see ``_Attention.forward``); the attention weights are written
 out only where they are an output: the MAP head's probe attention (``A``) and
-:meth:`VisionEncoder.last_layer_stats`.
+:meth:`VisionEncoder.last_layer_stats`. The MLPs' and the projector's Linear + GELU run as one
+oneDNN kernel in eager CPU inference (:func:`linear_gelu`); a traced graph records the plain ops.
 
 fp16 mode: tower and projector weights and activations are float16; LayerNorm (its statistics
 overflow in fp16 once |x| > 256) and softmax run in float32 with float32 parameters; the SigLIP
