@@ -33,6 +33,7 @@ SIZES = {"320x240": (320, 240), "720p": (1280, 720), "1080p": (1920, 1080)}
 BIG = {"720p": (1280, 720), "1080p": (1920, 1080), "4K": (3840, 2160), "8K": (7680, 4320)}
 BEFORE_REV = "e7d4bde"
 IMPLS = ("before", "after")
+GOPS = (None, 30)  # x264's default (keyint 250: 8.3 s at 30 fps) and 1 s, as phones and cameras write
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -40,26 +41,29 @@ def _ffmpeg(*args: str) -> None:
     subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
 
 
-def clip_path(root: Path, size: str, minutes: int) -> Path:
-    return root / f"{size}_{minutes}min.mp4"
+def clip_path(root: Path, size: str, minutes: int, gop: int | None = None) -> Path:
+    """``{size}_{minutes}min.mp4`` (x264's default GOP) or ``..._g{gop}.mp4``."""
+    return root / (f"{size}_{minutes}min.mp4" if gop is None else f"{size}_{minutes}min_g{gop}.mp4")
 
 
-def make(root: Path) -> None:
+def make(root: Path, gops=GOPS) -> None:
     """Write the benchmark videos into ``root`` (skips files that exist)."""
     root.mkdir(parents=True, exist_ok=True)
     for size, (w, h) in SIZES.items():
-        one = clip_path(root, size, 1)
-        if not one.exists():
-            _ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={w}x{h}:rate=30", "-t", "60", "-c:v", "libx264",
-                    "-preset", "veryfast", "-pix_fmt", "yuv420p", str(one))
-        for minutes in LENGTHS_MIN[1:]:
-            out = clip_path(root, size, minutes)
-            if out.exists():
-                continue
-            with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as lst:
-                lst.write(f"file '{one}'\n" * minutes)
-            _ffmpeg("-f", "concat", "-safe", "0", "-i", lst.name, "-c", "copy", str(out))
-            os.unlink(lst.name)
+        for gop in gops:
+            one = clip_path(root, size, 1, gop)
+            if not one.exists():
+                keyint = () if gop is None else ("-g", str(gop))
+                _ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={w}x{h}:rate=30", "-t", "60", "-c:v", "libx264",
+                        "-preset", "veryfast", *keyint, "-pix_fmt", "yuv420p", str(one))
+            for minutes in LENGTHS_MIN[1:]:
+                out = clip_path(root, size, minutes, gop)
+                if out.exists():
+                    continue
+                with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as lst:
+                    lst.write(f"file '{one}'\n" * minutes)
+                _ffmpeg("-f", "concat", "-safe", "0", "-i", lst.name, "-c", "copy", str(out))
+                os.unlink(lst.name)
     for size, (w, h) in BIG.items():
         out = root / f"mem_{size}.mp4"
         if not out.exists():
@@ -113,24 +117,25 @@ def _best(impl, path, repeat, **kw):
     return min(ok, key=lambda r: r["s"]) if ok else runs[0]
 
 
-def time_table(root: Path, repeat: int, before_max_min: int, sizes=tuple(SIZES), impls=IMPLS) -> None:
+def time_table(root: Path, repeat: int, before_max_min: int, sizes=tuple(SIZES), impls=IMPLS,
+               gops=(None,)) -> None:
     """Decode time of 32 frames vs length; "before" only up to ``before_max_min`` minutes (its
     cost is linear in length: longer ones are extrapolated from the longest measured, marked ~)."""
     print("| video | " + " | ".join(f"{m} min" for m in LENGTHS_MIN) + " |")
     print("|---|" + "---|" * len(LENGTHS_MIN))
-    for size in sizes:
-        for impl in impls:
-            cells, last = [], None
-            for minutes in LENGTHS_MIN:
-                if impl == "before" and minutes > before_max_min:
-                    cells.append(f"~{last[1] * minutes / last[0]:.1f} s" if last else "-")
-                    continue
-                r = _best(impl, clip_path(root, size, minutes), repeat if impl == "after" else 1)
-                cells.append(f"{r['s']:.2f} s" if "s" in r else r["error"][:40])
-                if "s" in r:
-                    last = (minutes, r["s"])
-                print(f"# {size} {impl} {minutes} min: {r}", file=sys.stderr, flush=True)
-            print(f"| {size} {impl} | " + " | ".join(cells) + " |", flush=True)
+    for size, impl, gop in ((s, i, g) for s in sizes for g in gops for i in impls):
+        label = f"{size} {impl}" + ("" if gop is None else f", {gop}-frame GOP")
+        cells, last = [], None
+        for minutes in LENGTHS_MIN:
+            if impl == "before" and minutes > before_max_min:
+                cells.append(f"~{last[1] * minutes / last[0]:.1f} s" if last else "-")
+                continue
+            r = _best(impl, clip_path(root, size, minutes, gop), repeat if impl == "after" else 1)
+            cells.append(f"{r['s']:.2f} s" if "s" in r else r["error"][:40])
+            if "s" in r:
+                last = (minutes, r["s"])
+            print(f"# {label} {minutes} min: {r}", file=sys.stderr, flush=True)
+        print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
 
 
 def memory_table(root: Path) -> None:
@@ -156,11 +161,14 @@ def main() -> None:
     ap.add_argument("--impl", choices=IMPLS, action="append", help="only this reader (repeatable)")
     ap.add_argument("--sizes", nargs="+", choices=tuple(SIZES), default=tuple(SIZES),
                     help="time: these sizes only")
+    ap.add_argument("--gops", nargs="+", default=["default"], choices=["default", "30"],
+                    help="time: keyframe intervals (x264's default 250, or 30 = 1 s)")
     args = ap.parse_args()
     if args.what == "make":
         make(args.root)
     elif args.what == "time":
-        time_table(args.root, args.repeat, args.before_max_min, args.sizes, tuple(args.impl or IMPLS))
+        gops = tuple(None if g == "default" else int(g) for g in args.gops)
+        time_table(args.root, args.repeat, args.before_max_min, args.sizes, tuple(args.impl or IMPLS), gops)
     else:
         memory_table(args.root)
 

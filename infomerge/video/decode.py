@@ -28,6 +28,7 @@ Each kept frame is converted to RGB and, when ``size`` is given, resized on the 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import warnings
@@ -41,6 +42,7 @@ from infomerge.errors import (
     TruncatedVideoError,
     VideoSourceError,
 )
+from infomerge.video.allocator import return_large_buffers
 from infomerge.video.clip import VideoClip
 from infomerge.video.preprocess import display_copy, resize_frame
 from infomerge.video.sampling import SAMPLINGS, sample_by_time, sample_indices, window_start
@@ -51,6 +53,8 @@ LIVE_WINDOW_S = 10.0  # window of a live source when none is given
 DECODE_DEVICES = ("cpu", "cuda")
 _SEEK_TRIES = 12
 _FRAME_THREADS_MAX_PIXELS = 1920 * 1088
+_WORKERS_MAX = 1  # decoders side by side on a file's sampled frames (see _decode_workers)
+_WORKER_THREADS = "SLICE"  # FFmpeg threading of each of them
 
 
 class _SeekFailed(Exception):
@@ -73,10 +77,14 @@ class _Timeline:
 
 def _set_threads(stream) -> None:
     """Frame + slice threads for frames up to 1080p; for larger ones slice threads only: every
-    frame thread holds frames of its own, which at 4K/8K would make memory grow with resolution."""
+    frame thread holds frames of its own, which at 4K/8K would make memory grow with resolution.
+    Before frames above 1080p are decoded, glibc is told to return large freed buffers to the
+    system (:func:`~infomerge.video.allocator.return_large_buffers`)."""
     ctx = stream.codec_context
     big = (ctx.width or 0) * (ctx.height or 0) > _FRAME_THREADS_MAX_PIXELS
     stream.thread_type = "SLICE" if big else "AUTO"
+    if big:
+        return_large_buffers()
 
 
 def _check(cancel: threading.Event | None) -> None:
@@ -283,19 +291,112 @@ def _fps(stream) -> float:
     return fps if np.isfinite(fps) else 0.0
 
 
-def _read_seeking(container, stream, timeline: _Timeline, frames, sampling, window, keep, cancel):
+class _Either:
+    """Set when the caller's ``cancel`` or a sibling worker's ``stop`` is set (``is_set`` only)."""
+
+    def __init__(self, cancel: threading.Event | None, stop: threading.Event):
+        self.cancel, self.stop = cancel, stop
+
+    def is_set(self) -> bool:
+        return self.stop.is_set() or (self.cancel is not None and self.cancel.is_set())
+
+
+def _split(targets: list[int], keys: np.ndarray, parts: int) -> list[list[int]]:
+    """Cut the ascending sampled pts ``targets`` into at most ``parts`` runs of about equal length,
+    only where a keyframe lies between two neighbours (each run then starts with its own seek, so
+    no GOP is decoded twice)."""
+    gop = np.searchsorted(keys, targets, side="right")  # (len(targets),) GOP of each sampled pts
+    cuts = [i for i in range(1, len(targets)) if gop[i] > gop[i - 1]]
+    chosen: list[int] = []
+    for k in range(1, parts):
+        ideal = k * len(targets) / parts
+        best = min(cuts, key=lambda c: abs(c - ideal), default=None)
+        if best is not None and best not in chosen:
+            chosen.append(best)
+    bounds = [0, *sorted(chosen), len(targets)]
+    return [targets[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def _walk(container, stream, keys, cancel, wanted, run: list[int], keep) -> dict[int, tuple]:
+    """Decode the frames at the pts in ``run`` (ascending) with one cursor: {pts: keep(frame)}."""
+    cursor = _Cursor(container, stream, keys, cancel, wanted)
+    try:
+        return {t: keep(cursor.frame(t)) for t in run}
+    finally:
+        cursor.close()
+
+
+def _decode_workers(src: Source, stream) -> int:
+    """How many containers decode a file's sampled frames side by side: one per core (at most
+    :data:`_WORKERS_MAX`) for local files up to 1080p; one for URLs (one connection) and for larger
+    frames (each decoder holds frames of its own)."""
+    ctx = stream.codec_context
+    if src.kind != "file" or (ctx.width or 0) * (ctx.height or 0) > _FRAME_THREADS_MAX_PIXELS:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, _WORKERS_MAX))
+
+
+def _read_seeking(container, stream, timeline: _Timeline, frames, sampling, window, keep, cancel, src=None):
+    """Seek to the sampled frames. With several workers (:func:`_decode_workers`), the sampled pts
+    are cut into runs at keyframes and each run is decoded by its own container and decoder in a
+    thread (FFmpeg releases the GIL while it demuxes and decodes); every frame still comes from a
+    decode that starts at a keyframe before it, so the pixels are those of one sequential decode."""
     tb = float(stream.time_base)
     times = (timeline.pts - timeline.pts[0]) * tb
     idx = _choose(times, frames, sampling, window)
     wanted = {int(p) for p in timeline.pts[idx]}
-    cursor = _Cursor(container, stream, timeline.keys, cancel, wanted)
-    kept = {}
-    try:
-        for i in np.unique(idx):
-            kept[int(i)] = keep(cursor.frame(int(timeline.pts[i])))
-    finally:
-        cursor.close()
+    targets = [int(timeline.pts[i]) for i in np.unique(idx)]
+    workers = _decode_workers(src, stream) if src is not None else 1
+    runs = _split(targets, timeline.keys, workers) if workers > 1 else [targets]
+    if len(runs) == 1:
+        by_pts = _walk(container, stream, timeline.keys, cancel, wanted, targets, keep)
+    else:
+        by_pts = _walk_parallel(container, stream, timeline.keys, cancel, wanted, runs, keep, src)
+    kept = {int(i): by_pts[int(timeline.pts[i])] for i in np.unique(idx)}
     return kept, idx, times
+
+
+def _walk_parallel(container, stream, keys, cancel, wanted, runs, keep, src: Source) -> dict[int, tuple]:
+    """:func:`_walk` on each run in its own thread: the first on ``container``, the others on
+    containers of their own (single-threaded decoders: the workers already fill the cores)."""
+    stop = threading.Event()
+    either = _Either(cancel, stop)
+    results: list[dict | BaseException | None] = [None] * len(runs)
+
+    def work(k: int) -> None:
+        own = None
+        try:
+            if k == 0:
+                c, s = container, stream
+            else:
+                own, s = open_source(src)
+                c = own
+            s.thread_type = _WORKER_THREADS
+            results[k] = _walk(c, s, keys, either, wanted, runs[k], keep)
+        except BaseException as exc:  # handed to the caller below
+            results[k] = exc
+            stop.set()
+        finally:
+            if own is not None:
+                own.close()
+
+    threads = [threading.Thread(target=work, args=(k,), name=f"infomerge-decode-{k}", daemon=True)
+               for k in range(len(runs))]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        stop.set()  # an interrupt while joining: the workers stop at their next packet
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:  # a worker's own error before the cancellations it caused in its siblings
+        raise next((e for e in errors if not isinstance(e, DecodeCancelledError)), errors[0])
+    out: dict[int, tuple] = {}
+    for r in results:
+        out.update(r)
+    return out
 
 
 def _decode_all(src: Source, wanted: set[int], keep, cancel):
@@ -492,7 +593,7 @@ def read_video(
         if timeline is not None and len(timeline.pts):
             try:
                 kept, idx, times = _read_seeking(container, stream, timeline, frames, sampling, window, keep,
-                                                 cancel)
+                                                 cancel, src)
                 result = (kept, idx, times, len(timeline.pts), "seek")
             except _SeekFailed as exc:
                 notes.append(f"exact seeking failed ({exc}); decoded sequentially")
