@@ -44,7 +44,16 @@ from infomerge.errors import (
 )
 from infomerge.video.allocator import return_large_buffers
 from infomerge.video.clip import VideoClip
-from infomerge.video.preprocess import display_copy, resize_frame
+from infomerge.video.preprocess import (
+    STRIP_ROWS,
+    WidthPass,
+    display_copy,
+    display_from_rows,
+    display_size,
+    float_strip,
+    pixel_values_from_rows,
+    resize_frame,
+)
 from infomerge.video.sampling import SAMPLINGS, sample_by_time, sample_indices, window_start
 from infomerge.video.source import Source, open_source, parse_source
 
@@ -53,7 +62,7 @@ LIVE_WINDOW_S = 10.0  # window of a live source when none is given
 DECODE_DEVICES = ("cpu", "cuda")
 _SEEK_TRIES = 12
 _FRAME_THREADS_MAX_PIXELS = 1920 * 1088
-_WORKERS_MAX = 1  # decoders side by side on a file's sampled frames (see _decode_workers)
+_WORKERS_MAX = 4  # decoders side by side on a file's sampled frames (see _decode_workers)
 _WORKER_THREADS = "SLICE"  # FFmpeg threading of each of them
 
 
@@ -252,18 +261,68 @@ def _choose(times: np.ndarray, frames: int, sampling: str, window: float | None)
 
 class _Keeper:
     """What is kept of a sampled frame: RGB (resized for display when ``size`` is set) and, with
-    ``size``, its SigLIP pixel values, computed right away so no full-resolution copy stays."""
+    ``size``, its SigLIP pixel values, computed right away so no full-resolution copy stays.
+
+    Frames above 1080p in 4:2:0 (what H.264/HEVC/AV1 cameras write) are converted to RGB strip by
+    strip (:func:`_rgb_strips`), each strip going straight into the width passes of the display
+    copy and of the pixel values: no full-resolution RGB frame (95 MiB at 8K) exists.
+    """
 
     def __init__(self, size: int | None, display_max: int):
         self.size, self.display_max = size, display_max
 
     def __call__(self, frame):
+        if self.size is not None and _by_strips(frame, self.display_max):
+            return self.from_strips(frame)
         return self.from_rgb(frame.to_ndarray(format="rgb24"))
 
     def from_rgb(self, rgb: np.ndarray):
         if self.size is None:
             return rgb, None
         return display_copy(rgb, self.display_max), resize_frame(rgb, self.size)
+
+    def from_strips(self, frame):
+        h, w = frame.height, frame.width
+        nh, nw = display_size(h, w, self.display_max)
+        display, pixels = WidthPass(h, w, nw), WidthPass(h, w, self.size)
+        for r, rgb in _rgb_strips(frame):
+            x = float_strip(rgb)  # one conversion for both passes
+            display.add(r, x)
+            pixels.add(r, x)
+        return display_from_rows(display.rows, nh), pixel_values_from_rows(pixels.rows, self.size)
+
+
+_STRIP_FORMATS = ("yuv420p", "yuvj420p")
+
+
+def _by_strips(frame, display_max: int) -> bool:
+    """Convert ``frame`` to RGB in strips: above 1080p, 4:2:0 planar, even width, height a multiple
+    of 4 (whole chroma rows in every strip), and a display copy smaller than the frame."""
+    h, w = frame.height, frame.width
+    return (h * w > _FRAME_THREADS_MAX_PIXELS and frame.format.name in _STRIP_FORMATS and w % 2 == 0
+            and h % 4 == 0 and max(h, w) > display_max)
+
+
+def _rgb_strips(frame):
+    """Yield ``(r, rgb)``: rows ``r .. r + n`` of ``frame.to_ndarray(format="rgb24")``, (n, W, 3)
+    uint8, n = STRIP_ROWS (fewer at the bottom), computed from a copy of those rows' Y and chroma
+    planes by the same swscale conversion. FFmpeg's 4:2:0 -> RGB conversion at equal size is local
+    to each pair of rows (it runs on row slices in its own threads too), so the strips are the
+    full frame's rows byte for byte (tested on 4K-class frames against ``to_ndarray``)."""
+    import av
+
+    h, w = frame.height, frame.width
+    y, u, v = (np.frombuffer(p, dtype=np.uint8).reshape(p.height, p.line_size)[:, : p.width]
+               for p in frame.planes)
+    for r in range(0, h, STRIP_ROWS):
+        n = min(STRIP_ROWS, h - r)
+        yuv = np.empty((n * 3 // 2, w), dtype=np.uint8)  # from_ndarray's layout: Y, then U, then V
+        yuv[:n] = y[r : r + n]
+        yuv[n : n + n // 4].reshape(n // 2, w // 2)[:] = u[r // 2 : (r + n) // 2]
+        yuv[n + n // 4 :].reshape(n // 2, w // 2)[:] = v[r // 2 : (r + n) // 2]
+        strip = av.VideoFrame.from_ndarray(yuv, format=frame.format.name)
+        strip.colorspace, strip.color_range = frame.colorspace, frame.color_range
+        yield r, strip.to_ndarray(format="rgb24")
 
 
 def _assemble(
