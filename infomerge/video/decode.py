@@ -35,6 +35,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from infomerge.errors import (
     DecodeCancelledError,
@@ -270,6 +271,7 @@ class _Keeper:
 
     def __init__(self, size: int | None, display_max: int):
         self.size, self.display_max = size, display_max
+        self._local = threading.local()
 
     def __call__(self, frame):
         if self.size is not None and _by_strips(frame, self.display_max):
@@ -284,12 +286,24 @@ class _Keeper:
     def from_strips(self, frame):
         h, w = frame.height, frame.width
         nh, nw = display_size(h, w, self.display_max)
-        display, pixels = WidthPass(h, w, nw), WidthPass(h, w, self.size)
+        display, pixels, buf = self._buffers(h, w, nw)
         for r, rgb in _rgb_strips(frame):
-            x = float_strip(rgb)  # one conversion for both passes
+            x = float_strip(rgb, buf)  # one conversion for both passes
             display.add(r, x)
             pixels.add(r, x)
         return display_from_rows(display.rows, nh), pixel_values_from_rows(pixels.rows, self.size)
+
+    def _buffers(self, h: int, w: int, nw: int):
+        """The width passes and the float32 strip of an h x w frame, allocated once per thread and
+        frame size and reused for every sampled frame (each is overwritten in full): large
+        buffers allocated and freed per frame are what made the allocator's footprint grow."""
+        key = (h, w, nw, self.size)
+        cached = getattr(self._local, "buffers", None)
+        if cached is None or cached[0] != key:
+            cached = (key, (WidthPass(h, w, nw), WidthPass(h, w, self.size),
+                            torch.empty((STRIP_ROWS, w, 3), dtype=torch.float32)))
+            self._local.buffers = cached
+        return cached[1]
 
 
 _STRIP_FORMATS = ("yuv420p", "yuvj420p")

@@ -45,10 +45,16 @@ def preprocess(frames: np.ndarray, size: int = SIGLIP_SIZE) -> torch.Tensor:
     return (x - SIGLIP_MEAN) / SIGLIP_STD
 
 
-def float_strip(strip: np.ndarray) -> torch.Tensor:
+def float_strip(strip: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
     """(h, W, 3) uint8 rows -> (1, 3, h, W) float32 (a channels-last view's layout, as the
-    width passes have always filtered it)."""
-    return torch.from_numpy(np.ascontiguousarray(strip)).permute(2, 0, 1).to(torch.float32)[None]
+    width passes have always filtered it). ``out``: an (n >= h, W, 3) float32 buffer to convert
+    into (reused from strip to strip instead of a new allocation)."""
+    src = torch.from_numpy(np.ascontiguousarray(strip))
+    if out is None:
+        return src.permute(2, 0, 1).to(torch.float32)[None]
+    dst = out[: strip.shape[0]]
+    dst.copy_(src)
+    return dst.permute(2, 0, 1)[None]
 
 
 class WidthPass:
