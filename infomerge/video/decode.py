@@ -16,14 +16,18 @@ How a file is read:
    order gives the same pixels as decoding from the start. When no keyframe lies between the
    previous sampled frame and the next, decoding simply continues (no seek). On the way, packets
    that are not sampled are decoded with ``skip_frame="NONREF"``: frames nothing refers to are
-   dropped unseen, which leaves the sampled frames' pixels unchanged.
+   dropped unseen, which leaves the sampled frames' pixels unchanged. For a local file up to
+   1080p the sampled frames are cut into runs at keyframes and each run is decoded by its own
+   container in a thread, one per core (:func:`_read_seeking`).
 3. **Fallback.** Without usable pts (raw H.264 streams, some MPEG-TS), when a seek never lands
    before its target, or when the frame with the expected pts never comes out, the file is decoded
    sequentially, like the OpenCV reader before it: the frames are sampled by the counted total,
    with a second pass when the container's count was wrong.
 
 Each kept frame is converted to RGB and, when ``size`` is given, resized on the spot
-(:func:`~infomerge.video.preprocess.resize_frame`), so memory does not grow with resolution.
+(:func:`~infomerge.video.preprocess.resize_frame`), so memory does not grow with resolution:
+frames above 1080p are converted strip by strip (:class:`_Keeper`), and glibc is told to return
+large freed buffers (:mod:`infomerge.video.allocator`).
 """
 
 from __future__ import annotations
@@ -271,7 +275,7 @@ class _Keeper:
 
     def __init__(self, size: int | None, display_max: int):
         self.size, self.display_max = size, display_max
-        self._local = threading.local()
+        self._buffers_of: dict[int, tuple] = {}  # thread id -> (frame size, buffers)
 
     def __call__(self, frame):
         if self.size is not None and _by_strips(frame, self.display_max):
@@ -297,13 +301,18 @@ class _Keeper:
         """The width passes and the float32 strip of an h x w frame, allocated once per thread and
         frame size and reused for every sampled frame (each is overwritten in full): large
         buffers allocated and freed per frame are what made the allocator's footprint grow."""
-        key = (h, w, nw, self.size)
-        cached = getattr(self._local, "buffers", None)
+        key, thread = (h, w, nw, self.size), threading.get_ident()
+        cached = self._buffers_of.get(thread)
         if cached is None or cached[0] != key:
             cached = (key, (WidthPass(h, w, nw), WidthPass(h, w, self.size),
                             torch.empty((STRIP_ROWS, w, 3), dtype=torch.float32)))
-            self._local.buffers = cached
+            self._buffers_of[thread] = cached
         return cached[1]
+
+    def release(self) -> None:
+        """Drop the reused buffers (110 MiB at 8K) once decoding is over, before the kept frames
+        are stacked into the clip."""
+        self._buffers_of.clear()
 
 
 _STRIP_FORMATS = ("yuv420p", "yuvj420p")
@@ -676,6 +685,7 @@ def read_video(
             result = (kept, idx, times, total, "sequential")
     finally:
         container.close()
+        keep.release()
     kept, idx, times, total, method = result
     if claimed and claimed != total:
         notes.append(f"container claims {claimed} frames, decoder delivered {total}; resampled")
