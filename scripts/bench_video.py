@@ -7,6 +7,8 @@ Not a test: it prints a Markdown table for docs/video.md. Two steps:
     python scripts/bench_video.py time /tmp/videos      # decode time, 1..60 min x 3 resolutions
     python scripts/bench_video.py time /tmp/videos --impl after --sizes 720p   # one row
     python scripts/bench_video.py memory /tmp/videos    # peak RSS, 720p / 1080p / 4K / 8K
+    python scripts/bench_video.py memory /tmp/videos --impl after --impl after:no-strips   # ablation
+    python scripts/bench_video.py time /tmp/videos --gops default 30 --impl after:one-decoder
 
 "before" is ``infomerge/video.py`` as of commit ``e7d4bde`` (loaded with ``git show``), so the two
 implementations run on the same machine, files and Python. Each measurement runs in a fresh
@@ -33,6 +35,11 @@ SIZES = {"320x240": (320, 240), "720p": (1280, 720), "1080p": (1920, 1080)}
 BIG = {"720p": (1280, 720), "1080p": (1920, 1080), "4K": (3840, 2160), "8K": (7680, 4320)}
 BEFORE_REV = "e7d4bde"
 IMPLS = ("before", "after")
+# ablations of "after" (``after:PART[:PART]``): RGB in one piece above 1080p, glibc's dynamic mmap
+# threshold left alone, one decoder with frame threads (the previous default), frame threads in
+# each parallel decoder
+VARIANTS = ("after:no-strips", "after:no-threshold", "after:no-strips:no-threshold", "after:one-decoder",
+            "after:frame-threads")
 GOPS = (None, 30)  # x264's default (keyint 250: 8.3 s at 30 fps) and 1 s, as phones and cameras write
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,7 +95,19 @@ if impl == "before":
         clip = mod.read_video(path, frames)
         return mod.preprocess(clip.frames) if size else clip
 else:
+    import infomerge.video.decode as dec
     from infomerge.video import read_video
+    for part in impl.split(":")[1:]:  # ablations of this version (see VARIANTS)
+        if part == "no-strips":
+            dec._by_strips = lambda *a: False
+        elif part == "no-threshold":
+            dec.return_large_buffers = lambda: False
+        elif part == "one-decoder":
+            dec._WORKERS_MAX = 1
+        elif part == "frame-threads":
+            dec._WORKER_THREADS = "AUTO"
+        else:
+            raise SystemExit(f"unknown variant {part}")
     def run():
         return read_video(path, frames, size=size)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -130,7 +149,7 @@ def time_table(root: Path, repeat: int, before_max_min: int, sizes=tuple(SIZES),
             if impl == "before" and minutes > before_max_min:
                 cells.append(f"~{last[1] * minutes / last[0]:.1f} s" if last else "-")
                 continue
-            r = _best(impl, clip_path(root, size, minutes, gop), repeat if impl == "after" else 1)
+            r = _best(impl, clip_path(root, size, minutes, gop), repeat if impl != "before" else 1)
             cells.append(f"{r['s']:.2f} s" if "s" in r else r["error"][:40])
             if "s" in r:
                 last = (minutes, r["s"])
@@ -138,17 +157,21 @@ def time_table(root: Path, repeat: int, before_max_min: int, sizes=tuple(SIZES),
         print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
 
 
-def memory_table(root: Path) -> None:
-    """Peak RSS of reading 32 frames of a 2 s clip and preprocessing them to 384x384."""
-    print("| source | before: peak RSS | after: peak RSS | after: time |")
-    print("|---|---|---|---|")
+def memory_table(root: Path, impls=("before", "after"), repeat: int = 1) -> None:
+    """Peak RSS of reading 32 frames of a 2 s clip and preprocessing them to 384x384 (median of
+    ``repeat`` fresh processes per cell; the 720p cells vary by about +-20 MiB between runs)."""
+    print("| source | " + " | ".join(f"{i}: peak RSS" for i in impls) + f" | {impls[-1]}: time |")
+    print("|---|" + "---|" * (len(impls) + 1))
     for size in BIG:
         path = root / f"mem_{size}.mp4"
-        b = measure("before", path, size=384)
-        a = measure("after", path, size=384)
-        fmt = lambda r: f"{r['rss_mib']:.0f} MiB" if "rss_mib" in r else r["error"][:50]  # noqa: E731
-        print(f"| {size} | {fmt(b)} | {fmt(a)} | {a.get('s', float('nan')):.2f} s |", flush=True)
-        print(f"# {size}: before {b} after {a}", file=sys.stderr, flush=True)
+        cells, last = [], {}
+        for impl in impls:
+            runs = [measure(impl, path, size=384) for _ in range(repeat)]
+            runs.sort(key=lambda r: r.get("rss_mib", 0))
+            last = runs[len(runs) // 2]
+            cells.append(f"{last['rss_mib']:.0f} MiB" if "rss_mib" in last else last["error"][:50])
+            print(f"# {size} {impl}: {runs}", file=sys.stderr, flush=True)
+        print(f"| {size} | " + " | ".join(cells) + f" | {last.get('s', float('nan')):.2f} s |", flush=True)
 
 
 def main() -> None:
@@ -158,7 +181,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="runs per 'after' cell (best kept)")
     ap.add_argument("--before-max-min", type=int, default=5,
                     help="longest video the slow 'before' reader decodes (longer ones: extrapolated)")
-    ap.add_argument("--impl", choices=IMPLS, action="append", help="only this reader (repeatable)")
+    ap.add_argument("--impl", choices=IMPLS + VARIANTS, action="append",
+                    help="only this reader (repeatable); after:... are ablations of this version")
     ap.add_argument("--sizes", nargs="+", choices=tuple(SIZES), default=tuple(SIZES),
                     help="time: these sizes only")
     ap.add_argument("--gops", nargs="+", default=["default"], choices=["default", "30"],
@@ -170,7 +194,7 @@ def main() -> None:
         gops = tuple(None if g == "default" else int(g) for g in args.gops)
         time_table(args.root, args.repeat, args.before_max_min, args.sizes, tuple(args.impl or IMPLS), gops)
     else:
-        memory_table(args.root)
+        memory_table(args.root, tuple(args.impl or IMPLS), args.repeat)
 
 
 if __name__ == "__main__":
