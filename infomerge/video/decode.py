@@ -471,7 +471,12 @@ def _walk_parallel(container, stream, keys, cancel, wanted, runs, keep, src: Sou
         for t in threads:
             t.join()
     finally:
-        stop.set()  # an interrupt while joining: the workers stop at their next packet
+        # an interrupt while joining: the workers stop at their next packet; wait for that, as the
+        # caller closes the container the first one reads
+        stop.set()
+        for t in threads:
+            if t.ident is not None:
+                t.join()
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:  # a worker's own error before the cancellations it caused in its siblings
         raise next((e for e in errors if not isinstance(e, DecodeCancelledError)), errors[0])
