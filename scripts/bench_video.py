@@ -7,6 +7,8 @@ Not a test: it prints a Markdown table for docs/video.md. Two steps:
     python scripts/bench_video.py time /tmp/videos      # decode time, 1..60 min x 3 resolutions
     python scripts/bench_video.py time /tmp/videos --impl after --sizes 720p   # one row
     python scripts/bench_video.py memory /tmp/videos    # peak RSS, 720p / 1080p / 4K / 8K
+    python scripts/bench_video.py memory /tmp/videos --impl after --impl after:no-strips   # ablation
+    python scripts/bench_video.py time /tmp/videos --gops default 30 --impl after:one-decoder
 
 "before" is ``infomerge/video.py`` as of commit ``e7d4bde`` (loaded with ``git show``), so the two
 implementations run on the same machine, files and Python. Each measurement runs in a fresh
@@ -33,6 +35,12 @@ SIZES = {"320x240": (320, 240), "720p": (1280, 720), "1080p": (1920, 1080)}
 BIG = {"720p": (1280, 720), "1080p": (1920, 1080), "4K": (3840, 2160), "8K": (7680, 4320)}
 BEFORE_REV = "e7d4bde"
 IMPLS = ("before", "after")
+# ablations of "after" (``after:PART[:PART]``): RGB in one piece above 1080p, glibc's dynamic mmap
+# threshold left alone, one decoder with frame threads (the previous default), frame threads in
+# each parallel decoder
+VARIANTS = ("after:no-strips", "after:no-threshold", "after:no-strips:no-threshold", "after:one-decoder",
+            "after:frame-threads")
+GOPS = (None, 30)  # x264's default (keyint 250: 8.3 s at 30 fps) and 1 s, as phones and cameras write
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -40,26 +48,29 @@ def _ffmpeg(*args: str) -> None:
     subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
 
 
-def clip_path(root: Path, size: str, minutes: int) -> Path:
-    return root / f"{size}_{minutes}min.mp4"
+def clip_path(root: Path, size: str, minutes: int, gop: int | None = None) -> Path:
+    """``{size}_{minutes}min.mp4`` (x264's default GOP) or ``..._g{gop}.mp4``."""
+    return root / (f"{size}_{minutes}min.mp4" if gop is None else f"{size}_{minutes}min_g{gop}.mp4")
 
 
-def make(root: Path) -> None:
+def make(root: Path, gops=GOPS) -> None:
     """Write the benchmark videos into ``root`` (skips files that exist)."""
     root.mkdir(parents=True, exist_ok=True)
     for size, (w, h) in SIZES.items():
-        one = clip_path(root, size, 1)
-        if not one.exists():
-            _ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={w}x{h}:rate=30", "-t", "60", "-c:v", "libx264",
-                    "-preset", "veryfast", "-pix_fmt", "yuv420p", str(one))
-        for minutes in LENGTHS_MIN[1:]:
-            out = clip_path(root, size, minutes)
-            if out.exists():
-                continue
-            with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as lst:
-                lst.write(f"file '{one}'\n" * minutes)
-            _ffmpeg("-f", "concat", "-safe", "0", "-i", lst.name, "-c", "copy", str(out))
-            os.unlink(lst.name)
+        for gop in gops:
+            one = clip_path(root, size, 1, gop)
+            if not one.exists():
+                keyint = () if gop is None else ("-g", str(gop))
+                _ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={w}x{h}:rate=30", "-t", "60", "-c:v", "libx264",
+                        "-preset", "veryfast", *keyint, "-pix_fmt", "yuv420p", str(one))
+            for minutes in LENGTHS_MIN[1:]:
+                out = clip_path(root, size, minutes, gop)
+                if out.exists():
+                    continue
+                with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as lst:
+                    lst.write(f"file '{one}'\n" * minutes)
+                _ffmpeg("-f", "concat", "-safe", "0", "-i", lst.name, "-c", "copy", str(out))
+                os.unlink(lst.name)
     for size, (w, h) in BIG.items():
         out = root / f"mem_{size}.mp4"
         if not out.exists():
@@ -84,7 +95,19 @@ if impl == "before":
         clip = mod.read_video(path, frames)
         return mod.preprocess(clip.frames) if size else clip
 else:
+    import infomerge.video.decode as dec
     from infomerge.video import read_video
+    for part in impl.split(":")[1:]:  # ablations of this version (see VARIANTS)
+        if part == "no-strips":
+            dec._by_strips = lambda *a: False
+        elif part == "no-threshold":
+            dec.return_large_buffers = lambda: False
+        elif part == "one-decoder":
+            dec._WORKERS_MAX = 1
+        elif part == "frame-threads":
+            dec._WORKER_THREADS = "AUTO"
+        else:
+            raise SystemExit(f"unknown variant {part}")
     def run():
         return read_video(path, frames, size=size)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -113,37 +136,42 @@ def _best(impl, path, repeat, **kw):
     return min(ok, key=lambda r: r["s"]) if ok else runs[0]
 
 
-def time_table(root: Path, repeat: int, before_max_min: int, sizes=tuple(SIZES), impls=IMPLS) -> None:
+def time_table(root: Path, repeat: int, before_max_min: int, sizes=tuple(SIZES), impls=IMPLS,
+               gops=(None,)) -> None:
     """Decode time of 32 frames vs length; "before" only up to ``before_max_min`` minutes (its
     cost is linear in length: longer ones are extrapolated from the longest measured, marked ~)."""
     print("| video | " + " | ".join(f"{m} min" for m in LENGTHS_MIN) + " |")
     print("|---|" + "---|" * len(LENGTHS_MIN))
-    for size in sizes:
-        for impl in impls:
-            cells, last = [], None
-            for minutes in LENGTHS_MIN:
-                if impl == "before" and minutes > before_max_min:
-                    cells.append(f"~{last[1] * minutes / last[0]:.1f} s" if last else "-")
-                    continue
-                r = _best(impl, clip_path(root, size, minutes), repeat if impl == "after" else 1)
-                cells.append(f"{r['s']:.2f} s" if "s" in r else r["error"][:40])
-                if "s" in r:
-                    last = (minutes, r["s"])
-                print(f"# {size} {impl} {minutes} min: {r}", file=sys.stderr, flush=True)
-            print(f"| {size} {impl} | " + " | ".join(cells) + " |", flush=True)
+    for size, impl, gop in ((s, i, g) for s in sizes for g in gops for i in impls):
+        label = f"{size} {impl}" + ("" if gop is None else f", {gop}-frame GOP")
+        cells, last = [], None
+        for minutes in LENGTHS_MIN:
+            if impl == "before" and minutes > before_max_min:
+                cells.append(f"~{last[1] * minutes / last[0]:.1f} s" if last else "-")
+                continue
+            r = _best(impl, clip_path(root, size, minutes, gop), repeat if impl != "before" else 1)
+            cells.append(f"{r['s']:.2f} s" if "s" in r else r["error"][:40])
+            if "s" in r:
+                last = (minutes, r["s"])
+            print(f"# {label} {minutes} min: {r}", file=sys.stderr, flush=True)
+        print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
 
 
-def memory_table(root: Path) -> None:
-    """Peak RSS of reading 32 frames of a 2 s clip and preprocessing them to 384x384."""
-    print("| source | before: peak RSS | after: peak RSS | after: time |")
-    print("|---|---|---|---|")
+def memory_table(root: Path, impls=("before", "after"), repeat: int = 1) -> None:
+    """Peak RSS of reading 32 frames of a 2 s clip and preprocessing them to 384x384 (median of
+    ``repeat`` fresh processes per cell; the 720p cells vary by about +-20 MiB between runs)."""
+    print("| source | " + " | ".join(f"{i}: peak RSS" for i in impls) + f" | {impls[-1]}: time |")
+    print("|---|" + "---|" * (len(impls) + 1))
     for size in BIG:
         path = root / f"mem_{size}.mp4"
-        b = measure("before", path, size=384)
-        a = measure("after", path, size=384)
-        fmt = lambda r: f"{r['rss_mib']:.0f} MiB" if "rss_mib" in r else r["error"][:50]  # noqa: E731
-        print(f"| {size} | {fmt(b)} | {fmt(a)} | {a.get('s', float('nan')):.2f} s |", flush=True)
-        print(f"# {size}: before {b} after {a}", file=sys.stderr, flush=True)
+        cells, last = [], {}
+        for impl in impls:
+            runs = [measure(impl, path, size=384) for _ in range(repeat)]
+            runs.sort(key=lambda r: r.get("rss_mib", 0))
+            last = runs[len(runs) // 2]
+            cells.append(f"{last['rss_mib']:.0f} MiB" if "rss_mib" in last else last["error"][:50])
+            print(f"# {size} {impl}: {runs}", file=sys.stderr, flush=True)
+        print(f"| {size} | " + " | ".join(cells) + f" | {last.get('s', float('nan')):.2f} s |", flush=True)
 
 
 def main() -> None:
@@ -153,16 +181,20 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="runs per 'after' cell (best kept)")
     ap.add_argument("--before-max-min", type=int, default=5,
                     help="longest video the slow 'before' reader decodes (longer ones: extrapolated)")
-    ap.add_argument("--impl", choices=IMPLS, action="append", help="only this reader (repeatable)")
+    ap.add_argument("--impl", choices=IMPLS + VARIANTS, action="append",
+                    help="only this reader (repeatable); after:... are ablations of this version")
     ap.add_argument("--sizes", nargs="+", choices=tuple(SIZES), default=tuple(SIZES),
                     help="time: these sizes only")
+    ap.add_argument("--gops", nargs="+", default=["default"], choices=["default", "30"],
+                    help="time: keyframe intervals (x264's default 250, or 30 = 1 s)")
     args = ap.parse_args()
     if args.what == "make":
         make(args.root)
     elif args.what == "time":
-        time_table(args.root, args.repeat, args.before_max_min, args.sizes, tuple(args.impl or IMPLS))
+        gops = tuple(None if g == "default" else int(g) for g in args.gops)
+        time_table(args.root, args.repeat, args.before_max_min, args.sizes, tuple(args.impl or IMPLS), gops)
     else:
-        memory_table(args.root)
+        memory_table(args.root, tuple(args.impl or IMPLS), args.repeat)
 
 
 if __name__ == "__main__":

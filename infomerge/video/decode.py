@@ -16,24 +16,30 @@ How a file is read:
    order gives the same pixels as decoding from the start. When no keyframe lies between the
    previous sampled frame and the next, decoding simply continues (no seek). On the way, packets
    that are not sampled are decoded with ``skip_frame="NONREF"``: frames nothing refers to are
-   dropped unseen, which leaves the sampled frames' pixels unchanged.
+   dropped unseen, which leaves the sampled frames' pixels unchanged. For a local file up to
+   1080p the sampled frames are cut into runs at keyframes and each run is decoded by its own
+   container in a thread, one per core (:func:`_read_seeking`).
 3. **Fallback.** Without usable pts (raw H.264 streams, some MPEG-TS), when a seek never lands
    before its target, or when the frame with the expected pts never comes out, the file is decoded
    sequentially, like the OpenCV reader before it: the frames are sampled by the counted total,
    with a second pass when the container's count was wrong.
 
 Each kept frame is converted to RGB and, when ``size`` is given, resized on the spot
-(:func:`~infomerge.video.preprocess.resize_frame`), so memory does not grow with resolution.
+(:func:`~infomerge.video.preprocess.resize_frame`), so memory does not grow with resolution:
+frames above 1080p are converted strip by strip (:class:`_Keeper`), and glibc is told to return
+large freed buffers (:mod:`infomerge.video.allocator`).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from infomerge.errors import (
     DecodeCancelledError,
@@ -41,8 +47,18 @@ from infomerge.errors import (
     TruncatedVideoError,
     VideoSourceError,
 )
+from infomerge.video.allocator import return_large_buffers
 from infomerge.video.clip import VideoClip
-from infomerge.video.preprocess import display_copy, resize_frame
+from infomerge.video.preprocess import (
+    STRIP_ROWS,
+    WidthPass,
+    display_copy,
+    display_from_rows,
+    display_size,
+    float_strip,
+    pixel_values_from_rows,
+    resize_frame,
+)
 from infomerge.video.sampling import SAMPLINGS, sample_by_time, sample_indices, window_start
 from infomerge.video.source import Source, open_source, parse_source
 
@@ -51,6 +67,8 @@ LIVE_WINDOW_S = 10.0  # window of a live source when none is given
 DECODE_DEVICES = ("cpu", "cuda")
 _SEEK_TRIES = 12
 _FRAME_THREADS_MAX_PIXELS = 1920 * 1088
+_WORKERS_MAX = 4  # decoders side by side on a file's sampled frames (see _decode_workers)
+_WORKER_THREADS = "SLICE"  # FFmpeg threading of each of them
 
 
 class _SeekFailed(Exception):
@@ -73,10 +91,14 @@ class _Timeline:
 
 def _set_threads(stream) -> None:
     """Frame + slice threads for frames up to 1080p; for larger ones slice threads only: every
-    frame thread holds frames of its own, which at 4K/8K would make memory grow with resolution."""
+    frame thread holds frames of its own, which at 4K/8K would make memory grow with resolution.
+    Before frames above 1080p are decoded, glibc is told to return large freed buffers to the
+    system (:func:`~infomerge.video.allocator.return_large_buffers`)."""
     ctx = stream.codec_context
     big = (ctx.width or 0) * (ctx.height or 0) > _FRAME_THREADS_MAX_PIXELS
     stream.thread_type = "SLICE" if big else "AUTO"
+    if big:
+        return_large_buffers()
 
 
 def _check(cancel: threading.Event | None) -> None:
@@ -244,18 +266,86 @@ def _choose(times: np.ndarray, frames: int, sampling: str, window: float | None)
 
 class _Keeper:
     """What is kept of a sampled frame: RGB (resized for display when ``size`` is set) and, with
-    ``size``, its SigLIP pixel values, computed right away so no full-resolution copy stays."""
+    ``size``, its SigLIP pixel values, computed right away so no full-resolution copy stays.
+
+    Frames above 1080p in 4:2:0 (what H.264/HEVC/AV1 cameras write) are converted to RGB strip by
+    strip (:func:`_rgb_strips`), each strip going straight into the width passes of the display
+    copy and of the pixel values: no full-resolution RGB frame (95 MiB at 8K) exists.
+    """
 
     def __init__(self, size: int | None, display_max: int):
         self.size, self.display_max = size, display_max
+        self._buffers_of: dict[int, tuple] = {}  # thread id -> (frame size, buffers)
 
     def __call__(self, frame):
+        if self.size is not None and _by_strips(frame, self.display_max):
+            return self.from_strips(frame)
         return self.from_rgb(frame.to_ndarray(format="rgb24"))
 
     def from_rgb(self, rgb: np.ndarray):
         if self.size is None:
             return rgb, None
         return display_copy(rgb, self.display_max), resize_frame(rgb, self.size)
+
+    def from_strips(self, frame):
+        h, w = frame.height, frame.width
+        nh, nw = display_size(h, w, self.display_max)
+        display, pixels, buf = self._buffers(h, w, nw)
+        for r, rgb in _rgb_strips(frame):
+            x = float_strip(rgb, buf)  # one conversion for both passes
+            display.add(r, x)
+            pixels.add(r, x)
+        return display_from_rows(display.rows, nh), pixel_values_from_rows(pixels.rows, self.size)
+
+    def _buffers(self, h: int, w: int, nw: int):
+        """The width passes and the float32 strip of an h x w frame, allocated once per thread and
+        frame size and reused for every sampled frame (each is overwritten in full): large
+        buffers allocated and freed per frame are what made the allocator's footprint grow."""
+        key, thread = (h, w, nw, self.size), threading.get_ident()
+        cached = self._buffers_of.get(thread)
+        if cached is None or cached[0] != key:
+            cached = (key, (WidthPass(h, w, nw), WidthPass(h, w, self.size),
+                            torch.empty((STRIP_ROWS, w, 3), dtype=torch.float32)))
+            self._buffers_of[thread] = cached
+        return cached[1]
+
+    def release(self) -> None:
+        """Drop the reused buffers (110 MiB at 8K) once decoding is over, before the kept frames
+        are stacked into the clip."""
+        self._buffers_of.clear()
+
+
+_STRIP_FORMATS = ("yuv420p", "yuvj420p")
+
+
+def _by_strips(frame, display_max: int) -> bool:
+    """Convert ``frame`` to RGB in strips: above 1080p, 4:2:0 planar, even width, height a multiple
+    of 4 (whole chroma rows in every strip), and a display copy smaller than the frame."""
+    h, w = frame.height, frame.width
+    return (h * w > _FRAME_THREADS_MAX_PIXELS and frame.format.name in _STRIP_FORMATS and w % 2 == 0
+            and h % 4 == 0 and max(h, w) > display_max)
+
+
+def _rgb_strips(frame):
+    """Yield ``(r, rgb)``: rows ``r .. r + n`` of ``frame.to_ndarray(format="rgb24")``, (n, W, 3)
+    uint8, n = STRIP_ROWS (fewer at the bottom), computed from a copy of those rows' Y and chroma
+    planes by the same swscale conversion. FFmpeg's 4:2:0 -> RGB conversion at equal size is local
+    to each pair of rows (it runs on row slices in its own threads too), so the strips are the
+    full frame's rows byte for byte (tested on 4K-class frames against ``to_ndarray``)."""
+    import av
+
+    h, w = frame.height, frame.width
+    y, u, v = (np.frombuffer(p, dtype=np.uint8).reshape(p.height, p.line_size)[:, : p.width]
+               for p in frame.planes)
+    for r in range(0, h, STRIP_ROWS):
+        n = min(STRIP_ROWS, h - r)
+        yuv = np.empty((n * 3 // 2, w), dtype=np.uint8)  # from_ndarray's layout: Y, then U, then V
+        yuv[:n] = y[r : r + n]
+        yuv[n : n + n // 4].reshape(n // 2, w // 2)[:] = u[r // 2 : (r + n) // 2]
+        yuv[n + n // 4 :].reshape(n // 2, w // 2)[:] = v[r // 2 : (r + n) // 2]
+        strip = av.VideoFrame.from_ndarray(yuv, format=frame.format.name)
+        strip.colorspace, strip.color_range = frame.colorspace, frame.color_range
+        yield r, strip.to_ndarray(format="rgb24")
 
 
 def _assemble(
@@ -283,19 +373,117 @@ def _fps(stream) -> float:
     return fps if np.isfinite(fps) else 0.0
 
 
-def _read_seeking(container, stream, timeline: _Timeline, frames, sampling, window, keep, cancel):
+class _Either:
+    """Set when the caller's ``cancel`` or a sibling worker's ``stop`` is set (``is_set`` only)."""
+
+    def __init__(self, cancel: threading.Event | None, stop: threading.Event):
+        self.cancel, self.stop = cancel, stop
+
+    def is_set(self) -> bool:
+        return self.stop.is_set() or (self.cancel is not None and self.cancel.is_set())
+
+
+def _split(targets: list[int], keys: np.ndarray, parts: int) -> list[list[int]]:
+    """Cut the ascending sampled pts ``targets`` into at most ``parts`` runs of about equal length,
+    only where a keyframe lies between two neighbours (each run then starts with its own seek, so
+    no GOP is decoded twice)."""
+    gop = np.searchsorted(keys, targets, side="right")  # (len(targets),) GOP of each sampled pts
+    cuts = [i for i in range(1, len(targets)) if gop[i] > gop[i - 1]]
+    chosen: list[int] = []
+    for k in range(1, parts):
+        ideal = k * len(targets) / parts
+        best = min(cuts, key=lambda c: abs(c - ideal), default=None)
+        if best is not None and best not in chosen:
+            chosen.append(best)
+    bounds = [0, *sorted(chosen), len(targets)]
+    return [targets[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def _walk(container, stream, keys, cancel, wanted, run: list[int], keep) -> dict[int, tuple]:
+    """Decode the frames at the pts in ``run`` (ascending) with one cursor: {pts: keep(frame)}."""
+    cursor = _Cursor(container, stream, keys, cancel, wanted)
+    try:
+        return {t: keep(cursor.frame(t)) for t in run}
+    finally:
+        cursor.close()
+
+
+def _decode_workers(src: Source, stream) -> int:
+    """How many containers decode a file's sampled frames side by side: one per core (at most
+    :data:`_WORKERS_MAX`) for local files up to 1080p; one for URLs (one connection) and for larger
+    frames (each decoder holds frames of its own)."""
+    ctx = stream.codec_context
+    if src.kind != "file" or (ctx.width or 0) * (ctx.height or 0) > _FRAME_THREADS_MAX_PIXELS:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, _WORKERS_MAX))
+
+
+def _read_seeking(container, stream, timeline: _Timeline, frames, sampling, window, keep, cancel, src=None):
+    """Seek to the sampled frames. With several workers (:func:`_decode_workers`), the sampled pts
+    are cut into runs at keyframes and each run is decoded by its own container and decoder in a
+    thread (FFmpeg releases the GIL while it demuxes and decodes); every frame still comes from a
+    decode that starts at a keyframe before it, so the pixels are those of one sequential decode."""
     tb = float(stream.time_base)
     times = (timeline.pts - timeline.pts[0]) * tb
     idx = _choose(times, frames, sampling, window)
     wanted = {int(p) for p in timeline.pts[idx]}
-    cursor = _Cursor(container, stream, timeline.keys, cancel, wanted)
-    kept = {}
-    try:
-        for i in np.unique(idx):
-            kept[int(i)] = keep(cursor.frame(int(timeline.pts[i])))
-    finally:
-        cursor.close()
+    targets = [int(timeline.pts[i]) for i in np.unique(idx)]
+    workers = _decode_workers(src, stream) if src is not None else 1
+    runs = _split(targets, timeline.keys, workers) if workers > 1 else [targets]
+    if len(runs) == 1:
+        by_pts = _walk(container, stream, timeline.keys, cancel, wanted, targets, keep)
+    else:
+        by_pts = _walk_parallel(container, stream, timeline.keys, cancel, wanted, runs, keep, src)
+    kept = {int(i): by_pts[int(timeline.pts[i])] for i in np.unique(idx)}
     return kept, idx, times
+
+
+def _walk_parallel(container, stream, keys, cancel, wanted, runs, keep, src: Source) -> dict[int, tuple]:
+    """:func:`_walk` on each run in its own thread: the first on ``container``, the others on
+    containers of their own (single-threaded decoders: the workers already fill the cores)."""
+    stop = threading.Event()
+    either = _Either(cancel, stop)
+    results: list[dict | BaseException | None] = [None] * len(runs)
+
+    def work(k: int) -> None:
+        own = None
+        try:
+            if k == 0:
+                c, s = container, stream
+            else:
+                own, s = open_source(src)
+                c = own
+            s.thread_type = _WORKER_THREADS
+            results[k] = _walk(c, s, keys, either, wanted, runs[k], keep)
+        except BaseException as exc:  # handed to the caller below
+            results[k] = exc
+            stop.set()
+        finally:
+            if own is not None:
+                own.close()
+
+    threads = [threading.Thread(target=work, args=(k,), name=f"infomerge-decode-{k}", daemon=True)
+               for k in range(len(runs))]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        # an interrupt while joining: the workers stop at their next packet; wait for that, as the
+        # caller closes the container the first one reads
+        stop.set()
+        for t in threads:
+            if t.ident is not None:
+                t.join()
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:  # a worker's own error before the cancellations it caused in its siblings
+        raise next((e for e in errors if not isinstance(e, DecodeCancelledError)), errors[0])
+    out: dict[int, tuple] = {}
+    for r in results:
+        out.update(r)
+    return out
 
 
 def _decode_all(src: Source, wanted: set[int], keep, cancel):
@@ -492,7 +680,7 @@ def read_video(
         if timeline is not None and len(timeline.pts):
             try:
                 kept, idx, times = _read_seeking(container, stream, timeline, frames, sampling, window, keep,
-                                                 cancel)
+                                                 cancel, src)
                 result = (kept, idx, times, len(timeline.pts), "seek")
             except _SeekFailed as exc:
                 notes.append(f"exact seeking failed ({exc}); decoded sequentially")
@@ -502,6 +690,7 @@ def read_video(
             result = (kept, idx, times, total, "sequential")
     finally:
         container.close()
+        keep.release()
     kept, idx, times, total, method = result
     if claimed and claimed != total:
         notes.append(f"container claims {claimed} frames, decoder delivered {total}; resampled")
