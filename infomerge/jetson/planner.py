@@ -40,10 +40,11 @@ Rows (bytes; "act" = activation dtype size, 2 for fp16):
    peak of reading the video as :mod:`infomerge.video` does it (``--video-size``): each sampled
    frame is resized as it is decoded, so what grows with the frame count is the fp32 output
    ``F*3*S*S*4`` and the uint8 display copies (longer side at most 1280 pixels) ``F*w*h*3``; what
-   grows with the source resolution is the frame in flight, ``W*H*32`` bytes (decoder reference
-   frames, the RGB24 copy, resize strips and the allocator's slack, fitted to the peak RSS measured
-   for 32 frames of 4K; at 8K it gives 1151 MiB where 985 MiB were measured; docs/video.md). At 32 frames of
-   3840x2160 that is 391 MiB, at 1920x1080 201 MiB. Before issue 16 the reader held every frame at
+   grows with the source resolution is the frame in flight, ``W*H*3`` bytes (the decoded 4:2:0 frame,
+   1.5 B/pixel, and one reference frame; above 1080p the RGB conversion runs in 256-row strips, so no
+   full-resolution RGB frame exists). Fitted to the peak RSS of reading 32 frames (docs/video.md,
+   "Memory"): 8K minus 720p measured 90 MiB, this gives 92 MiB; 4K minus 720p measured 2 MiB
+   (noise +-20 MiB), this gives 21 MiB. Before issue 16 the reader held every frame at
    full resolution in fp32, ``F*W*H*18`` bytes (4.5 GiB at 4K, measured in issue 18).
 
 All engines are counted resident at once with their activations allocated (TensorRT's default: an
@@ -71,7 +72,7 @@ LLMQuant = Literal["int4", "fp32"]
 #: the LLM precisions ``infomerge-export --llm`` builds (its choices less ``none``)
 QUANTS: tuple[str, ...] = ("int4", "fp32")
 #: bytes per source pixel of the frame in flight while a video is read (fitted; see the docstring)
-VIDEO_BYTES_PER_PIXEL = 32
+VIDEO_BYTES_PER_PIXEL = 3
 #: longer side of the display copy kept of each sampled frame (infomerge.video.DISPLAY_MAX)
 VIDEO_DISPLAY_MAX = 1280
 GIB = 1024 * MIB
