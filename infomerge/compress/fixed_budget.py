@@ -384,8 +384,7 @@ class FixedBudgetCompressor(nn.Module):
                 hist_rows.append(hist)
             salient = torch.stack(sal_rows) > 0.5
             replaced = torch.stack(hist_rows) > 0.5  # P after frame l = positions replaced in frame l
-            pos_mean = ((same / frame_len.unsqueeze(1)) @ h.reshape(L, N * D)).reshape(L, N, D)
-            hp = torch.where(replaced.unsqueeze(-1), pos_mean, h)
+            hp = self._replace_static(h, replaced, static_frame > 0.5, same / frame_len.unsqueeze(1))
         else:
             salient = rank_desc(a) < Ts
             hp = h
@@ -459,6 +458,39 @@ class FixedBudgetCompressor(nn.Module):
             index=index,
         )
 
+    def _replace_static(
+        self, h: torch.Tensor, replaced: torch.Tensor, static: torch.Tensor, seg_avg: torch.Tensor
+    ) -> torch.Tensor:
+        """Step 5.4: ``H[l, p]`` replaced by the segment mean of position ``p`` where ``replaced``.
+
+        Only the ``|S|`` static positions of each frame's segment can be replaced, so the segment
+        means are computed for those only: the positions of each frame are permuted static-first
+        (a frame of a single-frame segment has none, and its first ``|S|`` positions are unchanged
+        tokens), the first ``|S|`` gathered, averaged over the segment by one (L, L) matmul, and
+        written back by one ScatterElements with distinct indices: ``L^2 |S| D`` multiply-adds
+        instead of ``L^2 N D``. Frames of one segment share ``S`` and its order, so row ``l`` of
+        the matmul averages the same positions over the segment.
+
+        Args:
+            h: (L, N, D) float32. replaced, static: (L, N) bool (``replaced`` within ``static``).
+            seg_avg: (L, L) float32, ``[l, l'] = 1 / T`` for frames of one segment, else 0.
+
+        Returns:
+            (L, N, D) float32.
+        """
+        L, N, D = h.shape
+        k = min(self.static_count, N)
+        on = static.to(torch.int64)
+        rest = on.sum(1, keepdim=True) + torch.cumsum(1 - on, 1) - 1  # non-static positions after S
+        slot = torch.where(static, torch.cumsum(on, 1) - 1, rest)  # (L, N) a permutation per frame
+        positions = torch.arange(N, device=h.device).unsqueeze(0).expand(L, N)
+        order = torch.zeros(L, N, dtype=torch.int64, device=h.device).scatter(1, slot, positions)[:, :k]
+        index = order.unsqueeze(-1).expand(L, k, D)
+        hs = h.gather(1, index)  # (L, |S|, D)
+        mean = (seg_avg @ hs.reshape(L, k * D)).reshape(L, k, D)
+        values = torch.where(replaced.gather(1, order).unsqueeze(-1), mean, hs)
+        return h.scatter(1, index, values)
+
     # ---- step 6b: the two merge forms ----------------------------------------------------------------
     def _merge_per_rank(self, xf, cand_flat, anchors_flat, seg_of_token, rank_flat, seg_anchors, to_end):
         """Step 6b through ``merge_impl``: one call per anchor rank j over the whole video.
@@ -529,38 +561,41 @@ class FixedBudgetCompressor(nn.Module):
         tag = (seg_of_token.unsqueeze(1) == frame_ids.unsqueeze(0)).to(xf.dtype)
         xt = torch.cat([xf, tag * (math.sqrt(2.0) * xf.norm(dim=-1, keepdim=True))], dim=1)  # (LN, D + L)
         xtn = xt / xt.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        dummy = torch.zeros(1, xt.shape[1], dtype=xf.dtype, device=dev)  # column R: 0, below any own anchor
-        sim = xtn @ torch.cat([xtn.index_select(0, slot_index), dummy]).t()  # (LN, R + 1)
-        rows = torch.arange(flat_n, device=dev) * (R + len(self.window_slots))
+        dummy = torch.zeros(1, xt.shape[1], dtype=xf.dtype, device=dev)  # slot R: 0, below any own anchor
+        # (R + 1, LN), slot-major: a frame's window of slots is a set of contiguous rows of N
+        sim_t = torch.cat([xtn.index_select(0, slot_index), dummy]) @ xtn.t()
+        width = R + len(self.window_slots)  # slots, then one dummy column per rank
+        cols = torch.arange(flat_n, device=dev)
         targets, values = [], []
         if self.merge_scope == "segment":  # one pool per segment: ArgMax over every slot
-            cols = torch.where(slot_used, torch.arange(R, device=dev), R)
-            best = cols.index_select(0, sim.index_select(1, cols).max(1).indices)
+            slots = torch.where(slot_used, torch.arange(R, device=dev), R)
+            best = slots.index_select(0, sim_t.index_select(0, slots).max(0).indices)
             has_tok = (seg_anchors.sum(0) > 0.5).unsqueeze(1).expand(L, n).reshape(flat_n)
             member = cand_flat & has_tok & ~anchors_flat
-            targets.append(rows + torch.where(member, best, R))
+            targets.append(torch.where(member, best, R) * flat_n + cols)
             values.append(member.to(xf.dtype))
         else:  # per rank j: the window of slots of the rank-j anchor frame of each frame's segment
             per_frame = anchors_flat.reshape(L, n).to(torch.int64).sum(1)  # (L,) anchors per frame
             first = torch.cumsum(per_frame, 0) - per_frame  # (L,) slot of each frame's first anchor
-            sim3 = sim.reshape(L, n, R + 1)
+            sim_rows = sim_t.reshape((R + 1) * L, n)  # row s L + l: slot s against frame l's tokens
             p = cfg.anchor_interval
-            for j, width in enumerate(self.window_slots):
+            for j, win_width in enumerate(self.window_slots):
                 f = (frame_ids + to_end - j * p).clamp(0, L - 1)  # (L,) rank-j frame of l's segment
-                t = torch.arange(width, device=dev).unsqueeze(0)
+                t = torch.arange(win_width, device=dev).unsqueeze(0)
                 inside = t < per_frame.index_select(0, f).unsqueeze(1)
                 win = torch.where(inside, first.index_select(0, f).unsqueeze(1) + t, R)  # (L, width) slots
-                pick = sim3.gather(2, win.unsqueeze(1).expand(L, n, width)).max(2).indices  # (L, N) first max
+                picked = sim_rows.index_select(0, (win * L + frame_ids.unsqueeze(1)).reshape(-1))
+                pick = picked.reshape(L, win_width, n).max(1).indices  # (L, N) first max
                 best = win.gather(1, pick).reshape(flat_n)  # (LN,) slot in [0, R)
                 has_tok = (seg_anchors[j] > 0.5).unsqueeze(1).expand(L, n).reshape(flat_n)
                 member = cand_flat & has_tok & ~(anchors_flat & (rank_flat == j))
-                targets.append(rows + torch.where(member, best, R + j))
+                targets.append(torch.where(member, best, R + j) * flat_n + cols)
                 values.append(member.to(xf.dtype))
-        width = R + len(self.window_slots)
-        w = torch.zeros(flat_n * width, dtype=xf.dtype, device=dev)
-        w = w.scatter(0, torch.cat(targets), torch.cat(values)).reshape(flat_n, width)  # (LN, R + J)
-        summed = (w.t() @ xf)[:R]  # (R, D) sum of each anchor's assigned tokens
-        count = w.sum(0)[:R]  # (R,)
+        # W^T: (R + J, LN) 0/1, every (anchor, token) assignment of every rank; distinct indices
+        w_t = torch.zeros(width * flat_n, dtype=xf.dtype, device=dev)
+        w_t = w_t.scatter_(0, torch.cat(targets), torch.cat(values)).reshape(width, flat_n)
+        summed = (w_t @ xf)[:R]  # (R, D) sum of each anchor's assigned tokens
+        count = w_t.sum(1)[:R]  # (R,)
         merged = combine_merge(xf.index_select(0, slot_index), summed, count, cfg.anchor_weight)
         slot_of_token = torch.where(anchors_flat, torch.cumsum(anchors_flat.to(torch.int64), 0) - 1, 0)
         return merged, slot_of_token
@@ -697,18 +732,17 @@ def _row_sq_dist(xf: torch.Tensor, cols: torch.Tensor, width: int) -> torch.Tens
     Unlike a MatMul or ReduceSum, whose accumulation order is the kernel's, the result is
     bit-identical in torch and ONNX Runtime, and free of the Gram form's cancellation. Row ``i``
     is broadcast, not gathered, and the columns are summed in chunks of ``SUM_CHUNK`` by
-    ``exact_arith.tree_sum``: the same additions in the same order whatever the row count, so eager mode
-    works through blocks of ``_ROW_BLOCK`` rows (cache-sized temporaries; the graph, traced,
-    keeps one block: fewer nodes) and gets the same bits.
+    ``exact_arith.tree_sum``: the same additions in the same order whatever the row count, so eager
+    mode works through blocks of ``_ROW_BLOCK`` rows (cache-sized temporaries) and computes each
+    block in place (:func:`_row_block_sq_dist_in_place`); the graph, traced, keeps one block and
+    functional ops (fewer nodes). Same additions in the same order: same bits.
     """
     m = cols.shape[0]
-    if torch.jit.is_tracing() or m <= _ROW_BLOCK:
+    if torch.jit.is_tracing():
         return _row_block_sq_dist(xf, xf, cols, width)
+    chunks = [xf[:, c0 : c0 + SUM_CHUNK].contiguous() for c0 in range(0, width, SUM_CHUNK)]
     return torch.cat(
-        [
-            _row_block_sq_dist(xf[r : r + _ROW_BLOCK], xf, cols[r : r + _ROW_BLOCK], width)
-            for r in range(0, m, _ROW_BLOCK)
-        ]
+        [_row_block_sq_dist_in_place(chunks, cols[r : r + _ROW_BLOCK], r) for r in range(0, m, _ROW_BLOCK)]
     )
 
 
@@ -722,6 +756,29 @@ def _row_block_sq_dist(rows: torch.Tensor, xf: torch.Tensor, cols: torch.Tensor,
         part = xf[:, c0 : c0 + w]
         diff = rows[:, c0 : c0 + w].unsqueeze(1) - part.index_select(0, flat).reshape(m, c, w)  # (m, c, w)
         s = tree_sum(diff * diff, w)
+        total = s if total is None else total + s
+    return total
+
+
+def _row_block_sq_dist_in_place(chunks: list[torch.Tensor], cols: torch.Tensor, start: int) -> torch.Tensor:
+    """:func:`_row_block_sq_dist` for rows ``start .. start + m`` with every step written into the
+    gathered block (eager only): the same subtractions, products and halving additions, without
+    temporaries. ``chunks``: the token matrix's column chunks of ``SUM_CHUNK``, each contiguous."""
+    m, c = cols.shape
+    flat = cols.reshape(-1)
+    total = None
+    for part in chunks:
+        w = part.shape[1]
+        t = part.index_select(0, flat).reshape(m, c, w)
+        torch.sub(part[start : start + m].unsqueeze(1), t, out=t)
+        t.mul_(t)
+        while w > 1:  # exact_arith.tree_sum, in place
+            h = w // 2
+            t[..., :h].add_(t[..., h : 2 * h])
+            if w % 2:
+                t[..., h].copy_(t[..., 2 * h])
+            w -= h
+        s = t[..., 0]
         total = s if total is None else total + s
     return total
 
