@@ -478,7 +478,7 @@ class FixedBudgetCompressor(nn.Module):
         Returns:
             (L, N, D) float32.
         """
-        L, N, D = h.shape
+        L, N, D = self.frames, self.n, self.hidden
         k = min(self.static_count, N)
         on = static.to(torch.int64)
         rest = on.sum(1, keepdim=True) + torch.cumsum(1 - on, 1) - 1  # non-static positions after S
