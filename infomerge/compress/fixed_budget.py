@@ -563,8 +563,14 @@ class FixedBudgetCompressor(nn.Module):
         xtn = xt / xt.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         dummy = torch.zeros(1, xt.shape[1], dtype=xf.dtype, device=dev)  # slot R: 0, below any own anchor
         # (R + 1, LN), slot-major: a frame's window of slots is a set of contiguous rows of N
-        sim_t = torch.cat([xtn.index_select(0, slot_index), dummy]) @ xtn.t()
+        anchors_t = torch.cat([xtn.index_select(0, slot_index), dummy])  # (R + 1, D + L)
         width = R + len(self.window_slots)  # slots, then one dummy column per rank
+        buffer = None
+        if torch.jit.is_tracing():
+            sim_t = anchors_t @ xtn.t()
+        else:  # eager: W^T below reuses this buffer (one large allocation per call, not two)
+            buffer = torch.empty(width, flat_n, dtype=xf.dtype, device=dev)
+            sim_t = torch.matmul(anchors_t, xtn.t(), out=buffer[: R + 1])
         cols = torch.arange(flat_n, device=dev)
         targets, values = [], []
         if self.merge_scope == "segment":  # one pool per segment: ArgMax over every slot
@@ -592,7 +598,10 @@ class FixedBudgetCompressor(nn.Module):
                 targets.append(torch.where(member, best, R + j) * flat_n + cols)
                 values.append(member.to(xf.dtype))
         # W^T: (R + J, LN) 0/1, every (anchor, token) assignment of every rank; distinct indices
-        w_t = torch.zeros(width * flat_n, dtype=xf.dtype, device=dev)
+        if buffer is None:
+            w_t = torch.zeros(width * flat_n, dtype=xf.dtype, device=dev)
+        else:
+            w_t = buffer.zero_().reshape(-1)
         w_t = w_t.scatter_(0, torch.cat(targets), torch.cat(values)).reshape(width, flat_n)
         summed = (w_t @ xf)[:R]  # (R, D) sum of each anchor's assigned tokens
         count = w_t.sum(1)[:R]  # (R,)
