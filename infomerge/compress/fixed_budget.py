@@ -17,14 +17,14 @@ How each data-dependent step becomes static:
 - the penalty history P and the hard mask: a loop unrolled over the L frames, reset where a
   segment starts.
 - merging (default): the merge of every anchor rank j (the j-th anchor frame of a segment counted
-  from its end), j = 0 .. ceil(L/p)-1, from ONE (LN, R) cosine matrix of every token against every
-  anchor (at most R = the context budget, compacted into R slots): per rank, the columns of its
-  anchors are gathered into a static number of slots ``K_j`` (bound below), other segments'
-  anchors are masked, and ArgMax picks each token's anchor; one ScatterElements writes every
-  (token, anchor) assignment of every rank into one 0/1 matrix W, and one ``W^T x`` matmul sums
+  from its end), j = 0 .. ceil(L/p)-1, from ONE (R + 1, LN) cosine matrix of every anchor (at most
+  R = the context budget, compacted into R slots, plus a dummy) against every token, slot-major:
+  per rank, each frame reads only the window of slots of its segment's rank-j anchor frame
+  (contiguous rows of N) and ArgMax picks each token's anchor; one ScatterElements writes every
+  (anchor, token) assignment of every rank into one 0/1 matrix W^T, and one ``W^T x`` matmul sums
   each anchor's members (:meth:`FixedBudgetCompressor._merge_blocked`). Same decisions and
   arithmetic as :func:`~infomerge.compress.merge.merge_to_anchors` per rank; the matmul work is
-  ``2 LN R D`` instead of ``2 LN (D + L) sum K_j`` (``sum K_j`` is about 4 R at L = 128).
+  ``LN R (2 D + L)`` instead of ``2 LN (D + L) sum K_j`` (``sum K_j`` is about 4 R at L = 128).
 - merging with a ``merge_impl`` (the Triton kernel, the TensorRT plugin): one call per anchor rank
   over the whole video, the rank-j anchors compacted into ``K_j`` slots, segment scope enforced
   by the merge input ``[x, sqrt(2) |x| onehot(segment)]``: cosine then becomes ``(cos + 2 [same
@@ -533,20 +533,24 @@ class FixedBudgetCompressor(nn.Module):
         The same arithmetic as :func:`~infomerge.compress.merge.merge_to_anchors` once per anchor
         rank (spec step 6, eqs. 12 and 31-34), without computing a similarity twice:
 
-        1. all anchors (at most R) in one list of R slots sorted by flat index; one (LN, R + 1)
+        1. all anchors (at most R) in one list of R slots sorted by flat index; one (R + 1, LN)
            matmul of the anchors' normalised ``[x, sqrt(2) |x| onehot(segment)]`` (and a zero dummy row
            for unused slots) against every token's: ``(cos + 2 [same segment]) / 3``, so a token's own
-           segment's anchors always win, in cosine order (as :meth:`_merge_per_rank`);
-        2. per rank j: the rows of the rank-j slots (``K_j`` of them, gathered) and ArgMax
-           (ties: the lower slot, as ArgMax in the merge contract); a member takes part when its
-           segment has rank-j anchors and is not itself a rank-j anchor;
-        3. one (LN, R + J) 0/1 matrix ``W`` holding every (token, anchor) assignment of every rank,
-           written by one ScatterElements with distinct indices (a non-member's entry goes to a
-           dummy column of its rank);
+           segment's anchors always win, in cosine order (as :meth:`_merge_per_rank`); slot-major,
+           so that row ``s L + l`` of its (R + 1) L x N view is slot s against frame l's tokens;
+        2. per rank j: each frame's window of slots (those of its segment's rank-j anchor frame,
+           static width ``window_slots[j]``, unused positions read the dummy) gathered as rows of
+           that view, and ArgMax over the window (ties: the lower slot, as ArgMax in the merge
+           contract); a member takes part when its segment has rank-j anchors and is not itself a
+           rank-j anchor;
+        3. one (R + J, LN) 0/1 matrix ``W^T`` holding every (anchor, token) assignment of every
+           rank, written by one ScatterElements with distinct indices (a non-member's entry goes
+           to a dummy row of its rank); in eager mode it reuses the similarity's buffer;
         4. ``summed = W^T x``, ``n = W^T 1`` and :func:`~infomerge.compress.merge.combine_merge`.
 
-        Costs ``LN R (2 D + L)`` multiply-adds for the two matmuls plus ``LN sum K_j`` compares, against
-        ``2 LN (D + L) sum K_j`` for :meth:`_merge_per_rank` (``sum K_j`` is about 4 R at L = 128).
+        Costs ``LN R (2 D + L)`` multiply-adds for the two matmuls plus ``LN sum_j window_slots[j]``
+        reads and compares, against ``2 LN (D + L) sum K_j`` for :meth:`_merge_per_rank` (``sum K_j``
+        is about 4 R at L = 128).
 
         Returns:
             ``(merged (R, D), slot_of_token (LN,) int64)``.
