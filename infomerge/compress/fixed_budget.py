@@ -679,58 +679,65 @@ class FixedBudgetCompressor(nn.Module):
         score is ranked squared.
 
         Args:
-            x: (L, N, D) float32 tokens after replacement. cand: (L, N) bool.
+            x: (L, N, D) float32 tokens after replacement. cand: (L, N) bool, the non-salient tokens:
+                exactly ``N - T_s`` per frame; the score is computed on those only (gathered).
         """
         L, N, D = self.frames, self.n, self.hidden
+        C = N - self.salient_count  # candidates per frame (exactly: every frame has T_s salient tokens)
         dev = x.device
-        xc = x - x.mean(1, keepdim=True)  # translation-invariant; less cancellation in the mm form
+        if C == 0:
+            return torch.full((L, N), _NEG, dtype=x.dtype, device=dev)
+        # the candidates of each frame, in position order (C of N): every step below works on them only
+        on = cand.to(torch.int64)
+        slot = torch.where(cand, torch.cumsum(on, 1) - 1, C + torch.cumsum(1 - on, 1) - 1)
+        positions = torch.arange(N, device=dev).unsqueeze(0).expand(L, N)
+        cpos = torch.zeros(L, N, dtype=torch.int64, device=dev).scatter(1, slot, positions)[:, :C]  # (L, C)
+        xs = x.gather(1, cpos.unsqueeze(-1).expand(L, C, D))  # (L, C, D)
+        xc = xs - x.mean(1, keepdim=True)  # translation-invariant; less cancellation in the mm form
         sq = (xc * xc).sum(-1)
         d2 = (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * (xc @ xc.transpose(1, 2))).clamp_min(0.0) / D
-        idx = torch.arange(N, device=dev)
-        d2 = torch.where(idx.unsqueeze(0) == idx.unsqueeze(1), 0, d2)
-        pair = cand.unsqueeze(-1) & cand.unsqueeze(-2)
-        big = 3.0e38
-        xf = x.reshape(L * N, D)
-        frame_base = (torch.arange(L, device=dev) * N).reshape(L, 1, 1)
+        idx = torch.arange(C, device=dev)
+        d2 = torch.where(idx.unsqueeze(0) == idx.unsqueeze(1), 0, d2)  # (L, C, C)
+        xf = xs.reshape(L * C, D)
+        frame_base = (torch.arange(L, device=dev) * C).reshape(L, 1, 1)
 
         def exact(cols: torch.Tensor) -> torch.Tensor:
-            """(L, N, c) exact d^2 / D between token i and the tokens ``cols`` of its frame."""
+            """(L, C, c) exact d^2 / D between candidate i and the candidates ``cols`` of its frame."""
             c = cols.shape[-1]
-            return (_row_sq_dist(xf, (cols + frame_base).reshape(L * N, c), D) / D).reshape(L, N, c)
+            return (_row_sq_dist(xf, (cols + frame_base).reshape(L * C, c), D) / D).reshape(L, C, c)
 
         # rho: mean of the k smallest d^2 (self included); candidates chosen on the mm form with a
         # margin, their exact d^2 ranked again, the k smallest summed in ascending order
-        k = min(self.config.knn, N)
-        kc = min(2 * k, N)
-        pre = torch.topk(torch.where(pair, d2, big), kc, dim=-1, largest=False)
-        near_all = torch.where(pre.values < 1.0e38, exact(pre.indices), big)
-        near = torch.topk(near_all, k, dim=-1, largest=False).values  # (L, N, k) ascending
-        ok = near < 1.0e38
-        total = torch.zeros(L, N, dtype=x.dtype, device=dev)
-        for t in range(k):  # fixed summation order
-            total = total + torch.where(ok[..., t], near[..., t], 0)
-        m = total / ok.to(x.dtype).sum(-1).clamp_min(1.0)
+        k = min(self.config.knn, C)
+        kc = min(2 * k, C)
+        pre = torch.topk(d2, kc, dim=-1, largest=False)
+        near = torch.topk(exact(pre.indices), k, dim=-1, largest=False).values  # (L, C, k) ascending
+        total = near[..., 0]
+        for t in range(1, k):  # fixed summation order
+            total = total + near[..., t]
+        m = total / k
 
         # delta^2: exact d^2 to the nearest denser candidate (among the mm form's nearest few)
-        lower = idx.unsqueeze(0) < idx.unsqueeze(1)  # [i, j] = j < i
+        lower = idx.unsqueeze(0) < idx.unsqueeze(1)  # [i, j] = j < i (candidates in position order)
         mi, mj = m.unsqueeze(-1), m.unsqueeze(-2)
         denser = mj < mi  # strict (FastVID preset): equal m is never denser
         if self.config.density_ties == "index":  # InfoMerge preset: a total order
             denser = denser | ((mj == mi) & lower)
-        denser = denser & pair
+        big = 3.0e38
         pre_d = torch.topk(torch.where(denser, d2, big), k, dim=-1, largest=False)
         to_denser = torch.where(pre_d.values < 1.0e38, exact(pre_d.indices), float("inf")).amin(-1)
         has_denser = denser.any(-1)
         # the densest candidate: the frame's largest candidate distance (exact for each row's farthest)
-        far = torch.where(pair, d2, -1.0).argmax(-1, keepdim=True)  # (L, N, 1)
-        dmax2 = torch.where(cand, exact(far).squeeze(-1), 0).amax(-1, keepdim=True)  # (L, 1)
-        delta2 = torch.where(has_denser, to_denser, dmax2.expand(L, N))
+        far = d2.argmax(-1, keepdim=True)  # (L, C, 1)
+        dmax2 = exact(far).squeeze(-1).amax(-1, keepdim=True)  # (L, 1)
+        delta2 = torch.where(has_denser, to_denser, dmax2.expand(L, C))
 
         # ranked as (rho delta)^2 / rho_max^2 = exp(-2 (m - m_min)) delta^2: the order of rho * delta
         # without Sqrt (ORT's is not correctly rounded) and exp(-m) underflow in dense frames
-        m_min = torch.where(cand, m, big).amin(-1, keepdim=True)
-        rel = exp_neg(2.0 * (torch.where(cand, m, m_min) - m_min))
-        return torch.where(cand, rel * delta2, _NEG)
+        m_min = m.amin(-1, keepdim=True)
+        rel = exp_neg(2.0 * (m - m_min))
+        score = torch.full((L, N), _NEG, dtype=x.dtype, device=dev)
+        return score.scatter(1, cpos, rel * delta2)
 
 
 _ROW_BLOCK = 64  # rows per block of :func:`_row_sq_dist` in eager mode (keeps its temporaries in cache)
