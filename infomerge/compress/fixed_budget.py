@@ -602,11 +602,13 @@ class FixedBudgetCompressor(nn.Module):
                 targets.append(torch.where(member, best, R + j) * flat_n + cols)
                 values.append(member.to(xf.dtype))
         # W^T: (R + J, LN) 0/1, every (anchor, token) assignment of every rank; distinct indices
-        if buffer is None:
-            w_t = torch.zeros(width * flat_n, dtype=xf.dtype, device=dev)
+        target, value = torch.cat(targets), torch.cat(values)
+        if buffer is None:  # traced: zeros from an input (a static torch.zeros is folded into an
+            # (R + J) LN constant, 154 MB at L = 128, written into the ONNX file)
+            w_t = (xf[:1, :1] * 0.0).expand(width, flat_n).reshape(-1).scatter(0, target, value)
         else:
-            w_t = buffer.zero_().reshape(-1)
-        w_t = w_t.scatter_(0, torch.cat(targets), torch.cat(values)).reshape(width, flat_n)
+            w_t = buffer.zero_().reshape(-1).scatter_(0, target, value)
+        w_t = w_t.reshape(width, flat_n)
         summed = (w_t @ xf)[:R]  # (R, D) sum of each anchor's assigned tokens
         count = w_t.sum(1)[:R]  # (R,)
         merged = combine_merge(xf.index_select(0, slot_index), summed, count, cfg.anchor_weight)
