@@ -18,7 +18,7 @@ import torch
 from infomerge.bench.studies.reference_timing import synthetic_inputs
 from infomerge.compress.config import InfoMergeConfig
 from infomerge.compress.exact_arith import pair_sq_dist
-from infomerge.compress.fixed_budget import FixedBudgetCompressor, _row_sq_dist
+from infomerge.compress.fixed_budget import FixedBudgetCompressor, _row_block_sq_dist, _row_sq_dist
 from infomerge.compress.merge import merge_to_anchors
 
 N = 196
@@ -65,6 +65,7 @@ def test_exact_pair_distances_equal_the_pairwise_form(rows, width, partners):
     flat_rows = torch.arange(rows).repeat_interleave(partners)
     want = pair_sq_dist(x, flat_rows, cols.reshape(-1), width).reshape(rows, partners)
     assert torch.equal(got, want)
+    assert torch.equal(_row_block_sq_dist(x, x, cols, width), want)  # the traced form (one block)
     exact = ((x.double().unsqueeze(1) - x.double()[cols]) ** 2).sum(-1)
     assert torch.allclose(got.double(), exact, rtol=1e-5, atol=0)
 
