@@ -791,8 +791,11 @@ def _tree_sum_halves(t: torch.Tensor, width: int) -> torch.Tensor:
     """
     while width > 1:
         h = width // 2
-        s = t[..., : 2 * h].reshape(*t.shape[:-1], 2, h).sum(-2)
-        t = torch.cat([s, t[..., 2 * h :]], -1) if width % 2 else s
+        if width % 2:  # the last entry is carried to the next level
+            s = t[..., : 2 * h].reshape(*t.shape[:-1], 2, h).sum(-2)
+            t = torch.cat([s, t[..., 2 * h :]], -1)
+        else:
+            t = t.reshape(*t.shape[:-1], 2, h).sum(-2)
         width -= h
     return t[..., 0]
 
