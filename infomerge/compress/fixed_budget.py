@@ -67,7 +67,7 @@ import torch
 from torch import nn
 
 from infomerge.compress.config import InfoMergeConfig
-from infomerge.compress.exact_arith import SUM_CHUNK, exp_neg
+from infomerge.compress.exact_arith import SUM_CHUNK, exp_neg, tree_sum
 from infomerge.compress.merge import combine_merge
 from infomerge.compress.richness import RICHNESS_MODES, renyi2_richness, segment_richness_exact, sketch_basis
 
@@ -777,27 +777,9 @@ def _row_block_sq_dist(rows: torch.Tensor, xf: torch.Tensor, cols: torch.Tensor,
         w = min(SUM_CHUNK, width - c0)
         part = xf[:, c0 : c0 + w]
         diff = rows[:, c0 : c0 + w].unsqueeze(1) - part.index_select(0, flat).reshape(m, c, w)  # (m, c, w)
-        s = _tree_sum_halves(diff * diff, w)
+        s = tree_sum(diff * diff, w)
         total = s if total is None else total + s
     return total
-
-
-def _tree_sum_halves(t: torch.Tensor, width: int) -> torch.Tensor:
-    """``exact_arith.tree_sum`` over the last dim with each level as one ReduceSum over a dim of 2.
-
-    ``t[..., :h] + t[..., h:2h]`` is ``t[..., :2h].reshape(..., 2, h).sum(-2)``: a two-term sum
-    is the same addition (the terms are squares, never -0), and the graph has one ReduceSum per
-    level where Slice, Slice and Add copy every half (ONNX Runtime's Slice copies).
-    """
-    while width > 1:
-        h = width // 2
-        if width % 2:  # the last entry is carried to the next level
-            s = t[..., : 2 * h].reshape(*t.shape[:-1], 2, h).sum(-2)
-            t = torch.cat([s, t[..., 2 * h :]], -1)
-        else:
-            t = t.reshape(*t.shape[:-1], 2, h).sum(-2)
-        width -= h
-    return t[..., 0]
 
 
 def _row_block_sq_dist_in_place(chunks: list[torch.Tensor], cols: torch.Tensor, start: int) -> torch.Tensor:
