@@ -17,14 +17,14 @@ How each data-dependent step becomes static:
 - the penalty history P and the hard mask: a loop unrolled over the L frames, reset where a
   segment starts.
 - merging (default): the merge of every anchor rank j (the j-th anchor frame of a segment counted
-  from its end), j = 0 .. ceil(L/p)-1, from ONE (LN, R) cosine matrix of every token against every
-  anchor (at most R = the context budget, compacted into R slots): per rank, the columns of its
-  anchors are gathered into a static number of slots ``K_j`` (bound below), other segments'
-  anchors are masked, and ArgMax picks each token's anchor; one ScatterElements writes every
-  (token, anchor) assignment of every rank into one 0/1 matrix W, and one ``W^T x`` matmul sums
+  from its end), j = 0 .. ceil(L/p)-1, from ONE (R + 1, LN) cosine matrix of every anchor (at most
+  R = the context budget, compacted into R slots, plus a dummy) against every token, slot-major:
+  per rank, each frame reads only the window of slots of its segment's rank-j anchor frame
+  (contiguous rows of N) and ArgMax picks each token's anchor; one ScatterElements writes every
+  (anchor, token) assignment of every rank into one 0/1 matrix W^T, and one ``W^T x`` matmul sums
   each anchor's members (:meth:`FixedBudgetCompressor._merge_blocked`). Same decisions and
   arithmetic as :func:`~infomerge.compress.merge.merge_to_anchors` per rank; the matmul work is
-  ``2 LN R D`` instead of ``2 LN (D + L) sum K_j`` (``sum K_j`` is about 4 R at L = 128).
+  ``LN R (2 D + L)`` instead of ``2 LN (D + L) sum K_j`` (``sum K_j`` is about 4 R at L = 128).
 - merging with a ``merge_impl`` (the Triton kernel, the TensorRT plugin): one call per anchor rank
   over the whole video, the rank-j anchors compacted into ``K_j`` slots, segment scope enforced
   by the merge input ``[x, sqrt(2) |x| onehot(segment)]``: cosine then becomes ``(cos + 2 [same
@@ -384,8 +384,7 @@ class FixedBudgetCompressor(nn.Module):
                 hist_rows.append(hist)
             salient = torch.stack(sal_rows) > 0.5
             replaced = torch.stack(hist_rows) > 0.5  # P after frame l = positions replaced in frame l
-            pos_mean = ((same / frame_len.unsqueeze(1)) @ h.reshape(L, N * D)).reshape(L, N, D)
-            hp = torch.where(replaced.unsqueeze(-1), pos_mean, h)
+            hp = self._replace_static(h, replaced, static_frame > 0.5, same / frame_len.unsqueeze(1))
         else:
             salient = rank_desc(a) < Ts
             hp = h
@@ -459,6 +458,39 @@ class FixedBudgetCompressor(nn.Module):
             index=index,
         )
 
+    def _replace_static(
+        self, h: torch.Tensor, replaced: torch.Tensor, static: torch.Tensor, seg_avg: torch.Tensor
+    ) -> torch.Tensor:
+        """Step 5.4: ``H[l, p]`` replaced by the segment mean of position ``p`` where ``replaced``.
+
+        Only the ``|S|`` static positions of each frame's segment can be replaced, so the segment
+        means are computed for those only: the positions of each frame are permuted static-first
+        (a frame of a single-frame segment has none, and its first ``|S|`` positions are unchanged
+        tokens), the first ``|S|`` gathered, averaged over the segment by one (L, L) matmul, and
+        written back by one ScatterElements with distinct indices: ``L^2 |S| D`` multiply-adds
+        instead of ``L^2 N D``. Frames of one segment share ``S`` and its order, so row ``l`` of
+        the matmul averages the same positions over the segment.
+
+        Args:
+            h: (L, N, D) float32. replaced, static: (L, N) bool (``replaced`` within ``static``).
+            seg_avg: (L, L) float32, ``[l, l'] = 1 / T`` for frames of one segment, else 0.
+
+        Returns:
+            (L, N, D) float32.
+        """
+        L, N, D = self.frames, self.n, self.hidden
+        k = min(self.static_count, N)
+        on = static.to(torch.int64)
+        rest = on.sum(1, keepdim=True) + torch.cumsum(1 - on, 1) - 1  # non-static positions after S
+        slot = torch.where(static, torch.cumsum(on, 1) - 1, rest)  # (L, N) a permutation per frame
+        positions = torch.arange(N, device=h.device).unsqueeze(0).expand(L, N)
+        order = torch.zeros(L, N, dtype=torch.int64, device=h.device).scatter(1, slot, positions)[:, :k]
+        index = order.unsqueeze(-1).expand(L, k, D)
+        hs = h.gather(1, index)  # (L, |S|, D)
+        mean = (seg_avg @ hs.reshape(L, k * D)).reshape(L, k, D)
+        values = torch.where(replaced.gather(1, order).unsqueeze(-1), mean, hs)
+        return h.scatter(1, index, values)
+
     # ---- step 6b: the two merge forms ----------------------------------------------------------------
     def _merge_per_rank(self, xf, cand_flat, anchors_flat, seg_of_token, rank_flat, seg_anchors, to_end):
         """Step 6b through ``merge_impl``: one call per anchor rank j over the whole video.
@@ -501,20 +533,24 @@ class FixedBudgetCompressor(nn.Module):
         The same arithmetic as :func:`~infomerge.compress.merge.merge_to_anchors` once per anchor
         rank (spec step 6, eqs. 12 and 31-34), without computing a similarity twice:
 
-        1. all anchors (at most R) in one list of R slots sorted by flat index; one (LN, R + 1)
+        1. all anchors (at most R) in one list of R slots sorted by flat index; one (R + 1, LN)
            matmul of the anchors' normalised ``[x, sqrt(2) |x| onehot(segment)]`` (and a zero dummy row
            for unused slots) against every token's: ``(cos + 2 [same segment]) / 3``, so a token's own
-           segment's anchors always win, in cosine order (as :meth:`_merge_per_rank`);
-        2. per rank j: the rows of the rank-j slots (``K_j`` of them, gathered) and ArgMax
-           (ties: the lower slot, as ArgMax in the merge contract); a member takes part when its
-           segment has rank-j anchors and is not itself a rank-j anchor;
-        3. one (LN, R + J) 0/1 matrix ``W`` holding every (token, anchor) assignment of every rank,
-           written by one ScatterElements with distinct indices (a non-member's entry goes to a
-           dummy column of its rank);
+           segment's anchors always win, in cosine order (as :meth:`_merge_per_rank`); slot-major,
+           so that row ``s L + l`` of its (R + 1) L x N view is slot s against frame l's tokens;
+        2. per rank j: each frame's window of slots (those of its segment's rank-j anchor frame,
+           static width ``window_slots[j]``, unused positions read the dummy) gathered as rows of
+           that view, and ArgMax over the window (ties: the lower slot, as ArgMax in the merge
+           contract); a member takes part when its segment has rank-j anchors and is not itself a
+           rank-j anchor;
+        3. one (R + J, LN) 0/1 matrix ``W^T`` holding every (anchor, token) assignment of every
+           rank, written by one ScatterElements with distinct indices (a non-member's entry goes
+           to a dummy row of its rank); in eager mode it reuses the similarity's buffer;
         4. ``summed = W^T x``, ``n = W^T 1`` and :func:`~infomerge.compress.merge.combine_merge`.
 
-        Costs ``LN R (2 D + L)`` multiply-adds for the two matmuls plus ``LN sum K_j`` compares, against
-        ``2 LN (D + L) sum K_j`` for :meth:`_merge_per_rank` (``sum K_j`` is about 4 R at L = 128).
+        Costs ``LN R (2 D + L)`` multiply-adds for the two matmuls plus ``LN sum_j window_slots[j]``
+        reads and compares, against ``2 LN (D + L) sum K_j`` for :meth:`_merge_per_rank` (``sum K_j``
+        is about 4 R at L = 128).
 
         Returns:
             ``(merged (R, D), slot_of_token (LN,) int64)``.
@@ -529,38 +565,52 @@ class FixedBudgetCompressor(nn.Module):
         tag = (seg_of_token.unsqueeze(1) == frame_ids.unsqueeze(0)).to(xf.dtype)
         xt = torch.cat([xf, tag * (math.sqrt(2.0) * xf.norm(dim=-1, keepdim=True))], dim=1)  # (LN, D + L)
         xtn = xt / xt.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        dummy = torch.zeros(1, xt.shape[1], dtype=xf.dtype, device=dev)  # column R: 0, below any own anchor
-        sim = xtn @ torch.cat([xtn.index_select(0, slot_index), dummy]).t()  # (LN, R + 1)
-        rows = torch.arange(flat_n, device=dev) * (R + len(self.window_slots))
+        dummy = torch.zeros(1, xt.shape[1], dtype=xf.dtype, device=dev)  # slot R: 0, below any own anchor
+        # (R + 1, LN), slot-major: a frame's window of slots is a set of contiguous rows of N
+        anchors_t = torch.cat([xtn.index_select(0, slot_index), dummy])  # (R + 1, D + L)
+        width = R + len(self.window_slots)  # slots, then one dummy column per rank
+        buffer = None
+        if torch.jit.is_tracing():
+            sim_t = anchors_t @ xtn.t()
+        else:  # eager: W^T below reuses this buffer (one large allocation per call, not two)
+            buffer = torch.empty(width, flat_n, dtype=xf.dtype, device=dev)
+            sim_t = torch.matmul(anchors_t, xtn.t(), out=buffer[: R + 1])
+        cols = torch.arange(flat_n, device=dev)
         targets, values = [], []
         if self.merge_scope == "segment":  # one pool per segment: ArgMax over every slot
-            cols = torch.where(slot_used, torch.arange(R, device=dev), R)
-            best = cols.index_select(0, sim.index_select(1, cols).max(1).indices)
+            slots = torch.where(slot_used, torch.arange(R, device=dev), R)
+            best = slots.index_select(0, sim_t.index_select(0, slots).max(0).indices)
             has_tok = (seg_anchors.sum(0) > 0.5).unsqueeze(1).expand(L, n).reshape(flat_n)
             member = cand_flat & has_tok & ~anchors_flat
-            targets.append(rows + torch.where(member, best, R))
+            targets.append(torch.where(member, best, R) * flat_n + cols)
             values.append(member.to(xf.dtype))
         else:  # per rank j: the window of slots of the rank-j anchor frame of each frame's segment
             per_frame = anchors_flat.reshape(L, n).to(torch.int64).sum(1)  # (L,) anchors per frame
             first = torch.cumsum(per_frame, 0) - per_frame  # (L,) slot of each frame's first anchor
-            sim3 = sim.reshape(L, n, R + 1)
+            sim_rows = sim_t.reshape((R + 1) * L, n)  # row s L + l: slot s against frame l's tokens
             p = cfg.anchor_interval
-            for j, width in enumerate(self.window_slots):
+            for j, win_width in enumerate(self.window_slots):
                 f = (frame_ids + to_end - j * p).clamp(0, L - 1)  # (L,) rank-j frame of l's segment
-                t = torch.arange(width, device=dev).unsqueeze(0)
+                t = torch.arange(win_width, device=dev).unsqueeze(0)
                 inside = t < per_frame.index_select(0, f).unsqueeze(1)
                 win = torch.where(inside, first.index_select(0, f).unsqueeze(1) + t, R)  # (L, width) slots
-                pick = sim3.gather(2, win.unsqueeze(1).expand(L, n, width)).max(2).indices  # (L, N) first max
+                picked = sim_rows.index_select(0, (win * L + frame_ids.unsqueeze(1)).reshape(-1))
+                pick = picked.reshape(L, win_width, n).max(1).indices  # (L, N) first max
                 best = win.gather(1, pick).reshape(flat_n)  # (LN,) slot in [0, R)
                 has_tok = (seg_anchors[j] > 0.5).unsqueeze(1).expand(L, n).reshape(flat_n)
                 member = cand_flat & has_tok & ~(anchors_flat & (rank_flat == j))
-                targets.append(rows + torch.where(member, best, R + j))
+                targets.append(torch.where(member, best, R + j) * flat_n + cols)
                 values.append(member.to(xf.dtype))
-        width = R + len(self.window_slots)
-        w = torch.zeros(flat_n * width, dtype=xf.dtype, device=dev)
-        w = w.scatter(0, torch.cat(targets), torch.cat(values)).reshape(flat_n, width)  # (LN, R + J)
-        summed = (w.t() @ xf)[:R]  # (R, D) sum of each anchor's assigned tokens
-        count = w.sum(0)[:R]  # (R,)
+        # W^T: (R + J, LN) 0/1, every (anchor, token) assignment of every rank; distinct indices
+        target, value = torch.cat(targets), torch.cat(values)
+        if buffer is None:  # traced: zeros from an input (a static torch.zeros is folded into an
+            # (R + J) LN constant, 154 MB at L = 128, written into the ONNX file)
+            w_t = (xf[:1, :1] * 0.0).expand(width, flat_n).reshape(-1).scatter(0, target, value)
+        else:
+            w_t = buffer.zero_().reshape(-1).scatter_(0, target, value)
+        w_t = w_t.reshape(width, flat_n)
+        summed = (w_t @ xf)[:R]  # (R, D) sum of each anchor's assigned tokens
+        count = w_t.sum(1)[:R]  # (R,)
         merged = combine_merge(xf.index_select(0, slot_index), summed, count, cfg.anchor_weight)
         slot_of_token = torch.where(anchors_flat, torch.cumsum(anchors_flat.to(torch.int64), 0) - 1, 0)
         return merged, slot_of_token
@@ -631,58 +681,65 @@ class FixedBudgetCompressor(nn.Module):
         score is ranked squared.
 
         Args:
-            x: (L, N, D) float32 tokens after replacement. cand: (L, N) bool.
+            x: (L, N, D) float32 tokens after replacement. cand: (L, N) bool, the non-salient tokens:
+                exactly ``N - T_s`` per frame; the score is computed on those only (gathered).
         """
         L, N, D = self.frames, self.n, self.hidden
+        C = N - self.salient_count  # candidates per frame (exactly: every frame has T_s salient tokens)
         dev = x.device
-        xc = x - x.mean(1, keepdim=True)  # translation-invariant; less cancellation in the mm form
+        if C == 0:
+            return torch.full((L, N), _NEG, dtype=x.dtype, device=dev)
+        # the candidates of each frame, in position order (C of N): every step below works on them only
+        on = cand.to(torch.int64)
+        slot = torch.where(cand, torch.cumsum(on, 1) - 1, C + torch.cumsum(1 - on, 1) - 1)
+        positions = torch.arange(N, device=dev).unsqueeze(0).expand(L, N)
+        cpos = torch.zeros(L, N, dtype=torch.int64, device=dev).scatter(1, slot, positions)[:, :C]  # (L, C)
+        xs = x.gather(1, cpos.unsqueeze(-1).expand(L, C, D))  # (L, C, D)
+        xc = xs - x.mean(1, keepdim=True)  # translation-invariant; less cancellation in the mm form
         sq = (xc * xc).sum(-1)
         d2 = (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * (xc @ xc.transpose(1, 2))).clamp_min(0.0) / D
-        idx = torch.arange(N, device=dev)
-        d2 = torch.where(idx.unsqueeze(0) == idx.unsqueeze(1), 0, d2)
-        pair = cand.unsqueeze(-1) & cand.unsqueeze(-2)
-        big = 3.0e38
-        xf = x.reshape(L * N, D)
-        frame_base = (torch.arange(L, device=dev) * N).reshape(L, 1, 1)
+        idx = torch.arange(C, device=dev)
+        d2 = torch.where(idx.unsqueeze(0) == idx.unsqueeze(1), 0, d2)  # (L, C, C)
+        xf = xs.reshape(L * C, D)
+        frame_base = (torch.arange(L, device=dev) * C).reshape(L, 1, 1)
 
         def exact(cols: torch.Tensor) -> torch.Tensor:
-            """(L, N, c) exact d^2 / D between token i and the tokens ``cols`` of its frame."""
+            """(L, C, c) exact d^2 / D between candidate i and the candidates ``cols`` of its frame."""
             c = cols.shape[-1]
-            return (_row_sq_dist(xf, (cols + frame_base).reshape(L * N, c), D) / D).reshape(L, N, c)
+            return (_row_sq_dist(xf, (cols + frame_base).reshape(L * C, c), D) / D).reshape(L, C, c)
 
         # rho: mean of the k smallest d^2 (self included); candidates chosen on the mm form with a
         # margin, their exact d^2 ranked again, the k smallest summed in ascending order
-        k = min(self.config.knn, N)
-        kc = min(2 * k, N)
-        pre = torch.topk(torch.where(pair, d2, big), kc, dim=-1, largest=False)
-        near_all = torch.where(pre.values < 1.0e38, exact(pre.indices), big)
-        near = torch.topk(near_all, k, dim=-1, largest=False).values  # (L, N, k) ascending
-        ok = near < 1.0e38
-        total = torch.zeros(L, N, dtype=x.dtype, device=dev)
-        for t in range(k):  # fixed summation order
-            total = total + torch.where(ok[..., t], near[..., t], 0)
-        m = total / ok.to(x.dtype).sum(-1).clamp_min(1.0)
+        k = min(self.config.knn, C)
+        kc = min(2 * k, C)
+        pre = torch.topk(d2, kc, dim=-1, largest=False)
+        near = torch.topk(exact(pre.indices), k, dim=-1, largest=False).values  # (L, C, k) ascending
+        total = near[..., 0]
+        for t in range(1, k):  # fixed summation order
+            total = total + near[..., t]
+        m = total / k
 
         # delta^2: exact d^2 to the nearest denser candidate (among the mm form's nearest few)
-        lower = idx.unsqueeze(0) < idx.unsqueeze(1)  # [i, j] = j < i
+        lower = idx.unsqueeze(0) < idx.unsqueeze(1)  # [i, j] = j < i (candidates in position order)
         mi, mj = m.unsqueeze(-1), m.unsqueeze(-2)
         denser = mj < mi  # strict (FastVID preset): equal m is never denser
         if self.config.density_ties == "index":  # InfoMerge preset: a total order
             denser = denser | ((mj == mi) & lower)
-        denser = denser & pair
+        big = 3.0e38
         pre_d = torch.topk(torch.where(denser, d2, big), k, dim=-1, largest=False)
         to_denser = torch.where(pre_d.values < 1.0e38, exact(pre_d.indices), float("inf")).amin(-1)
         has_denser = denser.any(-1)
         # the densest candidate: the frame's largest candidate distance (exact for each row's farthest)
-        far = torch.where(pair, d2, -1.0).argmax(-1, keepdim=True)  # (L, N, 1)
-        dmax2 = torch.where(cand, exact(far).squeeze(-1), 0).amax(-1, keepdim=True)  # (L, 1)
-        delta2 = torch.where(has_denser, to_denser, dmax2.expand(L, N))
+        far = d2.argmax(-1, keepdim=True)  # (L, C, 1)
+        dmax2 = exact(far).squeeze(-1).amax(-1, keepdim=True)  # (L, 1)
+        delta2 = torch.where(has_denser, to_denser, dmax2.expand(L, C))
 
         # ranked as (rho delta)^2 / rho_max^2 = exp(-2 (m - m_min)) delta^2: the order of rho * delta
         # without Sqrt (ORT's is not correctly rounded) and exp(-m) underflow in dense frames
-        m_min = torch.where(cand, m, big).amin(-1, keepdim=True)
-        rel = exp_neg(2.0 * (torch.where(cand, m, m_min) - m_min))
-        return torch.where(cand, rel * delta2, _NEG)
+        m_min = m.amin(-1, keepdim=True)
+        rel = exp_neg(2.0 * (m - m_min))
+        score = torch.full((L, N), _NEG, dtype=x.dtype, device=dev)
+        return score.scatter(1, cpos, rel * delta2)
 
 
 _ROW_BLOCK = 64  # rows per block of :func:`_row_sq_dist` in eager mode (keeps its temporaries in cache)
@@ -697,18 +754,17 @@ def _row_sq_dist(xf: torch.Tensor, cols: torch.Tensor, width: int) -> torch.Tens
     Unlike a MatMul or ReduceSum, whose accumulation order is the kernel's, the result is
     bit-identical in torch and ONNX Runtime, and free of the Gram form's cancellation. Row ``i``
     is broadcast, not gathered, and the columns are summed in chunks of ``SUM_CHUNK`` by
-    ``exact_arith.tree_sum``: the same additions in the same order whatever the row count, so eager mode
-    works through blocks of ``_ROW_BLOCK`` rows (cache-sized temporaries; the graph, traced,
-    keeps one block: fewer nodes) and gets the same bits.
+    ``exact_arith.tree_sum``: the same additions in the same order whatever the row count, so eager
+    mode works through blocks of ``_ROW_BLOCK`` rows (cache-sized temporaries) and computes each
+    block in place (:func:`_row_block_sq_dist_in_place`); the graph, traced, keeps one block and
+    functional ops (fewer nodes). Same additions in the same order: same bits.
     """
     m = cols.shape[0]
-    if torch.jit.is_tracing() or m <= _ROW_BLOCK:
+    if torch.jit.is_tracing():
         return _row_block_sq_dist(xf, xf, cols, width)
+    chunks = [xf[:, c0 : c0 + SUM_CHUNK].contiguous() for c0 in range(0, width, SUM_CHUNK)]
     return torch.cat(
-        [
-            _row_block_sq_dist(xf[r : r + _ROW_BLOCK], xf, cols[r : r + _ROW_BLOCK], width)
-            for r in range(0, m, _ROW_BLOCK)
-        ]
+        [_row_block_sq_dist_in_place(chunks, cols[r : r + _ROW_BLOCK], r) for r in range(0, m, _ROW_BLOCK)]
     )
 
 
@@ -722,6 +778,29 @@ def _row_block_sq_dist(rows: torch.Tensor, xf: torch.Tensor, cols: torch.Tensor,
         part = xf[:, c0 : c0 + w]
         diff = rows[:, c0 : c0 + w].unsqueeze(1) - part.index_select(0, flat).reshape(m, c, w)  # (m, c, w)
         s = tree_sum(diff * diff, w)
+        total = s if total is None else total + s
+    return total
+
+
+def _row_block_sq_dist_in_place(chunks: list[torch.Tensor], cols: torch.Tensor, start: int) -> torch.Tensor:
+    """:func:`_row_block_sq_dist` for rows ``start .. start + m`` with every step written into the
+    gathered block (eager only): the same subtractions, products and halving additions, without
+    temporaries. ``chunks``: the token matrix's column chunks of ``SUM_CHUNK``, each contiguous."""
+    m, c = cols.shape
+    flat = cols.reshape(-1)
+    total = None
+    for part in chunks:
+        w = part.shape[1]
+        t = part.index_select(0, flat).reshape(m, c, w)
+        torch.sub(part[start : start + m].unsqueeze(1), t, out=t)
+        t.mul_(t)
+        while w > 1:  # exact_arith.tree_sum, in place
+            h = w // 2
+            t[..., :h].add_(t[..., h : 2 * h])
+            if w % 2:
+                t[..., h].copy_(t[..., 2 * h])
+            w -= h
+        s = t[..., 0]
         total = s if total is None else total + s
     return total
 

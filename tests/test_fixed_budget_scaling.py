@@ -1,0 +1,104 @@
+"""The fixed-budget graph's cheaper forms (issue 20 item 5) against independent computations.
+
+- the static replacement on the |S| static positions against a per-token loop of segment means;
+- the exact pair distances (eager, in place, in blocks) against ``exact_arith.pair_sq_dist`` (the
+  same additions in the same order: equal bits) and against float64;
+- the whole compressor at several L against the per-rank ``merge_to_anchors`` form (the merge
+  contract the reference uses) on random segment layouts;
+- one small ONNX export of a long-segment layout: ORT's indices equal eager's, tokens within
+  ``1e-5 x peak``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from infomerge.bench.studies.reference_timing import synthetic_inputs
+from infomerge.compress.config import InfoMergeConfig
+from infomerge.compress.exact_arith import pair_sq_dist
+from infomerge.compress.fixed_budget import FixedBudgetCompressor, _row_block_sq_dist, _row_sq_dist
+from infomerge.compress.merge import merge_to_anchors
+
+N = 196
+
+
+def _random_layout(frames: int, seed: int) -> list[int]:
+    """8 segment lengths summing to ``frames`` (each >= 1), drawn at random."""
+    gen = torch.Generator().manual_seed(seed)
+    cuts = sorted(torch.randperm(frames - 1, generator=gen)[:7].add(1).tolist())
+    bounds = [0, *cuts, frames]
+    return [b - a for a, b in zip(bounds, bounds[1:])]
+
+
+@pytest.mark.parametrize("frames, seed", [(12, 0), (21, 1), (40, 2)])
+def test_static_replacement_equals_a_loop_of_segment_means(frames, seed):
+    lengths = _random_layout(frames, seed)
+    h, a, g = synthetic_inputs(lengths, N, 24, global_dim=48, seed=seed)
+    comp = FixedBudgetCompressor(InfoMergeConfig.paper(0.15), frames, N, 24)
+    d = comp.decisions(h, a, g)
+    assert d.segments() == [(sum(lengths[:k]), sum(lengths[: k + 1])) for k in range(len(lengths))]
+    seg = d.segment.tolist()
+    same = torch.tensor([[float(seg[i] == seg[j]) for j in range(frames)] for i in range(frames)])
+    static = d.static[d.segment]  # (L, N) S of each frame's segment
+    gen = torch.Generator().manual_seed(seed)
+    replaced = static & (torch.rand(frames, N, generator=gen) < 0.5)
+    got = comp._replace_static(h, replaced, static, same / same.sum(1, keepdim=True))
+    want = h.clone()
+    for l in range(frames):
+        members = [m for m in range(frames) if seg[m] == seg[l]]
+        for p in replaced[l].nonzero().flatten().tolist():
+            want[l, p] = sum(h[m, p].double() for m in members).float() / len(members)
+    untouched = ~replaced
+    assert torch.equal(got[untouched], h[untouched])
+    assert torch.allclose(got, want, atol=1e-6, rtol=0), float((got - want).abs().max())
+    assert bool(replaced.any())
+
+
+@pytest.mark.parametrize("rows, width, partners", [(300, 37, 9), (129, 896, 4), (64, 1000, 1)])
+def test_exact_pair_distances_equal_the_pairwise_form(rows, width, partners):
+    gen = torch.Generator().manual_seed(width)
+    x = torch.randn(rows, width, generator=gen) * 3.0 + 1.0
+    cols = torch.randint(0, rows, (rows, partners), generator=gen)
+    got = _row_sq_dist(x, cols, width)  # eager: in place, blocks of rows
+    flat_rows = torch.arange(rows).repeat_interleave(partners)
+    want = pair_sq_dist(x, flat_rows, cols.reshape(-1), width).reshape(rows, partners)
+    assert torch.equal(got, want)
+    assert torch.equal(_row_block_sq_dist(x, x, cols, width), want)  # the traced form (one block)
+    exact = ((x.double().unsqueeze(1) - x.double()[cols]) ** 2).sum(-1)
+    assert torch.allclose(got.double(), exact, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize(
+    "frames, seed, scope",
+    [(16, 3, "anchor_frame"), (48, 4, "anchor_frame"), (64, 5, "anchor_frame"), (48, 6, "segment")],
+)
+def test_compressor_equals_the_per_rank_merge_at_several_lengths(frames, seed, scope):
+    lengths = _random_layout(frames, seed)
+    h, a, g = synthetic_inputs(lengths, N, 24, global_dim=48, seed=seed)
+    cfg = InfoMergeConfig.paper(0.15)
+    blocked = FixedBudgetCompressor(cfg, frames, N, 24, merge_scope=scope)
+    per_rank = FixedBudgetCompressor(cfg, frames, N, 24, merge_scope=scope, merge_impl=merge_to_anchors)
+    d = blocked.decisions(h, a, g)
+    t_p, i_p = per_rank(h, a, g)
+    assert torch.equal(d.index, i_p)
+    assert bool(d.anchors.reshape(-1)[i_p].any())
+    scale = float(t_p.abs().max())
+    assert torch.allclose(d.tokens, t_p, atol=1e-5 * scale, rtol=0), float((d.tokens - t_p).abs().max())
+
+
+def test_onnx_runtime_matches_eager_on_a_long_segment(tmp_path):
+    from tests._static_graph import export_static_graph
+
+    lengths = [1] * 7 + [13]  # one 13-frame segment: 4 anchor ranks, static replacement
+    h, a, g = synthetic_inputs(lengths, N, 24, global_dim=48, seed=7)
+    comp = FixedBudgetCompressor(InfoMergeConfig.paper(0.25), sum(lengths), N, 24).eval()
+    _, sess = export_static_graph(comp, (h, a, g), tmp_path / "compress.onnx")
+    h2, a2, g2 = synthetic_inputs(lengths, N, 24, global_dim=48, seed=8)
+    for hh, aa, gg in ((h, a, g), (h2, a2, g2)):
+        tokens, index = sess.run(None, {"H": hh.numpy(), "A": aa.numpy(), "g": gg.numpy()})
+        with torch.no_grad():
+            t_e, i_e = comp(hh, aa, gg)
+        assert np.array_equal(index, i_e.numpy())
+        assert np.abs(tokens - t_e.numpy()).max() <= 1e-5 * float(t_e.abs().max())
