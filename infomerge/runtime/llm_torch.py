@@ -148,9 +148,11 @@ class TorchLLM(LLMBackend):
         m = self.model.model
         n = x.shape[1]
         rope = m.rotary_emb(x, pos)
-        # explicit causal mask over the rows present (prefill); one query row sees every cached key
+        # prefill (n > 1) starts from an empty cache in every layer, so the rows present are all the
+        # keys: SDPA / flash take the causal mask as ``is_causal`` (no mask given: their fused
+        # kernels); eager attention needs it written out. One query row sees every cached key.
         mask = None
-        if n > 1:
+        if n > 1 and self.model.config._attn_implementation == "eager":
             mask = torch.full((n, n), torch.finfo(x.dtype).min, dtype=x.dtype, device=x.device).triu(1)[
                 None, None
             ]
