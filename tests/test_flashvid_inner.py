@@ -70,6 +70,11 @@ def test_prefill_matches_hf_with_the_same_decisions(setup, layer):
     assert torch.allclose(llm.last_merge["score"], torch.tensor(att), atol=1e-6)
     want = _tail(ref, layer)(inputs_embeds=states[None], position_ids=pos[:, rows]).logits[0, -1]
     assert torch.allclose(torch.from_numpy(logits), want, atol=1e-4, rtol=1e-4)
+    # the loop over an eager-attention model (explicit causal mask) agrees with SDPA's is_causal
+    eager = TorchLLM(ref, eos_token_ids=[0]).prefill(
+        x, pos, 64, visual=_fastv(span, layer, keep, x.shape[1] - 1)
+    )
+    assert torch.allclose(torch.from_numpy(eager), want, atol=1e-4, rtol=1e-4)
     # the test can fail: the plain prefill and HoliTom's merge (same kept set) answer otherwise
     plain = TorchLLM(model, eos_token_ids=[0]).prefill(x, pos, 64)
     assert not torch.allclose(torch.from_numpy(plain), want, atol=1e-3)

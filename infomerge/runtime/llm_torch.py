@@ -32,6 +32,9 @@ from infomerge.compress.unified_inner import (
 )
 from infomerge.runtime.llm import LLMBackend
 
+# attention implementations that apply the causal mask themselves when given none (``is_causal``)
+_IS_CAUSAL_ATTENTION = ("sdpa", "flash_attention_2", "flash_attention_3")
+
 
 def default_dtype(device: str) -> torch.dtype:
     """fp32 on the CPU; bf16 on a CUDA device that supports it, else fp16."""
@@ -150,9 +153,10 @@ class TorchLLM(LLMBackend):
         rope = m.rotary_emb(x, pos)
         # prefill (n > 1) starts from an empty cache in every layer, so the rows present are all the
         # keys: SDPA / flash take the causal mask as ``is_causal`` (no mask given: their fused
-        # kernels); eager attention needs it written out. One query row sees every cached key.
+        # kernels); eager (and any other) attention gets it written out. One query row sees every
+        # cached key.
         mask = None
-        if n > 1 and self.model.config._attn_implementation == "eager":
+        if n > 1 and self.model.config._attn_implementation not in _IS_CAUSAL_ATTENTION:
             mask = torch.full((n, n), torch.finfo(x.dtype).min, dtype=x.dtype, device=x.device).triu(1)[
                 None, None
             ]
