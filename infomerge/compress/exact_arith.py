@@ -81,4 +81,54 @@ def pair_sq_dist(xf: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, width
     return total
 
 
-__all__ = ["EXP_MAX", "SUM_CHUNK", "chunked_sum", "exp_neg", "pair_sq_dist", "tree_sum"]
+ROW_BLOCK = 64  # rows per block of :func:`row_sq_dist` in eager mode (keeps its temporaries in cache)
+
+
+def row_sq_dist(xf: torch.Tensor, cols: torch.Tensor, width: int) -> torch.Tensor:
+    """``||xf[i] - xf[cols[i, t]]||^2`` (M, c) from elementwise ops only (Gather, Sub, Mul, Add).
+
+    Args:
+        xf: (M, D) float32 tokens. cols: (M, c) int64 partner of each token. width: D (static).
+
+    Unlike a MatMul or ReduceSum, whose accumulation order is the kernel's, the result is
+    bit-identical in torch and ONNX Runtime, and free of the Gram form's cancellation. Row ``i``
+    is broadcast, not gathered, and the columns are summed in chunks of ``SUM_CHUNK`` by
+    :func:`tree_sum`: the same additions in the same order whatever the row count, so eager mode
+    works through blocks of ``ROW_BLOCK`` rows (cache-sized temporaries; the graph, traced,
+    keeps one block: fewer nodes) and gets the same bits.
+    """
+    m = cols.shape[0]
+    if torch.jit.is_tracing() or m <= ROW_BLOCK:
+        return _row_block_sq_dist(xf, xf, cols, width)
+    return torch.cat(
+        [
+            _row_block_sq_dist(xf[r : r + ROW_BLOCK], xf, cols[r : r + ROW_BLOCK], width)
+            for r in range(0, m, ROW_BLOCK)
+        ]
+    )
+
+
+def _row_block_sq_dist(rows: torch.Tensor, xf: torch.Tensor, cols: torch.Tensor, width: int) -> torch.Tensor:
+    """``||rows[i] - xf[cols[i, t]]||^2`` (m, c) for a block of rows (see :func:`row_sq_dist`)."""
+    m, c = cols.shape
+    flat = cols.reshape(-1)
+    total = None
+    for c0 in range(0, width, SUM_CHUNK):
+        w = min(SUM_CHUNK, width - c0)
+        part = xf[:, c0 : c0 + w]
+        diff = rows[:, c0 : c0 + w].unsqueeze(1) - part.index_select(0, flat).reshape(m, c, w)  # (m, c, w)
+        s = tree_sum(diff * diff, w)
+        total = s if total is None else total + s
+    return total
+
+
+__all__ = [
+    "EXP_MAX",
+    "ROW_BLOCK",
+    "SUM_CHUNK",
+    "chunked_sum",
+    "exp_neg",
+    "pair_sq_dist",
+    "row_sq_dist",
+    "tree_sum",
+]

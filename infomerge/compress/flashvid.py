@@ -87,7 +87,7 @@ import torch
 
 from infomerge.compress._ops import FixedShapeModule, check_features
 from infomerge.compress.dpc_knn import density
-from infomerge.compress.exact_arith import exp_neg, pair_sq_dist
+from infomerge.compress.exact_arith import exp_neg, row_sq_dist
 from infomerge.compress.fixed_budget import compact, rank_asc, rank_desc
 from infomerge.compress.methods import Method
 from infomerge.errors import BudgetError
@@ -546,7 +546,7 @@ class FixedBudgetFlashVID(FixedShapeModule):
         Exact across backends (as the InfoMerge graph's density step, ``fixed_budget._density``):
         the MatMul form of the squared distances (frame-centred) only CHOOSES pairs (a margin of
         2 k_nn nearest, the k_nn nearest denser, the farthest, the 2 nearest centres); the chosen
-        pairs' d^2 are recomputed by fixed-order elementwise sums (``pair_sq_dist``); "denser"
+        pairs' d^2 are recomputed by fixed-order elementwise sums (``row_sq_dist``); "denser"
         compares m = mean kNN d^2 (rho = exp(-m)); centres are ranked by
         ``(rho delta)^2 / rho_max^2 = exp(-2 (m - m_min)) delta^2`` with the Mul/Add ``exp_neg``
         (no Exp or Sqrt, whose last bits differ between torch and ONNX Runtime).
@@ -562,14 +562,13 @@ class FixedBudgetFlashVID(FixedShapeModule):
         d2 = torch.where(cols.unsqueeze(0) == cols.unsqueeze(1), 0.0, d2)  # (L, N, N) choice only
         valid = roots.unsqueeze(2) & roots.unsqueeze(1)
         vf = v.reshape(L * N, D)
-        row = (torch.arange(L, device=dev) * N).reshape(L, 1, 1) + cols.reshape(1, N, 1)
         base = (torch.arange(L, device=dev) * N).reshape(L, 1, 1)
 
         def exact(at: torch.Tensor) -> torch.Tensor:
-            """(L, N, j) exact d^2 / D from token i to the tokens ``at`` (L, N, j) of its frame."""
+            """(L, N, j) exact d^2 / D from token i to the tokens ``at`` (L, N, j) of its frame
+            (token i broadcast, not gathered; the sums of ``pair_sq_dist``, bit for bit)."""
             j = at.shape[-1]
-            rows = row.expand(L, N, j).reshape(-1)
-            return (pair_sq_dist(vf, rows, (at + base).reshape(-1), D) / D).reshape(L, N, j)
+            return (row_sq_dist(vf, (at + base).reshape(L * N, j), D) / D).reshape(L, N, j)
 
         def nearest(score: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
             """The ``count`` smallest entries' columns (L, N, count) and which are real (< _BIG)."""
