@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import types
 
 import pytest
 import torch
@@ -228,6 +229,10 @@ def test_pipeline_switch_on_tiny():
     off = pipe.with_compression("flashvid", 0.15)
     assert not off.config.inner_merge and off.config.vision_expansion == 1.0 and off.inner_merge(asm) is None
     assert "inner_layer" not in off.info
+    ort = copy.copy(pipe)
+    ort.llm = types.SimpleNamespace(name="ort")
+    with pytest.raises(UsageError, match="ort LLM is one graph"):
+        ort.with_compression("flashvid", 0.15, inner_merge=True)
 
 
 def test_refusals_before_loading():

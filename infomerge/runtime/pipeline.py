@@ -550,7 +550,10 @@ class Pipeline:
         """
         import copy
 
-        _check_names(None, backend, self.llm.name, method, retention, inner_merge, self.backbone)
+        _check_names(None, backend, None, method, retention, inner_merge)
+        if backend != "none" and compression_wanted(retention):
+            config = make_config(method, float(retention), inner_merge)
+            check_inner_stage(config, method, self.llm.name, backend, self.backbone)
         source = self.source
         if artifacts is not None:
             from infomerge.artifacts.manifest import verify_manifest
