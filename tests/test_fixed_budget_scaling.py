@@ -17,8 +17,8 @@ import torch
 
 from infomerge.bench.studies.reference_timing import synthetic_inputs
 from infomerge.compress.config import InfoMergeConfig
-from infomerge.compress.exact_arith import pair_sq_dist
-from infomerge.compress.fixed_budget import FixedBudgetCompressor, _row_block_sq_dist, _row_sq_dist
+from infomerge.compress.exact_arith import _row_block_sq_dist, pair_sq_dist, row_sq_dist
+from infomerge.compress.fixed_budget import FixedBudgetCompressor
 from infomerge.compress.merge import merge_to_anchors
 
 N = 196
@@ -61,7 +61,7 @@ def test_exact_pair_distances_equal_the_pairwise_form(rows, width, partners):
     gen = torch.Generator().manual_seed(width)
     x = torch.randn(rows, width, generator=gen) * 3.0 + 1.0
     cols = torch.randint(0, rows, (rows, partners), generator=gen)
-    got = _row_sq_dist(x, cols, width)  # eager: in place, blocks of rows
+    got = row_sq_dist(x, cols, width)  # eager: in place, blocks of rows
     flat_rows = torch.arange(rows).repeat_interleave(partners)
     want = pair_sq_dist(x, flat_rows, cols.reshape(-1), width).reshape(rows, partners)
     assert torch.equal(got, want)

@@ -65,7 +65,7 @@ def loop_flashvid(video, att, cfg: FlashVIDConfig, split: str = "ceil", log: dic
     "lr" (largest remainder of n_s F over the segment's frames, the fixed-budget graph).
     Returns (sorted kept flat indices, their tokens)."""
     L, N, D = len(video), len(video[0]), len(video[0][0])
-    T = min(N, max(1, math.ceil(N * cfg.retention * cfg.expansion)))
+    T = min(N, max(1, math.ceil(N * cfg.retention * cfg.vision_expansion)))
     na = min(T, math.ceil(T * cfg.alpha))
     ns = T - na
     # 1. DySeg

@@ -81,4 +81,76 @@ def pair_sq_dist(xf: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, width
     return total
 
 
-__all__ = ["EXP_MAX", "SUM_CHUNK", "chunked_sum", "exp_neg", "pair_sq_dist", "tree_sum"]
+ROW_BLOCK = 64  # rows per block of :func:`row_sq_dist` in eager mode (keeps its temporaries in cache)
+
+
+def row_sq_dist(xf: torch.Tensor, cols: torch.Tensor, width: int) -> torch.Tensor:
+    """``||xf[i] - xf[cols[i, t]]||^2`` (M, c) from elementwise ops only (Gather, Sub, Mul, Add).
+
+    Args:
+        xf: (M, D) float32 tokens. cols: (M, c) int64 partner of each token. width: D (static).
+
+    Unlike a MatMul or ReduceSum, whose accumulation order is the kernel's, the result is
+    bit-identical in torch and ONNX Runtime, and free of the Gram form's cancellation. Row ``i``
+    is broadcast, not gathered, and the columns are summed in chunks of ``SUM_CHUNK`` by
+    :func:`tree_sum`: the same additions in the same order whatever the row count, so eager mode
+    works through blocks of ``ROW_BLOCK`` rows (cache-sized temporaries) and computes each block
+    in place (:func:`_row_block_sq_dist_in_place`); the graph, traced, keeps one block and
+    functional ops (fewer nodes). Same additions in the same order: same bits.
+    """
+    m = cols.shape[0]
+    if torch.jit.is_tracing():
+        return _row_block_sq_dist(xf, xf, cols, width)
+    chunks = [xf[:, c0 : c0 + SUM_CHUNK].contiguous() for c0 in range(0, width, SUM_CHUNK)]
+    return torch.cat(
+        [_row_block_sq_dist_in_place(chunks, cols[r : r + ROW_BLOCK], r) for r in range(0, m, ROW_BLOCK)]
+    )
+
+
+def _row_block_sq_dist(rows: torch.Tensor, xf: torch.Tensor, cols: torch.Tensor, width: int) -> torch.Tensor:
+    """``||rows[i] - xf[cols[i, t]]||^2`` (m, c) for a block of rows (see :func:`row_sq_dist`)."""
+    m, c = cols.shape
+    flat = cols.reshape(-1)
+    total = None
+    for c0 in range(0, width, SUM_CHUNK):
+        w = min(SUM_CHUNK, width - c0)
+        part = xf[:, c0 : c0 + w]
+        diff = rows[:, c0 : c0 + w].unsqueeze(1) - part.index_select(0, flat).reshape(m, c, w)  # (m, c, w)
+        s = tree_sum(diff * diff, w)
+        total = s if total is None else total + s
+    return total
+
+
+def _row_block_sq_dist_in_place(chunks: list[torch.Tensor], cols: torch.Tensor, start: int) -> torch.Tensor:
+    """:func:`_row_block_sq_dist` for rows ``start .. start + m`` with every step written into the
+    gathered block (eager only): the same subtractions, products and halving additions, without
+    temporaries. ``chunks``: the token matrix's column chunks of ``SUM_CHUNK``, each contiguous."""
+    m, c = cols.shape
+    flat = cols.reshape(-1)
+    total = None
+    for part in chunks:
+        w = part.shape[1]
+        t = part.index_select(0, flat).reshape(m, c, w)
+        torch.sub(part[start : start + m].unsqueeze(1), t, out=t)
+        t.mul_(t)
+        while w > 1:  # tree_sum, in place
+            h = w // 2
+            t[..., :h].add_(t[..., h : 2 * h])
+            if w % 2:
+                t[..., h].copy_(t[..., 2 * h])
+            w -= h
+        s = t[..., 0]
+        total = s if total is None else total + s
+    return total
+
+
+__all__ = [
+    "EXP_MAX",
+    "ROW_BLOCK",
+    "SUM_CHUNK",
+    "chunked_sum",
+    "exp_neg",
+    "pair_sq_dist",
+    "row_sq_dist",
+    "tree_sum",
+]

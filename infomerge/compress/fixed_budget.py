@@ -67,7 +67,7 @@ import torch
 from torch import nn
 
 from infomerge.compress.config import InfoMergeConfig
-from infomerge.compress.exact_arith import SUM_CHUNK, exp_neg, tree_sum
+from infomerge.compress.exact_arith import exp_neg, row_sq_dist
 from infomerge.compress.merge import combine_merge
 from infomerge.compress.richness import RICHNESS_MODES, renyi2_richness, segment_richness_exact, sketch_basis
 
@@ -671,8 +671,8 @@ class FixedBudgetCompressor(nn.Module):
         (the 2 k_nn nearest, the k_nn nearest denser, the farthest): its accumulation order is the
         BLAS's, and for near neighbours its cancellation leaves ~1e-5 relative noise. The chosen
         pairs' ``d^2`` are recomputed as sums of squared differences with a fixed order of
-        elementwise adds (:func:`_row_sq_dist`). "j denser than i" compares the exponent
-        ``m = mean kNN d^2`` (``m_j < m_i``; equal ``m``: the lower index under
+        elementwise adds (:func:`~infomerge.compress.exact_arith.row_sq_dist`). "j denser than i"
+        compares the exponent ``m = mean kNN d^2`` (``m_j < m_i``; equal ``m``: the lower index under
         ``density_ties="index"``, never under ``"strict"``), not ``rho = exp(-m)``: the same
         order wherever fp32 ``exp`` keeps two ``m`` apart, without the ties fp32 rounding creates
         when ``rho`` is close to 1 (small features), which any last-bit difference broke. Exp and
@@ -706,7 +706,7 @@ class FixedBudgetCompressor(nn.Module):
         def exact(cols: torch.Tensor) -> torch.Tensor:
             """(L, C, c) exact d^2 / D between candidate i and the candidates ``cols`` of its frame."""
             c = cols.shape[-1]
-            return (_row_sq_dist(xf, (cols + frame_base).reshape(L * C, c), D) / D).reshape(L, C, c)
+            return (row_sq_dist(xf, (cols + frame_base).reshape(L * C, c), D) / D).reshape(L, C, c)
 
         # rho: mean of the k smallest d^2 (self included); candidates chosen on the mm form with a
         # margin, their exact d^2 ranked again, the k smallest summed in ascending order
@@ -740,69 +740,6 @@ class FixedBudgetCompressor(nn.Module):
         rel = exp_neg(2.0 * (m - m_min))
         score = torch.full((L, N), _NEG, dtype=x.dtype, device=dev)
         return score.scatter(1, cpos, rel * delta2)
-
-
-_ROW_BLOCK = 64  # rows per block of :func:`_row_sq_dist` in eager mode (keeps its temporaries in cache)
-
-
-def _row_sq_dist(xf: torch.Tensor, cols: torch.Tensor, width: int) -> torch.Tensor:
-    """``||xf[i] - xf[cols[i, t]]||^2`` (M, c) from elementwise ops only (Gather, Sub, Mul, Add).
-
-    Args:
-        xf: (M, D) float32 tokens. cols: (M, c) int64 partner of each token. width: D (static).
-
-    Unlike a MatMul or ReduceSum, whose accumulation order is the kernel's, the result is
-    bit-identical in torch and ONNX Runtime, and free of the Gram form's cancellation. Row ``i``
-    is broadcast, not gathered, and the columns are summed in chunks of ``SUM_CHUNK`` by
-    ``exact_arith.tree_sum``: the same additions in the same order whatever the row count, so eager
-    mode works through blocks of ``_ROW_BLOCK`` rows (cache-sized temporaries) and computes each
-    block in place (:func:`_row_block_sq_dist_in_place`); the graph, traced, keeps one block and
-    functional ops (fewer nodes). Same additions in the same order: same bits.
-    """
-    m = cols.shape[0]
-    if torch.jit.is_tracing():
-        return _row_block_sq_dist(xf, xf, cols, width)
-    chunks = [xf[:, c0 : c0 + SUM_CHUNK].contiguous() for c0 in range(0, width, SUM_CHUNK)]
-    return torch.cat(
-        [_row_block_sq_dist_in_place(chunks, cols[r : r + _ROW_BLOCK], r) for r in range(0, m, _ROW_BLOCK)]
-    )
-
-
-def _row_block_sq_dist(rows: torch.Tensor, xf: torch.Tensor, cols: torch.Tensor, width: int) -> torch.Tensor:
-    """``||rows[i] - xf[cols[i, t]]||^2`` (m, c) for a block of rows (see :func:`_row_sq_dist`)."""
-    m, c = cols.shape
-    flat = cols.reshape(-1)
-    total = None
-    for c0 in range(0, width, SUM_CHUNK):
-        w = min(SUM_CHUNK, width - c0)
-        part = xf[:, c0 : c0 + w]
-        diff = rows[:, c0 : c0 + w].unsqueeze(1) - part.index_select(0, flat).reshape(m, c, w)  # (m, c, w)
-        s = tree_sum(diff * diff, w)
-        total = s if total is None else total + s
-    return total
-
-
-def _row_block_sq_dist_in_place(chunks: list[torch.Tensor], cols: torch.Tensor, start: int) -> torch.Tensor:
-    """:func:`_row_block_sq_dist` for rows ``start .. start + m`` with every step written into the
-    gathered block (eager only): the same subtractions, products and halving additions, without
-    temporaries. ``chunks``: the token matrix's column chunks of ``SUM_CHUNK``, each contiguous."""
-    m, c = cols.shape
-    flat = cols.reshape(-1)
-    total = None
-    for part in chunks:
-        w = part.shape[1]
-        t = part.index_select(0, flat).reshape(m, c, w)
-        torch.sub(part[start : start + m].unsqueeze(1), t, out=t)
-        t.mul_(t)
-        while w > 1:  # exact_arith.tree_sum, in place
-            h = w // 2
-            t[..., :h].add_(t[..., h : 2 * h])
-            if w % 2:
-                t[..., h].copy_(t[..., 2 * h])
-            w -= h
-        s = t[..., 0]
-        total = s if total is None else total + s
-    return total
 
 
 __all__ = [

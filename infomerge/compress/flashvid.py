@@ -1,5 +1,5 @@
 """FlashVID (Fan et al., ICLR 2026, arXiv 2602.08024): ADTS selection + tree-based spatiotemporal
-merging (TSTM), its vision-side stage on LLaVA-OneVision.
+merging (TSTM), its vision-side stage on LLaVA-OneVision, and its inner-LLM FastV stage as a switch.
 
 The paper's two modules, in the order of the official code (github.com/Fanziyang-v/FlashVID, MIT,
 ``flashvid/utils.py`` ``flashvid_compression`` / ``segment_compression`` /
@@ -49,10 +49,18 @@ Decisions [D] where the paper and code are silent, or where this toolkit's contr
   uses a := ``A`` (the SigLIP head's probe attention). The official a is accepted as the
   ``attention`` argument (``VisionEncoder.extra_outputs = ("attention",)`` computes it), as for
   VisionZip.
-- [D] **No inner-LLM stage; e = 1.** The official method keeps T = ceil(1.25 r N) per frame at the
-  vision side and prunes the video tokens to 30% at LLM layer 20 (28 layers: the layer-averaged
-  retention is r). This toolkit's ``r`` is the share of video tokens entering the LLM, so the
-  registered method uses e = 1 (``FlashVIDConfig.expansion``; 1.25 is accepted) and no inner stage.
+- [D] **Inner-LLM stage off by default (``FlashVIDConfig.inner_merge``).** The official method
+  keeps T = ceil(1.25 r N) per frame at the vision side and, before LLM layer 20 (of 28), keeps
+  the top ceil(0.3 V) video tokens by the last prompt row's head-mean attention at layer 19
+  (FastV; ``modeling_qwen2.py`` ``Qwen2Model_forward``, ``utils.py`` ``fastv_prune``): r is then
+  the layer-averaged retention, 1.25 (20 + 8 x 0.3) / 28 = 1. ``inner_merge=True`` runs exactly
+  that in the torch LLM backend (e = 1.25, K = ``inner_layer`` = 20, clamped to depth - 1 on
+  smaller LLMs, ``inner_ratio`` = 0.3, ceil); the default (off, e = 1) keeps this toolkit's
+  contract that r is the share of video tokens entering the LLM, which every backend (ONNX
+  Runtime / TensorRT LLM graphs, the exported fixed budget B) can honour. Unlike Unified and
+  HoliTom (whose inner stage leaves the vision-side budget alone, on by default), FlashVID's
+  stage changes the vision budget, so ``inner_merge=True`` is refused where the stage cannot run
+  (a non-torch LLM or compress backend, a "grid" backbone).
 - [D] ADTS excludes selected tokens explicitly (the official ``attn_div_v2`` relies on
   D(s, s) = 0, which a negative w or duplicates break); ties go to the lower position. The
   official attention factor 1e6 (a uniform positive scale) is left out.
@@ -79,7 +87,7 @@ import torch
 
 from infomerge.compress._ops import FixedShapeModule, check_features
 from infomerge.compress.dpc_knn import density
-from infomerge.compress.exact_arith import exp_neg, pair_sq_dist
+from infomerge.compress.exact_arith import exp_neg, row_sq_dist
 from infomerge.compress.fixed_budget import compact, rank_asc, rank_desc
 from infomerge.compress.methods import Method
 from infomerge.errors import BudgetError
@@ -89,7 +97,7 @@ _BIG = 1.0e30  # sentinel of excluded entries (weighted distances stay far below
 
 @dataclass(frozen=True)
 class FlashVIDConfig:
-    """FlashVID's vision-side hyperparameters (official defaults; ``expansion`` see [D]).
+    """FlashVID's hyperparameters (official defaults; ``inner_merge`` and ``expansion`` see [D]).
 
     Attributes:
         retention: r in (0, 1].
@@ -98,7 +106,16 @@ class FlashVIDConfig:
         segment_threshold: tau_seg, the DySeg transition threshold (0.9).
         min_segments: S_min (8).
         knn: the DPC-kNN neighbour cap (7).
-        expansion: e, T = ceil(N r e) (1.0 here; the official 1.25 goes with its inner-LLM pruning).
+        inner_merge: the inner-LLM stage (FastV pruning in the torch LLM backend; False by
+            default, see [D] in the module docstring). True: the official method, r = the
+            layer-averaged retention.
+        inner_layer: K = 20 (``pruning_layer``): layers 0 .. K-1 see every video token, K .. the
+            kept ones; ranked by layer K-1's attention. An LLM with <= K layers prunes before its
+            last layer (tiny: K = 1).
+        inner_ratio: share of the video tokens kept at layer K, ``ceil(0.3 V)``
+            (``llm_retention_ratio``).
+        expansion: e, T = ceil(N r e); None (default): 1.25 with the inner stage (the official
+            ``expansion``), 1.0 without it.
 
     Raises:
         BudgetError: retention outside (0, 1], or another field outside its range.
@@ -110,7 +127,16 @@ class FlashVIDConfig:
     segment_threshold: float = 0.9
     min_segments: int = 8
     knn: int = 7
-    expansion: float = 1.0
+    inner_merge: bool = False
+    inner_layer: int = 20
+    inner_ratio: float = 0.3
+    expansion: float | None = None
+
+    # read by the runtime's inner stage (infomerge.runtime.pipeline.Pipeline.inner_merge)
+    inner_lambda = 0.0  # rank by attention only
+    inner_queries = "last"  # the last prompt row's attention (``attentions[:, :, -1, :]``)
+    inner_rounding = "ceil"  # ``math.ceil(visual_token_length * llm_retention_ratio)``
+    inner_prune = True  # FastV: drop, no merge
 
     def __post_init__(self) -> None:
         if not (0.0 < float(self.retention) <= 1.0):
@@ -120,8 +146,26 @@ class FlashVIDConfig:
                 f"FlashVID: need 0 <= alpha <= 1, min_segments >= 1, knn >= 1; got {self.alpha}, "
                 f"{self.min_segments}, {self.knn}"
             )
-        if not (float(self.expansion) > 0.0):
+        if not (float(self.vision_expansion) > 0.0):
             raise BudgetError(f"FlashVID: expansion must be > 0, got {self.expansion!r}")
+        if self.inner_layer < 1 or not (0.0 < float(self.inner_ratio) <= 1.0):
+            raise BudgetError(
+                f"FlashVID: need inner_layer >= 1 and inner_ratio in (0, 1], got {self.inner_layer}, "
+                f"{self.inner_ratio}"
+            )
+
+    @property
+    def vision_expansion(self) -> float:
+        """e: ``expansion``, or where it is None, 1.25 with the inner stage and 1.0 without."""
+        if self.expansion is not None:
+            return float(self.expansion)
+        return 1.25 if self.inner_merge else 1.0
+
+    @property
+    def needs_inner_stage(self) -> bool:
+        """True when the vision-side budget counts on the inner stage (``inner_merge``): a pipeline
+        that cannot run it must refuse rather than keep e r of the tokens in every layer."""
+        return bool(self.inner_merge)
 
     def per_frame(self, n: int) -> tuple[int, int]:
         """(n_a, n_s): ADTS and STTM tokens per frame; n_a + n_s = T = min(N, ceil(N r e)).
@@ -133,7 +177,7 @@ class FlashVIDConfig:
         """
         if n < 1:
             raise BudgetError(f"FlashVID: a frame needs at least one token, got {n}")
-        t = min(n, max(1, math.ceil(n * float(self.retention) * float(self.expansion))))
+        t = min(n, max(1, math.ceil(n * float(self.retention) * self.vision_expansion)))
         n_a = min(t, math.ceil(t * float(self.alpha)))
         return n_a, t - n_a
 
@@ -144,7 +188,8 @@ class FlashVIDConfig:
         return int(frames) * (n_a + n_s)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields, ``expansion`` resolved to e."""
+        return {**asdict(self), "expansion": self.vision_expansion}
 
 
 @dataclass
@@ -501,7 +546,7 @@ class FixedBudgetFlashVID(FixedShapeModule):
         Exact across backends (as the InfoMerge graph's density step, ``fixed_budget._density``):
         the MatMul form of the squared distances (frame-centred) only CHOOSES pairs (a margin of
         2 k_nn nearest, the k_nn nearest denser, the farthest, the 2 nearest centres); the chosen
-        pairs' d^2 are recomputed by fixed-order elementwise sums (``pair_sq_dist``); "denser"
+        pairs' d^2 are recomputed by fixed-order elementwise sums (``row_sq_dist``); "denser"
         compares m = mean kNN d^2 (rho = exp(-m)); centres are ranked by
         ``(rho delta)^2 / rho_max^2 = exp(-2 (m - m_min)) delta^2`` with the Mul/Add ``exp_neg``
         (no Exp or Sqrt, whose last bits differ between torch and ONNX Runtime).
@@ -517,14 +562,13 @@ class FixedBudgetFlashVID(FixedShapeModule):
         d2 = torch.where(cols.unsqueeze(0) == cols.unsqueeze(1), 0.0, d2)  # (L, N, N) choice only
         valid = roots.unsqueeze(2) & roots.unsqueeze(1)
         vf = v.reshape(L * N, D)
-        row = (torch.arange(L, device=dev) * N).reshape(L, 1, 1) + cols.reshape(1, N, 1)
         base = (torch.arange(L, device=dev) * N).reshape(L, 1, 1)
 
         def exact(at: torch.Tensor) -> torch.Tensor:
-            """(L, N, j) exact d^2 / D from token i to the tokens ``at`` (L, N, j) of its frame."""
+            """(L, N, j) exact d^2 / D from token i to the tokens ``at`` (L, N, j) of its frame
+            (token i broadcast, not gathered; the sums of ``pair_sq_dist``, bit for bit)."""
             j = at.shape[-1]
-            rows = row.expand(L, N, j).reshape(-1)
-            return (pair_sq_dist(vf, rows, (at + base).reshape(-1), D) / D).reshape(L, N, j)
+            return (row_sq_dist(vf, (at + base).reshape(L * N, j), D) / D).reshape(L, N, j)
 
         def nearest(score: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
             """The ``count`` smallest entries' columns (L, N, count) and which are real (< _BIG)."""

@@ -9,13 +9,18 @@ Du et al., arXiv 2603.21957, Eq. 9 (after HoliTom, arXiv 2505.21334). Before dec
     its most cosine-similar kept token (same x), in increasing sequence order: kept <- (kept + v) / 2
 
 V = the video tokens (the newline excluded), T = the rows after the video span (question and chat
-suffix). The runtime (:mod:`infomerge.runtime.llm_torch`) runs the layers and calls these functions;
-the design and the choices are in ``docs/compression.md``, section "Unified", "Inner-LLM merge".
+suffix). HoliTom's inner merge is the same loop with T = the last prompt row and lambda = 0.
+FlashVID's inner stage (FastV, ``InnerMerge.prune``) ranks as HoliTom does and keeps the top
+ceil(R |V|) unchanged: the other video rows are dropped from layer K on, no merge (its choices:
+``docs/methods.md``, FlashVID). The runtime (:mod:`infomerge.runtime.llm_torch`) runs the layers
+and calls these functions; the design and the choices are in ``docs/compression.md``, section
+"Unified", "Inner-LLM merge".
 All maths in fp32.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +37,9 @@ class InnerMerge:
         layer: K; layers ``0 .. K-1`` see every row, layers ``K ..`` the merged rows. 1 <= K < depth.
         keep: kept video tokens, ``round(R |V|)`` (Python round, half to even) [HoliTom].
         lam: lambda of Eq. 9 (0.5).
+        prune: False: merge every other video token into a kept one (Unified, HoliTom); True:
+            drop the other video rows from layer K on, the kept rows unchanged and at their
+            original positions (FlashVID's FastV stage, ``flashvid/utils.py`` ``fastv_prune``).
     """
 
     start: int
@@ -40,18 +48,30 @@ class InnerMerge:
     layer: int
     keep: int
     lam: float = 0.5
+    prune: bool = False
 
     @property
     def video(self) -> int:
         return self.stop - self.start
 
 
-def inner_keep(n_video: int, ratio: float = 0.5) -> int:
-    """Kept video tokens at layer K: Python ``round(ratio * n_video)`` (half to even), at least 1.
+def inner_keep(n_video: int, ratio: float = 0.5, rounding: str = "round") -> int:
+    """Kept video tokens at layer K, at least 1 (0 when there is no video token).
 
-    125 -> 62, 314 -> 157, 627 -> 314 (the paper's R = 50%; HoliTom rounds so).
+    ``rounding="round"``: Python ``round(ratio * n_video)`` (half to even): 125 -> 62, 314 -> 157,
+    627 -> 314 (the paper's R = 50%; HoliTom rounds so). ``"ceil"``: ``ceil(ratio * n_video)``
+    (FlashVID's ``fastv_prune``, ``math.ceil(visual_token_length * llm_retention_ratio)``):
+    ratio 0.3: 10 -> 3, 125 -> 38, 1230 -> 369 (no slack: the official float product).
+
+    Raises:
+        ValueError: another ``rounding``.
     """
-    return max(1, int(round(float(ratio) * n_video))) if n_video > 0 else 0
+    if rounding not in ("round", "ceil"):
+        raise ValueError(f"inner_keep: rounding must be 'round' or 'ceil', got {rounding!r}")
+    if n_video <= 0:
+        return 0
+    x = float(ratio) * n_video
+    return max(1, math.ceil(x) if rounding == "ceil" else int(round(x)))
 
 
 def attention_rows(q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -107,6 +127,20 @@ def importance(
     return (1.0 - lam) * _minmax(a_m) + lam * _minmax(s_m)
 
 
+def top_kept(score: torch.Tensor, keep: int) -> torch.Tensor:
+    """The ``keep`` highest-scoring video positions, ascending (ties to the lower index).
+
+    Args:
+        score: (|V|,) importance. keep: 1 <= keep <= |V|.
+
+    Returns:
+        (keep,) int64 positions in ``0 .. |V|-1``, ascending [FastV / HoliTom top-k; the official
+        ``torch.topk`` leaves the order of ties unspecified].
+    """
+    order = torch.sort(score.float(), descending=True, stable=True).indices
+    return torch.sort(order[:keep]).values
+
+
 def merge_video(
     x_video: torch.Tensor, score: torch.Tensor, keep: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -125,8 +159,7 @@ def merge_video(
         unmerged states, ties to the lower index; top-k ties to the lower index.
     """
     n = x_video.shape[0]
-    order = torch.sort(score.float(), descending=True, stable=True).indices
-    kept = torch.sort(order[:keep]).values
+    kept = top_kept(score, keep)
     x = x_video.float()
     xn = _unit(x)
     sim = xn @ xn[kept].T  # (|V|, keep)
@@ -141,4 +174,4 @@ def merge_video(
     return kept, target, merged
 
 
-__all__ = ["InnerMerge", "attention_rows", "importance", "inner_keep", "merge_video"]
+__all__ = ["InnerMerge", "attention_rows", "importance", "inner_keep", "merge_video", "top_kept"]

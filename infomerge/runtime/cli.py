@@ -91,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     ret.add_argument("--no-compression", action="store_true", help="keep all video tokens")
     p.add_argument("--method", choices=method_names(), help="compression method (default: infomerge)")
     p.add_argument(
+        "--inner-merge",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="switch the method's inner-LLM stage on or off (unified, holitom: on by default; flashvid: off "
+        "by default, on = the official method: 1.25 r tokens from the vision side, 30%% of them kept from "
+        "LLM layer 20); torch LLM only, --backbone runs",
+    )
+    p.add_argument(
         "--max-new-tokens", type=int, default=64, metavar="N", help="generation limit (default 64)"
     )
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
@@ -177,6 +185,7 @@ def _build_pipeline(args):
         device=args.device,
         frames=args.frames,
         vision_dtype=args.vision_dtype,
+        inner_merge=args.inner_merge,
     )
 
 
@@ -210,8 +219,15 @@ def check_args(args) -> int:
 
     if args.max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.no_compression and (args.compress_backend or args.method):
-        raise UsageError("--no-compression keeps every token: drop --compress-backend / --method")
+    if args.no_compression and (args.compress_backend or args.method or args.inner_merge is not None):
+        raise UsageError(
+            "--no-compression keeps every token: drop --compress-backend / --method / --inner-merge"
+        )
+    if args.inner_merge is not None and args.artifacts:
+        raise UsageError(
+            "--inner-merge / --no-inner-merge apply to --backbone runs (the torch LLM); "
+            "drop it with --artifacts"
+        )
     if args.frames is not None and args.frames < 2:
         raise UsageError(f"--frames must be >= 2, got {args.frames}")
     if args.json:
@@ -236,6 +252,16 @@ def check_args(args) -> int:
                 name = args.backbone or "tiny"
             n = get_backbone(name).tokens_per_frame
             get_method(args.method or "infomerge").budget(args.retention, frames, n)
+    if args.inner_merge is not None and not args.artifacts:
+        from infomerge.backbones.registry import get_backbone
+        from infomerge.runtime.pipeline import check_inner_stage, make_config
+
+        method = args.method or "infomerge"
+        config = make_config(method, args.retention if args.retention is not None else 0.15, args.inner_merge)
+        compress = args.compress_backend or "torch"
+        check_inner_stage(
+            config, method, args.llm or "torch", compress, get_backbone(args.backbone or "tiny")
+        )
     _check_prompt(args, frames)
     return frames
 
@@ -317,6 +343,8 @@ def run(args) -> dict:
         raise
     info = pipe.info
     compression = "off" if info["method"] is None else f"{info['method']} r={info['retention']:g}"
+    if info.get("inner_layer") is not None:
+        compression += f", inner-LLM stage before layer {info['inner_layer']}"
     console.print(
         f"[bold]video[/] {video}\n[bold]backbone[/] {info['backbone']}  "
         f"[bold]vision[/] {info['vision_backend']}  "

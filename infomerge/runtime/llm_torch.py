@@ -9,6 +9,8 @@ With ``prefill(..., visual=InnerMerge(...))`` the prefill runs the Unified metho
 (arXiv 2603.21957 Eq. 9; ``docs/compression.md``, "Inner-LLM merge"): a loop over the decoder
 layers that shortens the sequence before layer K. The cache then holds T rows in layers 0..K-1 and
 fewer in layers K..; :meth:`TorchLLM.step` runs the same loop (one query row: no mask needed).
+HoliTom's merge and FlashVID's FastV pruning (``InnerMerge.prune``: the other video rows dropped,
+no merge; ``flashvid/modeling_qwen2.py`` + ``utils.py`` ``fastv_prune``) run in the same loop.
 """
 
 from __future__ import annotations
@@ -21,8 +23,17 @@ import numpy as np
 import torch
 
 from infomerge.backbones.text import load_text_model
-from infomerge.compress.unified_inner import InnerMerge, attention_rows, importance, merge_video
+from infomerge.compress.unified_inner import (
+    InnerMerge,
+    attention_rows,
+    importance,
+    merge_video,
+    top_kept,
+)
 from infomerge.runtime.llm import LLMBackend
+
+# attention implementations that apply the causal mask themselves when given none (``is_causal``)
+_IS_CAUSAL_ATTENTION = ("sdpa", "flash_attention_2", "flash_attention_3")
 
 
 def default_dtype(device: str) -> torch.dtype:
@@ -55,7 +66,7 @@ class TorchLLM(LLMBackend):
         self._cache = None
         self._filled = 0
         self._looped = False  # the cache came from the layer loop (per-layer lengths differ)
-        self.last_merge: dict | None = None  # kept rows / targets of the last inner merge
+        self.last_merge: dict | None = None  # kept rows / targets (None: pruned) of the last inner stage
         # transformers 5.x names the KV-cache argument ``cache`` (``past_key_values`` is deprecated
         # and warns mid-answer); 4.x knows only ``past_key_values``
         params = inspect.signature(type(model).forward).parameters
@@ -105,7 +116,8 @@ class TorchLLM(LLMBackend):
             inputs_embeds: (1, T, D) float prompt embeddings.
             position_ids: (1, T) int64 RoPE positions (gaps allowed).
             capacity: unused (the DynamicCache grows).
-            visual: the inner-LLM merge (video rows, K, kept count, lambda); None: plain forward.
+            visual: the inner-LLM merge or pruning (video rows, K, kept count, lambda, prune);
+                None: plain forward.
 
         Returns:
             (V,) float32 logits of the token after the prompt.
@@ -139,9 +151,12 @@ class TorchLLM(LLMBackend):
         m = self.model.model
         n = x.shape[1]
         rope = m.rotary_emb(x, pos)
-        # explicit causal mask over the rows present (prefill); one query row sees every cached key
+        # prefill (n > 1) starts from an empty cache in every layer, so the rows present are all the
+        # keys: SDPA / flash take the causal mask as ``is_causal`` (no mask given: their fused
+        # kernels); eager (and any other) attention gets it written out. One query row sees every
+        # cached key.
         mask = None
-        if n > 1:
+        if n > 1 and self.model.config._attn_implementation not in _IS_CAUSAL_ATTENTION:
             mask = torch.full((n, n), torch.finfo(x.dtype).min, dtype=x.dtype, device=x.device).triu(1)[
                 None, None
             ]
@@ -197,16 +212,20 @@ class TorchLLM(LLMBackend):
         attn = self._attention_rows(v.layer - 1, x_in, pos, rows)  # (|T|, T)
         xv = x[0, v.start : v.stop]
         score = importance(attn[:, v.start : v.stop], xv, x[0, v.queries :], v.lam)
-        kept, target, merged = merge_video(xv, score, min(v.keep, v.video))
+        if v.prune:  # FastV: the kept rows go on unchanged, the others leave the sequence
+            kept, target = top_kept(score, min(v.keep, v.video)), None
+        else:
+            kept, target, merged = merge_video(xv, score, min(v.keep, v.video))
         keep_rows = torch.cat(
             [torch.arange(v.start, device=x.device), v.start + kept, torch.arange(v.stop, n, device=x.device)]
         )
         x = x[:, keep_rows].clone()
-        x[0, v.start : v.start + len(kept)] = merged.to(x.dtype)
+        if target is not None:
+            x[0, v.start : v.start + len(kept)] = merged.to(x.dtype)
         self.last_merge = {
             "rows": keep_rows.cpu(),
             "kept": kept.cpu(),
-            "target": target.cpu(),
+            "target": None if target is None else target.cpu(),
             "score": score.cpu(),
         }
         self._filled = n

@@ -59,13 +59,73 @@ from infomerge.timing import StageClock, Timings
 DEFAULT_RETENTION = 0.15
 
 
-def make_config(method: str = "infomerge", retention: float = DEFAULT_RETENTION):
+def make_config(
+    method: str = "infomerge", retention: float = DEFAULT_RETENTION, inner_merge: bool | None = None
+):
     """The registered method's configuration for ``retention`` (see :mod:`infomerge.compress.methods`).
+
+    Args:
+        method, retention: the registered method and r.
+        inner_merge: switch the method's inner-LLM stage on or off (its ``inner_merge`` field:
+            Unified, HoliTom, FlashVID); None: the method's default.
 
     Raises:
         UnknownMethodError: unknown method. BudgetError: retention outside (0, 1].
+        UsageError: ``inner_merge`` given for a method without an inner-LLM stage.
     """
-    return get_method(method).config(retention)
+    config = get_method(method).config(retention)
+    if inner_merge is None:
+        return config
+    if "inner_merge" not in getattr(type(config), "__dataclass_fields__", {}):
+        raise UsageError(
+            f"--inner-merge / --no-inner-merge: method {method!r} has no inner-LLM stage; the methods with "
+            f"one: {', '.join(_inner_methods(retention))}"
+        )
+    return replace(config, inner_merge=bool(inner_merge))
+
+
+def _inner_methods(retention: float) -> list[str]:
+    from infomerge.compress.methods import method_names
+
+    names = []
+    for name in method_names():
+        try:
+            config = get_method(name).config(retention)
+        except BudgetError:
+            continue
+        if "inner_merge" in getattr(type(config), "__dataclass_fields__", {}):
+            names.append(name)
+    return names
+
+
+def check_inner_stage(config, method: str, llm: str, compress_backend: str, bb) -> None:
+    """A method whose vision-side budget counts on its inner-LLM stage (FlashVID with
+    ``inner_merge``: e = 1.25, then 30% at layer 20) must be able to run that stage here.
+
+    Checked before anything loads. Methods whose inner stage leaves the vision budget alone
+    (Unified, HoliTom) are not refused: where they cannot run it they run the outer stage only, with
+    a printed note (:meth:`Pipeline._compression_info`).
+
+    Raises:
+        UsageError: a non-torch LLM (the ONNX Runtime / TensorRT LLM is one graph, nothing to stop
+            inside), a non-torch compress backend (its exported graph keeps the default budget, not
+            e r), or a backbone whose newlines interleave the video rows ("grid").
+    """
+    if config is None or not getattr(config, "needs_inner_stage", False):
+        return
+    why = None
+    if llm != "torch":
+        why = f"the {llm} LLM is one graph and cannot drop video rows at layer {config.inner_layer}"
+    elif compress_backend != "torch":
+        why = f"the {compress_backend} compress graph was exported with the default vision budget (e = 1)"
+    elif bb.newline != "one":
+        why = f"backbone {bb.name!r} puts a newline after every row ('grid'), for which it has no rule"
+    if why is not None:
+        raise UsageError(
+            f"{method} with its inner-LLM stage (--inner-merge) keeps {config.vision_expansion:g} x r of the "
+            f"video tokens at the vision side and relies on the torch LLM to prune them inside; {why}. Use "
+            "--llm torch --compress-backend torch on a LLaVA-OneVision backbone, or drop --inner-merge"
+        )
 
 
 def compression_wanted(retention: float | None) -> bool:
@@ -206,6 +266,7 @@ class Pipeline:
         threads: int | None = None,
         vision_outputs: tuple[str, ...] = (),
         vision_dtype: str = "fp32",
+        inner_merge: bool | None = None,
     ) -> Pipeline:
         """A pipeline over the checkpoint of backbone ``name`` (``tiny`` is built locally).
 
@@ -234,11 +295,14 @@ class Pipeline:
             vision_dtype: ``"fp32"`` (default) or ``"bf16"``: the torch vision tower and projector
                 in bfloat16 (LayerNorms, softmax and the SigLIP head stay fp32; measured error and
                 speed in docs/benchmarks.md, "Vision tower in bf16").
+            inner_merge: switch the method's inner-LLM stage on or off (:func:`make_config`);
+                None: the method's default.
 
         Raises:
             UnknownBackboneError, CheckpointNotFoundError: from the backbone registry / loader.
             UsageError: ``vision_dtype`` other than fp32 / bf16, or bf16 with a non-torch vision
-                backend.
+                backend; ``inner_merge`` for a method without an inner stage, or one this pipeline
+                cannot run (:func:`check_inner_stage`).
             ArtifactError: an ort/trt backend without ``artifacts``, or a mismatched directory.
             BackendUnavailableError: a backend whose package is not installed (names the extra).
             UnknownBackendError, UnknownMethodError, BudgetError: bad names or retention (checked
@@ -253,7 +317,7 @@ class Pipeline:
             apply_threads(threads)
         bb = get_backbone(name)
         _check_layout(bb)  # before any download
-        _check_names(vision_backend, compress_backend, llm, method, retention)
+        _check_names(vision_backend, compress_backend, llm, method, retention, inner_merge, bb)
         check_vision_dtype(vision_dtype, vision_backend)
         checkpoint = resolve_checkpoint(bb, model_path)
         pipe = cls._build(
@@ -275,6 +339,7 @@ class Pipeline:
                 "vision_dtype": vision_dtype,
             },
             vision_outputs=vision_outputs,
+            inner_merge=inner_merge,
         )
         pipe.load_ms = (time.perf_counter() - t0) * 1000.0
         return pipe
@@ -389,6 +454,7 @@ class Pipeline:
         frames: int | None,
         options: dict,
         vision_outputs: tuple[str, ...] = (),
+        inner_merge: bool | None = None,
     ) -> Pipeline:
         """Look every stage's backend up in its registry and build it from one :class:`BackendSource`.
 
@@ -413,7 +479,7 @@ class Pipeline:
             vision_outputs=_vision_outputs(compress_backend, method, retention, vision_outputs),
         )
         vision = backend_factory("vision", vision_backend)(source)
-        compressor, config = _compressor(source, compress_backend, method, retention)
+        compressor, config = _compressor(source, compress_backend, method, retention, inner_merge)
         if config is not None:
             check_vision_outputs(vision, method, artifacts)
 
@@ -464,6 +530,7 @@ class Pipeline:
         retention: float | None = DEFAULT_RETENTION,
         backend: str = "torch",
         artifacts: str | os.PathLike | None = None,
+        inner_merge: bool | None = None,
     ) -> Pipeline:
         """A pipeline sharing this one's vision backend, tokenizer and LLM, with another compressor.
 
@@ -473,6 +540,8 @@ class Pipeline:
             backend: a compress backend name (``torch``, ``ort``, ``trt``, ``none``).
             artifacts: the directory the ``ort`` / ``trt`` compressor reads (default: this
                 pipeline's); its manifest is verified (sizes and, once, contents).
+            inner_merge: the method's inner-LLM stage on / off (None: its default), as
+                :meth:`from_backbone`.
 
         Raises:
             UnknownBackendError, UnknownMethodError, BudgetError, ArtifactError: as the constructors
@@ -481,7 +550,10 @@ class Pipeline:
         """
         import copy
 
-        _check_names(None, backend, None, method, retention)
+        _check_names(None, backend, None, method, retention, inner_merge)
+        if backend != "none" and compression_wanted(retention):
+            config = make_config(method, float(retention), inner_merge)
+            check_inner_stage(config, method, self.llm.name, backend, self.backbone)
         source = self.source
         if artifacts is not None:
             from infomerge.artifacts.manifest import verify_manifest
@@ -489,12 +561,14 @@ class Pipeline:
             root = Path(artifacts)
             manifest = verify_manifest(root, backbone=self.backbone.name, frames=self.frames)
             source = replace(source, artifacts=root, manifest=manifest)
-        compressor, config = _compressor(source, backend, method, retention)
+        compressor, config = _compressor(source, backend, method, retention, inner_merge)
         if config is not None:
             check_vision_outputs(self.vision, method, self.source.artifacts)
         pipe = copy.copy(self)
         pipe.compressor, pipe.config = compressor, config
-        pipe.info = {**self.info, **pipe._compression_info(method)}
+        stale = ("inner_layer", "inner_merge_note")  # this pipeline's inner stage, not the new one's
+        base = {k: v for k, v in self.info.items() if k not in stale}
+        pipe.info = {**base, **pipe._compression_info(method)}
         return pipe
 
     def _compression_info(self, method: str) -> dict:
@@ -600,17 +674,21 @@ class Pipeline:
         """The :class:`~infomerge.compress.unified_inner.InnerMerge` for this prompt, or None.
 
         Video rows: ``assembled.video_span``; queries T: the rows after the newline, or only the
-        last prompt row where ``config.inner_queries == "last"`` (HoliTom); kept:
-        ``round(inner_ratio |V|)`` (half to even); None also when fewer than 2 video tokens.
+        last prompt row where ``config.inner_queries == "last"`` (HoliTom, FlashVID); kept:
+        ``round(inner_ratio |V|)`` (half to even), or ``ceil`` where ``config.inner_rounding ==
+        "ceil"`` (FlashVID); ``prune`` from ``config.inner_prune`` (FlashVID's FastV: no merge);
+        None also when fewer than 2 video tokens.
         """
         layer = self.inner_layer()
         start, stop = assembled.video_span
         if layer is None or stop - start < 2 or stop + 1 >= assembled.length:
             return None
-        keep = inner_keep(stop - start, self.config.inner_ratio)
+        rounding = getattr(self.config, "inner_rounding", "round")
+        keep = inner_keep(stop - start, self.config.inner_ratio, rounding)
         last = getattr(self.config, "inner_queries", "text") == "last"
         queries = assembled.length - 1 if last else stop + 1
-        return InnerMerge(start, stop, queries, layer, keep, float(self.config.inner_lambda))
+        prune = bool(getattr(self.config, "inner_prune", False))
+        return InnerMerge(start, stop, queries, layer, keep, float(self.config.inner_lambda), prune)
 
     def decode_tokens(
         self,
@@ -844,17 +922,20 @@ def check_prompt_fits(
     return span
 
 
-def _check_names(vision_backend, compress_backend, llm, method, retention) -> None:
-    """Every name and the retention, checked before anything is loaded.
+def _check_names(vision_backend, compress_backend, llm, method, retention, inner_merge=None, bb=None) -> None:
+    """Every name and the retention (and the inner-stage switch), checked before anything is loaded.
 
     Raises:
-        UnknownBackendError, UnknownMethodError, BudgetError.
+        UnknownBackendError, UnknownMethodError, BudgetError, UsageError (:func:`make_config`,
+        :func:`check_inner_stage`).
     """
     for stage, name in (("vision", vision_backend), ("compress", compress_backend), ("llm", llm)):
         if name is not None:
             backend_factory(stage, name)
     if compress_backend != "none" and compression_wanted(retention):
-        get_method(method).config(float(retention))
+        config = make_config(method, float(retention), inner_merge)
+        if bb is not None:
+            check_inner_stage(config, method, llm, compress_backend, bb)
 
 
 def _vision_outputs(compress_backend, method, retention, extra) -> tuple[str, ...]:
@@ -881,12 +962,14 @@ def check_vision_outputs(vision, method: str, artifacts: Path | None) -> None:
         raise ArtifactError(missing_outputs_message(method, missing, where))
 
 
-def _compressor(source: BackendSource, backend: str, method: str, retention: float | None):
+def _compressor(
+    source: BackendSource, backend: str, method: str, retention: float | None, inner_merge: bool | None = None
+):
     """(compress backend, config) for a method and retention; ``none`` where nothing is compressed."""
     if backend == "none" or not compression_wanted(retention):
         return backend_factory("compress", "none")(source), None
     m = get_method(method)
-    config = m.config(float(retention))
+    config = make_config(method, float(retention), inner_merge)
     return backend_factory("compress", backend)(replace(source, method=m, config=config)), config
 
 
@@ -895,6 +978,7 @@ __all__ = [
     "Answer",
     "Pipeline",
     "check_device",
+    "check_inner_stage",
     "check_vision_outputs",
     "check_prompt_fits",
     "compression_wanted",
