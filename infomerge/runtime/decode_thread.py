@@ -68,6 +68,21 @@ def decode_video(
     return DecodedVideo(clip, pixel_values, (time.perf_counter() - t0) * 1000.0)
 
 
+def decode_options(backbone) -> dict:
+    """How ``backbone`` wants its frames preprocessed, as :func:`decode_video` / :class:`DecodeJob`
+    keyword arguments: ``{"size": 384}`` (SigLIP's square resize, LLaVA) or ``{"preprocess": f}``
+    with ``f`` = :func:`infomerge.video.qwen_preprocess.qwen_preprocess` at the backbone's fixed
+    ``frame_height x frame_width`` (Qwen2.5-VL)."""
+    if getattr(backbone, "is_qwen", False):
+        from functools import partial
+
+        from infomerge.video.qwen_preprocess import qwen_preprocess
+
+        size = {"height": backbone.frame_height, "width": backbone.frame_width}
+        return {"preprocess": partial(qwen_preprocess, **size)}
+    return {"size": backbone.image_size}
+
+
 class DecodeJob:
     """:func:`decode_video` running in a daemon thread; :meth:`result` joins it.
 
@@ -147,4 +162,4 @@ class DecodeJob:
         return self._result
 
 
-__all__ = ["DecodeJob", "DecodedVideo", "decode_video"]
+__all__ = ["DecodeJob", "DecodedVideo", "decode_options", "decode_video"]
