@@ -277,3 +277,31 @@ def test_cli_refuses_llm_ort_before_decoding(capsys):
     assert main(["--backbone", "tiny-qwen", "--llm", "ort"]) == 2
     err = capsys.readouterr().err
     assert "tiny-qwen" in err and "--llm torch" in err
+
+
+def test_infomerge_bench_tiny_qwen(tmp_path, capsys):
+    """`infomerge-bench --backbone tiny-qwen`: torch rows measured (visual tokens counted by hand), a
+    method the vision stage cannot feed and the ort / hf rows unavailable with their reasons."""
+    import json
+
+    from infomerge.bench.cli import RESULTS_JSON, main
+
+    out = tmp_path / "out"
+    argv = ["--backbone", "tiny-qwen", "--frames", "4", "--retention", "1.0", "0.15"]
+    argv += ["--method", "fastvid", "visionzip", "--backends", "torch", "ort", "hf", "--runs", "1"]
+    argv += ["--warmup", "0", "--ttft-runs", "1", "--decode-tokens", "2", "--output", str(out)]
+    argv += ["--work", str(tmp_path / "work")]
+    assert main(argv) == 0
+    data = json.loads((out / RESULTS_JSON).read_text())
+    rows = {(r["backend"], r["method"], r["retention"]): r for r in data["rows"]}
+    base, comp = rows[("torch", "none", 1.0)], rows[("torch", "fastvid", 0.15)]
+    assert base["status"] == comp["status"] == "ok"
+    assert base["visual_tokens"] == 2 * 8 * 12  # 4 frames -> 2 temporal groups of 8 x 12 merged tokens
+    assert 0 < comp["visual_tokens"] < 0.25 * base["visual_tokens"]
+    assert comp["flops"]["nominal_tokens"] == round(0.15 * 2 * 96)
+    vz = rows[("torch", "visionzip", 0.15)]
+    assert vz["status"] == "unavailable" and "attention" in vz["reason"]
+    ort = rows[("ort", "-", None)]
+    assert ort["status"] == "unavailable" and "vision graph" in ort["reason"]
+    assert rows[("hf", "-", None)]["status"] == "unavailable"
+    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").rglob("*.onnx"))  # no export tried
