@@ -136,9 +136,13 @@ def test_saliency_and_extras_equal_loop_references(hf_visual, frames):
             want_a[t * n : (t + 1) * n] += logits.softmax(0) / heads
             p = (qh @ kh.T / math.sqrt(hd)).softmax(-1)  # (S, S): row = query
             recv = p.mean(0)
-            want_att[t * n : (t + 1) * n] += torch.stack([recv[4 * j : 4 * j + 4].mean() for j in range(n)]) / heads
+            want_att[t * n : (t + 1) * n] += (
+                torch.stack([recv[4 * j : 4 * j + 4].mean() for j in range(n)]) / heads
+            )
             kraw = k[rows, h]
-            want_keys[t * n : (t + 1) * n] += torch.stack([kraw[4 * j : 4 * j + 4].mean(0) for j in range(n)]) / heads
+            want_keys[t * n : (t + 1) * n] += (
+                torch.stack([kraw[4 * j : 4 * j + 4].mean(0) for j in range(n)]) / heads
+            )
     torch.testing.assert_close(a.reshape(-1), want_a[back], rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(att.reshape(-1), want_att[back], rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(keys.reshape(-1, hd), want_keys[back], rtol=1e-5, atol=1e-6)

@@ -63,6 +63,11 @@ EXTRA_OUTPUTS = {
 }
 
 
+def _nearest(pixels: int, unit: int) -> int:
+    """The multiple of ``unit`` nearest to ``pixels`` (at least ``unit``)."""
+    return max(unit, round(pixels / unit) * unit)
+
+
 class QwenGrid:
     """The static input grid of one export: F frames of h x w pixels.
 
@@ -72,7 +77,9 @@ class QwenGrid:
         patches: S = grid_h * grid_w patches per group. tokens: N = S / 4 merged tokens per group.
     """
 
-    def __init__(self, frames: int, height: int, width: int, patch: int = 14, merge: int = 2, temporal: int = 2):
+    def __init__(
+        self, frames: int, height: int, width: int, patch: int = 14, merge: int = 2, temporal: int = 2
+    ):
         unit = patch * merge
         if frames <= 0 or frames % temporal:
             raise UsageError(
@@ -82,7 +89,7 @@ class QwenGrid:
         if height <= 0 or width <= 0 or height % unit or width % unit:
             raise UsageError(
                 f"Qwen2.5-VL frames must be multiples of {unit} pixels per side, got {height} x {width}; "
-                f"resize to e.g. {max(unit, round(height / unit) * unit)} x {max(unit, round(width / unit) * unit)}"
+                f"resize to e.g. {_nearest(height, unit)} x {_nearest(width, unit)}"
             )
         self.frames, self.height, self.width = frames, height, width
         self.patch, self.merge, self.temporal = patch, merge, temporal
@@ -169,7 +176,9 @@ class QwenVisionEncoder(nn.Module):
             config.patch_size, config.temporal_patch_size, config.in_channels, config.hidden_size
         )
         self.blocks = nn.ModuleList([Qwen2_5_VLVisionBlock(config) for _ in range(config.depth)])
-        self.merger = Qwen2_5_VLPatchMerger(config.out_hidden_size, config.hidden_size, config.spatial_merge_size)
+        self.merger = Qwen2_5_VLPatchMerger(
+            config.out_hidden_size, config.hidden_size, config.spatial_merge_size
+        )
         self._grid_constants()
         if dtype == torch.float16:
             self.to_compute_dtype(torch.float16)
@@ -297,7 +306,9 @@ class QwenVisionEncoder(nn.Module):
         a = (torch.matmul(q_mean, k_unit.transpose(-1, -2)) * scale).softmax(dim=-1)  # (L, heads, 1, N)
         stats = {"A": a.mean(dim=1)[:, 0][:, self.raster_order]}
         if "attention" in self.extra_outputs:  # FlashVID: attention received, per group
-            p = (torch.matmul(qr.float(), kr.float().transpose(-1, -2)) * scale).softmax(dim=-1)  # (L, h, S, S)
+            p = (torch.matmul(qr.float(), kr.float().transpose(-1, -2)) * scale).softmax(
+                dim=-1
+            )  # (L, h, S, S)
             received = p.mean(dim=1).mean(dim=1)  # (L, S)
             stats["attention"] = received.reshape(g.groups, g.tokens, unit).mean(dim=-1)[:, self.raster_order]
         if "keys" in self.extra_outputs:  # [D] keys before RoPE (position-free), mean over heads
