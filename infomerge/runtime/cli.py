@@ -180,6 +180,17 @@ def _build_pipeline(args):
     )
 
 
+def _backbone_for(args):
+    """The backbone of the run: the artifacts' (manifest) or ``--backbone`` (default tiny)."""
+    from infomerge.backbones.registry import get_backbone
+
+    if args.artifacts:
+        from infomerge.artifacts.manifest import load_manifest
+
+        return get_backbone(load_manifest(args.artifacts)["backbone"]["name"])
+    return get_backbone(args.backbone or "tiny")
+
+
 def _frames_for(args) -> int:
     """Frames to sample, known before any model loads (so decoding can start first)."""
     from infomerge.backbones.registry import get_backbone
@@ -222,6 +233,12 @@ def check_args(args) -> int:
 
     check_device(args.device)
     frames = _frames_for(args)
+    bb = _backbone_for(args)
+    if bb.is_qwen and frames % bb.temporal_patch:
+        raise UsageError(
+            f"--frames {frames}: {bb.name} groups frames in temporal patches of {bb.temporal_patch}; "
+            f"use a multiple of {bb.temporal_patch} (e.g. {frames + 1})"
+        )
     if args.retention is not None and not args.no_compression:
         from infomerge.backbones.registry import get_backbone
         from infomerge.compress.methods import get_method
@@ -234,8 +251,10 @@ def check_args(args) -> int:
                 name = load_manifest(args.artifacts)["backbone"]["name"]
             else:
                 name = args.backbone or "tiny"
-            n = get_backbone(name).tokens_per_frame
-            get_method(args.method or "infomerge").budget(args.retention, frames, n)
+            bb = get_backbone(name)
+            # Qwen2.5-VL: the methods' frame axis is the F / 2 temporal groups
+            method = get_method(args.method or "infomerge")
+            method.budget(args.retention, bb.groups_for(frames), bb.tokens_per_frame)
     _check_prompt(args, frames)
     return frames
 
@@ -290,7 +309,7 @@ def run(args) -> dict:
     """Run one request from parsed ``args``; print the answer and the table; return the JSON record."""
     from rich.console import Console
 
-    from infomerge.runtime.decode_thread import DecodeJob
+    from infomerge.runtime.decode_thread import DecodeJob, decode_options
     from infomerge.runtime.llm import Sampling
     from infomerge.video import sample_video
 
@@ -305,7 +324,8 @@ def run(args) -> dict:
         av.logging.set_level(av.logging.VERBOSE)
     # Decoding starts before the models load: the two overlap.
     job = DecodeJob(
-        video, frames, sampling=args.sampling, window=args.window, decode_device=args.decode_device
+        video, frames, sampling=args.sampling, window=args.window, decode_device=args.decode_device,
+        **decode_options(_backbone_for(args)),
     )
     args._decode_job = job  # for main(): Ctrl-C cancels it
     job.raise_early()  # a missing or non-video file: fail before loading models

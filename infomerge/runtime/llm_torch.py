@@ -16,10 +16,12 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from infomerge.backbones.qwen_text import load_qwen_text_model
 from infomerge.backbones.text import load_text_model
 from infomerge.compress.unified_inner import InnerMerge, attention_rows, importance, merge_video
 from infomerge.runtime.llm import LLMBackend
@@ -69,8 +71,15 @@ class TorchLLM(LLMBackend):
         device: str = "cpu",
         dtype: torch.dtype | None = None,
     ) -> TorchLLM:
-        """Load the language model of a LLaVA-OneVision checkpoint (see :func:`load_text_model`)."""
-        model = load_text_model(checkpoint, dtype or default_dtype(device), device)
+        """Load the language model of a checkpoint: Qwen2 of a LLaVA-OneVision / LLaVA-Video one
+        (:func:`load_text_model`), or the M-RoPE text model of a Qwen2.5-VL one
+        (:func:`~infomerge.backbones.qwen_text.load_qwen_text_model`; ``config.json`` says which)."""
+        import json
+
+        config = Path(checkpoint) / "config.json"
+        qwen = config.is_file() and json.loads(config.read_text()).get("model_type") == "qwen2_5_vl"
+        load = load_qwen_text_model if qwen else load_text_model
+        model = load(checkpoint, dtype or default_dtype(device), device)
         return cls(model, eos_token_ids, device)
 
     @torch.inference_mode()
@@ -103,7 +112,8 @@ class TorchLLM(LLMBackend):
 
         Args:
             inputs_embeds: (1, T, D) float prompt embeddings.
-            position_ids: (1, T) int64 RoPE positions (gaps allowed).
+            position_ids: (1, T) int64 RoPE positions (gaps allowed), or (3, 1, T) M-RoPE
+                positions (t, h, w) for Qwen2.5-VL.
             capacity: unused (the DynamicCache grows).
             visual: the inner-LLM merge (video rows, K, kept count, lambda); None: plain forward.
 
@@ -210,7 +220,7 @@ class TorchLLM(LLMBackend):
             "score": score.cpu(),
         }
         self._filled = n
-        return self._layers(x, pos[:, keep_rows], v.layer, None)
+        return self._layers(x, pos[..., keep_rows], v.layer, None)  # (1, T') or (3, 1, T')
 
     def close(self) -> None:
         self._cache = None
