@@ -167,3 +167,36 @@ def test_bad_grid_is_a_usage_error():
         QwenGrid(3, 224, 224)
     with pytest.raises(UsageError, match="multiples of 28"):
         QwenGrid(4, 224, 200)
+
+
+def test_from_backbone_tiny_qwen_equals_the_checkpoints_visual():
+    """``from_backbone("tiny-qwen")`` (visual.* tensors only) == transformers' whole model loaded
+    from the same checkpoint, its ``model.visual`` fed by the preprocessing's own patchify, on
+    real frames preprocessed as Qwen's processor does; any even frame count runs."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from infomerge.backbones.loading import resolve_checkpoint
+    from infomerge.backbones.registry import get_backbone
+    from infomerge.video import read_video
+    from infomerge.video.qwen_preprocess import qwen_patchify, qwen_preprocess
+
+    bb = get_backbone("tiny-qwen")
+    enc = QwenVisionEncoder.from_backbone(bb, frames=4)
+    assert enc.source["tensors_read"] > 0 and enc.image_newline.shape == (bb.text_hidden,)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(resolve_checkpoint(bb)).eval()
+    clip = read_video(sample_video("carphone_pristine.mp4"), 6)
+    pv = qwen_preprocess(clip.frames, bb.frame_height, bb.frame_width)
+    with torch.no_grad():
+        h, a, g = enc(pv)  # 6 frames on a module built for 4: the frame axis is free
+        patches, thw = qwen_patchify(pv)
+        want = model.model.visual(patches, grid_thw=torch.tensor([thw])).pooler_output
+    assert h.shape == (3, bb.tokens_per_frame, bb.text_hidden)
+    torch.testing.assert_close(h.reshape(-1, bb.text_hidden), want, rtol=1e-5, atol=1e-5)
+
+
+def test_random_weights_are_deterministic():
+    a = QwenVisionEncoder.from_backbone("tiny-qwen", frames=2, random_weights=True, seed=3)
+    b = QwenVisionEncoder.from_backbone("tiny-qwen", frames=2, random_weights=True, seed=3)
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), k
+    assert a.source == {"weights": "random", "seed": 3}

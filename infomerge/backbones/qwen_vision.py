@@ -20,13 +20,16 @@ against it) and FastVID's Qwen2.5-VL code (github.com/LunarShen/FastVID,
 of ``Qwen2_5_VLForConditionalGeneration.forward``). See docs/backbones.md, "Qwen2.5-VL:
 compressor inputs".
 
-Static grid: F, h, w are fixed when the module is built; the patchify reshape, the window order
+Static grid: h and w are fixed when the module is built; the patchify reshape, the window order
 (transformers' ``get_vision_window_index``), the 2D rotary tables (``get_vision_position_ids`` +
 ``Qwen2_5_VLVisionRotaryEmbedding``) and each block's attention pattern are constants of that
 grid. Attention is per temporal group (Qwen's ``cu_seqlens``: one sequence per group); the
 window blocks attend inside 112 x 112 pixel windows: by a reshape into equal windows when the
 merged grid divides into them, else by a constant block-diagonal additive mask. There are no
-``cu_seqlens`` loops, so the traced graph is static.
+``cu_seqlens`` loops, so the traced graph is static. The frame axis is free in every reshape
+(``-1``): the module takes any even number of frames (the export traces it on 2 frames and pins
+the graph to F, :func:`infomerge.export.onnx_export.export_onnx`; the reference runs in chunks),
+and nothing in the graph computes a shape.
 
 Optional outputs (:attr:`QwenVisionEncoder.extra_outputs`, :data:`EXTRA_OUTPUTS`):
 ``attention`` (L, N) float32, the attention each patch RECEIVES in the last block (per temporal
@@ -41,6 +44,7 @@ attention / keys statistics run in float32 (transformers' RMSNorm and rotary cod
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +58,7 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
 )
 from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
+from infomerge.backbones.registry import Backbone
 from infomerge.errors import UsageError
 
 #: optional vision outputs (:attr:`QwenVisionEncoder.extra_outputs`): name -> what it is
@@ -114,10 +119,10 @@ def patchify(pixel_values: torch.Tensor, grid: QwenGrid) -> torch.Tensor:
     flattened (channel, temporal, 14, 14). Written with tensors of rank <= 7 (TensorRT's limit is 8).
     """
     g, p, m, t = grid, grid.patch, grid.merge, grid.temporal
-    x = pixel_values.reshape(g.frames * 3, g.grid_h // m, m, p, g.grid_w // m, m, p)
+    x = pixel_values.reshape(-1, g.grid_h // m, m, p, g.grid_w // m, m, p)  # (F*3, ...)
     x = x.permute(0, 1, 4, 2, 5, 3, 6)  # (F*3, h/28, w/28, 2, 2, 14, 14)
-    x = x.reshape(g.groups, t, 3, g.patches, p * p).permute(0, 3, 2, 1, 4)  # (L, S, 3, 2, 196)
-    return x.reshape(g.groups, g.patches, 3 * t * p * p)
+    x = x.reshape(-1, t, 3, g.patches, p * p).permute(0, 3, 2, 1, 4)  # (L, S, 3, 2, 196)
+    return x.reshape(-1, g.patches, 3 * t * p * p)
 
 
 def rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
@@ -129,9 +134,9 @@ def rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
     return (norm.weight.float() * f).to(x.dtype)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """(..., d) -> (-x[d/2:], x[:d/2]) (the rotary pairing transformers uses)."""
-    half = x.shape[-1] // 2
+def rotate_half(x: torch.Tensor, half: int) -> torch.Tensor:
+    """(..., 2 half) -> (-x[half:], x[:half]) (the rotary pairing transformers uses); ``half`` a
+    constant, so the traced graph computes no shape."""
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
@@ -167,6 +172,8 @@ class QwenVisionEncoder(nn.Module):
                 f"{config.temporal_patch_size}"
             )
         self.config, self.grid = config, grid
+        self.backbone = None  # set by :meth:`for_backbone`
+        self.source: dict = {}
         self.heads = config.num_heads
         self.head_dim = config.hidden_size // config.num_heads
         self.fullatt = frozenset(config.fullatt_block_indexes)
@@ -179,6 +186,8 @@ class QwenVisionEncoder(nn.Module):
         self.merger = Qwen2_5_VLPatchMerger(
             config.out_hidden_size, config.hidden_size, config.spatial_merge_size
         )
+        # Qwen2.5-VL has no newline embedding; the runtime and the artifact layout expect one (D,)
+        self.register_buffer("image_newline", torch.zeros(config.out_hidden_size), persistent=False)
         self._grid_constants()
         if dtype == torch.float16:
             self.to_compute_dtype(torch.float16)
@@ -188,8 +197,8 @@ class QwenVisionEncoder(nn.Module):
         """Window order, rotary tables and window pattern of :attr:`grid` (one temporal group;
         every group has the same)."""
         g, cfg = self.grid, self.config
-        one = torch.tensor([[1, g.grid_h, g.grid_w]])
         with torch.device("cpu"):  # real values even when the module is built on the meta device
+            one = torch.tensor([[1, g.grid_h, g.grid_w]])
             order, cu = get_vision_window_index(one, cfg.spatial_merge_size, cfg.window_size, cfg.patch_size)
             rotary = Qwen2_5_VLVisionRotaryEmbedding(cfg)
             rotary.inv_freq = rotary.compute_axial_rope_parameters(cfg)[0]
@@ -214,6 +223,133 @@ class QwenVisionEncoder(nn.Module):
         """True when every window holds the same number of patches (window blocks then attend by
         a reshape, else through :attr:`window_mask`)."""
         return len(set(self.window_sizes)) == 1
+
+    # --- construction ---------------------------------------------------------------------------
+    @classmethod
+    def for_backbone(
+        cls, backbone: Backbone, frames: int | None = None, dtype: torch.dtype = torch.float32
+    ) -> QwenVisionEncoder:
+        """The encoder of a Qwen2.5-VL ``backbone`` at its fixed frame size and ``frames`` frames
+        (default ``backbone.frames``), weights uninitialised (random init of ``nn.Linear``).
+
+        Raises:
+            UsageError: not a Qwen2.5-VL backbone, or an odd frame count.
+        """
+        if not getattr(backbone, "is_qwen", False):
+            raise UsageError(f"backbone {backbone.name!r} is not a Qwen2.5-VL backbone")
+        grid = QwenGrid(
+            backbone.frames if frames is None else frames,
+            backbone.frame_height,
+            backbone.frame_width,
+            backbone.patch,
+            backbone.spatial_merge,
+            backbone.temporal_patch,
+        )
+        enc = cls(backbone.qwen_config().vision_config, grid, dtype)
+        enc.backbone = backbone
+        return enc
+
+    @classmethod
+    def from_backbone(
+        cls,
+        backbone: Backbone | str,
+        model_path: str | Path | None = None,
+        *,
+        frames: int | None = None,
+        random_weights: bool = False,
+        dtype: torch.dtype = torch.float32,
+        seed: int = 0,
+        fingerprint: bool = True,
+    ) -> QwenVisionEncoder:
+        """Build the encoder of ``backbone`` with its checkpoint's vision weights (or random ones).
+
+        Only the ``model.visual.*`` (or ``visual.*``) tensors are read, never the language
+        model's. The module is built on the meta device and the tensors assigned to it.
+
+        Args:
+            backbone: a Qwen2.5-VL :class:`Backbone` or its registry name.
+            model_path: local checkpoint directory (default: the hub id, or the built tiny one).
+            frames: F of the static grid (default ``backbone.frames``; even).
+            random_weights: full-size random weights from ``seed``; nothing is read or downloaded.
+            dtype: compute dtype, torch.float32 or torch.float16.
+            seed: seed of the random weights.
+            fingerprint: record the weights' sha256 in :attr:`source` (``weights_sha256``).
+
+        Raises:
+            UnknownBackboneError: an unknown backbone name.
+            UsageError: not a Qwen2.5-VL backbone, or an odd frame count.
+            CheckpointNotFoundError: a checkpoint that is neither local nor downloadable.
+            ArtifactError: a checkpoint without the vision tensors, or one of the wrong shape.
+        """
+        from infomerge.backbones.registry import get_backbone
+
+        bb = get_backbone(backbone) if isinstance(backbone, str) else backbone
+        with torch.device("meta"):
+            enc = cls.for_backbone(bb, frames)
+        if random_weights:
+            enc.materialize()
+            enc.init_random(seed)
+            enc.source = {"weights": "random", "seed": seed}
+        else:
+            state, source = load_qwen_vision_state(bb, model_path, fingerprint=fingerprint)
+            enc.materialize(state)
+            enc.source = source
+        enc.eval()
+        if dtype != torch.float32:
+            enc.to_compute_dtype(dtype)
+        return enc
+
+    def materialize(self, state: dict[str, torch.Tensor] | None = None) -> None:
+        """Give a module built on the meta device CPU storage: the tensors of ``state`` (assigned,
+        converted to float32), or uninitialised memory (for :meth:`init_random`); the grid
+        constants are computed again.
+
+        Raises:
+            ArtifactError: ``state`` lacks a tensor or has one of the wrong shape.
+        """
+        if state is None:
+            self.to_empty(device="cpu")
+        else:
+            self.check_state(state)
+            own = self.state_dict()
+            self.load_state_dict({k: state[k].to(v.dtype) for k, v in own.items()}, assign=True)
+        self.image_newline = torch.zeros(self.config.out_hidden_size)
+        self._grid_constants()
+
+    def check_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Every tensor of this module's state dict must be in ``state`` with the same shape.
+
+        Raises:
+            ArtifactError: a missing tensor or a wrong shape (names the likely wrong ``--backbone``).
+        """
+        from infomerge.errors import ArtifactError
+
+        own = self.state_dict()
+        name = self.backbone.name if self.backbone is not None else "this"
+        missing = sorted(set(own) - set(state))
+        if missing:
+            raise ArtifactError(
+                f"checkpoint lacks {len(missing)} of the Qwen2.5-VL vision tensors backbone {name!r} "
+                f"needs (e.g. {missing[:3]}): wrong --backbone, or not a Qwen2.5-VL checkpoint?"
+            )
+        for k, v in own.items():
+            if tuple(state[k].shape) != tuple(v.shape):
+                raise ArtifactError(
+                    f"checkpoint tensor visual.{k} has shape {tuple(state[k].shape)}, backbone {name!r} "
+                    f"expects {tuple(v.shape)}: wrong --backbone for this checkpoint?"
+                )
+
+    @torch.no_grad()
+    def init_random(self, seed: int = 0) -> None:
+        """Deterministic random weights: normal std 0.02 for matrices and biases, RMSNorm gains
+        1 + 0.1 N(0, 1) (what ``Qwen2_5_VLPreTrainedModel`` draws, with the gains randomised)."""
+        gen = torch.Generator().manual_seed(seed)
+        for name, p in self.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if "norm" in name or "ln_q" in name:
+                p.copy_(1.0 + 0.1 * noise)
+            else:
+                p.copy_(0.02 * noise)
 
     # --- precision ------------------------------------------------------------------------------
     def to_compute_dtype(self, dtype: torch.dtype) -> QwenVisionEncoder:
@@ -243,22 +379,24 @@ class QwenVisionEncoder(nn.Module):
         for i, blk in enumerate(self.blocks[:-1]):
             x = self._block(blk, x, full=i in self.fullatt)
         x, stats = self._last_block(x)
-        x = rms_norm(x, self.merger.ln_q).reshape(g.groups * g.tokens, -1)  # (L*N, 4C): one merge unit a row
-        h = self.merger.mlp(x).reshape(g.groups, g.tokens, -1)
+        x = rms_norm(x, self.merger.ln_q).reshape(
+            -1, self.merger.hidden_size
+        )  # (L*N, 4C): a merge unit a row
+        h = self.merger.mlp(x).reshape(-1, g.tokens, self.config.out_hidden_size)
         h = h[:, self.raster_order]  # (L, N, D), raster order
         glob = h.float().mean(dim=1)  # (L, D): FastVID's frame_global_features
         return (h, stats["A"], glob, *(stats[n] for n in self.extra_outputs))
 
     def _qkv(self, blk: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (L, S, C) normed -> q, k, v (L, heads, S, head_dim), k and v before RoPE."""
-        qkv = blk.attn.qkv(x).reshape(self.grid.groups, self.grid.patches, 3, self.heads, self.head_dim)
+        qkv = blk.attn.qkv(x).reshape(-1, self.grid.patches, 3, self.heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         return q, k, v
 
     def _rope(self, t: torch.Tensor) -> torch.Tensor:
         """2D rotary embedding, computed in float32 (transformers' ``apply_rotary_pos_emb_vision``)."""
         f = t.float()
-        return (f * self.cos + rotate_half(f) * self.sin).to(t.dtype)
+        return (f * self.cos + rotate_half(f, self.head_dim // 2) * self.sin).to(t.dtype)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, full: bool) -> torch.Tensor:
         """softmax(q k^T / sqrt(head_dim) [+ window mask]) v over (L, heads, S, head_dim).
@@ -267,12 +405,13 @@ class QwenVisionEncoder(nn.Module):
         equal windows, or the additive block-diagonal mask). fp16 on the CPU writes the softmax out
         in float32 (the exported fp16 graph never normalises in fp16), like the SigLIP encoder.
         """
-        shape = q.shape
         mask = None
         if not full:
-            if self.equal_windows:
+            if self.equal_windows:  # (L, heads, windows, n, head_dim)
                 n = self.window_sizes[0]
-                q, k, v = (t.reshape(*shape[:2], -1, n, self.head_dim) for t in (q, k, v))
+                q, k, v = (
+                    t.reshape(-1, self.heads, len(self.window_sizes), n, self.head_dim) for t in (q, k, v)
+                )
             else:
                 mask = self.window_mask
         if q.dtype == torch.float32 or q.is_cuda:
@@ -282,13 +421,13 @@ class QwenVisionEncoder(nn.Module):
             if mask is not None:
                 s = s + mask
             o = torch.matmul(s.softmax(dim=-1).to(v.dtype), v)
-        return o.reshape(shape)
+        return o.reshape(-1, self.heads, self.grid.patches, self.head_dim)
 
     def _block(self, blk: nn.Module, x: torch.Tensor, full: bool) -> torch.Tensor:
         """One ``Qwen2_5_VLVisionBlock`` on x (L, S, C), window order."""
         q, k, v = self._qkv(blk, rms_norm(x, blk.norm1))
         o = self._attend(self._rope(q), self._rope(k), v, full)
-        x = x + blk.attn.proj(o.transpose(1, 2).reshape(x.shape))
+        x = x + blk.attn.proj(o.transpose(1, 2).reshape(-1, self.grid.patches, self.config.hidden_size))
         return x + blk.mlp(rms_norm(x, blk.norm2))
 
     def _last_block(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -302,7 +441,7 @@ class QwenVisionEncoder(nn.Module):
         scale = 1.0 / math.sqrt(self.head_dim)
         # A (FastVID): mean query per group and head onto merge-unit-mean keys, softmax over N
         q_mean = qr.float().mean(dim=2, keepdim=True)  # (L, heads, 1, hd)
-        k_unit = kr.float().reshape(g.groups, self.heads, g.tokens, unit, self.head_dim).mean(dim=3)
+        k_unit = kr.float().reshape(-1, self.heads, g.tokens, unit, self.head_dim).mean(dim=3)
         a = (torch.matmul(q_mean, k_unit.transpose(-1, -2)) * scale).softmax(dim=-1)  # (L, heads, 1, N)
         stats = {"A": a.mean(dim=1)[:, 0][:, self.raster_order]}
         if "attention" in self.extra_outputs:  # FlashVID: attention received, per group
@@ -310,13 +449,66 @@ class QwenVisionEncoder(nn.Module):
                 dim=-1
             )  # (L, h, S, S)
             received = p.mean(dim=1).mean(dim=1)  # (L, S)
-            stats["attention"] = received.reshape(g.groups, g.tokens, unit).mean(dim=-1)[:, self.raster_order]
+            stats["attention"] = received.reshape(-1, g.tokens, unit).mean(dim=-1)[:, self.raster_order]
         if "keys" in self.extra_outputs:  # [D] keys before RoPE (position-free), mean over heads
-            kk = k.float().mean(dim=1).reshape(g.groups, g.tokens, unit, self.head_dim).mean(dim=2)
+            kk = k.float().mean(dim=1).reshape(-1, g.tokens, unit, self.head_dim).mean(dim=2)
             stats["keys"] = kk[:, self.raster_order]
         o = self._attend(qr, kr, v, full)
-        x = x + blk.attn.proj(o.transpose(1, 2).reshape(x.shape))
+        x = x + blk.attn.proj(o.transpose(1, 2).reshape(-1, self.grid.patches, self.config.hidden_size))
         return x + blk.mlp(rms_norm(x, blk.norm2)), stats
 
 
-__all__ = ["EXTRA_OUTPUTS", "QwenGrid", "QwenVisionEncoder", "patchify", "rms_norm", "rotate_half"]
+def visual_key(key: str) -> str | None:
+    """Checkpoint key -> :class:`QwenVisionEncoder` key: ``model.visual.X`` (transformers 5) or
+    ``visual.X`` (the published checkpoints) -> ``X``; None for every other tensor (not read)."""
+    for prefix in ("model.visual.", "visual."):
+        if key.startswith(prefix):
+            return key[len(prefix) :]
+    return None
+
+
+def load_qwen_vision_state(
+    backbone: Backbone, model_path: str | Path | None = None, *, fingerprint: bool = True
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """The vision tensors of a Qwen2.5-VL checkpoint (keys as ``model.visual``'s), and their source.
+
+    Returns:
+        (state dict in the checkpoint's dtype, source info for the manifest: checkpoint, revision,
+        ``weights_sha256`` (None without ``fingerprint``), tensors read).
+
+    Raises:
+        CheckpointNotFoundError: as :func:`~infomerge.backbones.loading.resolve_checkpoint`.
+        ArtifactError: no ``visual.*`` tensor in the checkpoint.
+    """
+    from infomerge.backbones.loading import (
+        _read_with_files,
+        cached_tensors_sha256,
+        checkpoint_revision,
+        resolve_checkpoint,
+    )
+    from infomerge.errors import ArtifactError
+
+    ckpt = resolve_checkpoint(backbone, model_path)
+    state, read, files = _read_with_files(ckpt, visual_key)
+    if not state:
+        raise ArtifactError(f"{ckpt}: no visual.* tensors found; is it a Qwen2.5-VL checkpoint?")
+    source = {
+        "checkpoint": backbone.hf_id if model_path is None and backbone.hf_id else str(ckpt),
+        "checkpoint_dir": str(ckpt),
+        "revision": checkpoint_revision(ckpt),
+        "weights_sha256": cached_tensors_sha256(state, files, read) if fingerprint else None,
+        "tensors_read": len(read),
+    }
+    return state, source
+
+
+__all__ = [
+    "EXTRA_OUTPUTS",
+    "QwenGrid",
+    "QwenVisionEncoder",
+    "load_qwen_vision_state",
+    "patchify",
+    "rms_norm",
+    "rotate_half",
+    "visual_key",
+]
