@@ -415,7 +415,9 @@ class QwenVisionEncoder(nn.Module):
             else:
                 mask = self.window_mask
         if q.dtype == torch.float32 or q.is_cuda:
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.to(q.dtype))
+            o = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=None if mask is None else mask.to(q.dtype), scale=self.head_dim**-0.5
+            )
         else:
             s = torch.matmul(q, k.transpose(-1, -2)).float() * self.head_dim**-0.5
             if mask is not None:
