@@ -130,9 +130,14 @@ class ExportOptions:
         frames = self.frames if self.frames is not None else bb.frames
         if frames < 2:
             raise UsageError(f"--frames must be >= 2 (segments need neighbouring frames), got {frames}")
+        if bb.is_qwen and frames % bb.temporal_patch:
+            raise UsageError(
+                f"--frames {frames}: Qwen2.5-VL encodes frames in pairs (temporal patch "
+                f"{bb.temporal_patch}); pass an even --frames, e.g. {frames + 1}"
+            )
         if self.compress:
             method = get_method(self.method)
-            method.budget(self.retention, frames, bb.tokens_per_frame)
+            method.budget(self.retention, bb.groups_for(frames), bb.tokens_per_frame)
             if method.fixed_budget is None:
                 raise UsageError(
                     f"method {self.method!r} has no fixed-budget graph ({method.not_exportable}); export "
