@@ -891,7 +891,7 @@ def check_prompt_fits(
 
 #: optional vision outputs (``Method.vision_outputs``) the Qwen2.5-VL vision stage produces; VisionZip,
 #: FlashVID and HoliTom read the tower's last-layer ``attention`` (and ``keys``)
-QWEN_VISION_OUTPUTS: tuple[str, ...] = ()
+QWEN_VISION_OUTPUTS: tuple[str, ...] = ("attention", "keys")  # infomerge.backbones.qwen_vision
 #: backends that run Qwen2.5-VL, per stage
 QWEN_BACKENDS = {"vision": ("torch",), "compress": ("torch", "none"), "llm": ("torch",)}
 _QWEN_MISSING = {
