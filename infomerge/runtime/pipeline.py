@@ -3,6 +3,7 @@
 Stages (each a method, so a benchmark can time them one by one)::
 
     decode()        video file -> sampled frames, pixel_values (F, 3, 384, 384)   [background thread]
+                    (Qwen2.5-VL: (F, 3, H, W) at the backbone's fixed frame size)
     encode()        pixel_values -> H (F, N, D), A (F, N), g (F, G) [+ extra]       [vision backend]
     compress()      (H, A, g [, extra]) -> kept tokens (K, D) + flat indices (K,)   [compress backend]
 
