@@ -310,3 +310,25 @@ def test_infomerge_bench_tiny_qwen(tmp_path, capsys):
     assert ort["status"] == "unavailable" and "vision graph" in ort["reason"]
     assert rows[("hf", "-", None)]["status"] == "unavailable"
     assert not (tmp_path / "work").exists() or not any((tmp_path / "work").rglob("*.onnx"))  # no export tried
+
+
+def test_random_weight_qwen_checkpoint_runs(tmp_path):
+    """A random-weight Qwen2.5-VL checkpoint (the writer of `--random-weights`, here at tiny-qwen's
+    sizes) loads in HF and runs through the pipeline with the tiny Qwen tokenizer's ids."""
+    import json
+
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from infomerge.backbones.random_weights import _is_complete, _write_qwen
+    from infomerge.backbones.registry import get_backbone
+
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    _write_qwen(out, get_backbone("tiny-qwen"), seed=3, device="cpu")
+    assert _is_complete(out, qwen=True) and not (out / "siglip_head").exists()
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["model_type"], cfg["video_token_id"], cfg["vision_start_token_id"]) == ("qwen2_5_vl", 6, 3)
+    Qwen2_5_VLForConditionalGeneration.from_pretrained(out)
+    p = Pipeline.from_backbone("tiny-qwen", model_path=out, method="fastvid")
+    answer = p.generate(sample_video(), PROMPT, max_new_tokens=2)
+    assert len(answer.token_ids) >= 1 and answer.timings.uncompressed_video_tokens == 8 * 96
