@@ -277,6 +277,14 @@ def test_refusals_name_what_is_missing(kwargs, match):
         Pipeline.from_backbone("tiny-qwen", **kwargs)
 
 
+def test_export_refuses_the_genai_llm_for_qwen(tmp_path, capsys):
+    from infomerge.export.cli import main
+
+    assert main(["--backbone", "tiny-qwen", "--llm", "int4", "--output", str(tmp_path / "a")]) == 2
+    assert "3-row M-RoPE position_ids" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+
+
 def test_cli_refuses_llm_ort_before_decoding(capsys):
     from infomerge.runtime.cli import main
 
