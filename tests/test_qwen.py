@@ -267,8 +267,6 @@ def test_unified_inner_merge_runs_on_qwen_positions(pipe, decoded):
     ("kwargs", "match"),
     [
         ({"llm": "ort"}, "3-row M-RoPE position_ids"),
-        ({"vision_backend": "ort"}, "no Qwen2.5-VL vision graph"),
-        ({"compress_backend": "ort"}, "no compression graph is exported for Qwen2.5-VL"),
         ({"frames": 15}, "temporal patches of 2"),
     ],
 )
@@ -315,7 +313,7 @@ def test_infomerge_bench_tiny_qwen(tmp_path, capsys):
     assert comp["flops"]["nominal_tokens"] == round(0.15 * 2 * 96)
     assert rows[("torch", "visionzip", 0.15)]["status"] == "ok"  # reads qwen_vision's attention, keys
     ort = rows[("ort", "-", None)]
-    assert ort["status"] == "unavailable" and "vision graph" in ort["reason"]
+    assert ort["status"] == "unavailable" and "M-RoPE" in ort["reason"]  # its LLM is the genai graph
     assert rows[("hf", "-", None)]["status"] == "unavailable"
     assert not (tmp_path / "work").exists() or not any((tmp_path / "work").rglob("*.onnx"))  # no export tried
 
@@ -340,3 +338,25 @@ def test_random_weight_qwen_checkpoint_runs(tmp_path):
     p = Pipeline.from_backbone("tiny-qwen", model_path=out, method="fastvid")
     answer = p.generate(sample_video(), PROMPT, max_new_tokens=2)
     assert len(answer.token_ids) >= 1 and answer.timings.uncompressed_video_tokens == 8 * 96
+
+
+def test_exported_graphs_run_as_torch(tmp_path):
+    """`infomerge-export --backbone tiny-qwen` (4 frames, FastVID) then the runtime on its ORT vision
+    and compress graphs with the torch LLM: the same features, kept indices and greedy tokens as the
+    all-torch pipeline."""
+    from infomerge.export.cli import main
+
+    out = tmp_path / "art"
+    argv = ["--backbone", "tiny-qwen", "--frames", "4", "--method", "fastvid", "--output", str(out)]
+    assert main(argv) == 0
+    ort = Pipeline.from_artifacts(out, llm="torch")
+    assert (ort.info["vision_backend"], ort.info["compress_backend"], ort.frames) == ("ort", "ort", 4)
+    ref = Pipeline.from_backbone("tiny-qwen", method="fastvid", frames=4)
+    video = ref.decode(sample_video())
+    fa, ft = ort.encode(video.pixel_values), ref.encode(video.pixel_values)
+    assert fa.H.shape == ft.H.shape == (2, 96, 64)
+    torch.testing.assert_close(fa.H, ft.H, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fa.A, ft.A, atol=1e-6, rtol=0)
+    assert torch.equal(ort.compress(fa).index, ref.compress(ft).index)
+    a, b = ort.generate(video, PROMPT, max_new_tokens=3), ref.generate(video, PROMPT, max_new_tokens=3)
+    assert a.token_ids == b.token_ids and torch.equal(a.position_ids, b.position_ids)
