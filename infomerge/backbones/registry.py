@@ -18,6 +18,11 @@ code (``llava/model/llava_arch.py``: ``get_2dPool`` with ``mm_spatial_pool_mode=
 ``mm_spatial_pool_mode=average``): 64 frames x 13 x (13 + 1) = 11,648 video tokens. Hugging Face's
 ``LlavaOnevisionModel.get_video_features`` (bilinear 14 x 14, one newline) is NOT that layout; see
 ``docs/backbones.md``.
+
+Qwen2.5-VL (``family="qwen2_5_vl"``; :meth:`Backbone.qwen_config`): the ``config.json`` of
+``Qwen/Qwen2.5-VL-3B-Instruct`` and ``-7B-Instruct`` (ViT 32 x 1280 with window attention, patch
+merger to the LLM width; Qwen2.5-3B / -7B text models with M-RoPE), pinned to 32 frames of 336 x 588
+pixels for export (docs/backbones.md, "Qwen2.5-VL").
 """
 
 from __future__ import annotations

@@ -233,11 +233,18 @@ def check_args(args) -> int:
 
     check_device(args.device)
     frames = _frames_for(args)
-    bb = _backbone_for(args)
-    if bb.is_qwen and frames % bb.temporal_patch:
-        raise UsageError(
-            f"--frames {frames}: {bb.name} groups frames in temporal patches of {bb.temporal_patch}; "
-            f"use a multiple of {bb.temporal_patch} (e.g. {frames + 1})"
+    if not args.artifacts:  # backends / methods / frames the backbone cannot run (Qwen2.5-VL's limits)
+        from infomerge.runtime.pipeline import check_backbone_support
+
+        retention = None if args.no_compression else (args.retention if args.retention is not None else 0.15)
+        check_backbone_support(
+            _backbone_for(args),
+            args.vision_backend or "torch",
+            "none" if args.no_compression else (args.compress_backend or "torch"),
+            args.llm or "torch",
+            args.method or "infomerge",
+            retention,
+            frames,
         )
     if args.retention is not None and not args.no_compression:
         from infomerge.backbones.registry import get_backbone

@@ -18,6 +18,10 @@ That is the OneVision video layout (``newline="one"``: one ``image_newline`` vec
 frames). LLaVA-Video's ``"grid"`` layout closes every row of every frame with a newline; there the
 kept tokens keep their positions in that layout and a row's newline is kept with its row
 (:func:`grid_layout`, FastVID's rule), so the uncompressed prompt is again positions ``0 .. T-1``.
+
+Qwen2.5-VL has no newline and 3D M-RoPE positions (t, h, w): :func:`assemble_mrope` splices the kept
+tokens between ``<|vision_start|>`` and ``<|vision_end|>``, each with its uncompressed (t, h, w), the
+text after and decoding continuing from the uncompressed video (docs/backbones.md, "Qwen2.5-VL").
 """
 
 from __future__ import annotations

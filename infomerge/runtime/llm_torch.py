@@ -1,7 +1,9 @@
 """The ``torch`` LLM backend: the checkpoint's Qwen2 decoder in transformers, with a KV cache.
 
 The language model is read on its own from the checkpoint by
-:func:`infomerge.backbones.text.load_text_model`.
+:func:`infomerge.backbones.text.load_text_model` (LLaVA), or
+:func:`infomerge.backbones.qwen_text.load_qwen_text_model` (Qwen2.5-VL's M-RoPE text model, fed
+(3, 1, T) position ids).
 
 Precision: fp32 on the CPU; bf16 on CUDA where the GPU supports it, else fp16.
 

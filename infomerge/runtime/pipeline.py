@@ -3,6 +3,7 @@
 Stages (each a method, so a benchmark can time them one by one)::
 
     decode()        video file -> sampled frames, pixel_values (F, 3, 384, 384)   [background thread]
+                    (Qwen2.5-VL: (F, 3, H, W) at the backbone's fixed frame size)
     encode()        pixel_values -> H (F, N, D), A (F, N), g (F, G) [+ extra]       [vision backend]
     compress()      (H, A, g [, extra]) -> kept tokens (K, D) + flat indices (K,)   [compress backend]
 
@@ -891,14 +892,16 @@ def check_prompt_fits(
 
 #: optional vision outputs (``Method.vision_outputs``) the Qwen2.5-VL vision stage produces; VisionZip,
 #: FlashVID and HoliTom read the tower's last-layer ``attention`` (and ``keys``)
-QWEN_VISION_OUTPUTS: tuple[str, ...] = ()
+QWEN_VISION_OUTPUTS: tuple[str, ...] = ("attention", "keys")  # infomerge.backbones.qwen_vision
 #: backends that run Qwen2.5-VL, per stage
-QWEN_BACKENDS = {"vision": ("torch",), "compress": ("torch", "none"), "llm": ("torch",)}
+QWEN_BACKENDS = {
+    "vision": ("torch", "ort", "trt"),
+    "compress": ("torch", "none", "ort", "trt"),
+    "llm": ("torch",),
+}
 _QWEN_MISSING = {
-    "vision": "no Qwen2.5-VL vision graph is exported yet (ONNX / TensorRT-RTX of the window-attention "
-    "tower: branch qwen-vision)",
-    "compress": "no compression graph is exported for Qwen2.5-VL yet (it needs the exported vision "
-    "graph's H, A, g)",
+    "vision": "not a Qwen2.5-VL vision backend",
+    "compress": "not a Qwen2.5-VL compress backend",
     "llm": "infomerge's onnxruntime-genai LLM export and ORT backend feed 1D position_ids; Qwen2.5-VL's "
     "text model needs 3-row M-RoPE position_ids (t, h, w) per token",
 }

@@ -68,60 +68,11 @@ class TorchCompressor:
         return VideoTokens(c.tokens, c.index.to(torch.int64), detail=c)
 
 
-class QwenHFVision:
-    """TEMPORARY stand-in for Qwen2.5-VL's vision stage until ``infomerge.backbones.qwen_vision``
-    (branch ``qwen-vision``) is merged: transformers' own ``Qwen2_5_VisionTransformerPretrainedModel``
-    on the checkpoint's ``visual.*`` weights, fed :func:`~infomerge.video.qwen_preprocess.qwen_patchify`.
-
-    H (L, N, D): the merged tokens (``pooler_output``, raster order of the (H/28, W/28) grid per
-    temporal group). g (L, D): the mean of H over each group (FastVID's global feature for
-    Qwen2.5-VL, docs/backbones.md). A (L, N): uniform 1 / N (placeholder: the attention saliency
-    comes with ``qwen_vision``); methods run but their salient choice is not the paper's.
-    """
-
-    name = "torch"
-    any_frame_count = False  # frames come in temporal pairs: repeats are not encoded once
-    extra_outputs: tuple[str, ...] = ()
-
-    def __init__(self, backbone, checkpoint, device: str = "cpu"):
-        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
-            Qwen2_5_VisionTransformerPretrainedModel,
-        )
-
-        from infomerge.backbones.loading import read_tensors
-
-        def key(k: str) -> str | None:
-            for prefix in ("model.visual.", "visual."):
-                if k.startswith(prefix):
-                    return k[len(prefix) :]
-            return None
-
-        self.backbone = backbone
-        self.device = device
-        state, _ = read_tensors(checkpoint, key)
-        visual = Qwen2_5_VisionTransformerPretrainedModel._from_config(backbone.qwen_config().vision_config)
-        visual.load_state_dict(state, strict=True)
-        self.visual = visual.to(device).eval()
-        self.image_newline = torch.zeros(backbone.text_hidden)  # Qwen2.5-VL has none
-
-    @torch.inference_mode()
-    def __call__(self, pixel_values: torch.Tensor) -> VisionFeatures:
-        from infomerge.video.qwen_preprocess import qwen_patchify
-
-        bb = self.backbone
-        patches, grid = qwen_patchify(pixel_values, bb.patch, bb.spatial_merge, bb.temporal_patch)
-        thw = torch.tensor([grid], device=self.device)
-        out = self.visual(patches.to(self.device), grid_thw=thw).pooler_output  # (L*N, D)
-        h = out.float().view(grid[0], bb.tokens_per_frame, -1)
-        a = torch.full(h.shape[:2], 1.0 / h.shape[1], device=h.device)
-        return VisionFeatures(h, a, h.mean(dim=1))
-
-
-def vision(source: BackendSource):
+def vision(source: BackendSource) -> TorchVision:
     from infomerge.backbones.vision import VisionEncoder
 
-    if source.backbone.is_qwen:
-        return QwenHFVision(source.backbone, source.need_checkpoint("torch vision"), source.device)
+    if source.backbone.is_qwen:  # Qwen2.5-VL's window-attention ViT at the backbone's fixed grid
+        return qwen_vision(source)
 
     checkpoint = source.need_checkpoint("torch vision")
     dtype = VISION_DTYPES[source.options.get("vision_dtype") or "fp32"]
@@ -133,6 +84,30 @@ def vision(source: BackendSource):
         fingerprint=False,
     )
     backend = TorchVision(encoder, source.device, source.vision_outputs)
+    if source.options.get("compile_mode", False) is not False:
+        backend.encoder = torch.compile(backend.encoder, mode=source.options["compile_mode"])
+    return backend
+
+
+def qwen_vision(source: BackendSource) -> TorchVision:
+    """:class:`~infomerge.backbones.qwen_vision.QwenVisionEncoder` at F = ``source.frames`` (its grid
+    is static: frames are not deduplicated, a repeated frame still fills its temporal pair)."""
+    from infomerge.backbones.qwen_vision import QwenVisionEncoder
+
+    dtype = VISION_DTYPES[source.options.get("vision_dtype") or "fp32"]
+    if dtype != torch.float32:
+        raise UsageError(
+            "--vision-dtype bf16 applies to the SigLIP tower; drop it for Qwen2.5-VL (its torch encoder "
+            "runs fp32)"
+        )
+    encoder = QwenVisionEncoder.from_backbone(
+        source.backbone,
+        source.need_checkpoint("torch vision"),
+        frames=source.frames,
+        fingerprint=False,
+    )
+    backend = TorchVision(encoder, source.device, source.vision_outputs)
+    backend.any_frame_count = False
     if source.options.get("compile_mode", False) is not False:
         backend.encoder = torch.compile(backend.encoder, mode=source.options["compile_mode"])
     return backend
