@@ -38,7 +38,16 @@ def frames() -> torch.Tensor:
 
 # --- registry ----------------------------------------------------------------------------------
 def test_registry_numbers_and_configs():
-    assert set(BACKBONES) == {"tiny", "tiny-video", "ov-0.5b", "ov-7b", "llava-video-7b"}
+    assert set(BACKBONES) == {
+        "tiny",
+        "tiny-video",
+        "ov-0.5b",
+        "ov-7b",
+        "llava-video-7b",
+        "tiny-qwen",
+        "qwen2.5-vl-3b",
+        "qwen2.5-vl-7b",
+    }
     ov7 = get_backbone("ov-7b")
     assert (ov7.text_hidden, ov7.text_layers, ov7.text_heads, ov7.text_kv_heads) == (3584, 28, 28, 4)
     assert (ov7.text_intermediate, ov7.text_vocab, ov7.frames, ov7.newline) == (18944, 152064, 32, "one")
@@ -48,7 +57,7 @@ def test_registry_numbers_and_configs():
     lv = get_backbone("llava-video-7b")
     # LLaVA-NeXT's LLaVA-Video evaluation: 64 frames, avg_pool2d stride 2 (27 -> 13), grid newlines
     assert (lv.frames, lv.newline, lv.pool, lv.text_hidden) == (64, "grid", "average", 3584)
-    for bb in BACKBONES.values():
+    for bb in (b for b in BACKBONES.values() if b.family == "llava"):
         side = 13 if bb.pool == "average" else 14
         assert (bb.image_size, bb.patch, bb.patch_side, bb.pooled_side, bb.tokens_per_frame) == (
             384,
@@ -67,6 +76,34 @@ def test_registry_numbers_and_configs():
     head = ov7.siglip_head_config()
     assert head.vision_use_head and head.hidden_size == 1152 and head.num_attention_heads == 16
     assert ov7.siglip_head_id == "google/siglip-so400m-patch14-384"
+
+
+def test_qwen_registry_numbers_and_configs():
+    """Qwen2.5-VL entries: the published config.json numbers and the merged-token geometry by hand."""
+    q7, q3, tiny = (get_backbone(n) for n in ("qwen2.5-vl-7b", "qwen2.5-vl-3b", "tiny-qwen"))
+    assert all(b.family == "qwen2_5_vl" and b.newline == "none" for b in (q7, q3, tiny))
+    # 336 x 588 px -> 24 x 42 patches of 14 -> 12 x 21 merged tokens; 32 frames -> 16 groups
+    assert (q7.patch_grid, q7.token_grid, q7.tokens_per_frame) == ((24, 42), (12, 21), 252)
+    assert (q7.groups_for(32), q7.video_tokens, q7.newline_tokens_for(32)) == (16, 16 * 252, 0)
+    assert (tiny.token_grid, tiny.groups_for(tiny.frames), tiny.video_tokens) == ((8, 12), 8, 8 * 96)
+    c7 = q7.hf_config()
+    v, t = c7.vision_config, c7.text_config
+    assert (v.depth, v.hidden_size, v.num_heads, v.intermediate_size) == (32, 1280, 16, 3420)
+    assert (v.out_hidden_size, v.window_size, list(v.fullatt_block_indexes)) == (3584, 112, [7, 15, 23, 31])
+    assert (t.hidden_size, t.num_hidden_layers) == (3584, 28)
+    assert (t.num_attention_heads, t.num_key_value_heads) == (28, 4)
+    assert (t.intermediate_size, t.vocab_size, v.tokens_per_second) == (18944, 152064, 2)
+    assert t.rope_parameters["mrope_section"] == [16, 24, 24]
+    assert (c7.video_token_id, c7.vision_start_token_id, c7.vision_end_token_id) == (151656, 151652, 151653)
+    c3 = q3.hf_config()
+    t3 = c3.text_config
+    assert (t3.hidden_size, t3.num_hidden_layers, t3.num_key_value_heads) == (2048, 36, 2)
+    assert c3.vision_config.out_hidden_size == 2048 and c3.tie_word_embeddings
+    # mrope_section must cover head_dim / 2 rotary pairs
+    for b in (q7, q3, tiny):
+        assert sum(b.mrope_section) == b.text_hidden // b.text_heads // 2
+    with pytest.raises(ValueError, match="not a Qwen2.5-VL"):
+        TINY.qwen_config()
 
 
 def test_unknown_backbone_lists_choices():

@@ -24,6 +24,7 @@ from infomerge.jetson.planner import (
     llm_weight_bytes,
     main,
     plan_memory,
+    qwen_vision_params,
     vision_params,
 )
 
@@ -115,6 +116,28 @@ def test_hand_calculation_llava_video_7b_grid_layout():
     assert plan_memory("llava-video-7b", "agx-orin-32gb", "int4", 0.05).seq == 536 * 2 + 256
 
 
+def test_hand_calculation_qwen25vl_7b():
+    """Qwen2.5-VL-7B: 32 frames at 336 x 588 -> 16 temporal groups of 24 x 42 patches, 12 x 21 = 252
+    merged tokens each; the ViT (1280 wide, 32 blocks, SwiGLU 3420) by hand; no newline."""
+    plan = plan_memory("qwen2.5-vl-7b", "agx-orin-32gb", "int4", 0.15)
+    r = rows(plan)
+    L, N, D, d, ff, P = 16, 252, 3584, 1280, 3420, 24 * 42
+    # B: T_s = floor(0.6 * 0.15 * 252) = 22 per group, context round(0.4 * 0.15 * 16 * 252) = 242
+    B = 16 * 22 + 242
+    assert B == 594 and plan.tokens == B and plan.frames == 32
+    block = 2 * d + 3 * d * d + 3 * d + d * d + d + 2 * (d * ff + ff) + ff * d + d
+    merger = d + (4 * d) ** 2 + 4 * d + 4 * d * D + D
+    assert r["Vision engine"].weights == (3 * 2 * 14 * 14 * d + 32 * block + merger) * 2
+    assert r["Vision engine"].runtime == L * P * 4 * d * 2 + L * 16 * P * P * 4  # full-attention block
+    fn = L * N
+    assert r["Compression engine"].total == fn * D * 2 + fn * D * 4 + fn * fn * 4 + B * fn * 2 + B * D * 2
+    assert plan.seq == B + 256  # no newline token
+    assert r["KV cache"].runtime == 2 * 28 * 4 * 128 * (B + 256) * 2
+    with pytest.raises(ValueError, match="temporal patches of 2"):
+        plan_memory("qwen2.5-vl-7b", "agx-orin-32gb", "int4", 0.15, 31)
+    assert largest_frames("qwen2.5-vl-3b", "orin-nano-8gb", "int4", 0.15) % 2 == 0
+
+
 def test_hand_calculation_ov05b_fp32_rtx4060_with_options():
     a = Assumptions(text_tokens=128, logits="last", vision_batch=8)
     plan = plan_memory("ov-0.5b", "rtx-4060-8gb", "fp32", 0.10, 16, a)
@@ -180,6 +203,21 @@ def test_formulas_agree_with_the_transformers_modules():
         assert vp["projector"] == numel(projector), name
         lw = llm_weight_bytes(tc, "fp32", tied=bb.tie_word_embeddings)
         assert sum(lw.values()) == 4 * numel(llm), name
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
+        Qwen2_5_VisionTransformerPretrainedModel,
+        Qwen2_5_VLTextModel,
+    )
+
+    for name in ("tiny-qwen", "qwen2.5-vl-3b"):
+        bb = get_backbone(name)
+        cfg = bb.qwen_config()
+        with torch.device("meta"):
+            vision = Qwen2_5_VisionTransformerPretrainedModel._from_config(cfg.vision_config)
+            text = Qwen2_5_VLTextModel._from_config(cfg.text_config)
+        assert sum(qwen_vision_params(cfg.vision_config).values()) == numel(vision), name
+        lw = llm_weight_bytes(cfg.text_config, "fp32", tied=bb.tie_word_embeddings)
+        head = 0 if bb.tie_word_embeddings else bb.text_vocab * bb.text_hidden
+        assert sum(lw.values()) == 4 * (numel(text) + head), name
 
 
 def test_kv_cache_formula():

@@ -160,9 +160,10 @@ def open_safetensors(path: str | os.PathLike, fix: str = "restore or re-download
 
 
 def resolve_checkpoint(backbone: Backbone | str, model_path: str | os.PathLike | None = None) -> Path:
-    """The local directory of ``backbone``'s LLaVA checkpoint.
+    """The local directory of ``backbone``'s checkpoint.
 
-    ``model_path`` if given; the built tiny checkpoint for ``tiny``; else the hub snapshot of
+    ``model_path`` if given; the built tiny checkpoint for ``tiny`` / ``tiny-video`` (``tiny-qwen``:
+    :func:`infomerge.backbones.tiny_qwen.build_tiny_qwen_checkpoint`); else the hub snapshot of
     ``backbone.hf_id`` (from the cache, or downloaded when online: config, index and only the
     shards that hold vision tensors).
 
@@ -177,11 +178,14 @@ def resolve_checkpoint(backbone: Backbone | str, model_path: str | os.PathLike |
         path = _check_dir(Path(model_path), bb.hf_id or bb.name, bb.name, "--model-path")
         return check_checkpoint_files(path, f"restore the checkpoint in {path} (or download it again)")
     if bb.hf_id is None:
-        from infomerge.backbones.tiny import build_tiny_checkpoint
+        if bb.is_qwen:
+            from infomerge.backbones.tiny_qwen import build_tiny_qwen_checkpoint as build
+        else:
+            from infomerge.backbones.tiny import build_tiny_checkpoint as build
 
-        path = build_tiny_checkpoint()
+        path = build()
         return check_checkpoint_files(path, f"delete {path}; the next run rebuilds it (rm -r {path})")
-    path = _hub_checkpoint(bb, vision_key)
+    path = _hub_checkpoint(bb, None if bb.is_qwen else vision_key)  # Qwen: the LLM reads every shard
     return check_checkpoint_files(
         path, f"delete the cached snapshot {path} and run again to download it (or pass --model-path)"
     )

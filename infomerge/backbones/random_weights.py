@@ -15,6 +15,10 @@ directory. :func:`random_checkpoint` writes one in the layout of the ``tiny`` ch
   ``image_token_index`` / ``video_token_index`` are set to its ``<image>`` / ``<video>`` ids;
 - ``siglip_head/``: a random SigLIP post_layernorm + MAP head of the backbone's width.
 
+Qwen2.5-VL backbones: ``Qwen2_5_VLForConditionalGeneration`` from :meth:`Backbone.qwen_config`, the
+tiny Qwen tokenizer and chat template (:mod:`infomerge.backbones.tiny_qwen`, its special-token ids
+written into the config), no ``siglip_head/``.
+
 The directory is built in a temporary sibling and renamed into place, and reused when complete
 (``$INFOMERGE_CACHE`` or ``~/.cache/infomerge``, subfolder ``random-<backbone>-seed<seed>``).
 Size on disk: about 3.6 GB for ``ov-0.5b`` (fp32); the 7B backbones are stored in bf16 (~16 GB).
@@ -42,12 +46,46 @@ def default_directory(backbone: str, seed: int = 0) -> Path:
     return base / f"random-{backbone}-seed{seed}"
 
 
-def _is_complete(d: Path) -> bool:
+def _is_complete(d: Path, qwen: bool = False) -> bool:
     return (
         (d / "config.json").is_file()
         and (d / "tokenizer.json").is_file()
         and ((d / "model.safetensors").is_file() or (d / "model.safetensors.index.json").is_file())
-        and (d / "siglip_head" / "model.safetensors").is_file()
+        and (qwen or (d / "siglip_head" / "model.safetensors").is_file())
+    )
+
+
+def _write_qwen(out: Path, bb: Backbone, seed: int, device: str) -> None:
+    """A random-weight Qwen2.5-VL checkpoint of ``bb``'s sizes with the tiny Qwen tokenizer."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from infomerge.backbones.tiny_qwen import CHAT_TEMPLATE, TINY_QWEN, build_tokenizer
+
+    tokenizer = build_tokenizer()
+    ids = ("vision_start_token_id", "vision_end_token_id", "image_token_id", "video_token_id")
+    spec = dataclasses.replace(bb, **{k: getattr(TINY_QWEN, k) for k in ids})
+    config = spec.qwen_config()
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    config.text_config.eos_token_id, config.text_config.pad_token_id = eos, tokenizer.pad_token_id
+    config.text_config.bos_token_id = None
+    where = torch.device(device)
+    gpus = []  # CUDA generators whose state the seed must not leak out of this call
+    if where.type == "cuda":
+        gpus = [torch.cuda.current_device() if where.index is None else where.index]
+    with torch.random.fork_rng(devices=gpus), where:
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = eos, tokenizer.pad_token_id
+    model.generation_config.bos_token_id = None
+    if sum(p.numel() for p in model.parameters()) > _BF16_ABOVE:
+        model = model.to(torch.bfloat16)
+    model.save_pretrained(out, safe_serialization=True)
+    del model
+    tokenizer.save_pretrained(out)
+    (out / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    (out / "README.md").write_text(
+        f"# random-weight {bb.name}\n\nFull-size random weights (seed {seed}) for timing only; "
+        f"tokenizer and chat template of the infomerge tiny Qwen2.5-VL checkpoint; initialised on {device}.\n"
     )
 
 
@@ -109,16 +147,16 @@ def random_checkpoint(
     """
     bb = get_backbone(backbone)
     if bb.hf_id is None:
-        from infomerge.backbones.tiny import build_tiny_checkpoint
+        from infomerge.backbones.loading import resolve_checkpoint
 
-        return build_tiny_checkpoint()
+        return resolve_checkpoint(bb)  # the locally built tiny / tiny-qwen checkpoint
     target = Path(directory) if directory is not None else default_directory(bb.name, seed)
-    if _is_complete(target):
+    if _is_complete(target, bb.is_qwen):
         return target
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     with atomic_directory(target, replace=True) as tmp:  # an incomplete leftover is replaced
-        _write(tmp, bb, seed, device)
+        (_write_qwen if bb.is_qwen else _write)(tmp, bb, seed, device)
     return target
 
 

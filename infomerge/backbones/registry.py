@@ -18,6 +18,11 @@ code (``llava/model/llava_arch.py``: ``get_2dPool`` with ``mm_spatial_pool_mode=
 ``mm_spatial_pool_mode=average``): 64 frames x 13 x (13 + 1) = 11,648 video tokens. Hugging Face's
 ``LlavaOnevisionModel.get_video_features`` (bilinear 14 x 14, one newline) is NOT that layout; see
 ``docs/backbones.md``.
+
+Qwen2.5-VL (``family="qwen2_5_vl"``; :meth:`Backbone.qwen_config`): the ``config.json`` of
+``Qwen/Qwen2.5-VL-3B-Instruct`` and ``-7B-Instruct`` (ViT 32 x 1280 with window attention, patch
+merger to the LLM width; Qwen2.5-3B / -7B text models with M-RoPE), pinned to 32 frames of 336 x 588
+pixels for export (docs/backbones.md, "Qwen2.5-VL").
 """
 
 from __future__ import annotations
@@ -27,13 +32,19 @@ from typing import Literal
 
 from infomerge.errors import UnknownBackboneError
 
-NewlineMode = Literal["one", "grid"]
+NewlineMode = Literal["one", "grid", "none"]
 PoolMode = Literal["bilinear", "average"]
+Family = Literal["llava", "qwen2_5_vl"]
 
 SIGLIP_HEAD_ID = "google/siglip-so400m-patch14-384"
 # Token ids of the Qwen2 vocabulary used by the llava-hf checkpoints.
 QWEN2_IMAGE_TOKEN_ID = 151646
 QWEN2_VIDEO_TOKEN_ID = 151647
+# Token ids of Qwen2.5-VL's vocabulary (config.json of Qwen/Qwen2.5-VL-{3B,7B}-Instruct).
+QWEN25VL_VISION_START_ID = 151652
+QWEN25VL_VISION_END_ID = 151653
+QWEN25VL_IMAGE_PAD_ID = 151655
+QWEN25VL_VIDEO_PAD_ID = 151656
 
 
 @dataclass(frozen=True)
@@ -41,12 +52,19 @@ class Backbone:
     """One video LLM: checkpoint, frames, and the dimensions of its vision tower and LLM.
 
     Attributes:
-        name: registry key (``tiny``, ``tiny-video``, ``ov-0.5b``, ``ov-7b``, ``llava-video-7b``).
+        name: registry key (``tiny``, ``tiny-video``, ``ov-0.5b``, ``ov-7b``, ``llava-video-7b``,
+            ``tiny-qwen``, ``qwen2.5-vl-3b``, ``qwen2.5-vl-7b``).
+        family: ``"llava"`` (LLaVA-OneVision / LLaVA-Video: SigLIP, projector, newline(s), 1D RoPE)
+            or ``"qwen2_5_vl"`` (Qwen2.5-VL: its own ViT with window attention and a patch merger,
+            temporal patch 2, 3D M-RoPE positions, no newline). It chooses the transformers config
+            (:meth:`hf_config`), the vision module and the position scheme.
         hf_id: Hugging Face checkpoint id (``None`` for ``tiny``, which is built locally).
         frames: F, frames sampled per video.
         newline: ``"one"``: one ``image_newline`` vector after all frames (OneVision video,
             ``mm_newline_position="one_token"``); ``"grid"``: one after every pooled row of every
-            frame (LLaVA-Video, ``mm_newline_position="grid"``, LLaVA-NeXT ``add_token_per_grid``).
+            frame (LLaVA-Video, ``mm_newline_position="grid"``, LLaVA-NeXT ``add_token_per_grid``);
+            ``"none"``: no newline (Qwen2.5-VL: ``<|vision_start|>`` / ``<|vision_end|>`` text
+            tokens frame the video instead).
         pool: ``mm_spatial_pool_mode`` with stride 2: ``"bilinear"`` (OneVision: 27 -> ceil(27/2)
             = 14) or ``"average"`` (LLaVA-Video: ``avg_pool2d``, 27 -> floor(27/2) = 13).
         siglip_head_id: checkpoint of the SigLIP post_layernorm + MAP head (not part of the LLaVA
@@ -60,6 +78,20 @@ class Backbone:
         text_*: Qwen2 decoder dimensions; ``text_hidden`` is D, the width of H.
         image_token_id, video_token_id: placeholder token ids in the tokenizer.
         tie_word_embeddings: whether the LM head shares the embedding matrix.
+
+    Qwen2.5-VL only (``family="qwen2_5_vl"``; ``Qwen2_5_VLVisionConfig`` names in brackets):
+        frame_height, frame_width: the fixed resolution every sampled frame is resized to (pixels,
+            multiples of ``patch * spatial_merge`` = 28; the export's static shape).
+        temporal_patch: frames per temporal patch [``temporal_patch_size``] (2): F frames give
+            L = F / 2 temporal groups, the "frames" every compression method sees.
+        spatial_merge: [``spatial_merge_size``] (2): 2 x 2 patches merge into one LLM token.
+        vision_out_hidden: [``out_hidden_size``], the merger's output width (= ``text_hidden``).
+        vision_window: [``window_size``] in pixels (112 = 8 x 8 patches = 4 x 4 merged tokens).
+        vision_fullatt_blocks: [``fullatt_block_indexes``], blocks with full (not window) attention.
+        tokens_per_second: [``tokens_per_second``] (2): M-RoPE temporal ids advance by
+            ``tokens_per_second * second_per_grid_t`` per temporal group.
+        mrope_section: the text model's ``rope_parameters["mrope_section"]`` (t, h, w rotary pairs).
+        vision_start_token_id, vision_end_token_id: ``<|vision_start|>`` / ``<|vision_end|>``.
     """
 
     name: str
@@ -88,22 +120,65 @@ class Backbone:
     vision_layer_norm_eps: float = 1e-6
     image_token_id: int = QWEN2_IMAGE_TOKEN_ID
     video_token_id: int = QWEN2_VIDEO_TOKEN_ID
+    family: Family = "llava"
+    frame_height: int = 0
+    frame_width: int = 0
+    temporal_patch: int = 1
+    spatial_merge: int = 1
+    vision_out_hidden: int = 0
+    vision_window: int = 112
+    vision_fullatt_blocks: tuple[int, ...] = ()
+    tokens_per_second: int = 2
+    mrope_section: tuple[int, ...] = ()
+    vision_start_token_id: int | None = None
+    vision_end_token_id: int | None = None
 
     # --- derived geometry ------------------------------------------------------------------
     @property
+    def is_qwen(self) -> bool:
+        """Whether this is a Qwen2.5-VL backbone (``family == "qwen2_5_vl"``)."""
+        return self.family == "qwen2_5_vl"
+
+    @property
     def patch_side(self) -> int:
-        """Patches per side: image_size // patch (27)."""
+        """Patches per side: image_size // patch (27). Qwen2.5-VL: see :attr:`patch_grid`."""
         return self.image_size // self.patch
 
     @property
+    def patch_grid(self) -> tuple[int, int]:
+        """(rows, columns) of patches of one frame: (27, 27) for SigLIP 384; Qwen2.5-VL:
+        (frame_height / 14, frame_width / 14)."""
+        if self.is_qwen:
+            return self.frame_height // self.patch, self.frame_width // self.patch
+        return self.patch_side, self.patch_side
+
+    @property
+    def token_grid(self) -> tuple[int, int]:
+        """(rows, columns) of LLM tokens of one frame (one temporal group for Qwen2.5-VL):
+        (14, 14) / (13, 13) pooled for LLaVA; (frame_height / 28, frame_width / 28) merged for
+        Qwen2.5-VL."""
+        if self.is_qwen:
+            h, w = self.patch_grid
+            return h // self.spatial_merge, w // self.spatial_merge
+        return self.pooled_side, self.pooled_side
+
+    @property
     def num_patches(self) -> int:
-        """Patches per frame (729)."""
-        return self.patch_side**2
+        """Patches per frame (729; Qwen2.5-VL: (H / 14) * (W / 14))."""
+        h, w = self.patch_grid
+        return h * w
 
     @property
     def tokens_per_frame(self) -> int:
-        """N, pooled tokens per frame (196)."""
-        return self.pooled_side**2
+        """N, LLM tokens per frame: 196 / 169 pooled (LLaVA); (H / 28) * (W / 28) merged tokens
+        per temporal group (Qwen2.5-VL)."""
+        h, w = self.token_grid
+        return h * w
+
+    def groups_for(self, frames: int) -> int:
+        """L, the frame axis the compressor sees for ``frames`` sampled frames: F (LLaVA) or
+        F / temporal_patch temporal groups (Qwen2.5-VL; F must be a multiple of it)."""
+        return frames // self.temporal_patch if self.is_qwen else frames
 
     @property
     def video_tokens(self) -> int:
@@ -115,11 +190,19 @@ class Backbone:
         return self.video_tokens_for(self.frames)
 
     def video_tokens_for(self, frames: int) -> int:
-        """As :attr:`video_tokens` for ``frames`` frames (the runtime may sample another F)."""
+        """As :attr:`video_tokens` for ``frames`` frames (the runtime may sample another F).
+
+        Qwen2.5-VL: (F / 2) * N video pad tokens (``<|vision_start|>`` / ``<|vision_end|>`` are
+        text tokens of the template, not counted).
+        """
+        if self.is_qwen:
+            return self.groups_for(frames) * self.tokens_per_frame
         return uncompressed_video_tokens(self.newline, frames, self.pooled_side)
 
     def newline_tokens_for(self, frames: int) -> int:
-        """Newline vectors of one uncompressed video: 1 (``"one"``) or F * side (``"grid"``)."""
+        """Newline vectors of one uncompressed video: 1 (``"one"``), F * side (``"grid"``) or 0."""
+        if self.newline == "none":
+            return 0
         return 1 if self.newline == "one" else frames * self.pooled_side
 
     # --- transformers configs --------------------------------------------------------------
@@ -158,6 +241,69 @@ class Backbone:
             rms_norm_eps=self.text_rms_norm_eps,
             tie_word_embeddings=self.tie_word_embeddings,
             hidden_act="silu",
+        )
+
+    def hf_config(self):
+        """The transformers config of the whole model, built offline: ``LlavaOnevisionConfig``
+        (:meth:`llava_config`) or ``Qwen2_5_VLConfig`` (:meth:`qwen_config`)."""
+        return self.qwen_config() if self.is_qwen else self.llava_config()
+
+    def qwen_config(self):
+        """A transformers ``Qwen2_5_VLConfig`` with these numbers, built offline (no download).
+
+        Source: ``config.json`` of ``Qwen/Qwen2.5-VL-{3B,7B}-Instruct`` (SiLU vision MLP, RMSNorm,
+        ``mrope_section`` [16, 24, 24], ``rope_theta`` 1e6, ``tokens_per_second`` 2).
+
+        Raises:
+            ValueError: not a Qwen2.5-VL backbone.
+        """
+        if not self.is_qwen:
+            raise ValueError(f"backbone {self.name!r} is not a Qwen2.5-VL backbone")
+        from transformers import Qwen2_5_VLConfig
+
+        vision = dict(
+            depth=self.vision_layers,
+            hidden_size=self.vision_hidden,
+            hidden_act="silu",
+            intermediate_size=self.vision_intermediate,
+            num_heads=self.vision_heads,
+            in_channels=3,
+            patch_size=self.patch,
+            spatial_merge_size=self.spatial_merge,
+            temporal_patch_size=self.temporal_patch,
+            tokens_per_second=self.tokens_per_second,
+            window_size=self.vision_window,
+            out_hidden_size=self.vision_out_hidden or self.text_hidden,
+            fullatt_block_indexes=list(self.vision_fullatt_blocks),
+        )
+        text = dict(
+            vocab_size=self.text_vocab,
+            hidden_size=self.text_hidden,
+            intermediate_size=self.text_intermediate,
+            num_hidden_layers=self.text_layers,
+            num_attention_heads=self.text_heads,
+            num_key_value_heads=self.text_kv_heads,
+            hidden_act="silu",
+            max_position_embeddings=self.text_max_positions,
+            rms_norm_eps=self.text_rms_norm_eps,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": self.text_rope_theta,
+                "mrope_section": list(self.mrope_section),
+            },
+            tie_word_embeddings=self.tie_word_embeddings,
+            # <|endoftext|> / <|im_end|> of the Qwen2.5 vocabulary; the tiny one sets its own
+            bos_token_id=151643 if self.text_vocab > 151645 else None,
+            eos_token_id=151645 if self.text_vocab > 151645 else None,
+        )
+        return Qwen2_5_VLConfig(
+            vision_config=vision,
+            text_config=text,
+            image_token_id=self.image_token_id,
+            video_token_id=self.video_token_id,
+            vision_start_token_id=self.vision_start_token_id,
+            vision_end_token_id=self.vision_end_token_id,
+            tie_word_embeddings=self.tie_word_embeddings,
         )
 
     def llava_config(self):
@@ -246,9 +392,74 @@ TINY = Backbone(
 # 64 x 182 = 11,648 video positions exceed the tiny LLM's 8,192-position context.
 TINY_VIDEO = replace(TINY, name="tiny-video", frames=32, newline="grid", pool="average", pooled_side=13)
 
+# Qwen2.5-VL's vision tower (identical in the 3B and 7B checkpoints): 32 blocks of width 1280,
+# 16 heads, SwiGLU MLP 3420, window attention (112 px) except blocks 7, 15, 23, 31.
+_QWEN25VL_VISION = dict(
+    family="qwen2_5_vl",
+    newline="none",
+    siglip_head_id=None,
+    patch=14,
+    temporal_patch=2,
+    spatial_merge=2,
+    vision_hidden=1280,
+    vision_layers=32,
+    vision_heads=16,
+    vision_intermediate=3420,
+    vision_window=112,
+    vision_fullatt_blocks=(7, 15, 23, 31),
+    tokens_per_second=2,
+    mrope_section=(16, 24, 24),
+    text_max_positions=128000,
+    text_rms_norm_eps=1e-6,
+    image_token_id=QWEN25VL_IMAGE_PAD_ID,
+    video_token_id=QWEN25VL_VIDEO_PAD_ID,
+    vision_start_token_id=QWEN25VL_VISION_START_ID,
+    vision_end_token_id=QWEN25VL_VISION_END_ID,
+    # the fixed export shape: 32 frames (16 temporal groups) at 336 x 588 (16:9 rounded to
+    # multiples of 28): 24 x 42 patches, 12 x 21 = 252 merged tokens per group, 4,032 per video
+    frames=32,
+    frame_height=336,
+    frame_width=588,
+)
+
+# A tiny random-weight Qwen2.5-VL (built locally, see tiny_qwen.py): real patch / merge / window
+# geometry, tiny widths and depths (vision: 2 blocks, block 1 full attention; text: 2 layers,
+# head_dim 16 -> mrope_section (2, 3, 3)). 16 frames at 224 x 336: 16 x 24 patches (2 x 3
+# windows), 8 x 12 = 96 tokens per temporal group, 8 groups, 768 video tokens.
+TINY_QWEN = Backbone(
+    name="tiny-qwen",
+    hf_id=None,
+    **{
+        **_QWEN25VL_VISION,
+        "frames": 16,
+        "frame_height": 224,
+        "frame_width": 336,
+        "vision_hidden": 64,
+        "vision_layers": 2,
+        "vision_heads": 4,
+        "vision_intermediate": 128,
+        "vision_fullatt_blocks": (1,),
+        "mrope_section": (2, 3, 3),
+        "text_max_positions": 8192,
+        "vision_start_token_id": 3,
+        "vision_end_token_id": 4,
+        "image_token_id": 5,
+        "video_token_id": 6,
+    },
+    vision_out_hidden=64,
+    text_hidden=64,
+    text_layers=2,
+    text_heads=4,
+    text_kv_heads=2,
+    text_intermediate=128,
+    text_vocab=1024,
+    tie_word_embeddings=False,
+)
+
 BACKBONES: dict[str, Backbone] = {
     "tiny": TINY,
     "tiny-video": TINY_VIDEO,
+    "tiny-qwen": TINY_QWEN,
     "ov-0.5b": Backbone(
         name="ov-0.5b",
         hf_id="llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
@@ -278,6 +489,28 @@ BACKBONES: dict[str, Backbone] = {
         pooled_side=13,
         **_QWEN2_7B,
     ),
+    # Qwen2.5-VL-3B: Qwen2.5-3B text model (tied embeddings), merger output 2048.
+    "qwen2.5-vl-3b": Backbone(
+        name="qwen2.5-vl-3b",
+        hf_id="Qwen/Qwen2.5-VL-3B-Instruct",
+        **_QWEN25VL_VISION,
+        vision_out_hidden=2048,
+        text_hidden=2048,
+        text_layers=36,
+        text_heads=16,
+        text_kv_heads=2,
+        text_intermediate=11008,
+        text_vocab=151936,
+        tie_word_embeddings=True,
+    ),
+    # Qwen2.5-VL-7B: Qwen2.5-7B text model, merger output 3584.
+    "qwen2.5-vl-7b": Backbone(
+        name="qwen2.5-vl-7b",
+        hf_id="Qwen/Qwen2.5-VL-7B-Instruct",
+        **_QWEN25VL_VISION,
+        vision_out_hidden=3584,
+        **_QWEN2_7B,
+    ),
 }
 
 
@@ -299,8 +532,10 @@ __all__ = [
     "BACKBONES",
     "SIGLIP_HEAD_ID",
     "TINY",
+    "TINY_QWEN",
     "TINY_VIDEO",
     "Backbone",
+    "Family",
     "NewlineMode",
     "PoolMode",
     "get_backbone",

@@ -138,10 +138,13 @@ def build_tiny_checkpoint(directory: str | os.PathLike | None = None, seed: int 
 
 
 # --- pieces --------------------------------------------------------------------------------------
-def build_tokenizer():
+def build_tokenizer(special_tokens: tuple[str, ...] = SPECIAL_TOKENS):
     """The tiny tokenizer as a transformers fast tokenizer (byte-level BPE, Qwen2 pre-tokenizer).
 
-    Deterministic: trained on :data:`_CORPUS` with a 1024-entry budget (specials at ids 0-4).
+    Deterministic: trained on :data:`_CORPUS` with a 1024-entry budget, the ``special_tokens`` at
+    ids 0, 1, ... (default :data:`SPECIAL_TOKENS`, ids 0-4; the tiny Qwen2.5-VL passes its own,
+    :mod:`infomerge.backbones.tiny_qwen`). The first three must be ``<|endoftext|>``,
+    ``<|im_start|>``, ``<|im_end|>``.
     """
     from tokenizers import (
         AddedToken,
@@ -166,7 +169,7 @@ def build_tokenizer():
     )
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    specials = [AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS]
+    specials = [AddedToken(t, special=True, normalized=False) for t in special_tokens]
     trainer = trainers.BpeTrainer(
         vocab_size=TINY.text_vocab,
         min_frequency=1,
@@ -175,19 +178,20 @@ def build_tokenizer():
         show_progress=False,
     )
     tok.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
-    for i, t in enumerate(SPECIAL_TOKENS):
+    for i, t in enumerate(special_tokens):
         assert tok.token_to_id(t) == i, (t, tok.token_to_id(t))
-    assert (
-        tok.token_to_id("<image>") == TINY.image_token_id
-        and tok.token_to_id("<video>") == TINY.video_token_id
-    )
+    if special_tokens == SPECIAL_TOKENS:
+        assert (
+            tok.token_to_id("<image>") == TINY.image_token_id
+            and tok.token_to_id("<video>") == TINY.video_token_id
+        )
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=None,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         unk_token=None,
-        additional_special_tokens=["<|im_start|>", "<|im_end|>", "<image>", "<video>"],
+        additional_special_tokens=list(special_tokens[1:]),
         model_max_length=TINY.text_max_positions,
         padding_side="left",
         clean_up_tokenization_spaces=False,

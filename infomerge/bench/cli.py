@@ -66,6 +66,21 @@ class UsageError(_UsageError):
     """A command line that cannot be run (reported before anything is written; exit status 2)."""
 
 
+def backend_supported(cfg, name: str) -> bool:
+    """Whether the backbone can run bench row ``name`` at all (no export is attempted otherwise:
+    :meth:`StageBench.run_backend` then gives the row ``unavailable`` with the reason)."""
+    from infomerge.backbones.registry import get_backbone
+    from infomerge.bench.stages import rows_of
+    from infomerge.errors import UsageError
+    from infomerge.runtime.pipeline import check_backbone_support
+
+    try:
+        check_backbone_support(get_backbone(cfg.backbone), *rows_of(name), None, None, cfg.frames)
+    except UsageError:
+        return False
+    return True
+
+
 def build_parser() -> argparse.ArgumentParser:
     from infomerge.backbones.registry import BACKBONES
 
@@ -374,7 +389,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> tuple[dict, 
         artifacts = cfg.artifacts
         for name, variant in jobs:
             progress.update(task, description=f"{name}" + (f"/{variant}" if variant != "-" else ""))
-            if name in ("ort", "trt") and artifacts is None:
+            if name in ("ort", "trt") and artifacts is None and backend_supported(cfg, name):
                 from infomerge.bench.stages import export_artifacts, trt_unavailable_reason
 
                 if name == "ort" or trt_unavailable_reason(device) is None:

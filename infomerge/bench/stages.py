@@ -51,7 +51,7 @@ from infomerge.bench.flops import dims_from_config, nominal_tokens, paper_flops,
 from infomerge.bench.results import BASELINE_METHOD, FAILED, HF_BACKEND, MISMATCH, UNAVAILABLE, Row
 from infomerge.engines.builder import local_compute_capability, rtx_capabilities
 from infomerge.engines.flavour import load_flavour
-from infomerge.errors import ArtifactError, BackendUnavailableError, InfomergeError
+from infomerge.errors import ArtifactError, BackendUnavailableError, InfomergeError, UsageError
 from infomerge.timing import Measurement, measure, summarize
 
 BACKENDS = ("torch", "ort", "trt", HF_BACKEND)
@@ -307,6 +307,11 @@ class LoadedBackend:
     pipe_for: Callable[[str, float], object]
 
 
+def rows_of(name: str) -> tuple[str, str, str]:
+    """(vision, compress, llm) backend names of a bench row; no TensorRT LLM: torch's."""
+    return {"torch": ("torch",) * 3, "ort": ("ort",) * 3, "trt": ("trt", "trt", "torch")}[name]
+
+
 def load_backend(cfg: BenchConfig, name: str, variant: str, artifacts: Path | None) -> LoadedBackend:
     """Build the runtime pipeline of backend ``name`` (``variant``: torch "eager" / "compile") through
     :meth:`Pipeline.from_backbone`, and per case :meth:`Pipeline.with_compression`.
@@ -315,15 +320,18 @@ def load_backend(cfg: BenchConfig, name: str, variant: str, artifacts: Path | No
         Unavailable: the backend cannot run here (the message is the reason).
         InfomergeError: a broken checkpoint or artifact directory.
     """
-    from infomerge.runtime.pipeline import Pipeline
+    from infomerge.backbones.registry import get_backbone
+    from infomerge.runtime.pipeline import Pipeline, check_backbone_support
 
+    try:  # what the backbone cannot run at all (Qwen2.5-VL: no exported graphs, no ORT LLM yet)
+        check_backbone_support(get_backbone(cfg.backbone), *rows_of(name), None, None, cfg.frames)
+    except UsageError as exc:
+        raise Unavailable(str(exc)) from None
     if name == "trt":
         reason = trt_unavailable_reason(cfg.device)
         if reason:
             raise Unavailable(reason)
-    # (vision, compress, llm) backend names of each row; no TensorRT LLM: torch's
-    rows = {"torch": ("torch",) * 3, "ort": ("ort",) * 3, "trt": ("trt", "trt", "torch")}
-    vision, compress, llm = rows[name]
+    vision, compress, llm = rows_of(name)
     compile_mode = False
     if variant == "compile":
         # on CUDA "reduce-overhead" also captures CUDA graphs: what an LLM prefill of a few hundred
@@ -349,6 +357,10 @@ def load_backend(cfg: BenchConfig, name: str, variant: str, artifacts: Path | No
     def pipe_for(method: str, retention: float):
         if method == BASELINE_METHOD:
             return pipe.with_compression(retention=None, backend="none")
+        try:  # a method the backbone's vision stage cannot feed (Qwen2.5-VL: attention-reading ones)
+            check_backbone_support(pipe.backbone, None, compress, None, method, retention)
+        except UsageError as exc:
+            raise Unavailable(str(exc)) from None
         if compress == "torch":
             return pipe.with_compression(method, retention, "torch")
         if compress == "ort":
@@ -394,15 +406,16 @@ class StageBench:
 
     def __init__(self, cfg: BenchConfig, advance: Callable[[str], None] | None = None):
         from infomerge.backbones.registry import get_backbone
-        from infomerge.runtime.decode_thread import decode_video
+        from infomerge.runtime.decode_thread import decode_options, decode_video
 
         self.cfg = cfg
         self.bb = get_backbone(cfg.backbone)
         self.advance = advance or (lambda text: None)
         self.dims = dims_from_config(self.bb)
         self.ref = Reference()
-        self.decoded = decode_video(cfg.video, cfg.frames, self.bb.image_size)
-        self.decode_stage = self._measure(lambda: decode_video(cfg.video, cfg.frames, self.bb.image_size))
+        how = decode_options(self.bb)  # SigLIP's square resize, or Qwen2.5-VL's fixed-size preprocessing
+        self.decoded = decode_video(cfg.video, cfg.frames, **how)
+        self.decode_stage = self._measure(lambda: decode_video(cfg.video, cfg.frames, **how))
         self.advance("decode + preprocess")
 
     def steps_per_backend(self) -> int:
@@ -416,7 +429,7 @@ class StageBench:
 
     def flops(self, kept: int, retention: float) -> dict:
         """Theoretical prefill FLOPs of the kept visual tokens and of the paper's nominal count."""
-        total = self.cfg.frames * self.bb.tokens_per_frame
+        total = self.bb.groups_for(self.cfg.frames) * self.bb.tokens_per_frame  # Qwen: F / 2 groups
         return {
             "formula": "layers * (N d^2 (2 + 2 kv/heads) + 2 N^2 d + 3 N d d_ff), visual tokens (App. A.2)",
             "dims": self.dims.to_dict(),
@@ -474,6 +487,8 @@ class StageBench:
         for method, retention in cfg.cases():
             try:
                 rows.append(self._measure_case(be, vision, vision_check, prompt, method, retention))
+            except Unavailable as exc:
+                rows.append(Row(be.name, be.variant, method, retention, status=UNAVAILABLE, reason=str(exc)))
             except (InfomergeError, ImportError, OSError, RuntimeError, ValueError) as exc:
                 rows.append(
                     Row(
@@ -507,7 +522,7 @@ class StageBench:
             jaccard = _jaccard(comp.output.index, ref.kept[key].index)
             check.add("compression", "kept-index Jaccard", jaccard, cfg.tolerances.index, True)
         kept = ref.kept[key]
-        asm = self._measure(lambda: pipe.assemble(kept, prompt))
+        asm = self._measure(lambda: pipe.assemble(kept, prompt, self.decoded))
         self.advance(f"{be.name}: assemble")
         assembled = asm.output
         prefill = self._measure(lambda: pipe.prefill(assembled, cap))
@@ -563,6 +578,11 @@ class StageBench:
         from infomerge.bench.hf import HFBaseline
 
         variant = HFBaseline.variant
+        if self.bb.is_qwen:
+            return self.unavailable_row(
+                HF_BACKEND, variant, "the Hugging Face baseline row drives LlavaOnevision's classes; "
+                "Qwen2.5-VL's equivalence with HF is tested in tests/test_qwen.py instead",
+            )
         try:
             hf = HFBaseline(self.cfg.checkpoint, self.cfg.device, self.cfg.frames, self.bb.tokens_per_frame)
         except (InfomergeError, ImportError, OSError, RuntimeError, ValueError) as exc:

@@ -34,7 +34,14 @@ from infomerge.artifacts.layout import COMPRESS_ONNX, FUSED_ONNX, VISION_ONNX
 from infomerge.artifacts.onnx_graph import graph_io, onnx_files
 from infomerge.compress.methods import get_method
 from infomerge.export.context import ExportContext, Step
-from infomerge.export.graphs import COMPRESS, FUSED, GraphSpec, synthetic_features, with_vision_outputs
+from infomerge.export.graphs import (
+    COMPRESS,
+    FUSED,
+    GraphSpec,
+    feature_frames,
+    synthetic_features,
+    with_vision_outputs,
+)
 from infomerge.export.onnx_export import export_onnx, save_onnx
 
 COMPRESS_INPUTS = COMPRESS.inputs
@@ -57,7 +64,8 @@ def build_compressor(ctx: ExportContext):
     method = get_method(o.method)
     kwargs = {"merge_impl": ctx.merge_impl} if ctx.merge_impl is not None else {}
     config = method.config(o.retention)
-    return method.fixed_budget(config, ctx.frames, bb.tokens_per_frame, bb.text_hidden, **kwargs).eval()
+    frames = feature_frames(bb, ctx.frames)  # L = F / 2 temporal groups for Qwen2.5-VL
+    return method.fixed_budget(config, frames, bb.tokens_per_frame, bb.text_hidden, **kwargs).eval()
 
 
 def _h_dtype(ctx: ExportContext) -> torch.dtype:

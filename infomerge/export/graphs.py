@@ -14,6 +14,11 @@ inputs, and the opset. The export steps read these; nothing else spells a graph'
 S: image size (384), N: tokens per frame (196), D: the LLM width, G: the vision width (SigLIP
 head), B: the method's budget for the retention ratio.
 
+Qwen2.5-VL (``backbone.is_qwen``): pixel_values (F, 3, h, w) at the backbone's fixed frame size;
+the feature axis is L = F / 2 temporal groups (``backbone.groups_for(F)``), N = (h / 28) (w / 28)
+merged tokens, G = D (FastVID's global feature is the mean merged token). Every shape function
+takes F, the sampled frames, and derives L itself.
+
 A method that reads optional vision outputs (``Method.vision_outputs``, e.g. VisionZip's
 ``attention`` (F, N) and ``keys`` (F, N, head_dim), :data:`infomerge.backbones.vision.EXTRA_OUTPUTS`)
 gets the specs of :func:`with_vision_outputs`: ``vision`` with those names appended to its
@@ -104,39 +109,51 @@ def synthetic_features(frames: int, n: int, d: int, g_dim: int, dtype: torch.dty
     return h, a, g
 
 
+def pixel_shape(bb, frames: int) -> list[int]:
+    """[F, 3, S, S] (SigLIP's square frames), or [F, 3, h, w] at a Qwen2.5-VL backbone's fixed size."""
+    if getattr(bb, "is_qwen", False):
+        return [frames, 3, bb.frame_height, bb.frame_width]
+    return [frames, 3, bb.image_size, bb.image_size]
+
+
+def feature_frames(bb, frames: int) -> int:
+    """The frame axis of H, A, g for ``frames`` sampled frames: F, or L = F / 2 for Qwen2.5-VL."""
+    groups_for = getattr(bb, "groups_for", None)
+    return groups_for(frames) if groups_for is not None else frames
+
+
 def _random_pixels(bb, frames: int, dtype: torch.dtype, g_dim: int):
     gen = torch.Generator().manual_seed(1234)
-    return (torch.rand((frames, 3, bb.image_size, bb.image_size), generator=gen) * 2 - 1,)
+    return (torch.rand(pixel_shape(bb, frames), generator=gen) * 2 - 1,)
 
 
 def _compress_example(bb, frames: int, dtype: torch.dtype, g_dim: int):
-    return synthetic_features(frames, bb.tokens_per_frame, bb.text_hidden, g_dim, dtype)
+    return synthetic_features(feature_frames(bb, frames), bb.tokens_per_frame, bb.text_hidden, g_dim, dtype)
 
 
 def _vision_shapes(bb, frames, budget, g_dim):
-    s, n = bb.image_size, bb.tokens_per_frame
+    n, lf = bb.tokens_per_frame, feature_frames(bb, frames)
     return {
-        "pixel_values": [frames, 3, s, s],
-        "H": [frames, n, bb.text_hidden],
-        "A": [frames, n],
-        "g": [frames, g_dim],
+        "pixel_values": pixel_shape(bb, frames),
+        "H": [lf, n, bb.text_hidden],
+        "A": [lf, n],
+        "g": [lf, g_dim],
     }
 
 
 def _compress_shapes(bb, frames, budget, g_dim):
-    n = bb.tokens_per_frame
+    n, lf = bb.tokens_per_frame, feature_frames(bb, frames)
     return {
-        "H": [frames, n, bb.text_hidden],
-        "A": [frames, n],
-        "g": [frames, g_dim],
+        "H": [lf, n, bb.text_hidden],
+        "A": [lf, n],
+        "g": [lf, g_dim],
         "tokens": [budget, bb.text_hidden],
         "index": [budget],
     }
 
 
 def _fused_shapes(bb, frames, budget, g_dim):
-    s = bb.image_size
-    return {"pixel_values": [frames, 3, s, s], "tokens": [budget, bb.text_hidden], "index": [budget]}
+    return {"pixel_values": pixel_shape(bb, frames), "tokens": [budget, bb.text_hidden], "index": [budget]}
 
 
 # fp32: graph and torch differ in summation order only. fp16: weights and activations are rounded
@@ -174,16 +191,17 @@ GRAPHS = {g.name: g for g in (VISION, COMPRESS, FUSED, PLUGIN)}
 
 def extra_shape(name: str, bb, frames: int) -> list[int]:
     """Static shape of optional vision output ``name`` (:data:`~infomerge.backbones.vision.EXTRA_OUTPUTS`):
-    ``attention`` [F, N], ``keys`` [F, N, head_dim] (head_dim = vision width / heads).
+    ``attention`` [F, N], ``keys`` [F, N, head_dim] (head_dim = vision width / heads); F is L
+    (:func:`feature_frames`) for Qwen2.5-VL.
 
     Raises:
         ValueError: an unknown name.
     """
-    n = bb.tokens_per_frame
+    n, lf = bb.tokens_per_frame, feature_frames(bb, frames)
     if name == "attention":
-        return [frames, n]
+        return [lf, n]
     if name == "keys":
-        return [frames, n, bb.vision_hidden // bb.vision_heads]
+        return [lf, n, bb.vision_hidden // bb.vision_heads]
     raise ValueError(f"unknown vision output {name!r}; known: {', '.join(EXTRA_OUTPUTS)}")
 
 
@@ -240,6 +258,8 @@ __all__ = [
     "VISION",
     "GraphSpec",
     "extra_shape",
+    "feature_frames",
+    "pixel_shape",
     "synthetic_extras",
     "synthetic_features",
     "with_vision_outputs",

@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -59,7 +59,7 @@ def export_onnx(
     *,
     input_names: Sequence[str],
     output_names: Sequence[str],
-    frames: int | None = None,
+    frames: int | Mapping[str, int] | None = None,
     opset: int = OPSET,
 ) -> Path:
     """Export ``module(*args)`` to ``path`` with static shapes.
@@ -72,6 +72,8 @@ def export_onnx(
         frames: None: the graph has exactly the shapes of ``args``. An int F: ``args`` were made
             with fewer frames on axis 0 of every input and output (the module must keep that axis
             as ``-1`` in reshapes); the graph is traced with that axis dynamic and then pinned to F.
+            A mapping ``{name: size}``: axis 0 of each named input / output pinned to its own size
+            (Qwen2.5-VL: ``pixel_values`` to F frames, the features to L = F / 2 groups).
         opset: ONNX opset (17).
 
     Returns:
@@ -83,7 +85,13 @@ def export_onnx(
     module.eval()
     dynamic_axes = None
     if frames is not None:
-        dynamic_axes = {n: {0: "frames"} for n in [*input_names, *output_names]}
+        sizes = (
+            dict(frames)
+            if isinstance(frames, Mapping)
+            else dict.fromkeys([*input_names, *output_names], frames)
+        )
+        one = len(set(sizes.values())) == 1  # one symbol per distinct size
+        dynamic_axes = {n: {0: "frames" if one else f"frames_{sizes[n]}"} for n in sizes}
     scratch = Path(tempfile.mkdtemp(prefix=".onnx-export-", dir=path.parent))
     try:
         raw = scratch / path.name
@@ -104,21 +112,22 @@ def export_onnx(
             )
         model = onnx.load(str(raw), load_external_data=True)
         if frames is not None:
-            _pin_frames(model, frames)
+            _pin_frames(model, sizes)
         save_onnx(model, path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return path
 
 
-def _pin_frames(model, frames: int) -> None:
-    """Set axis 0 of every graph input and output to ``frames``; re-infer all shapes statically."""
+def _pin_frames(model, sizes: dict[str, int]) -> None:
+    """Set axis 0 of every graph input and output to its size in ``sizes``; re-infer all shapes
+    statically."""
     import onnx
 
     for v in [*model.graph.input, *model.graph.output]:
         d = v.type.tensor_type.shape.dim[0]
         d.Clear()
-        d.dim_value = frames
+        d.dim_value = sizes[v.name]
     del model.graph.value_info[:]
     inferred = onnx.shape_inference.infer_shapes(
         _inference_skeleton(model), check_type=True, strict_mode=True, data_prop=True
@@ -128,7 +137,7 @@ def _pin_frames(model, frames: int) -> None:
         dims = v.type.tensor_type.shape.dim
         if any(not d.HasField("dim_value") for d in dims):
             raise RuntimeError(
-                f"ONNX export: {v.name} has a non-static shape after pinning frames to {frames}"
+                f"ONNX export: {v.name} has a non-static shape after pinning axis 0 to {sizes}"
             )
     # the exporter may name an output's inner dim symbolically (a MatMul's): take the inferred dims
     for out, got in zip(model.graph.output, inferred.graph.output):

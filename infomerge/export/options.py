@@ -130,9 +130,14 @@ class ExportOptions:
         frames = self.frames if self.frames is not None else bb.frames
         if frames < 2:
             raise UsageError(f"--frames must be >= 2 (segments need neighbouring frames), got {frames}")
+        if bb.is_qwen and frames % bb.temporal_patch:
+            raise UsageError(
+                f"--frames {frames}: Qwen2.5-VL encodes frames in pairs (temporal patch "
+                f"{bb.temporal_patch}); pass an even --frames, e.g. {frames + 1}"
+            )
         if self.compress:
             method = get_method(self.method)
-            method.budget(self.retention, frames, bb.tokens_per_frame)
+            method.budget(self.retention, bb.groups_for(frames), bb.tokens_per_frame)
             if method.fixed_budget is None:
                 raise UsageError(
                     f"method {self.method!r} has no fixed-budget graph ({method.not_exportable}); export "
@@ -150,6 +155,12 @@ class ExportOptions:
         ):
             if value not in choices:
                 raise UsageError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        if bb.is_qwen and self.llm != "none":
+            raise UsageError(
+                f"--llm {self.llm}: the onnxruntime-genai LLM export feeds 1D position_ids; Qwen2.5-VL's "
+                "text model needs 3-row M-RoPE position_ids (t, h, w); drop --llm and run the LLM with "
+                "--llm torch"
+            )
         if self.atol is not None and not self.atol > 0:
             raise UsageError(f"--atol must be > 0, got {self.atol}")
         if self.random_weights and (self.model_path is not None or self.siglip_path is not None):

@@ -19,7 +19,7 @@ from infomerge.artifacts.layout import IMAGE_NEWLINE, VISION_ONNX, VISION_ORT_ON
 from infomerge.artifacts.manifest import tensor_spec
 from infomerge.artifacts.onnx_graph import graph_io, onnx_files
 from infomerge.export.context import ExportContext, Step
-from infomerge.export.graphs import VISION, GraphSpec, with_vision_outputs
+from infomerge.export.graphs import VISION, GraphSpec, feature_frames, with_vision_outputs
 from infomerge.export.onnx_export import export_onnx
 
 VISION_INPUTS = VISION.inputs
@@ -37,17 +37,25 @@ def vision_spec(ctx: ExportContext) -> GraphSpec:
 
 def load_encoder(ctx: ExportContext) -> None:
     """Build the fp32 encoder from the checkpoint (vision tensors only) or random weights; it
-    returns the export's optional vision outputs after (H, A, g)."""
-    from infomerge.backbones.vision import VisionEncoder
-
+    returns the export's optional vision outputs after (H, A, g). Qwen2.5-VL: the static-grid
+    :class:`~infomerge.backbones.qwen_vision.QwenVisionEncoder` at the backbone's frame size."""
     a = ctx.options
-    ctx.encoder = VisionEncoder.from_backbone(
-        ctx.backbone,
-        a.model_path,
-        random_weights=a.random_weights,
-        siglip_path=a.siglip_path,
-        seed=a.seed,
-    )
+    if ctx.backbone.is_qwen:
+        from infomerge.backbones.qwen_vision import QwenVisionEncoder
+
+        ctx.encoder = QwenVisionEncoder.from_backbone(
+            ctx.backbone, a.model_path, frames=ctx.frames, random_weights=a.random_weights, seed=a.seed
+        )
+    else:
+        from infomerge.backbones.vision import VisionEncoder
+
+        ctx.encoder = VisionEncoder.from_backbone(
+            ctx.backbone,
+            a.model_path,
+            random_weights=a.random_weights,
+            siglip_path=a.siglip_path,
+            seed=a.seed,
+        )
     ctx.encoder.extra_outputs = tuple(a.vision_outputs or ())
     src = dict(ctx.encoder.source)
     src.setdefault("weights", "checkpoint")
@@ -57,11 +65,20 @@ def load_encoder(ctx: ExportContext) -> None:
 
 def read_frames(ctx: ExportContext) -> None:
     """Decode, sample and preprocess F frames of the validation video (each frame resized as it is
-    decoded, as the runtime does it: memory does not grow with the video's resolution)."""
+    decoded, as the runtime does it: memory does not grow with the video's resolution).
+    Qwen2.5-VL: the sampled frames preprocessed as Qwen's processor does it
+    (:func:`~infomerge.video.qwen_preprocess.qwen_preprocess` at the backbone's fixed size)."""
     from infomerge.video import read_video
 
-    clip = read_video(ctx.video, ctx.frames, size=ctx.backbone.image_size)
-    ctx.pixel_values = clip.pixel_values
+    bb = ctx.backbone
+    if bb.is_qwen:
+        from infomerge.video.qwen_preprocess import qwen_preprocess
+
+        clip = read_video(ctx.video, ctx.frames)
+        ctx.pixel_values = qwen_preprocess(clip.frames, bb.frame_height, bb.frame_width)
+    else:
+        clip = read_video(ctx.video, ctx.frames, size=bb.image_size)
+        ctx.pixel_values = clip.pixel_values
     ctx.manifest["validation_video"] = {
         "path": str(ctx.video),
         "frame_indices": [int(i) for i in clip.indices],
@@ -71,8 +88,8 @@ def read_frames(ctx: ExportContext) -> None:
 
 @torch.no_grad()
 def compute_reference(ctx: ExportContext) -> None:
-    """fp32 PyTorch outputs H, A, g (and the optional vision outputs) on the real frames (chunked),
-    kept in ``ctx.reference``."""
+    """fp32 PyTorch outputs H, A, g (and the optional vision outputs) on the real frames (chunked:
+    4 frames, i.e. 2 temporal groups for Qwen2.5-VL), kept in ``ctx.reference``."""
     enc = ctx.encoder
     names = vision_spec(ctx).outputs
     parts = [enc(ctx.pixel_values[i : i + REFERENCE_CHUNK]) for i in range(0, ctx.frames, REFERENCE_CHUNK)]
@@ -90,22 +107,23 @@ def save_image_newline(ctx: ExportContext) -> None:
 
 def export_vision(ctx: ExportContext) -> None:
     """``vision.onnx``: pixel_values (F,3,S,S) float32 -> H (F,196,D), A (F,196), g (F,G), then the
-    optional vision outputs of :func:`vision_spec`."""
+    optional vision outputs of :func:`vision_spec`. Qwen2.5-VL: pixel_values (F, 3, h, w) -> H
+    (L, N, D), A (L, N), g (L, D), ... (L = F / 2), traced on one temporal group (2 frames)."""
     enc = ctx.encoder
     spec = vision_spec(ctx)
+    bb = ctx.backbone
     if ctx.precision == "fp16":
         enc.to_compute_dtype(torch.float16)
-    n = min(ctx.frames, TRACE_FRAMES)
-    example = spec.example(ctx.backbone, n, torch.float32, 0)  # not the validation frames
+    n = min(ctx.frames, bb.temporal_patch if bb.is_qwen else TRACE_FRAMES)
+    example = spec.example(bb, n, torch.float32, 0)  # not the validation frames
     path = ctx.path(VISION_ONNX)
-    export_onnx(
-        enc,
-        example,
-        path,
-        input_names=spec.inputs,
-        output_names=spec.outputs,
-        frames=ctx.frames if n != ctx.frames else None,
-    )
+    pinned = None
+    if n != ctx.frames:
+        pinned = {
+            **dict.fromkeys(spec.inputs, ctx.frames),
+            **dict.fromkeys(spec.outputs, feature_frames(bb, ctx.frames)),
+        }
+    export_onnx(enc, example, path, input_names=spec.inputs, output_names=spec.outputs, frames=pinned)
     inputs, outputs = graph_io(path)
     spec.check_io(inputs, outputs, ctx.backbone, ctx.frames, None, int(ctx.reference["g"].shape[-1]))
     files = onnx_files(path)
@@ -196,8 +214,11 @@ def validate_vision_ort(ctx: ExportContext) -> None:
 
 
 def _fused_vision(options) -> bool:
-    """ORT's fused vision graph: with the vision graph, in fp32 (ORT's CPU contrib kernels are fp32)."""
-    return bool(options.vision) and not options.fp16
+    """ORT's fused vision graph: with the vision graph, in fp32 (ORT's CPU contrib kernels are fp32);
+    not for Qwen2.5-VL (the fusions are those of a ViT with LayerNorm and no rotary embedding)."""
+    from infomerge.backbones.registry import get_backbone
+
+    return bool(options.vision) and not options.fp16 and not get_backbone(options.backbone).is_qwen
 
 
 VISION_STEPS = [

@@ -194,6 +194,25 @@ def vision_params(vision_config, head_config, text_hidden: int) -> dict[str, int
     return {"tower": tower, "head": head, "projector": projector, "newline": text_hidden}
 
 
+def qwen_vision_params(vision_config) -> dict[str, int]:
+    """Parameter counts of Qwen2.5-VL's vision tower from its ``Qwen2_5_VLVisionConfig``.
+
+    Returns ``{"patch_embed", "blocks", "merger"}``: the 3D patch convolution (2 x 14 x 14, no bias);
+    ``depth`` blocks of two RMSNorms, qkv and output projections with bias and a SwiGLU MLP (gate,
+    up, down, with bias); the patch merger (RMSNorm, Linear 4d -> 4d, GELU, Linear 4d -> D, biases).
+    Source: ``transformers/models/qwen2_5_vl/modeling_qwen2_5_vl.py``.
+    """
+    d, ff, out = vision_config.hidden_size, vision_config.intermediate_size, vision_config.out_hidden_size
+    p, t, c = vision_config.patch_size, vision_config.temporal_patch_size, vision_config.in_channels
+    m = vision_config.spatial_merge_size**2 * d
+    block = 2 * d + (3 * d * d + 3 * d) + (d * d + d) + 2 * (d * ff + ff) + (ff * d + d)
+    return {
+        "patch_embed": c * t * p * p * d,
+        "blocks": vision_config.depth * block,
+        "merger": d + (m * m + m) + (m * out + out),
+    }
+
+
 def _head_dim(tc) -> int:
     return getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
 
@@ -254,16 +273,22 @@ def _fmt(n: int) -> str:
 
 def _newline_tokens(backbone, frames: int, tokens: int) -> int:
     # "one": a single image_newline after all frames; "grid" (LLaVA-Video): one per pooled row that
-    # keeps a token (infomerge.runtime.embeddings.grid_layout), at most min(rows, kept tokens).
+    # keeps a token (infomerge.runtime.embeddings.grid_layout), at most min(rows, kept tokens);
+    # "none" (Qwen2.5-VL): no newline.
+    if backbone.newline == "none":
+        return 0
     return 1 if backbone.newline == "one" else min(frames * backbone.pooled_side, tokens)
 
 
 @cache
 def _configs(backbone: str):
-    """(Backbone, LlavaOnevisionConfig, SigLIP-with-head config) of a registry name, built once."""
+    """(Backbone, LlavaOnevisionConfig, SigLIP-with-head config) of a registry name, built once;
+    Qwen2.5-VL: (Backbone, Qwen2_5_VLConfig, None)."""
     from infomerge.backbones.registry import get_backbone
 
     bb = get_backbone(backbone)
+    if bb.is_qwen:
+        return bb, bb.qwen_config(), None
     return bb, bb.llava_config(), bb.siglip_head_config()
 
 
@@ -303,36 +328,24 @@ def plan_memory(
     frames = bb.frames if frames is None else int(frames)
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
+    if bb.is_qwen and frames % bb.temporal_patch:
+        raise ValueError(f"{bb.name} takes frames in temporal patches of {bb.temporal_patch}; got {frames}")
 
     vc, tc = cfg.vision_config, cfg.text_config
     act = a.act_bytes
     n = bb.tokens_per_frame
     big_d = tc.hidden_size
-    tokens = get_method(method).budget(retention, frames, n)
+    groups = bb.groups_for(frames)  # the compressor's frame axis: F (LLaVA), F / 2 (Qwen2.5-VL)
+    tokens = get_method(method).budget(retention, groups, n)
 
     # 1. vision engine
-    vp = vision_params(vc, hc, big_d)
-    v_weights = sum(vp.values()) * FP16
-    t = (vc.image_size // vc.patch_size) ** 2
-    d, ff, h = vc.hidden_size, vc.intermediate_size, vc.num_attention_heads
-    fv = min(frames, a.vision_batch) if a.vision_batch else frames
-    v_attn = fv * t * 4 * d * act + fv * h * t * t * FP32
-    v_mlp = fv * t * (2 * d + ff) * act
-    v_proj = fv * t * (d + 2 * big_d) * act + fv * n * big_d * act
-    v_act = max(v_attn, v_mlp, v_proj)
-    vision = Row(
-        "Vision engine",
-        v_weights,
-        v_act,
-        f"fp16, {fv} frames/call",
-        f"weights: SigLIP tower {vp['tower']:,} params ({vc.num_hidden_layers} layers) + MAP head "
-        f"{vp['head']:,} + projector {vp['projector']:,} + newline {vp['newline']:,}, 2 bytes each; "
-        f"activations: largest stage for {fv} frames of {t} patches (attention {_fmt(v_attn)} with "
-        f"fp32 scores and no fused kernel, MLP {_fmt(v_mlp)}, projector+pooling {_fmt(v_proj)})",
-    )
+    if bb.is_qwen:
+        vision = _qwen_vision_row(bb, vc, groups, a)
+    else:
+        vision = _siglip_vision_row(vc, hc, big_d, n, frames, a)
 
     # 2. compression engine
-    fn = frames * n
+    fn = groups * n
     c_act = fn * big_d * act + fn * big_d * FP32 + fn * fn * FP32 + tokens * fn * act + tokens * big_d * act
     compression = Row(
         "Compression engine",
@@ -342,7 +355,7 @@ def plan_memory(
         f"no weights (training-free); buffers live at once: input {fn}x{big_d}, fp32 copy, "
         f"{fn}x{fn} fp32 similarity matrix (one segment spanning the video, worst case), one-hot merge "
         f"matrix {tokens}x{fn}, output {tokens}x{big_d}; B = {method} at r={retention:g} "
-        f"for {frames}x{n} tokens",
+        f"for {groups}x{n} tokens" + (f" ({frames} frames in temporal patches of 2)" if bb.is_qwen else ""),
     )
 
     # 3. LLM weights
@@ -399,16 +412,23 @@ def plan_memory(
     if dev.shared:
         w, hgt = a.video_size
         dw, dh = _display_size(w, hgt)
-        frames_bytes = (w * hgt * VIDEO_BYTES_PER_PIXEL + frames * dw * dh * 3
-                        + frames * 3 * vc.image_size * vc.image_size * FP32)
+        if bb.is_qwen:  # sampled frames kept at full resolution, then resized to H x W (fp32)
+            out_h, out_w = bb.frame_height, bb.frame_width
+            frames_bytes = (w * hgt * VIDEO_BYTES_PER_PIXEL + frames * w * hgt * 3
+                            + frames * 3 * out_h * out_w * FP32)
+        else:
+            out_h = out_w = vc.image_size
+            frames_bytes = (w * hgt * VIDEO_BYTES_PER_PIXEL + frames * dw * dh * 3
+                            + frames * 3 * out_h * out_w * FP32)
         overhead += a.host_runtime_mib * MIB + frames_bytes
         short += " + host process"
         detail += (
             "; shared memory, so the host side counts too: "
             f"Python runtime {a.host_runtime_mib} MiB (assumed), "
             f"reading {frames} frames of {w}x{hgt} (one frame in flight, {VIDEO_BYTES_PER_PIXEL} B/pixel, "
-            f"fitted; {dw}x{dh} uint8 display copies) and their fp32 "
-            f"{vc.image_size}x{vc.image_size} output {_fmt(frames_bytes)}"
+            + (f"fitted; {w}x{hgt} uint8 sampled frames)" if bb.is_qwen else
+               f"fitted; {dw}x{dh} uint8 display copies)")
+            + f" and their fp32 {out_w}x{out_h} output {_fmt(frames_bytes)}"
         )
     runtime = Row("Runtime overhead", 0, overhead, short, detail)
 
@@ -423,6 +443,60 @@ def plan_memory(
         seq=seq,
         rows=(vision, compression, llm, kv, llm_act, runtime),
         assumptions=a,
+    )
+
+
+def _siglip_vision_row(vc, hc, big_d: int, n: int, frames: int, a: Assumptions) -> Row:
+    """Row 1 for LLaVA: SigLIP tower, MAP head, projector, newline (see the module docstring)."""
+    act = a.act_bytes
+    vp = vision_params(vc, hc, big_d)
+    v_weights = sum(vp.values()) * FP16
+    t = (vc.image_size // vc.patch_size) ** 2
+    d, ff, h = vc.hidden_size, vc.intermediate_size, vc.num_attention_heads
+    fv = min(frames, a.vision_batch) if a.vision_batch else frames
+    v_attn = fv * t * 4 * d * act + fv * h * t * t * FP32
+    v_mlp = fv * t * (2 * d + ff) * act
+    v_proj = fv * t * (d + 2 * big_d) * act + fv * n * big_d * act
+    v_act = max(v_attn, v_mlp, v_proj)
+    return Row(
+        "Vision engine",
+        v_weights,
+        v_act,
+        f"fp16, {fv} frames/call",
+        f"weights: SigLIP tower {vp['tower']:,} params ({vc.num_hidden_layers} layers) + MAP head "
+        f"{vp['head']:,} + projector {vp['projector']:,} + newline {vp['newline']:,}, 2 bytes each; "
+        f"activations: largest stage for {fv} frames of {t} patches (attention {_fmt(v_attn)} with "
+        f"fp32 scores and no fused kernel, MLP {_fmt(v_mlp)}, projector+pooling {_fmt(v_proj)})",
+    )
+
+
+def _qwen_vision_row(bb, vc, groups: int, a: Assumptions) -> Row:
+    """Row 1 for Qwen2.5-VL: the window-attention ViT and its patch merger, fp16.
+
+    Per call of ``Lv`` temporal groups (``--vision-batch`` counts groups here) of P = (H/14)(W/14)
+    patches, d = vision width, h = heads, ff = SwiGLU width, D = LLM width: the largest of attention
+    in a full-attention block ``Lv*P*4d*act + Lv*h*P*P*4`` (fp32 scores over the whole frame pair; the
+    window blocks' 64 x 64 windows are smaller), the MLP ``Lv*P*(2d + 2ff)*act`` and the merger
+    ``Lv*P*d*act + Lv*(P/4)*(4d + D)*act``.
+    """
+    act = a.act_bytes
+    vp = qwen_vision_params(vc)
+    rows, cols = bb.patch_grid
+    p = rows * cols
+    d, ff, h, big_d = vc.hidden_size, vc.intermediate_size, vc.num_heads, vc.out_hidden_size
+    lv = min(groups, a.vision_batch) if a.vision_batch else groups
+    v_attn = lv * p * 4 * d * act + lv * h * p * p * FP32
+    v_mlp = lv * p * (2 * d + 2 * ff) * act
+    v_merge = lv * p * d * act + lv * (p // 4) * (4 * d + big_d) * act
+    return Row(
+        "Vision engine",
+        sum(vp.values()) * FP16,
+        max(v_attn, v_mlp, v_merge),
+        f"fp16, {lv} temporal groups/call",
+        f"weights: Qwen2.5-VL ViT patch embed {vp['patch_embed']:,} + {vc.depth} blocks {vp['blocks']:,} + "
+        f"merger {vp['merger']:,} params, 2 bytes each; activations: largest stage for {lv} groups of "
+        f"{p} patches ({bb.frame_height}x{bb.frame_width} px, 2 frames each): full attention "
+        f"{_fmt(v_attn)} with fp32 scores and no fused kernel, MLP {_fmt(v_mlp)}, merger {_fmt(v_merge)}",
     )
 
 
@@ -452,8 +526,10 @@ def _last_fitting(candidates, plan_for) -> float | int | None:
 
 def largest_frames(backbone: str, device: str, llm_quant: str, retention: float,
                    assumptions: Assumptions | None = None, limit: int = FRAMES_SEARCH_LIMIT) -> int | None:
-    """The largest F in [1, limit] whose plan fits at ``retention``; ``None`` when not even one frame fits."""
-    return _last_fitting(range(1, limit + 1),
+    """The largest F in [1, limit] whose plan fits at ``retention``; ``None`` when not even one frame fits.
+    Qwen2.5-VL: multiples of its temporal patch (2) only."""
+    step = _configs(backbone)[0].temporal_patch if _configs(backbone)[0].is_qwen else 1
+    return _last_fitting(range(step, limit + 1, step),
                          lambda f: plan_memory(backbone, device, llm_quant, retention, f, assumptions))
 
 

@@ -189,6 +189,17 @@ def _build_pipeline(args):
     )
 
 
+def _backbone_for(args):
+    """The backbone of the run: the artifacts' (manifest) or ``--backbone`` (default tiny)."""
+    from infomerge.backbones.registry import get_backbone
+
+    if args.artifacts:
+        from infomerge.artifacts.manifest import load_manifest
+
+        return get_backbone(load_manifest(args.artifacts)["backbone"]["name"])
+    return get_backbone(args.backbone or "tiny")
+
+
 def _frames_for(args) -> int:
     """Frames to sample, known before any model loads (so decoding can start first)."""
     from infomerge.backbones.registry import get_backbone
@@ -238,6 +249,19 @@ def check_args(args) -> int:
 
     check_device(args.device)
     frames = _frames_for(args)
+    if not args.artifacts:  # backends / methods / frames the backbone cannot run (Qwen2.5-VL's limits)
+        from infomerge.runtime.pipeline import check_backbone_support
+
+        retention = None if args.no_compression else (args.retention if args.retention is not None else 0.15)
+        check_backbone_support(
+            _backbone_for(args),
+            args.vision_backend or "torch",
+            "none" if args.no_compression else (args.compress_backend or "torch"),
+            args.llm or "torch",
+            args.method or "infomerge",
+            retention,
+            frames,
+        )
     if args.retention is not None and not args.no_compression:
         from infomerge.backbones.registry import get_backbone
         from infomerge.compress.methods import get_method
@@ -250,8 +274,10 @@ def check_args(args) -> int:
                 name = load_manifest(args.artifacts)["backbone"]["name"]
             else:
                 name = args.backbone or "tiny"
-            n = get_backbone(name).tokens_per_frame
-            get_method(args.method or "infomerge").budget(args.retention, frames, n)
+            bb = get_backbone(name)
+            # Qwen2.5-VL: the methods' frame axis is the F / 2 temporal groups
+            method = get_method(args.method or "infomerge")
+            method.budget(args.retention, bb.groups_for(frames), bb.tokens_per_frame)
     if args.inner_merge is not None and not args.artifacts:
         from infomerge.backbones.registry import get_backbone
         from infomerge.runtime.pipeline import check_inner_stage, make_config
@@ -316,7 +342,7 @@ def run(args) -> dict:
     """Run one request from parsed ``args``; print the answer and the table; return the JSON record."""
     from rich.console import Console
 
-    from infomerge.runtime.decode_thread import DecodeJob
+    from infomerge.runtime.decode_thread import DecodeJob, decode_options
     from infomerge.runtime.llm import Sampling
     from infomerge.video import sample_video
 
@@ -331,7 +357,8 @@ def run(args) -> dict:
         av.logging.set_level(av.logging.VERBOSE)
     # Decoding starts before the models load: the two overlap.
     job = DecodeJob(
-        video, frames, sampling=args.sampling, window=args.window, decode_device=args.decode_device
+        video, frames, sampling=args.sampling, window=args.window, decode_device=args.decode_device,
+        **decode_options(_backbone_for(args)),
     )
     args._decode_job = job  # for main(): Ctrl-C cancels it
     job.raise_early()  # a missing or non-video file: fail before loading models

@@ -5,7 +5,8 @@ loads models (the CLI starts it before building the pipeline) or tokenizes the p
 for real. The order of the request allows nothing more: the vision encoder needs every frame.
 
 Each sampled frame is resized as it is decoded (``read_video(size=...)``), so no full-resolution
-copy of a 4K or 8K frame outlives its decoding. :meth:`DecodeJob.cancel` stops the decoder within
+copy of a 4K or 8K frame outlives its decoding (Qwen2.5-VL's fixed-size resize runs on the sampled
+frames after decoding: ``preprocess``). :meth:`DecodeJob.cancel` stops the decoder within
 one packet; :meth:`DecodeJob.join` cancels first, so an error or Ctrl-C never waits for a whole
 decode.
 """
@@ -15,8 +16,10 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from infomerge.interrupts import raise_if_signalled
@@ -41,6 +44,7 @@ class DecodedVideo:
 
 def decode_video(
     video: str | os.PathLike, frames: int, size: int = SIGLIP_SIZE, cancel: threading.Event | None = None,
+    preprocess: Callable[[np.ndarray], torch.Tensor] | None = None,
     **options,
 ) -> DecodedVideo:
     """Decode, sample ``frames`` frames and preprocess (synchronously).
@@ -48,16 +52,35 @@ def decode_video(
     Args:
         video: a file, URL, stream or camera (see :func:`infomerge.video.read_video`).
         frames: F.
-        size: side of the preprocessed frames (pixels).
+        size: side of the preprocessed frames (pixels; SigLIP's square resize while decoding).
         cancel: an Event that stops decoding when set.
+        preprocess: instead of SigLIP's square resize: a function of the sampled (F, H, W, 3) uint8
+            RGB frames (kept at full resolution) giving ``pixel_values`` (Qwen2.5-VL:
+            :func:`infomerge.video.qwen_preprocess.qwen_preprocess` at the backbone's fixed size).
         options: ``sampling``, ``window``, ``live``, ``decode_device`` for :func:`read_video`.
 
     Raises:
         VideoError: and its subclasses, from :func:`infomerge.video.read_video`, unchanged.
     """
     t0 = time.perf_counter()
-    clip = read_video(video, frames, size=size, cancel=cancel, **options)
-    return DecodedVideo(clip, clip.pixel_values, (time.perf_counter() - t0) * 1000.0)
+    clip = read_video(video, frames, size=size if preprocess is None else None, cancel=cancel, **options)
+    pixel_values = clip.pixel_values if preprocess is None else preprocess(clip.frames)
+    return DecodedVideo(clip, pixel_values, (time.perf_counter() - t0) * 1000.0)
+
+
+def decode_options(backbone) -> dict:
+    """How ``backbone`` wants its frames preprocessed, as :func:`decode_video` / :class:`DecodeJob`
+    keyword arguments: ``{"size": 384}`` (SigLIP's square resize, LLaVA) or ``{"preprocess": f}``
+    with ``f`` = :func:`infomerge.video.qwen_preprocess.qwen_preprocess` at the backbone's fixed
+    ``frame_height x frame_width`` (Qwen2.5-VL)."""
+    if getattr(backbone, "is_qwen", False):
+        from functools import partial
+
+        from infomerge.video.qwen_preprocess import qwen_preprocess
+
+        size = {"height": backbone.frame_height, "width": backbone.frame_width}
+        return {"preprocess": partial(qwen_preprocess, **size)}
+    return {"size": backbone.image_size}
 
 
 class DecodeJob:
@@ -67,17 +90,20 @@ class DecodeJob:
     by :meth:`result` in the caller's thread, unchanged.
 
     Args:
-        video, frames, size, options: as :func:`decode_video`.
+        video, frames, size, preprocess, options: as :func:`decode_video`.
     """
 
-    def __init__(self, video: str | os.PathLike, frames: int, size: int = SIGLIP_SIZE, **options):
+    def __init__(
+        self, video: str | os.PathLike, frames: int, size: int = SIGLIP_SIZE, preprocess=None, **options
+    ):
         self.video = video
         self.frames = frames
         self._cancel = threading.Event()
         self._result: DecodedVideo | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(
-            target=self._run, args=(video, frames, size, options), name="infomerge-decode", daemon=True
+            target=self._run, args=(video, frames, size, dict(options, preprocess=preprocess)),
+            name="infomerge-decode", daemon=True,
         )
         self._thread.start()
 
@@ -136,4 +162,4 @@ class DecodeJob:
         return self._result
 
 
-__all__ = ["DecodeJob", "DecodedVideo", "decode_video"]
+__all__ = ["DecodeJob", "DecodedVideo", "decode_options", "decode_video"]

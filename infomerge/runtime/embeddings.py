@@ -18,6 +18,10 @@ That is the OneVision video layout (``newline="one"``: one ``image_newline`` vec
 frames). LLaVA-Video's ``"grid"`` layout closes every row of every frame with a newline; there the
 kept tokens keep their positions in that layout and a row's newline is kept with its row
 (:func:`grid_layout`, FastVID's rule), so the uncompressed prompt is again positions ``0 .. T-1``.
+
+Qwen2.5-VL has no newline and 3D M-RoPE positions (t, h, w): :func:`assemble_mrope` splices the kept
+tokens between ``<|vision_start|>`` and ``<|vision_end|>``, each with its uncompressed (t, h, w), the
+text after and decoding continuing from the uncompressed video (docs/backbones.md, "Qwen2.5-VL").
 """
 
 from __future__ import annotations
@@ -55,7 +59,8 @@ class Assembled:
 
     Attributes:
         inputs_embeds: (1, T, D) float tensor: text, kept video tokens, newline, text.
-        position_ids: (1, T) int64 RoPE positions (with gaps where tokens were dropped).
+        position_ids: (1, T) int64 RoPE positions (with gaps where tokens were dropped); Qwen2.5-VL:
+            (3, 1, T) M-RoPE positions (t, h, w) (:func:`assemble_mrope`).
         next_position: RoPE position of the first generated token: the uncompressed prompt
             length ``len(before) + F*N + 1 + len(after)``.
         video_tokens: kept video tokens spliced in, newlines included (K + 1; grid: K + rows kept).
@@ -301,11 +306,121 @@ def assemble(
     )
 
 
+def mrope_video_positions(start: int, groups: int, grid: tuple[int, int], interval: float) -> torch.Tensor:
+    """M-RoPE positions (t, h, w) of an uncompressed Qwen2.5-VL video starting at ``start``.
+
+    Qwen2.5-VL (arXiv 2502.13923, "MRoPE aligned to absolute time"; ``get_rope_index`` of
+    transformers' ``modeling_qwen2_5_vl.py``): the video token of temporal group ``l``, merged row
+    ``i``, column ``j`` (flat index ``(l * h + i) * w + j``) sits at
+
+        t = start + floor(l * interval),   h = start + i,   w = start + j
+
+    with ``interval = tokens_per_second * second_per_grid_t`` (the seconds a temporal patch spans
+    times 2 ids per second).
+
+    Args:
+        start: the first video position (the number of text positions before it).
+        groups: L, temporal groups (F / 2).
+        grid: (h, w), merged tokens per column and row of one group.
+        interval: temporal id step per group (float; floored after multiplying by ``l``).
+
+    Returns:
+        (3, L * h * w) int64.
+    """
+    h, w = grid
+    t_ids = torch.floor(torch.arange(groups, dtype=torch.float64) * float(interval)).to(torch.int64)
+    tt, hh, ww = torch.meshgrid(t_ids, torch.arange(h), torch.arange(w), indexing="ij")
+    return torch.stack([tt, hh, ww]).reshape(3, -1) + int(start)
+
+
+def assemble_mrope(
+    embed: Callable[[Sequence[int]], torch.Tensor],
+    prompt: PromptIds,
+    tokens: torch.Tensor,
+    index: torch.Tensor,
+    groups: int,
+    grid: tuple[int, int],
+    interval: float,
+) -> Assembled:
+    """Splice kept Qwen2.5-VL video tokens into the text embeddings with 3D M-RoPE positions.
+
+    ``prompt.before`` ends with ``<|vision_start|>``, ``prompt.after`` starts with
+    ``<|vision_end|>`` (the ``<|video_pad|>`` placeholder sits between them)::
+
+        inputs_embeds = [ text before | kept video tokens (sorted by flat index) | text after ]
+        position_ids  = [ (p, p, p)   | V[:, index]                              | (q, q, q) .. ]
+
+    ``V`` = :func:`mrope_video_positions` of the uncompressed video from ``t = len(before)``, so
+    every kept token keeps its original (t, h, w) (FastVID's Qwen2.5-VL code gathers
+    ``position_ids[:, :, keep_index]`` the same way). The text after the video starts at
+    ``q0 = max(V) + 1`` over the UNCOMPRESSED video (Qwen's rule: "the text start position_ids as the
+    max vision position_ids plus 1", transformers PR #35569), whatever is kept, and the first
+    generated token takes ``q0 + len(after)`` (transformers' ``rope_deltas``): decoding continues as
+    in the uncompressed prompt, the analogue of the gapped 1D positions. With every token kept the
+    positions are those of ``get_rope_index``.
+
+    Note: transformers 5.24's ``get_rope_index`` starts the text after a video at
+    ``t + max(h, w)`` instead of ``max(V) + 1``; the two agree while ``floor((L - 1) * interval) <
+    max(h, w)`` (short clips; all our tests), and differ for long videos, where this function keeps
+    the original rule (docs/backbones.md).
+
+    Args:
+        embed: text token ids -> (n, D) embeddings.
+        prompt: the templated prompt split at ``<|video_pad|>``.
+        tokens: (K, D) kept video tokens, in the order of ``index``.
+        index: (K,) int64 flat positions ``l * h * w + i * w + j``, strictly increasing, < L*h*w.
+        groups, grid, interval: as :func:`mrope_video_positions`.
+
+    Returns:
+        :class:`Assembled` with ``position_ids`` (3, 1, T) and ``next_position`` = q0 + len(after).
+
+    Raises:
+        ValueError: shapes disagree, or ``index`` not strictly increasing within [0, L*h*w).
+    """
+    total = groups * grid[0] * grid[1]
+    if tokens.dim() != 2 or index.shape != (tokens.shape[0],):
+        raise ValueError(f"assemble_mrope: tokens {tuple(tokens.shape)}, index {tuple(index.shape)}")
+    index = index.to(device=tokens.device, dtype=torch.int64)
+    if index.numel() and (
+        int(index[0]) < 0 or int(index[-1]) >= total or bool((index[1:] <= index[:-1]).any())
+    ):
+        raise ValueError(f"assemble_mrope: index must be strictly increasing within [0, {total})")
+    t, a = len(prompt.before), len(prompt.after)
+    dtype, device = tokens.dtype, tokens.device
+    video = mrope_video_positions(t, groups, grid, interval).to(device)  # (3, L*h*w)
+    after_start = int(video.max()) + 1 if total else t
+    parts = []
+    if t:
+        parts.append(embed(prompt.before).to(device=device, dtype=dtype))
+    parts.append(tokens)
+    if a:
+        parts.append(embed(prompt.after).to(device=device, dtype=dtype))
+    positions = torch.cat(
+        [
+            torch.arange(t, device=device).expand(3, -1),
+            video[:, index],
+            torch.arange(after_start, after_start + a, device=device).expand(3, -1),
+        ],
+        dim=1,
+    )
+    return Assembled(
+        inputs_embeds=torch.cat(parts).unsqueeze(0),
+        position_ids=positions.unsqueeze(1),
+        next_position=after_start + a,
+        video_tokens=int(index.numel()),
+        uncompressed_video_tokens=total,
+        prompt=prompt,
+        video_span=(t, t + int(index.numel())),
+    )
+
+
 __all__ = [
     "DEFAULT_PROMPT",
     "Assembled",
     "PromptIds",
     "assemble",
+    "assemble_mrope",
+    "mrope_video_positions",
     "check_context",
     "grid_layout",
     "load_chat_template",

@@ -120,7 +120,7 @@ class LLMBackend(ABC):
 
         Args:
             inputs_embeds: (1, T, D) float.
-            position_ids: (1, T) int64 RoPE positions.
+            position_ids: (1, T) int64 RoPE positions; (3, 1, T) M-RoPE (t, h, w) for Qwen2.5-VL.
             capacity: KV slots to reserve: T + the tokens that will follow.
             visual: an :class:`~infomerge.compress.unified_inner.InnerMerge` (the inner-LLM merge of
                 the video rows) or None. Only the torch backend runs it; others raise UsageError.

@@ -1,7 +1,9 @@
 """The ``torch`` LLM backend: the checkpoint's Qwen2 decoder in transformers, with a KV cache.
 
 The language model is read on its own from the checkpoint by
-:func:`infomerge.backbones.text.load_text_model`.
+:func:`infomerge.backbones.text.load_text_model` (LLaVA), or
+:func:`infomerge.backbones.qwen_text.load_qwen_text_model` (Qwen2.5-VL's M-RoPE text model, fed
+(3, 1, T) position ids).
 
 Precision: fp32 on the CPU; bf16 on CUDA where the GPU supports it, else fp16.
 
@@ -18,10 +20,12 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from infomerge.backbones.qwen_text import load_qwen_text_model
 from infomerge.backbones.text import load_text_model
 from infomerge.compress.unified_inner import (
     InnerMerge,
@@ -80,8 +84,15 @@ class TorchLLM(LLMBackend):
         device: str = "cpu",
         dtype: torch.dtype | None = None,
     ) -> TorchLLM:
-        """Load the language model of a LLaVA-OneVision checkpoint (see :func:`load_text_model`)."""
-        model = load_text_model(checkpoint, dtype or default_dtype(device), device)
+        """Load the language model of a checkpoint: Qwen2 of a LLaVA-OneVision / LLaVA-Video one
+        (:func:`load_text_model`), or the M-RoPE text model of a Qwen2.5-VL one
+        (:func:`~infomerge.backbones.qwen_text.load_qwen_text_model`; ``config.json`` says which)."""
+        import json
+
+        config = Path(checkpoint) / "config.json"
+        qwen = config.is_file() and json.loads(config.read_text()).get("model_type") == "qwen2_5_vl"
+        load = load_qwen_text_model if qwen else load_text_model
+        model = load(checkpoint, dtype or default_dtype(device), device)
         return cls(model, eos_token_ids, device)
 
     @torch.inference_mode()
@@ -114,7 +125,8 @@ class TorchLLM(LLMBackend):
 
         Args:
             inputs_embeds: (1, T, D) float prompt embeddings.
-            position_ids: (1, T) int64 RoPE positions (gaps allowed).
+            position_ids: (1, T) int64 RoPE positions (gaps allowed), or (3, 1, T) M-RoPE
+                positions (t, h, w) for Qwen2.5-VL.
             capacity: unused (the DynamicCache grows).
             visual: the inner-LLM merge or pruning (video rows, K, kept count, lambda, prune);
                 None: plain forward.
@@ -229,7 +241,7 @@ class TorchLLM(LLMBackend):
             "score": score.cpu(),
         }
         self._filled = n
-        return self._layers(x, pos[:, keep_rows], v.layer, None)
+        return self._layers(x, pos[..., keep_rows], v.layer, None)  # (1, T') or (3, 1, T')
 
     def close(self) -> None:
         self._cache = None

@@ -3,6 +3,7 @@
 Stages (each a method, so a benchmark can time them one by one)::
 
     decode()        video file -> sampled frames, pixel_values (F, 3, 384, 384)   [background thread]
+                    (Qwen2.5-VL: (F, 3, H, W) at the backbone's fixed frame size)
     encode()        pixel_values -> H (F, N, D), A (F, N), g (F, G) [+ extra]       [vision backend]
     compress()      (H, A, g [, extra]) -> kept tokens (K, D) + flat indices (K,)   [compress backend]
 
@@ -43,12 +44,13 @@ from infomerge.errors import ArtifactError, BackendUnavailableError, BudgetError
 from infomerge.runtime.backends import BackendSource, VideoTokens, VisionFeatures, backend_factory
 from infomerge.runtime.backends.base import encode_unique_frames
 from infomerge.runtime.backends.torch import check_vision_dtype
-from infomerge.runtime.decode_thread import DecodedVideo, DecodeJob, decode_video
+from infomerge.runtime.decode_thread import DecodedVideo, DecodeJob, decode_options, decode_video
 from infomerge.runtime.embeddings import (
     DEFAULT_PROMPT,
     Assembled,
     PromptIds,
     assemble,
+    assemble_mrope,
     check_context,
     load_chat_template,
     prompt_ids,
@@ -318,6 +320,7 @@ class Pipeline:
         bb = get_backbone(name)
         _check_layout(bb)  # before any download
         _check_names(vision_backend, compress_backend, llm, method, retention, inner_merge, bb)
+        check_backbone_support(bb, vision_backend, compress_backend, llm, method, retention, frames)
         check_vision_dtype(vision_dtype, vision_backend)
         checkpoint = resolve_checkpoint(bb, model_path)
         pipe = cls._build(
@@ -414,6 +417,8 @@ class Pipeline:
         if llm is None:
             llm = "ort" if has_llm else "torch"
         _check_names(vision_backend, compress_backend, llm, method, retention)
+        frames = manifest.get("frames")
+        check_backbone_support(bb, vision_backend, compress_backend, llm, method, retention, frames)
         checkpoint = None
         if llm == "torch" or vision_backend == "torch" or not (root / LLM_DIR / LLM_TOKENIZER).is_file():
             from infomerge.backbones.loading import resolve_checkpoint
@@ -551,6 +556,7 @@ class Pipeline:
         import copy
 
         _check_names(None, backend, None, method, retention, inner_merge)
+        check_backbone_support(self.backbone, None, backend, None, method, retention)
         if backend != "none" and compression_wanted(retention):
             config = make_config(method, float(retention), inner_merge)
             check_inner_stage(config, method, self.llm.name, backend, self.backbone)
@@ -579,7 +585,7 @@ class Pipeline:
         }
         if getattr(self.config, "inner_merge", False):
             info["inner_layer"] = self.inner_layer()
-            if self.backbone.newline != "one":
+            if self.backbone.newline == "grid":
                 note = (
                     f"{method}: the inner-LLM merge is defined on one contiguous run of video tokens "
                     f"(LLaVA-OneVision); backbone {self.backbone.name!r} interleaves a newline after "
@@ -598,12 +604,13 @@ class Pipeline:
 
     # --- stages --------------------------------------------------------------------------------
     def start_decode(self, video: str | os.PathLike) -> DecodeJob:
-        """Start decoding ``video`` in a background thread (F = the backbone's frame count)."""
-        return DecodeJob(video, self.frames, self.backbone.image_size)
+        """Start decoding ``video`` in a background thread (F = the backbone's frame count;
+        preprocessing per :func:`~infomerge.runtime.decode_thread.decode_options`)."""
+        return DecodeJob(video, self.frames, **decode_options(self.backbone))
 
     def decode(self, video: str | os.PathLike) -> DecodedVideo:
         """Decode, sample and preprocess ``video`` in this thread. Raises VideoError subclasses."""
-        return decode_video(video, self.frames, self.backbone.image_size)
+        return decode_video(video, self.frames, **decode_options(self.backbone))
 
     def encode(self, pixel_values: torch.Tensor, frame_indices=None) -> VisionFeatures:
         """Vision stage: (F, 3, 384, 384) float32 -> H (F, N, D), A (F, N), g (F, G).
@@ -622,13 +629,46 @@ class Pipeline:
         """The chat-templated prompt's token ids, split at the ``<video>`` placeholder."""
         return prompt_ids(self.tokenizer, self.chat_template, prompt, self.video_token_id)
 
-    def assemble(self, video_tokens: VideoTokens, prompt: str | PromptIds = DEFAULT_PROMPT) -> Assembled:
+    def mrope_interval(self, video: DecodedVideo | None) -> float:
+        """Qwen2.5-VL's temporal M-RoPE step per temporal group: ``tokens_per_second *
+        second_per_grid_t`` (:func:`~infomerge.video.qwen_preprocess.second_per_grid` of the decoded
+        clip's frame count and rate, as ``Qwen2_5_VLProcessor`` computes it). Without a video: one
+        temporal patch per second (``second_per_grid_t = 1``)."""
+        from infomerge.video.qwen_preprocess import second_per_grid
+
+        bb = self.backbone
+        if video is None:
+            return float(bb.tokens_per_second)
+        clip = video.clip
+        seconds = second_per_grid(clip.total_frames, clip.fps, len(clip.indices), bb.temporal_patch)
+        return bb.tokens_per_second * seconds
+
+    def assemble(
+        self,
+        video_tokens: VideoTokens,
+        prompt: str | PromptIds = DEFAULT_PROMPT,
+        video: DecodedVideo | None = None,
+    ) -> Assembled:
         """Embedding assembly: text | kept video tokens | newline | text, with RoPE positions.
+
+        Qwen2.5-VL: text | kept video tokens | text with 3D M-RoPE positions
+        (:func:`~infomerge.runtime.embeddings.assemble_mrope`), the temporal step taken from
+        ``video`` (:meth:`mrope_interval`).
 
         The kept tokens (K x D, after compression: the one transfer of the request) come to the host,
         where the text embeddings are; the LLM backend moves the assembled prompt to its device.
         """
         ids = prompt if isinstance(prompt, PromptIds) else self.prompt_ids(prompt)
+        if self.backbone.is_qwen:
+            return assemble_mrope(
+                self.llm.embed,
+                ids,
+                video_tokens.tokens.float().cpu(),
+                video_tokens.index.cpu(),
+                self.backbone.groups_for(self.frames),
+                self.backbone.token_grid,
+                self.mrope_interval(video),
+            )
         return assemble(
             self.llm.embed,
             ids,
@@ -661,11 +701,13 @@ class Pipeline:
         None: the method has no inner stage or it is switched off (``inner_merge=False``), or the LLM
         backend is not ``torch`` (only it runs the layer loop; the ``ort`` graph is one piece). K is
         ``config.inner_layer`` clamped to depth - 1 (the tiny backbone has 2 layers: K = 1). None on a
-        ``"grid"`` backbone (LLaVA-Video): its newlines interleave the video rows.
+        ``"grid"`` backbone (LLaVA-Video): its newlines interleave the video rows. Qwen2.5-VL's video
+        rows are contiguous (``<|vision_start|>`` before, ``<|vision_end|>`` after): merged as
+        OneVision's, the queries being the rows after ``<|vision_end|>``.
         """
         if not getattr(self.config, "inner_merge", False) or self.llm.name != "torch":
             return None
-        if self.backbone.newline != "one":  # grid newlines interleave the video rows
+        if self.backbone.newline == "grid":  # grid newlines interleave the video rows
             return None
         depth = int(getattr(self.llm, "num_layers", 0))
         return min(int(self.config.inner_layer), depth - 1) if depth >= 2 else None
@@ -772,7 +814,7 @@ class Pipeline:
         with clock.stage("compress"):
             kept = self.compress(features)
         with clock.stage("assemble"):
-            assembled = self.assemble(kept, ids)
+            assembled = self.assemble(kept, ids, decoded)
         timings.prompt_tokens = assembled.length
         timings.video_tokens = assembled.video_tokens
         timings.uncompressed_video_tokens = assembled.uncompressed_video_tokens
@@ -816,10 +858,11 @@ class Pipeline:
 def _check_layout(bb) -> None:
     """Raise :class:`ArtifactError` for a backbone whose video layout the runtime cannot assemble
     (the runtime assembles ``"one"``, LLaVA-OneVision, and ``"grid"``, LLaVA-Video)."""
-    if bb.newline not in ("one", "grid"):
+    if bb.newline not in ("one", "grid") and not (bb.is_qwen and bb.newline == "none"):
         raise ArtifactError(
             f"backbone {bb.name!r} has newline layout {bb.newline!r}; the runtime assembles 'one' "
-            "(one newline after all frames) and 'grid' (one after every row of every frame) only"
+            "(one newline after all frames), 'grid' (one after every row of every frame) and "
+            "Qwen2.5-VL's 'none' only"
         )
 
 
@@ -908,7 +951,10 @@ def check_prompt_fits(
     tokenizer = AutoTokenizer.from_pretrained(str(src))
     placeholder = video_token_id(src, bb, tokenizer)
     ids = prompt_ids(tokenizer, load_chat_template(src, tokenizer), prompt, placeholder)
-    video = uncompressed_video_tokens(bb.newline, frames, math.isqrt(tokens_per_frame))
+    if bb.is_qwen:  # L * N pad tokens; positions may span more (M-RoPE time ids): prefill checks
+        video = bb.groups_for(frames) * tokens_per_frame
+    else:
+        video = uncompressed_video_tokens(bb.newline, frames, math.isqrt(tokens_per_frame))
     span = len(ids.before) + video + len(ids.after)
     context = None
     if (src / "config.json").is_file():
@@ -920,6 +966,65 @@ def check_prompt_fits(
         raise ArtifactError(f"{src}: no max_position_embeddings / context_length; cannot check the prompt")
     check_context(span, max_new_tokens, int(context))
     return span
+
+
+#: optional vision outputs (``Method.vision_outputs``) the Qwen2.5-VL vision stage produces; VisionZip,
+#: FlashVID and HoliTom read the tower's last-layer ``attention`` (and ``keys``)
+QWEN_VISION_OUTPUTS: tuple[str, ...] = ("attention", "keys")  # infomerge.backbones.qwen_vision
+#: backends that run Qwen2.5-VL, per stage
+QWEN_BACKENDS = {
+    "vision": ("torch", "ort", "trt"),
+    "compress": ("torch", "none", "ort", "trt"),
+    "llm": ("torch",),
+}
+_QWEN_MISSING = {
+    "vision": "not a Qwen2.5-VL vision backend",
+    "compress": "not a Qwen2.5-VL compress backend",
+    "llm": "infomerge's onnxruntime-genai LLM export and ORT backend feed 1D position_ids; Qwen2.5-VL's "
+    "text model needs 3-row M-RoPE position_ids (t, h, w) per token",
+}
+
+
+_FLAGS = {"vision": "--vision-backend", "compress": "--compress-backend", "llm": "--llm"}
+
+
+def check_backbone_support(
+    bb, vision_backend, compress_backend, llm, method, retention, frames: int | None = None
+) -> None:
+    """Refuse, before anything loads, a backend, method or frame count the backbone cannot run.
+
+    Only Qwen2.5-VL has limits today: backends outside :data:`QWEN_BACKENDS` (None: not checked),
+    methods that read vision outputs outside :data:`QWEN_VISION_OUTPUTS`, and a frame count that is
+    not a multiple of the temporal patch (2).
+
+    Raises:
+        UsageError: names what is missing and what runs instead.
+    """
+    if not getattr(bb, "is_qwen", False):
+        return
+    for stage, name in (("vision", vision_backend), ("compress", compress_backend), ("llm", llm)):
+        if name is not None and name not in QWEN_BACKENDS[stage]:
+            raise UsageError(
+                f"backbone {bb.name!r} (Qwen2.5-VL) cannot run the {name!r} {stage} backend: "
+                f"{_QWEN_MISSING[stage]}; use {_FLAGS[stage]} {' / '.join(QWEN_BACKENDS[stage])}"
+            )
+    if frames is not None and int(frames) % bb.temporal_patch:
+        raise UsageError(
+            f"{frames} frames: {bb.name} groups frames in temporal patches of {bb.temporal_patch}; "
+            f"sample a multiple of {bb.temporal_patch}"
+        )
+    if compress_backend == "none" or not compression_wanted(retention):
+        return
+    missing = [k for k in get_method(method).vision_outputs if k not in QWEN_VISION_OUTPUTS]
+    if missing:
+        from infomerge.compress.methods import method_names
+
+        ok = [m for m in method_names() if set(get_method(m).vision_outputs) <= set(QWEN_VISION_OUTPUTS)]
+        raise UsageError(
+            f"method {method!r} reads the vision outputs {', '.join(missing)} (the vision tower's "
+            f"last-layer attention), which the Qwen2.5-VL vision stage does not produce yet; on "
+            f"{bb.name!r} use one of: {', '.join(ok)}"
+        )
 
 
 def _check_names(vision_backend, compress_backend, llm, method, retention, inner_merge=None, bb=None) -> None:
@@ -977,6 +1082,9 @@ __all__ = [
     "DEFAULT_RETENTION",
     "Answer",
     "Pipeline",
+    "QWEN_BACKENDS",
+    "QWEN_VISION_OUTPUTS",
+    "check_backbone_support",
     "check_device",
     "check_inner_stage",
     "check_vision_outputs",

@@ -149,7 +149,8 @@ def check_graph_budget(compressor: OrtCompressor, source: BackendSource) -> None
     shape = next((o.shape for o in compressor.session.get_outputs() if o.name == "tokens"), None)
     got = shape[0] if shape else None
     r = float(source.config.retention)
-    want = source.method.budget(r, source.frames, source.backbone.tokens_per_frame)
+    groups = source.backbone.groups_for(source.frames)  # Qwen2.5-VL: F / 2 temporal groups
+    want = source.method.budget(r, groups, source.backbone.tokens_per_frame)
     if not isinstance(got, int) or got != want:
         raise ArtifactError(
             f"{source.artifacts / COMPRESS_ONNX} keeps {got} tokens, but {source.method.name} at retention "

@@ -71,6 +71,9 @@ class TorchCompressor:
 def vision(source: BackendSource) -> TorchVision:
     from infomerge.backbones.vision import VisionEncoder
 
+    if source.backbone.is_qwen:  # Qwen2.5-VL's window-attention ViT at the backbone's fixed grid
+        return qwen_vision(source)
+
     checkpoint = source.need_checkpoint("torch vision")
     dtype = VISION_DTYPES[source.options.get("vision_dtype") or "fp32"]
     encoder = VisionEncoder.from_backbone(  # no fingerprint: a run writes no manifest
@@ -81,6 +84,30 @@ def vision(source: BackendSource) -> TorchVision:
         fingerprint=False,
     )
     backend = TorchVision(encoder, source.device, source.vision_outputs)
+    if source.options.get("compile_mode", False) is not False:
+        backend.encoder = torch.compile(backend.encoder, mode=source.options["compile_mode"])
+    return backend
+
+
+def qwen_vision(source: BackendSource) -> TorchVision:
+    """:class:`~infomerge.backbones.qwen_vision.QwenVisionEncoder` at F = ``source.frames`` (its grid
+    is static: frames are not deduplicated, a repeated frame still fills its temporal pair)."""
+    from infomerge.backbones.qwen_vision import QwenVisionEncoder
+
+    dtype = VISION_DTYPES[source.options.get("vision_dtype") or "fp32"]
+    if dtype != torch.float32:
+        raise UsageError(
+            "--vision-dtype bf16 applies to the SigLIP tower; drop it for Qwen2.5-VL (its torch encoder "
+            "runs fp32)"
+        )
+    encoder = QwenVisionEncoder.from_backbone(
+        source.backbone,
+        source.need_checkpoint("torch vision"),
+        frames=source.frames,
+        fingerprint=False,
+    )
+    backend = TorchVision(encoder, source.device, source.vision_outputs)
+    backend.any_frame_count = False
     if source.options.get("compile_mode", False) is not False:
         backend.encoder = torch.compile(backend.encoder, mode=source.options["compile_mode"])
     return backend
