@@ -274,3 +274,39 @@ def test_cli_flashvid_inner_on_and_refusals(tmp_path, capsys):
     assert "no inner-LLM stage" in capsys.readouterr().err
     assert main(["--artifacts", str(tmp_path), "--inner-merge"]) == 2
     assert "--backbone runs" in capsys.readouterr().err
+
+
+def test_pipeline_switch_on_tiny_qwen():
+    """Qwen2.5-VL (no newline, 3-row M-RoPE positions) is not refused: the stage keeps ceil(0.3 V)
+    video rows, the top-k of the recorded score (ties to the lower row), and every later layer's
+    cache holds only the kept rows."""
+    from infomerge.backbones.registry import get_backbone
+    from infomerge.runtime.backends import VideoTokens
+    from infomerge.runtime.pipeline import Pipeline, check_inner_stage, make_config
+
+    qwen = get_backbone("tiny-qwen")
+    check_inner_stage(make_config("flashvid", 0.15, True), "flashvid", "torch", "torch", qwen)
+    pipe = Pipeline.from_backbone("tiny-qwen", method="flashvid", retention=0.15, inner_merge=True)
+    bb = pipe.backbone
+    total = bb.groups_for(bb.frames) * bb.tokens_per_frame
+    g = torch.Generator().manual_seed(1)
+    v = 40
+    index = torch.sort(torch.randperm(total, generator=g)[:v]).values
+    width = pipe.llm.model.get_input_embeddings().weight.shape[1]
+    asm = pipe.assemble(VideoTokens(tokens=torch.randn(v, width, generator=g), index=index))
+    assert asm.position_ids.shape[0] == 3  # M-RoPE
+    inner = pipe.inner_merge(asm)
+    assert inner is not None and inner.prune and inner.stop - inner.start == v
+    keep = math.ceil(0.3 * v)
+    assert inner.keep == keep
+    pipe.prefill(asm, 2)
+    rows = pipe.llm.last_merge["rows"]
+    kept = pipe.llm.last_merge["kept"]
+    assert len(rows) == asm.length - (v - keep) and len(kept) == keep
+    assert torch.equal(rows[inner.start : inner.start + keep], inner.start + kept)
+    # the ranking score is the last row's head-mean attention over the video rows at layer K-1: the
+    # top-k (ties to the lower row) of the score the loop recorded
+    score = pipe.llm.last_merge["score"]
+    order = sorted(range(v), key=lambda i: (-float(score[i]), i))[:keep]
+    assert sorted(order) == kept.tolist()
+    assert pipe.llm._cache.layers[-1].keys.shape[-2] == asm.length - (v - keep)

@@ -120,13 +120,13 @@ def check_inner_stage(config, method: str, llm: str, compress_backend: str, bb) 
         why = f"the {llm} LLM is one graph and cannot drop video rows at layer {config.inner_layer}"
     elif compress_backend != "torch":
         why = f"the {compress_backend} compress graph was exported with the default vision budget (e = 1)"
-    elif bb.newline != "one":
+    elif bb.newline == "grid":
         why = f"backbone {bb.name!r} puts a newline after every row ('grid'), for which it has no rule"
     if why is not None:
         raise UsageError(
             f"{method} with its inner-LLM stage (--inner-merge) keeps {config.vision_expansion:g} x r of the "
             f"video tokens at the vision side and relies on the torch LLM to prune them inside; {why}. Use "
-            "--llm torch --compress-backend torch on a LLaVA-OneVision backbone, or drop --inner-merge"
+            "--llm torch --compress-backend torch on a LLaVA-OneVision or Qwen2.5-VL backbone, or drop --inner-merge"
         )
 
 
