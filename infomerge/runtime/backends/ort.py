@@ -10,7 +10,8 @@
 - LLM: ``llm/`` (onnxruntime-genai's decoder graph with explicit ``position_ids``, KV cache bound
   in place; :class:`~infomerge.runtime.llm_ort.OrtLLM`).
 
-Sessions come from :func:`infomerge.engines.ort.ort_session` (execution provider by device).
+Sessions come from :func:`infomerge.engines.ort.ort_session` (execution provider by device); the
+vision and compression sessions without ONNX Runtime's CPU memory arena (:func:`request_session`).
 Outputs are host arrays (ONNX Runtime's ``run``), returned as CPU tensors.
 """
 
@@ -44,13 +45,27 @@ def load_image_newline(path: str | os.PathLike) -> torch.Tensor:
     return torch.from_numpy(np.load(path).astype(np.float32))
 
 
+def request_session(graph: str | os.PathLike, device: str = "cpu"):
+    """A session for a graph that runs once per request over every frame (vision, compression).
+
+    ONNX Runtime's CPU memory arena is off: the arena keeps the largest run's activations for the
+    session's lifetime and grows by powers of two, which for the ov-0.5b fp16 vision graph on the
+    CPU provider (32 frames, computed in fp32) kept 3.3 GiB after each request and raised the
+    process peak by 367 MiB (docs/jetson.md, "Memory for 8 GB boards"); without it the activations
+    go back to the system when the run ends. One run per request makes the arena's reuse worthless,
+    and the vision time was unchanged (89.0 s with it, 89.9 s without). The CUDA provider's device
+    arena is a separate setting and stays on.
+    """
+    return ort_session(graph, device, arena=False)
+
+
 class OrtVision:
     """``vision.onnx`` in ONNX Runtime; ``extra_outputs``: the graph's outputs after H, A, g."""
 
     name = "ort"
 
     def __init__(self, graph: str | os.PathLike, image_newline: str | os.PathLike, device: str = "cpu"):
-        self.session = ort_session(graph, device)
+        self.session = request_session(graph, device)
         self.image_newline = load_image_newline(image_newline)
         outputs = [o.name for o in self.session.get_outputs()]
         self.extra_outputs = tuple(k for k in outputs if k not in BASE_OUTPUTS)
@@ -71,7 +86,7 @@ class OrtCompressor:
     name = "ort"
 
     def __init__(self, graph: str | os.PathLike, device: str = "cpu", method=None):
-        self.session = ort_session(graph, device)
+        self.session = request_session(graph, device)
         self.method = method
         self.input_types = {i.name: i.type for i in self.session.get_inputs()}
 
