@@ -232,7 +232,7 @@ def test_setup_check_passes_on_jetpack62_agx_orin(tmp_path):
     r = _setup(env, "--check")
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
-    assert "L4T         : R36.4.3 (JetPack 6.2.x)" in out
+    assert "L4T         : R36.4.3 (JetPack 6.2)" in out
     assert "CUDA        : 12.6.68" in out
     assert "TensorRT    : 10.3.0 (from " in out  # resolved through the TRT_*_ENTERPRISE aliases
     assert "board       : NVIDIA Jetson AGX Orin Developer Kit" in out
@@ -291,6 +291,15 @@ def test_setup_check_jetpack7_tensorrt11(tmp_path):
     assert r.returncode == 0, r.stdout
     assert "R39.2.0 (JetPack 7.2)" in r.stdout and "TensorRT 11.4.0" in r.stdout
     assert "strongly typed" in r.stdout and "agx-orin-64gb" in r.stdout
+
+
+@pytest.mark.parametrize(("l4t", "jetpack"), [("36.4.0", "6.1"), ("36.4.3", "6.2"), ("36.4.7", "6.2.1"),
+                                             ("36.5.0", "6.2.1"), ("39.2", "7.2")])
+def test_setup_names_the_jetpack_of_each_l4t(tmp_path, l4t, jetpack):
+    env = _board(tmp_path, release=None, model=None)
+    env["INFOMERGE_L4T"] = l4t
+    r = _setup(env, "--check")
+    assert f"R{l4t} (JetPack {jetpack})" in r.stdout, r.stdout
 
 
 def test_setup_l4t_override_for_containers(tmp_path):
