@@ -7,7 +7,9 @@
 #   - torch with CUDA from NVIDIA's Jetson wheel index when the system has none;
 #   - infomerge itself (editable) with the extras asked for, torch pinned to the CUDA build;
 #   - onnxruntime-gpu (CUDA and TensorRT providers) from the same index, replacing the CPU wheel;
-#   - a final check that torch sees the GPU, TensorRT imports and ORT lists the CUDA provider.
+#   - a final check that torch runs a kernel on the GPU, TensorRT imports and onnxruntime runs a
+#     graph on the CUDA provider (python -m infomerge.jetson.install_check): a wheel built for
+#     another GPU imports cleanly and fails only there, with the index to try instead.
 # A requirement that is not met stops it with a line saying exactly what is missing and the fix.
 #
 # Usage: jetson/setup.sh [--check | --dry-run] [--venv DIR | --system-python] [--extras LIST]
@@ -113,7 +115,8 @@ jetpack_of() {
         36.0* | 36.1* | 36.2*) echo "6.0 DP" ;;
         36.3*) echo "6.0" ;;
         36.4.0 | 36.4 | 36.4.1 | 36.4.2) echo "6.1" ;;
-        36.4.*) echo "6.2.x" ;;
+        36.4.3) echo "6.2" ;;
+        36.4.* | 36.5*) echo "6.2.1" ;; # R36.4.4, R36.4.7, R36.5.0 (jetson-containers' L4T table)
         38.*) echo "7.0/7.1" ;;
         39.*) echo "7.2" ;;
         *) echo "unknown" ;;
@@ -245,7 +248,8 @@ planner_device() {
 default_torch_index() {
     case "$1" in
         36.*) echo "https://pypi.jetson-ai-lab.io/jp6/cu126" ;;
-        38.* | 39.*) echo "https://pypi.jetson-ai-lab.io/sbsa/cu130" ;;
+        38.*) echo "https://pypi.jetson-ai-lab.io/sbsa/cu130" ;; # JetPack 7.0/7.1: Thor only, CUDA 13.0
+        39.*) echo "https://pypi.jetson-ai-lab.io/jp7/cu132" ;;  # JetPack 7.2: CUDA 13.2 (docs/jetson.md)
         *) echo "" ;;
     esac
 }
@@ -381,47 +385,14 @@ install() {
 
 verify() {
     local vpy="$1"
-    echo "+ verify the installation"
-    [[ "$MODE" == "install" ]] || return 0
-    if ! INFOMERGE_MIN_TRT="$MIN_TRT" INFOMERGE_GPU_CHECK="$GPU_CHECK" INFOMERGE_ORT_GPU="$ORT_GPU" "$vpy" - <<'PY'
-import os, sys
-problems = []
-import infomerge
-try:
-    import torch
-    if os.environ["INFOMERGE_GPU_CHECK"] == "1" and not torch.cuda.is_available():
-        problems.append("torch %s does not see the GPU (CPU-only wheel, or no access to /dev/nvhost*: "
-                        "in a container use --runtime nvidia)" % torch.__version__)
-except Exception as exc:
-    problems.append("torch does not import: %s" % exc)
-try:
-    import tensorrt
-    want = tuple(int(x) for x in os.environ["INFOMERGE_MIN_TRT"].split("."))
-    have = tuple(int(x) for x in tensorrt.__version__.split(".")[:2])
-    if have < want:
-        problems.append("tensorrt %s < %s" % (tensorrt.__version__, os.environ["INFOMERGE_MIN_TRT"]))
-except Exception as exc:
-    problems.append("tensorrt does not import in the venv: %s (install python3-libnvinfer; the venv "
-                    "must be created with --system-site-packages)" % exc)
-try:
-    import onnxruntime as ort
-    providers = ort.get_available_providers()
-    if (os.environ["INFOMERGE_ORT_GPU"] == "1" and os.environ["INFOMERGE_GPU_CHECK"] == "1"
-            and "CUDAExecutionProvider" not in providers):
-        problems.append("onnxruntime lists no CUDAExecutionProvider (%s)" % ", ".join(providers))
-except Exception as exc:
-    problems.append("onnxruntime does not import: %s" % exc)
-for p in problems:
-    print("  FAIL  " + p)
-if problems:
-    sys.exit(1)
-print("  OK    infomerge %s, torch %s, tensorrt %s, onnxruntime %s" % (
-    infomerge.__version__, torch.__version__, tensorrt.__version__, ort.__version__))
-PY
-    then
+    local -a opts=(--min-trt "$MIN_TRT" --torch-index "$TORCH_INDEX")
+    ((GPU_CHECK)) || opts+=(--no-gpu)
+    ((ORT_GPU)) || opts+=(--no-ort-gpu)
+    # runs a kernel in torch and a graph in onnxruntime on the GPU (infomerge/jetson/install_check.py)
+    run "$vpy" -m infomerge.jetson.install_check "${opts[@]}" || {
         echo "setup.sh: the installation does not work; fix the FAIL lines above" >&2
         exit 1
-    fi
+    }
 }
 
 main() {

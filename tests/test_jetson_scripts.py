@@ -127,8 +127,22 @@ def test_dockerfile_versions():
     assert jp6["L4T_VERSION"].startswith("36.4")  # JetPack 6.1+: TensorRT 10.3
     assert jp6["TORCH_INDEX"].endswith("/jp6/cu126")
     jp7 = _arg_defaults(JETSON / "Dockerfile.jp7")
-    assert jp7["L4T_VERSION"].split(".")[0] in {"38", "39"}
-    assert jp7["TORCH_INDEX"].endswith("/cu130")
+    assert jp7["L4T_VERSION"].startswith("39.")  # JetPack 7.2 (L4T R39.2)
+    # the NGC TensorRT release with TensorRT 10.16 and CUDA 13.2 (docs/jetson.md, facts table)
+    assert jp7["BASE_IMAGE"] == "nvcr.io/nvidia/tensorrt:26.05-py3"
+    assert jp7["TORCH_INDEX"].endswith("/jp7/cu132")
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_index_is_what_setup_picks(tmp_path, dockerfile):
+    """The image's TORCH_INDEX is the one setup.sh chooses for the image's own L4T_VERSION."""
+    args = _arg_defaults(dockerfile)
+    python = "3.12.3" if "jp7" in dockerfile.name else "3.10.12"
+    env = _board(tmp_path, release=None, model=None, python=python)
+    env["INFOMERGE_L4T"] = args["L4T_VERSION"]
+    r = _setup(env, "--dry-run", "--venv", str(tmp_path / "venv"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"--index-url {args['TORCH_INDEX']} torch" in r.stdout
 
 
 # ---- setup.sh with fake board files -------------------------------------------------------------
@@ -218,7 +232,7 @@ def test_setup_check_passes_on_jetpack62_agx_orin(tmp_path):
     r = _setup(env, "--check")
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
-    assert "L4T         : R36.4.3 (JetPack 6.2.x)" in out
+    assert "L4T         : R36.4.3 (JetPack 6.2)" in out
     assert "CUDA        : 12.6.68" in out
     assert "TensorRT    : 10.3.0 (from " in out  # resolved through the TRT_*_ENTERPRISE aliases
     assert "board       : NVIDIA Jetson AGX Orin Developer Kit" in out
@@ -279,6 +293,15 @@ def test_setup_check_jetpack7_tensorrt11(tmp_path):
     assert "strongly typed" in r.stdout and "agx-orin-64gb" in r.stdout
 
 
+@pytest.mark.parametrize(("l4t", "jetpack"), [("36.4.0", "6.1"), ("36.4.3", "6.2"), ("36.4.7", "6.2.1"),
+                                             ("36.5.0", "6.2.1"), ("39.2", "7.2")])
+def test_setup_names_the_jetpack_of_each_l4t(tmp_path, l4t, jetpack):
+    env = _board(tmp_path, release=None, model=None)
+    env["INFOMERGE_L4T"] = l4t
+    r = _setup(env, "--check")
+    assert f"R{l4t} (JetPack {jetpack})" in r.stdout, r.stdout
+
+
 def test_setup_l4t_override_for_containers(tmp_path):
     env = _board(tmp_path, release=None, model=None)
     env["INFOMERGE_L4T"] = "36.4.0"
@@ -301,7 +324,30 @@ def test_setup_dry_run_prints_the_install(tmp_path):
     assert f"{vpy} -m pip uninstall -y onnxruntime onnxruntime-gpu" in lines
     assert (f"{vpy} -m pip install --index-url https://pypi.jetson-ai-lab.io/jp6/cu126 "
             f"--constraint {tmp_path}/venv/jetson-constraints.txt onnxruntime-gpu") in lines
+    # last: a kernel in torch and a graph in onnxruntime on the GPU (test_install_check.py)
+    assert lines[-1] == (f"{vpy} -m infomerge.jetson.install_check --min-trt 10.3 "
+                         "--torch-index https://pypi.jetson-ai-lab.io/jp6/cu126")
     assert not (tmp_path / "venv").exists()  # a dry run creates nothing
+
+
+def test_setup_dry_run_jetpack72_uses_the_cuda132_index(tmp_path):
+    env = _board(tmp_path, release=JP72, model="NVIDIA Jetson Orin Nano Developer Kit Super", cuda="13.2.51",
+                 python="3.12.3", tensorrt="10.16.1", mem_kb=7_802_000)
+    r = _setup(env, "--dry-run", "--venv", str(tmp_path / "venv"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = [ln[2:] for ln in r.stdout.splitlines() if ln.startswith("+ ")]
+    vpy = f"{tmp_path}/venv/bin/python"
+    assert f"{vpy} -m pip install --index-url https://pypi.jetson-ai-lab.io/jp7/cu132 torch" in lines
+    assert lines[-1].endswith("--torch-index https://pypi.jetson-ai-lab.io/jp7/cu132")
+
+
+def test_setup_dry_run_container_build_skips_the_gpu_run(tmp_path):
+    env = _board(tmp_path, release=JP62, model=None)
+    r = _setup(env, "--dry-run", "--venv", str(tmp_path / "venv"), "--skip-gpu-check", "--no-ort-gpu")
+    assert r.returncode == 0, r.stdout + r.stderr
+    last = [ln[2:] for ln in r.stdout.splitlines() if ln.startswith("+ ")][-1]
+    assert last.endswith("install_check --min-trt 10.3 --torch-index https://pypi.jetson-ai-lab.io/jp6/cu126 "
+                         "--no-gpu --no-ort-gpu")
 
 
 def test_setup_dry_run_keeps_a_cuda_torch(tmp_path):

@@ -4,11 +4,19 @@ Runtime backends (vision, compression, LLM), export validation, the Polygraphy c
 benchmark all open their sessions here, so execution providers, graph-optimization levels,
 threads and error messages are the same everywhere.
 
-Optimization levels: ``"all"`` (ONNX Runtime's fusions; what the runtime uses), ``"basic"``
-(constant folding only; export validation, where it keeps memory low: with ``"all"`` the CPU
-provider constant-folds the Casts it inserts around fp16 nodes into fp32 copies of every weight,
-measured 2.9 GB against 2.4 GB on the ov-0.5b fp16 vision graph) and ``"off"`` (no rewrite at all:
-the CPU optimizer may drop fp16 roundings between joined graphs, see ``vision_compress.onnx``).
+Optimization levels: ``"all"`` (ONNX Runtime's fusions and layout rewrites; what the runtime uses
+for fp32 graphs and on CUDA), ``"extended"`` (the fusions without the layout level; the runtime's
+fp16 graphs on the CPU provider), ``"basic"`` (constant folding only; export validation, where it
+keeps memory low) and ``"off"`` (no rewrite at all: the CPU optimizer may drop fp16 roundings
+between joined graphs, see ``vision_compress.onnx``). The CPU provider has no fp16 kernels for most
+nodes and inserts Casts around them; with ``"all"`` it folds the Casts of the weights into fp32
+copies and keeps the fp16 originals too (ov-0.5b fp16 vision graph: 2.4 GiB resident against 0.9 GiB
+with ``"extended"`` or ``"basic"``), while below ``"all"`` each weight is cast when its node runs.
+
+Execution order: ``"default"`` (ONNX Runtime's topological order) or ``"priority"``
+(``ExecutionOrder.PRIORITY_BASED``). With the weight Casts left in the graph, the default order runs
+them all first and holds every fp32 copy at once (ov-0.5b vision run: 5.4 GiB peak); the priority
+order runs each just before its node (4.1 GiB; docs/jetson.md, "Memory for 8 GB boards").
 """
 
 from __future__ import annotations
@@ -19,7 +27,8 @@ from pathlib import Path
 from infomerge.engines.threads import ORT_SPINNING, intra_op_threads
 from infomerge.errors import ArtifactError, BackendUnavailableError
 
-OPTIMIZATION_LEVELS = ("all", "basic", "off")
+OPTIMIZATION_LEVELS = ("all", "extended", "basic", "off")
+EXECUTION_ORDERS = ("default", "priority")
 
 
 def _onnxruntime():
@@ -57,6 +66,7 @@ def ort_session(
     threads: int | None = None,
     arena: bool = True,
     spinning: bool | None = None,
+    order: str = "default",
 ):
     """An ``onnxruntime.InferenceSession`` of the graph at ``path``.
 
@@ -69,14 +79,17 @@ def ort_session(
         arena: the CPU memory arena (off: one run's activations are freed as it goes).
         spinning: whether idle intra-op threads spin (``session.intra_op.allow_spinning``);
             None: the toolkit's policy, :data:`infomerge.engines.threads.ORT_SPINNING`.
+        order: one of :data:`EXECUTION_ORDERS` (see the module docstring).
 
     Raises:
         ArtifactError: the graph is missing or ONNX Runtime cannot load it.
         BackendUnavailableError: onnxruntime, or its CUDA provider, is not installed.
-        ValueError: an unknown optimization level.
+        ValueError: an unknown optimization level or execution order.
     """
     if optimization not in OPTIMIZATION_LEVELS:
         raise ValueError(f"optimization must be one of {OPTIMIZATION_LEVELS}, got {optimization!r}")
+    if order not in EXECUTION_ORDERS:
+        raise ValueError(f"order must be one of {EXECUTION_ORDERS}, got {order!r}")
     ort = _onnxruntime()
     path = Path(path)
     if not path.is_file():
@@ -87,9 +100,12 @@ def ort_session(
     opts.enable_cpu_mem_arena = bool(arena)
     opts.graph_optimization_level = {
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "off": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     }[optimization]
+    if order == "priority":
+        opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     opts.intra_op_num_threads = int(threads) if threads else intra_op_threads()
     spin = ORT_SPINNING if spinning is None else bool(spinning)
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
@@ -104,4 +120,4 @@ def ort_session(
         ) from None
 
 
-__all__ = ["OPTIMIZATION_LEVELS", "ort_session", "providers_for"]
+__all__ = ["EXECUTION_ORDERS", "OPTIMIZATION_LEVELS", "ort_session", "providers_for"]

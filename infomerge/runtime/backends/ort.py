@@ -10,7 +10,9 @@
 - LLM: ``llm/`` (onnxruntime-genai's decoder graph with explicit ``position_ids``, KV cache bound
   in place; :class:`~infomerge.runtime.llm_ort.OrtLLM`).
 
-Sessions come from :func:`infomerge.engines.ort.ort_session` (execution provider by device).
+Sessions come from :func:`infomerge.engines.ort.ort_session` (execution provider by device); the
+vision and compression sessions without ONNX Runtime's CPU memory arena, fp16 vision graphs on the
+CPU provider without fp32 copies of their weights (:func:`request_session`).
 Outputs are host arrays (ONNX Runtime's ``run``), returned as CPU tensors.
 """
 
@@ -44,13 +46,36 @@ def load_image_newline(path: str | os.PathLike) -> torch.Tensor:
     return torch.from_numpy(np.load(path).astype(np.float32))
 
 
+def request_session(graph: str | os.PathLike, device: str = "cpu", fp16: bool = False):
+    """A session for a graph that runs once per request over every frame (vision, compression).
+
+    - ONNX Runtime's CPU memory arena is off: the arena keeps the largest run's activations for the
+      session's lifetime and grows by powers of two; for the ov-0.5b fp16 vision graph on the CPU
+      provider (32 frames, computed in fp32) it kept 3.3 GiB after each request and raised the
+      process peak by 367 MiB. One run per request leaves the arena nothing to reuse.
+    - ``fp16`` graphs on the CPU provider (no fp16 kernels there: every weight is cast to fp32) run at
+      the ``"extended"`` optimization level in ``"priority"`` order, so each weight is cast when its
+      node runs instead of ONNX Runtime keeping fp32 copies of all weights beside the fp16 ones:
+      ov-0.5b vision session 0.9 GiB instead of 2.4 GiB, run peak 1.6 GiB lower, vision about 10 %
+      slower (:mod:`infomerge.engines.ort`; docs/jetson.md, "Memory for 8 GB boards"). fp32 graphs
+      and the CUDA provider keep ``"all"``.
+
+    The CUDA provider's device arena is a separate setting and stays on.
+    """
+    if fp16 and not str(device).startswith("cuda"):
+        return ort_session(graph, device, arena=False, optimization="extended", order="priority")
+    return ort_session(graph, device, arena=False)
+
+
 class OrtVision:
-    """``vision.onnx`` in ONNX Runtime; ``extra_outputs``: the graph's outputs after H, A, g."""
+    """``vision.onnx`` in ONNX Runtime; ``extra_outputs``: the graph's outputs after H, A, g; ``fp16``:
+    the graph holds fp16 weights (the manifest's precision; see :func:`request_session`)."""
 
     name = "ort"
 
-    def __init__(self, graph: str | os.PathLike, image_newline: str | os.PathLike, device: str = "cpu"):
-        self.session = ort_session(graph, device)
+    def __init__(self, graph: str | os.PathLike, image_newline: str | os.PathLike, device: str = "cpu",
+                 fp16: bool = False):
+        self.session = request_session(graph, device, fp16)
         self.image_newline = load_image_newline(image_newline)
         outputs = [o.name for o in self.session.get_outputs()]
         self.extra_outputs = tuple(k for k in outputs if k not in BASE_OUTPUTS)
@@ -71,7 +96,7 @@ class OrtCompressor:
     name = "ort"
 
     def __init__(self, graph: str | os.PathLike, device: str = "cpu", method=None):
-        self.session = ort_session(graph, device)
+        self.session = request_session(graph, device)
         self.method = method
         self.input_types = {i.name: i.type for i in self.session.get_inputs()}
 
@@ -133,7 +158,10 @@ def vision_graph(root: Path) -> Path:
 
 def vision(source: BackendSource) -> OrtVision:
     root = source.need_artifacts("ort vision")
-    return OrtVision(vision_graph(root), root / IMAGE_NEWLINE, source.device)
+    graph = vision_graph(root)
+    entry = (source.manifest or {}).get("graphs", {}).get("vision", {})
+    fp16 = graph == root / VISION_ONNX and entry.get("precision") == "fp16"
+    return OrtVision(graph, root / IMAGE_NEWLINE, source.device, fp16=fp16)
 
 
 def check_graph_budget(compressor: OrtCompressor, source: BackendSource) -> None:
