@@ -81,6 +81,11 @@ def test_graph_contract_and_validation(fp32_dir):
     }
     ops = {n.op_type for n in model.graph.node}
     assert not ops & {"Shape", "NonZero", "Loop", "If"}, ops  # static: the window layout is constant
+    big = [
+        n.attribute[0].t for n in model.graph.node if n.op_type == "Constant" and n.attribute[0].t.raw_data
+    ]
+    keys = [(t.data_type, tuple(t.dims), t.raw_data) for t in big if len(t.raw_data) >= 1024]
+    assert len(keys) == len(set(keys))  # each rotary table / mask stored once, not once per block
     for graph in ("vision", "compress", "vision_compress"):
         assert m["graphs"][graph]["validation"]["ok"], graph
     assert m["graphs"]["compress"]["inputs"]["H"]["shape"] == [L, N, D]

@@ -111,12 +111,45 @@ def export_onnx(
                 do_constant_folding=True,
             )
         model = onnx.load(str(raw), load_external_data=True)
+        dedupe_constants(model)
         if frames is not None:
             _pin_frames(model, sizes)
         save_onnx(model, path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return path
+
+
+def dedupe_constants(model, min_bytes: int = 1024) -> int:
+    """Keep one ``Constant`` node per distinct large tensor (dtype, dims, bytes): the TorchScript
+    exporter writes a module buffer used in every block (Qwen2.5-VL's window mask and rotary
+    tables) once per use. Later uses read the first node's output. Returns the nodes removed.
+
+    Only top-level ``Constant`` nodes of at least ``min_bytes`` whose output is not a graph output
+    are merged; the graph computes the same function.
+    """
+    import hashlib
+
+    outputs = {o.name for o in model.graph.output}
+    first: dict[tuple, str] = {}
+    rename: dict[str, str] = {}
+    keep = []
+    for node in model.graph.node:
+        attr = node.attribute[0] if node.op_type == "Constant" and len(node.attribute) == 1 else None
+        if attr is not None and attr.name == "value" and len(attr.t.raw_data) >= min_bytes:
+            t = attr.t
+            key = (t.data_type, tuple(t.dims), hashlib.sha256(t.raw_data).digest())
+            if key in first and node.output[0] not in outputs:
+                rename[node.output[0]] = first[key]
+                continue
+            first.setdefault(key, node.output[0])
+        keep.append(node)
+    if rename:
+        for node in keep:
+            node.input[:] = [rename.get(i, i) for i in node.input]
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+    return len(rename)
 
 
 def _pin_frames(model, sizes: dict[str, int]) -> None:
@@ -199,6 +232,7 @@ def onnx_files(path: str | os.PathLike) -> list[Path]:
 __all__ = [
     "EXTERNAL_DATA_THRESHOLD",
     "OPSET",
+    "dedupe_constants",
     "export_onnx",
     "graph_io",
     "onnx_dtype_name",
