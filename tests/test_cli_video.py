@@ -107,3 +107,23 @@ def test_json_reports_each_frames_real_timestamp(tmp_path, capsys):
     how = (video["sampling"], video["live"], video["window_s"], video["read_by"])
     assert how == ("time", False, None, "seek")
     assert "uniform in time" in capsys.readouterr().out
+
+
+def test_exit_cancels_and_joins_running_decodes(monkeypatch):
+    """The interpreter-exit hook stops a decode still running (its daemon thread must not be left
+    inside native code while the process finalizes: SIGABRT instead of the exit status)."""
+    from infomerge.runtime import decode_thread
+
+    entered = threading.Event()
+
+    def endless(video, frames, size, cancel, **options):
+        entered.set()
+        while not cancel.wait(0.01):  # a decoder that stops only when cancelled
+            pass
+        raise RuntimeError("cancelled")
+
+    monkeypatch.setattr(decode_thread, "decode_video", endless)
+    job = decode_thread.DecodeJob("unused.mp4", 4)
+    assert entered.wait(5) and not job.done()
+    decode_thread._stop_live_jobs(timeout=5.0)
+    assert job.done()

@@ -13,9 +13,11 @@ decode.
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -83,6 +85,26 @@ def decode_options(backbone) -> dict:
     return {"size": backbone.image_size}
 
 
+_LIVE: weakref.WeakSet = weakref.WeakSet()  # jobs whose thread may still run
+
+
+@atexit.register
+def _stop_live_jobs(timeout: float = 1.0) -> None:
+    """At interpreter exit (after an interrupt, say), cancel every decode still running and wait
+    for its thread, at most ``timeout`` seconds in all.
+
+    A daemon thread left inside FFmpeg or torch while the interpreter finalizes keeps running
+    native code as the process's static destructors tear down the thread pools it uses, which can
+    abort the process ("terminate called without an active exception", SIGABRT) instead of
+    letting it exit with its status. The decoder checks the cancel flag between packets."""
+    jobs = [job for job in list(_LIVE) if job._thread.is_alive()]
+    for job in jobs:
+        job._cancel.set()
+    deadline = time.monotonic() + timeout
+    for job in jobs:
+        job._thread.join(max(0.0, deadline - time.monotonic()))
+
+
 class DecodeJob:
     """:func:`decode_video` running in a daemon thread; :meth:`result` joins it.
 
@@ -106,6 +128,7 @@ class DecodeJob:
             name="infomerge-decode", daemon=True,
         )
         self._thread.start()
+        _LIVE.add(self)
 
     def _run(self, video, frames, size, options) -> None:
         try:
