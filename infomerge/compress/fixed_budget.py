@@ -743,6 +743,7 @@ class FixedBudgetCompressor(nn.Module):
 
 
 _ROW_BLOCK = 64  # rows per block of :func:`_row_sq_dist` in eager mode (keeps its temporaries in cache)
+_TRACE_BLOCK = 1 << 19  # elements per temporary of :func:`_row_sq_dist` in the traced graph (2 MiB)
 
 
 def _row_sq_dist(xf: torch.Tensor, cols: torch.Tensor, width: int) -> torch.Tensor:
@@ -759,9 +760,12 @@ def _row_sq_dist(xf: torch.Tensor, cols: torch.Tensor, width: int) -> torch.Tens
     block in place (:func:`_row_block_sq_dist_in_place`); the graph, traced, keeps one block and
     functional ops (fewer nodes). Same additions in the same order: same bits.
     """
-    m = cols.shape[0]
-    if torch.jit.is_tracing():
-        return _row_block_sq_dist(xf, xf, cols, width)
+    m, c = cols.shape
+    if torch.jit.is_tracing():  # unrolled blocks of about _TRACE_BLOCK elements per temporary
+        step = max(_ROW_BLOCK, _TRACE_BLOCK // (c * SUM_CHUNK))
+        return torch.cat(
+            [_row_block_sq_dist(xf[r : r + step], xf, cols[r : r + step], width) for r in range(0, m, step)]
+        )
     chunks = [xf[:, c0 : c0 + SUM_CHUNK].contiguous() for c0 in range(0, width, SUM_CHUNK)]
     return torch.cat(
         [_row_block_sq_dist_in_place(chunks, cols[r : r + _ROW_BLOCK], r) for r in range(0, m, _ROW_BLOCK)]
