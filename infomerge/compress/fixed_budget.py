@@ -703,17 +703,17 @@ class FixedBudgetCompressor(nn.Module):
         xf = xs.reshape(L * C, D)
         frame_base = (torch.arange(L, device=dev) * C).reshape(L, 1, 1)
 
-        def exact(cols: torch.Tensor) -> torch.Tensor:
+        def exact(cols: torch.Tensor, c: int) -> torch.Tensor:
             """(L, C, c) exact d^2 / D between candidate i and the candidates ``cols`` of its frame."""
-            c = cols.shape[-1]
-            return (_row_sq_dist(xf, (cols + frame_base).reshape(L * C, c), D) / D).reshape(L, C, c)
+            d2_exact = _row_sq_dist(xf, (cols + frame_base).reshape(L * C, c), D, (L * C, c))
+            return (d2_exact / D).reshape(L, C, c)
 
         # rho: mean of the k smallest d^2 (self included); candidates chosen on the mm form with a
         # margin, their exact d^2 ranked again, the k smallest summed in ascending order
         k = min(self.config.knn, C)
         kc = min(2 * k, C)
         pre = torch.topk(d2, kc, dim=-1, largest=False)
-        near = torch.topk(exact(pre.indices), k, dim=-1, largest=False).values  # (L, C, k) ascending
+        near = torch.topk(exact(pre.indices, kc), k, dim=-1, largest=False).values  # (L, C, k) ascending
         total = near[..., 0]
         for t in range(1, k):  # fixed summation order
             total = total + near[..., t]
@@ -727,11 +727,11 @@ class FixedBudgetCompressor(nn.Module):
             denser = denser | ((mj == mi) & lower)
         big = 3.0e38
         pre_d = torch.topk(torch.where(denser, d2, big), k, dim=-1, largest=False)
-        to_denser = torch.where(pre_d.values < 1.0e38, exact(pre_d.indices), float("inf")).amin(-1)
+        to_denser = torch.where(pre_d.values < 1.0e38, exact(pre_d.indices, k), float("inf")).amin(-1)
         has_denser = denser.any(-1)
         # the densest candidate: the frame's largest candidate distance (exact for each row's farthest)
         far = d2.argmax(-1, keepdim=True)  # (L, C, 1)
-        dmax2 = exact(far).squeeze(-1).amax(-1, keepdim=True)  # (L, 1)
+        dmax2 = exact(far, 1).squeeze(-1).amax(-1, keepdim=True)  # (L, 1)
         delta2 = torch.where(has_denser, to_denser, dmax2.expand(L, C))
 
         # ranked as (rho delta)^2 / rho_max^2 = exp(-2 (m - m_min)) delta^2: the order of rho * delta
@@ -743,28 +743,37 @@ class FixedBudgetCompressor(nn.Module):
 
 
 _ROW_BLOCK = 64  # rows per block of :func:`_row_sq_dist` in eager mode (keeps its temporaries in cache)
-_TRACE_BLOCK = 1 << 19  # elements per temporary of :func:`_row_sq_dist` in the traced graph (2 MiB)
+_TRACE_BLOCK = 1 << 20  # elements per temporary of :func:`_row_sq_dist` in the traced graph (4 MiB)
 
 
-def _row_sq_dist(xf: torch.Tensor, cols: torch.Tensor, width: int) -> torch.Tensor:
+def _row_sq_dist(
+    xf: torch.Tensor, cols: torch.Tensor, width: int, shape: tuple[int, int] | None = None
+) -> torch.Tensor:
     """``||xf[i] - xf[cols[i, t]]||^2`` (M, c) from elementwise ops only (Gather, Sub, Mul, Add).
 
     Args:
         xf: (M, D) float32 tokens. cols: (M, c) int64 partner of each token. width: D (static).
+        shape: ``(M, c)`` as Python ints (required when tracing: traced shapes are tensors).
 
     Unlike a MatMul or ReduceSum, whose accumulation order is the kernel's, the result is
     bit-identical in torch and ONNX Runtime, and free of the Gram form's cancellation. Row ``i``
     is broadcast, not gathered, and the columns are summed in chunks of ``SUM_CHUNK`` by
     ``exact_arith.tree_sum``: the same additions in the same order whatever the row count, so eager
     mode works through blocks of ``_ROW_BLOCK`` rows (cache-sized temporaries) and computes each
-    block in place (:func:`_row_block_sq_dist_in_place`); the graph, traced, keeps one block and
-    functional ops (fewer nodes). Same additions in the same order: same bits.
+    block in place (:func:`_row_block_sq_dist_in_place`); the graph, traced, is unrolled over
+    blocks of about ``_TRACE_BLOCK`` elements per temporary with functional ops (ONNX Runtime runs
+    each op over the whole tensor: one block made (M, c, 512) temporaries of 422 MB at L = 128, each
+    op a pass through memory; cache-sized blocks took ORT's L = 64 run from 1.01 to 0.91 s). Same
+    additions in the same order: same bits.
     """
-    m, c = cols.shape
+    m, c = shape if shape is not None else tuple(cols.shape)
     if torch.jit.is_tracing():  # unrolled blocks of about _TRACE_BLOCK elements per temporary
         step = max(_ROW_BLOCK, _TRACE_BLOCK // (c * SUM_CHUNK))
         return torch.cat(
-            [_row_block_sq_dist(xf[r : r + step], xf, cols[r : r + step], width) for r in range(0, m, step)]
+            [
+                _row_block_sq_dist(xf[r : r + step], xf, cols[r : r + step], width, (min(step, m - r), c))
+                for r in range(0, m, step)
+            ]
         )
     chunks = [xf[:, c0 : c0 + SUM_CHUNK].contiguous() for c0 in range(0, width, SUM_CHUNK)]
     return torch.cat(
@@ -772,9 +781,12 @@ def _row_sq_dist(xf: torch.Tensor, cols: torch.Tensor, width: int) -> torch.Tens
     )
 
 
-def _row_block_sq_dist(rows: torch.Tensor, xf: torch.Tensor, cols: torch.Tensor, width: int) -> torch.Tensor:
-    """``||rows[i] - xf[cols[i, t]]||^2`` (m, c) for a block of rows (see :func:`_row_sq_dist`)."""
-    m, c = cols.shape
+def _row_block_sq_dist(
+    rows: torch.Tensor, xf: torch.Tensor, cols: torch.Tensor, width: int, shape: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """``||rows[i] - xf[cols[i, t]]||^2`` (m, c) for a block of rows (see :func:`_row_sq_dist`);
+    ``shape``: ``(m, c)`` as Python ints (static reshapes in a traced graph)."""
+    m, c = shape if shape is not None else tuple(cols.shape)
     flat = cols.reshape(-1)
     total = None
     for c0 in range(0, width, SUM_CHUNK):
