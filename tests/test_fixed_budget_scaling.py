@@ -70,6 +70,21 @@ def test_exact_pair_distances_equal_the_pairwise_form(rows, width, partners):
     assert torch.allclose(got.double(), exact, rtol=1e-5, atol=0)
 
 
+@pytest.mark.parametrize("rows, width, partners", [(1100, 600, 4), (700, 37, 9)])
+def test_traced_exact_pair_distances_in_unrolled_blocks_equal_the_pairwise_form(rows, width, partners):
+    """The traced graph's form (row blocks unrolled at trace time, the last one partial) against
+    ``exact_arith.pair_sq_dist``: equal bits."""
+    gen = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, width, generator=gen) * 3.0 + 1.0
+    cols = torch.randint(0, rows, (rows, partners), generator=gen)
+    flat_rows = torch.arange(rows).repeat_interleave(partners)
+    want = pair_sq_dist(x, flat_rows, cols.reshape(-1), width).reshape(rows, partners)
+    traced = torch.jit.trace(lambda a, b: row_sq_dist(a, b, width, (rows, partners)), (x, cols))
+    blocks = sum(1 for n in traced.graph.nodes() if n.kind() == "aten::index_select")
+    assert blocks > -(-width // 512)  # more than one block of rows
+    assert torch.equal(traced(x, cols), want)
+
+
 @pytest.mark.parametrize(
     "frames, seed, scope",
     [(16, 3, "anchor_frame"), (48, 4, "anchor_frame"), (64, 5, "anchor_frame"), (48, 6, "segment")],

@@ -82,34 +82,50 @@ def pair_sq_dist(xf: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, width
 
 
 ROW_BLOCK = 64  # rows per block of :func:`row_sq_dist` in eager mode (keeps its temporaries in cache)
+TRACE_BLOCK = 1 << 20  # elements per temporary of :func:`row_sq_dist` in the traced graph (4 MiB)
 
 
-def row_sq_dist(xf: torch.Tensor, cols: torch.Tensor, width: int) -> torch.Tensor:
+def row_sq_dist(
+    xf: torch.Tensor, cols: torch.Tensor, width: int, shape: tuple[int, int] | None = None
+) -> torch.Tensor:
     """``||xf[i] - xf[cols[i, t]]||^2`` (M, c) from elementwise ops only (Gather, Sub, Mul, Add).
 
     Args:
         xf: (M, D) float32 tokens. cols: (M, c) int64 partner of each token. width: D (static).
+        shape: ``(M, c)`` as Python ints (required when tracing: traced shapes are tensors).
 
     Unlike a MatMul or ReduceSum, whose accumulation order is the kernel's, the result is
     bit-identical in torch and ONNX Runtime, and free of the Gram form's cancellation. Row ``i``
     is broadcast, not gathered, and the columns are summed in chunks of ``SUM_CHUNK`` by
-    :func:`tree_sum`: the same additions in the same order whatever the row count, so eager mode
-    works through blocks of ``ROW_BLOCK`` rows (cache-sized temporaries) and computes each block
-    in place (:func:`_row_block_sq_dist_in_place`); the graph, traced, keeps one block and
-    functional ops (fewer nodes). Same additions in the same order: same bits.
+    :func:`tree_sum`: the same additions in the same order whatever the row count, so eager
+    mode works through blocks of ``ROW_BLOCK`` rows (cache-sized temporaries) and computes each
+    block in place (:func:`_row_block_sq_dist_in_place`); the graph, traced, is unrolled over
+    blocks of about ``TRACE_BLOCK`` elements per temporary with functional ops (ONNX Runtime runs
+    each op over the whole tensor: one block made (M, c, 512) temporaries of 422 MB at L = 128, each
+    op a pass through memory; cache-sized blocks took ORT's L = 64 run from 1.01 to 0.91 s). Same
+    additions in the same order: same bits.
     """
-    m = cols.shape[0]
-    if torch.jit.is_tracing():
-        return _row_block_sq_dist(xf, xf, cols, width)
+    m, c = shape if shape is not None else tuple(cols.shape)
+    if torch.jit.is_tracing():  # unrolled blocks of about TRACE_BLOCK elements per temporary
+        step = max(ROW_BLOCK, TRACE_BLOCK // (c * SUM_CHUNK))
+        return torch.cat(
+            [
+                _row_block_sq_dist(xf[r : r + step], xf, cols[r : r + step], width, (min(step, m - r), c))
+                for r in range(0, m, step)
+            ]
+        )
     chunks = [xf[:, c0 : c0 + SUM_CHUNK].contiguous() for c0 in range(0, width, SUM_CHUNK)]
     return torch.cat(
         [_row_block_sq_dist_in_place(chunks, cols[r : r + ROW_BLOCK], r) for r in range(0, m, ROW_BLOCK)]
     )
 
 
-def _row_block_sq_dist(rows: torch.Tensor, xf: torch.Tensor, cols: torch.Tensor, width: int) -> torch.Tensor:
-    """``||rows[i] - xf[cols[i, t]]||^2`` (m, c) for a block of rows (see :func:`row_sq_dist`)."""
-    m, c = cols.shape
+def _row_block_sq_dist(
+    rows: torch.Tensor, xf: torch.Tensor, cols: torch.Tensor, width: int, shape: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """``||rows[i] - xf[cols[i, t]]||^2`` (m, c) for a block of rows (see :func:`row_sq_dist`);
+    ``shape``: ``(m, c)`` as Python ints (static reshapes in a traced graph)."""
+    m, c = shape if shape is not None else tuple(cols.shape)
     flat = cols.reshape(-1)
     total = None
     for c0 in range(0, width, SUM_CHUNK):
@@ -133,7 +149,7 @@ def _row_block_sq_dist_in_place(chunks: list[torch.Tensor], cols: torch.Tensor, 
         t = part.index_select(0, flat).reshape(m, c, w)
         torch.sub(part[start : start + m].unsqueeze(1), t, out=t)
         t.mul_(t)
-        while w > 1:  # tree_sum, in place
+        while w > 1:  # exact_arith.tree_sum, in place
             h = w // 2
             t[..., :h].add_(t[..., h : 2 * h])
             if w % 2:
@@ -147,6 +163,7 @@ def _row_block_sq_dist_in_place(chunks: list[torch.Tensor], cols: torch.Tensor, 
 __all__ = [
     "EXP_MAX",
     "ROW_BLOCK",
+    "TRACE_BLOCK",
     "SUM_CHUNK",
     "chunked_sum",
     "exp_neg",

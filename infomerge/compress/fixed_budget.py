@@ -703,17 +703,17 @@ class FixedBudgetCompressor(nn.Module):
         xf = xs.reshape(L * C, D)
         frame_base = (torch.arange(L, device=dev) * C).reshape(L, 1, 1)
 
-        def exact(cols: torch.Tensor) -> torch.Tensor:
+        def exact(cols: torch.Tensor, c: int) -> torch.Tensor:
             """(L, C, c) exact d^2 / D between candidate i and the candidates ``cols`` of its frame."""
-            c = cols.shape[-1]
-            return (row_sq_dist(xf, (cols + frame_base).reshape(L * C, c), D) / D).reshape(L, C, c)
+            d2_exact = row_sq_dist(xf, (cols + frame_base).reshape(L * C, c), D, (L * C, c))
+            return (d2_exact / D).reshape(L, C, c)
 
         # rho: mean of the k smallest d^2 (self included); candidates chosen on the mm form with a
         # margin, their exact d^2 ranked again, the k smallest summed in ascending order
         k = min(self.config.knn, C)
         kc = min(2 * k, C)
         pre = torch.topk(d2, kc, dim=-1, largest=False)
-        near = torch.topk(exact(pre.indices), k, dim=-1, largest=False).values  # (L, C, k) ascending
+        near = torch.topk(exact(pre.indices, kc), k, dim=-1, largest=False).values  # (L, C, k) ascending
         total = near[..., 0]
         for t in range(1, k):  # fixed summation order
             total = total + near[..., t]
@@ -727,11 +727,11 @@ class FixedBudgetCompressor(nn.Module):
             denser = denser | ((mj == mi) & lower)
         big = 3.0e38
         pre_d = torch.topk(torch.where(denser, d2, big), k, dim=-1, largest=False)
-        to_denser = torch.where(pre_d.values < 1.0e38, exact(pre_d.indices), float("inf")).amin(-1)
+        to_denser = torch.where(pre_d.values < 1.0e38, exact(pre_d.indices, k), float("inf")).amin(-1)
         has_denser = denser.any(-1)
         # the densest candidate: the frame's largest candidate distance (exact for each row's farthest)
         far = d2.argmax(-1, keepdim=True)  # (L, C, 1)
-        dmax2 = exact(far).squeeze(-1).amax(-1, keepdim=True)  # (L, 1)
+        dmax2 = exact(far, 1).squeeze(-1).amax(-1, keepdim=True)  # (L, 1)
         delta2 = torch.where(has_denser, to_denser, dmax2.expand(L, C))
 
         # ranked as (rho delta)^2 / rho_max^2 = exp(-2 (m - m_min)) delta^2: the order of rho * delta
