@@ -564,11 +564,11 @@ class FixedBudgetFlashVID(FixedShapeModule):
         vf = v.reshape(L * N, D)
         base = (torch.arange(L, device=dev) * N).reshape(L, 1, 1)
 
-        def exact(at: torch.Tensor) -> torch.Tensor:
+        def exact(at: torch.Tensor, j: int) -> torch.Tensor:
             """(L, N, j) exact d^2 / D from token i to the tokens ``at`` (L, N, j) of its frame
-            (token i broadcast, not gathered; the sums of ``pair_sq_dist``, bit for bit)."""
-            j = at.shape[-1]
-            return (row_sq_dist(vf, (at + base).reshape(L * N, j), D) / D).reshape(L, N, j)
+            (token i broadcast, not gathered; the sums of ``pair_sq_dist``, bit for bit). ``j``: a
+            Python int (static shapes in the traced graph)."""
+            return (row_sq_dist(vf, (at + base).reshape(L * N, j), D, (L * N, j)) / D).reshape(L, N, j)
 
         def nearest(score: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
             """The ``count`` smallest entries' columns (L, N, count) and which are real (< _BIG)."""
@@ -583,7 +583,7 @@ class FixedBudgetFlashVID(FixedShapeModule):
         knn = self.config.knn
         # m: mean of the k smallest exact d^2 (self included), k per frame, added in ascending order
         at, ok = nearest(torch.where(valid, d2, _BIG), min(2 * knn, N))
-        near = torch.where(ok, exact(at), _BIG)
+        near = torch.where(ok, exact(at, min(2 * knn, N)), _BIG)
         slots = torch.arange(near.shape[-1], device=dev).reshape(1, 1, -1)
         acc = torch.zeros(L, N, dtype=v.dtype, device=dev)
         for j in range(min(knn, N)):
@@ -595,17 +595,17 @@ class FixedBudgetFlashVID(FixedShapeModule):
         mi, mj = m.unsqueeze(2), m.unsqueeze(1)
         denser = valid & ((mj < mi) | ((mj == mi) & (cols.reshape(1, 1, N) < cols.reshape(1, N, 1))))
         at, ok = nearest(torch.where(denser, d2, _BIG), min(knn, N))
-        to_denser = torch.where(ok, exact(at), _BIG).amin(2)
+        to_denser = torch.where(ok, exact(at, min(knn, N)), _BIG).amin(2)
         far = torch.argmax(torch.where(valid, d2, -1.0), dim=2, keepdim=True)  # each row's farthest
-        dmax2 = torch.where(roots, exact(far).squeeze(-1), 0.0).amax(1, keepdim=True)  # (L, 1)
+        dmax2 = torch.where(roots, exact(far, 1).squeeze(-1), 0.0).amax(1, keepdim=True)  # (L, 1)
         delta2 = torch.where(denser.any(2), to_denser, dmax2)
         m_min = torch.where(roots, m, _BIG).amin(1, keepdim=True)
         score = exp_neg(2.0 * (torch.where(roots, m, m_min) - m_min)) * delta2
         centres = (rank_desc(torch.where(roots, score, -math.inf)) < c.unsqueeze(1)) & roots
         # join: the nearer (exact) of the 2 nearest centres by the MatMul form; ties: lower position
         at, ok = nearest(torch.where(centres.unsqueeze(1) & valid, d2, _BIG), min(2, N))
-        e = torch.where(ok, exact(at), _BIG)
-        if at.shape[-1] > 1:
+        e = torch.where(ok, exact(at, min(2, N)), _BIG)
+        if min(2, N) > 1:
             second = (e[..., 1] < e[..., 0]) | ((e[..., 1] == e[..., 0]) & (at[..., 1] < at[..., 0]))
             join = torch.where(second, at[..., 1], at[..., 0])
         else:

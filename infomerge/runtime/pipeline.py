@@ -126,7 +126,8 @@ def check_inner_stage(config, method: str, llm: str, compress_backend: str, bb) 
         raise UsageError(
             f"{method} with its inner-LLM stage (--inner-merge) keeps {config.vision_expansion:g} x r of the "
             f"video tokens at the vision side and relies on the torch LLM to prune them inside; {why}. Use "
-            "--llm torch --compress-backend torch on a LLaVA-OneVision or Qwen2.5-VL backbone, or drop --inner-merge"
+            "--llm torch --compress-backend torch on a LLaVA-OneVision or Qwen2.5-VL backbone, or drop "
+            "--inner-merge"
         )
 
 
