@@ -374,3 +374,38 @@ def test_exit_codes_in_help(module, capsys):
     assert (
         "0 ok" in out and "1 runtime failure" in out and "2 usage error" in out and "130 interrupted" in out
     )
+
+
+def _unhandled_interrupt_flag_settable() -> bool:
+    import ctypes
+
+    try:
+        ctypes.c_int.in_dll(ctypes.pythonapi, "_Py_UnhandledKeyboardInterrupt")
+    except (ValueError, AttributeError):
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _unhandled_interrupt_flag_settable(), reason="CPython 3.11's flag not exported here")
+@pytest.mark.parametrize("ender", ["sys.exit", "exit_process"])
+def test_handled_interrupt_exits_130_even_with_cpythons_unhandled_flag_set(tmp_path, ender):
+    """CPython kills itself with SIGINT at exit when a KeyboardInterrupt once passed through an
+    extension's embedded evaluation (the flag set below, as it was in the failing export runs),
+    even if the command handled it: ``sys.exit(130)`` then ends with -2, ``exit_process`` with 130."""
+    code = (
+        "import ctypes, sys\n"
+        "from infomerge.interrupts import exit_process\n"
+        "ctypes.c_int.in_dll(ctypes.pythonapi, '_Py_UnhandledKeyboardInterrupt').value = 1\n"
+        "print('answer so far', flush=False)\n"
+        f"{'sys.exit(130)' if ender == 'sys.exit' else 'exit_process(130)'}\n"
+    )
+    (tmp_path / "ends.py").write_text(code)
+    env = _env(tmp_path)
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+    # run as ``-m`` like the tests above: the exit status then goes back through Py_RunMain, which
+    # reads the flag (``-c`` and script files exit inside PyErr_Print before it)
+    proc = subprocess.run([sys.executable, "-m", "ends"], env=env, capture_output=True, text=True)
+    if ender == "sys.exit":
+        assert proc.returncode == -signal.SIGINT  # what the export tests saw about 1 run in 25
+    else:
+        assert proc.returncode == 130 and proc.stdout == "answer so far\n"  # flushed before os._exit

@@ -556,8 +556,17 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(PROG, body, debug=args.debug)
 
 
+def entry() -> None:
+    """Console-script entry point of ``infomerge-bench``: :func:`main`, then
+    :func:`~infomerge.interrupts.exit_process` (an interrupted run ends with status 130, never by
+    the signal)."""
+    from infomerge.interrupts import exit_process
+
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
 
 
 __all__ = ["PROG", "build_parser", "main", "run"]

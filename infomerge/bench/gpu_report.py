@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -202,8 +201,17 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(PROG, body)
 
 
+def entry() -> None:
+    """Console-script entry point: :func:`main`, then
+    :func:`~infomerge.interrupts.exit_process` (an interrupted run ends with status 130, never by
+    the signal)."""
+    from infomerge.interrupts import exit_process
+
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
 
 
 __all__ = ["BEGIN", "END", "figures_section", "main", "read_junit", "read_steps", "render"]

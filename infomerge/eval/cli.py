@@ -274,5 +274,14 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+def entry() -> None:
+    """Console-script entry point of ``infomerge-eval``: :func:`main`, then
+    :func:`~infomerge.interrupts.exit_process` (an interrupted run ends with status 130, never by
+    the signal)."""
+    from infomerge.interrupts import exit_process
+
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

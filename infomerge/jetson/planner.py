@@ -731,5 +731,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if plan.fits else 1
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+def entry() -> None:
+    """Console-script entry point of ``infomerge-plan``: :func:`main`, then
+    :func:`~infomerge.interrupts.exit_process` (an interrupted run ends with status 130, never by
+    the signal)."""
+    from infomerge.interrupts import exit_process
+
+    exit_process(main())
+
+
+if __name__ == "__main__":
+    entry()

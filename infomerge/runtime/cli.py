@@ -451,5 +451,14 @@ def _interrupted(args, exc: KeyboardInterrupt) -> int:
     return 130
 
 
+def entry() -> None:
+    """Console-script entry point of ``infomerge-run``: :func:`main`, then
+    :func:`~infomerge.interrupts.exit_process` (an interrupted run ends with status 130, never by
+    the signal)."""
+    from infomerge.interrupts import exit_process
+
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
