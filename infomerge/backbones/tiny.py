@@ -202,17 +202,28 @@ def build_tokenizer(special_tokens: tuple[str, ...] = SPECIAL_TOKENS):
 
 def build_model(seed: int = 0):
     """The tiny ``LlavaOnevisionForConditionalGeneration`` with deterministic random weights (fp32)."""
-    import torch
-    from torch import nn
     from transformers import LlavaOnevisionForConditionalGeneration
 
-    config = TINY.llava_config()
+    return build_random_model(LlavaOnevisionForConditionalGeneration, TINY.llava_config(), seed)
+
+
+def build_random_model(model_cls, config, seed: int = 0):
+    """``model_cls(config)`` with deterministic random weights (fp32, eval), for the tiny backbones.
+
+    The text config gets the tiny tokenizer's ids (no BOS, EOS 2 = ``<|im_end|>``, PAD 0 =
+    ``<|endoftext|>``), and so does the generation config. transformers initialises every LayerNorm /
+    RMSNorm to weight 1 (bias 0); these are drawn around it (weight 1 + 0.1 N(0, 1), bias 0.1 N(0, 1))
+    from a generator seeded with ``seed + 1``, so the tests' comparisons see non-trivial norms.
+    """
+    import torch
+    from torch import nn
+
     config.text_config.bos_token_id = None
     config.text_config.eos_token_id = 2  # <|im_end|>
     config.text_config.pad_token_id = 0  # <|endoftext|>
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlavaOnevisionForConditionalGeneration(config)
+        model = model_cls(config)
         gen = torch.Generator().manual_seed(seed + 1)
         with torch.no_grad():
             for module in model.modules():
@@ -331,6 +342,7 @@ __all__ = [
     "TINY_VERSION",
     "TOKENIZER_CHAT_TEMPLATE",
     "build_model",
+    "build_random_model",
     "build_siglip_head",
     "build_tiny_checkpoint",
     "build_tokenizer",

@@ -112,25 +112,11 @@ def build_tokenizer():
 
 def build_model(seed: int = 0):
     """The tiny ``Qwen2_5_VLForConditionalGeneration`` with deterministic random weights (fp32, eval)."""
-    import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    config = TINY_QWEN.qwen_config()
-    config.text_config.bos_token_id = None
-    config.text_config.eos_token_id = 2  # <|im_end|>
-    config.text_config.pad_token_id = 0  # <|endoftext|>
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(config)
-        gen = torch.Generator().manual_seed(seed + 1)
-        with torch.no_grad():
-            for module in model.modules():
-                if type(module).__name__.endswith("RMSNorm"):
-                    module.weight.copy_(1.0 + 0.1 * torch.randn(module.weight.shape, generator=gen))
-    model.generation_config.eos_token_id = 2
-    model.generation_config.pad_token_id = 0
-    model.generation_config.bos_token_id = None
-    return model.eval()
+    from infomerge.backbones.tiny import build_random_model
+
+    return build_random_model(Qwen2_5_VLForConditionalGeneration, TINY_QWEN.qwen_config(), seed)
 
 
 def _processor_files() -> dict[str, dict]:
