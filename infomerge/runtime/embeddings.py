@@ -219,6 +219,20 @@ def grid_layout(index: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Ten
     return tokens, newlines
 
 
+
+def _checked_index(index: torch.Tensor, device, total: int, where: str) -> torch.Tensor:
+    """``index`` as int64 on ``device``, checked strictly increasing within [0, ``total``).
+
+    Raises:
+        ValueError: it is not (the message names ``where``).
+    """
+    index = index.to(device=device, dtype=torch.int64)
+    if index.numel() and (
+        int(index[0]) < 0 or int(index[-1]) >= total or bool((index[1:] <= index[:-1]).any())
+    ):
+        raise ValueError(f"{where}: index must be strictly increasing within [0, {total})")
+    return index
+
 def assemble(
     embed: Callable[[Sequence[int]], torch.Tensor],
     prompt: PromptIds,
@@ -258,11 +272,7 @@ def assemble(
             f"assemble: tokens {tuple(tokens.shape)}, index {tuple(index.shape)}, "
             f"newline {tuple(newline.shape)}"
         )
-    index = index.to(device=tokens.device, dtype=torch.int64)
-    if index.numel() and (
-        int(index[0]) < 0 or int(index[-1]) >= total or bool((index[1:] <= index[:-1]).any())
-    ):
-        raise ValueError(f"assemble: index must be strictly increasing within [0, {total})")
+    index = _checked_index(index, tokens.device, total, "assemble")
     t, a = len(prompt.before), len(prompt.after)
     dtype, device = tokens.dtype, tokens.device
     row = newline.view(1, -1).to(device=device, dtype=dtype)
@@ -380,11 +390,7 @@ def assemble_mrope(
     total = groups * grid[0] * grid[1]
     if tokens.dim() != 2 or index.shape != (tokens.shape[0],):
         raise ValueError(f"assemble_mrope: tokens {tuple(tokens.shape)}, index {tuple(index.shape)}")
-    index = index.to(device=tokens.device, dtype=torch.int64)
-    if index.numel() and (
-        int(index[0]) < 0 or int(index[-1]) >= total or bool((index[1:] <= index[:-1]).any())
-    ):
-        raise ValueError(f"assemble_mrope: index must be strictly increasing within [0, {total})")
+    index = _checked_index(index, tokens.device, total, "assemble_mrope")
     t, a = len(prompt.before), len(prompt.after)
     dtype, device = tokens.dtype, tokens.device
     video = mrope_video_positions(t, groups, grid, interval).to(device)  # (3, L*h*w)
