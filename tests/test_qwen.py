@@ -9,8 +9,9 @@
 - compression on: the positions == HF ``get_rope_index`` of the UNCOMPRESSED prompt restricted to the
   kept tokens; the torch LLM's logits == a plain HF forward with the same spliced embeddings and
   (3, 1, T) positions, decoding from the uncompressed prompt's next position;
-- every registered method runs on ``tiny-qwen`` or is refused with a clear error; ``--llm ort``,
-  exported-graph backends and odd frame counts are refused.
+- every registered method runs on ``tiny-qwen`` or is refused with a clear error; odd frame counts
+  are refused; ``--llm ort`` without an exported LLM names the export (the ORT LLM itself:
+  tests/test_llm_ort_qwen.py).
 """
 
 from __future__ import annotations
@@ -263,37 +264,33 @@ def test_unified_inner_merge_runs_on_qwen_positions(pipe, decoded):
     assert np.isfinite(p.llm.step(int(np.argmax(logits)), asm.next_position)).all()
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"llm": "ort"}, "3-row M-RoPE position_ids"),
-        ({"frames": 15}, "temporal patches of 2"),
-    ],
-)
-def test_refusals_name_what_is_missing(kwargs, match):
-    with pytest.raises(UsageError, match=match):
-        Pipeline.from_backbone("tiny-qwen", **kwargs)
+def test_refusals_name_what_is_missing():
+    with pytest.raises(UsageError, match="temporal patches of 2"):
+        Pipeline.from_backbone("tiny-qwen", frames=15)
 
 
-def test_export_refuses_the_genai_llm_for_qwen(tmp_path, capsys):
-    from infomerge.export.cli import main
+def test_export_options_accept_the_genai_llm_for_qwen():
+    """`--llm int4|fp32` passes the option checks on Qwen2.5-VL backbones (it was refused while the
+    graph took 1D position_ids); the build itself: tests/test_llm_ort_qwen.py."""
+    from infomerge.export.options import ExportOptions
 
-    assert main(["--backbone", "tiny-qwen", "--llm", "int4", "--output", str(tmp_path / "a")]) == 2
-    assert "3-row M-RoPE position_ids" in capsys.readouterr().err
-    assert not (tmp_path / "a").exists()
+    for backbone in ("tiny-qwen", "qwen2.5-vl-3b", "qwen2.5-vl-7b"):
+        for llm in ("int4", "fp32"):
+            ExportOptions(backbone=backbone, llm=llm, random_weights=backbone != "tiny-qwen").check()
 
 
-def test_cli_refuses_llm_ort_before_decoding(capsys):
+def test_cli_llm_ort_without_artifacts_names_the_export(capsys):
     from infomerge.runtime.cli import main
 
-    assert main(["--backbone", "tiny-qwen", "--llm", "ort"]) == 2
+    assert main(["--backbone", "tiny-qwen", "--llm", "ort"]) == 1  # ArtifactError, as on LLaVA
     err = capsys.readouterr().err
-    assert "tiny-qwen" in err and "--llm torch" in err
+    assert "infomerge-export --backbone tiny-qwen --llm int4" in err
 
 
 def test_infomerge_bench_tiny_qwen(tmp_path, capsys):
-    """`infomerge-bench --backbone tiny-qwen`: torch rows measured (visual tokens counted by hand),
-    the ort / hf rows unavailable with their reasons."""
+    """`infomerge-bench --backbone tiny-qwen`: torch rows measured (visual tokens counted by hand);
+    ort rows (exported vision, compress and int4 M-RoPE LLM) measured and cross-checked against
+    torch; the hf row unavailable with its reason."""
     import json
 
     from infomerge.bench.cli import RESULTS_JSON, main
@@ -312,10 +309,13 @@ def test_infomerge_bench_tiny_qwen(tmp_path, capsys):
     assert 0 < comp["visual_tokens"] < 0.25 * base["visual_tokens"]
     assert comp["flops"]["nominal_tokens"] == round(0.15 * 2 * 96)
     assert rows[("torch", "visionzip", 0.15)]["status"] == "ok"  # reads qwen_vision's attention, keys
-    ort = rows[("ort", "-", None)]
-    assert ort["status"] == "unavailable" and "M-RoPE" in ort["reason"]  # its LLM is the genai graph
+    for key in (("ort", "none", 1.0), ("ort", "fastvid", 0.15), ("ort", "visionzip", 0.15)):
+        ort = rows[key]
+        assert ort["status"] == "ok" and ort["check"]["ok"], key  # vision, kept indices, prefill logits
+        assert ort["visual_tokens"] == rows[("torch", *key[1:])]["visual_tokens"]
+    assert data["config"]["llm_precision"] == "int4"
+    assert any((tmp_path / "work").rglob("llm/model.onnx"))  # the ORT LLM was exported
     assert rows[("hf", "-", None)]["status"] == "unavailable"
-    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").rglob("*.onnx"))  # no export tried
 
 
 def test_random_weight_qwen_checkpoint_runs(tmp_path):

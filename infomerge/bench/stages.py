@@ -323,7 +323,7 @@ def load_backend(cfg: BenchConfig, name: str, variant: str, artifacts: Path | No
     from infomerge.backbones.registry import get_backbone
     from infomerge.runtime.pipeline import Pipeline, check_backbone_support
 
-    try:  # what the backbone cannot run at all (Qwen2.5-VL: no exported graphs, no ORT LLM yet)
+    try:  # what the backbone cannot run at all (check_backbone_support: backends outside QWEN_BACKENDS)
         check_backbone_support(get_backbone(cfg.backbone), *rows_of(name), None, None, cfg.frames)
     except UsageError as exc:
         raise Unavailable(str(exc)) from None

@@ -1,14 +1,26 @@
 """``infomerge-export --llm int4|fp32``: the language model as an ONNX graph for the ``ort`` backend.
 
-The graph is built by onnxruntime-genai's model builder (``pip install 'infomerge[genai]'``) from
-the checkpoint's Qwen2 language model, extracted into a temporary standalone Qwen2 checkpoint
-(:func:`infomerge.backbones.text.extract_text_checkpoint`). Builder options:
+The graph is built by onnxruntime-genai's model builder (``pip install 'infomerge[genai]'``):
+
+- LLaVA-OneVision / LLaVA-Video: from the checkpoint's Qwen2 language model, extracted into a
+  temporary standalone Qwen2 checkpoint (:func:`infomerge.backbones.text.extract_text_checkpoint`);
+  rotary embeddings as ``RotaryEmbedding`` ops fed by a (1, S) ``position_ids`` input;
+- Qwen2.5-VL: from the checkpoint itself, through the builder's own Qwen2.5-VL text model
+  (``Qwen25VLTextModel``, chosen by the config's ``Qwen2_5_VLForConditionalGeneration``): it loads
+  the checkpoint with transformers (so transformers maps the hub's ``model.layers.*`` and
+  ``save_pretrained``'s ``model.language_model.*`` key layouts itself), builds only the language
+  model, and applies M-RoPE with ``com.microsoft.MRotaryEmbedding`` fed by a (3, 1, S)
+  ``position_ids`` input (rows t, h, w; ``mrope_section`` from the config, the sectioned layout of
+  Hugging Face's ``apply_multimodal_rotary_pos_emb``). No graph surgery is needed: the runtime
+  feeds each token's (t, h, w) as assembled (docs/backbones.md, "Qwen2.5-VL").
+
+Builder options (both families):
 
 - ``exclude_embeds=true``: the graph takes ``inputs_embeds``, not token ids (the runtime splices
   video tokens into the text embeddings itself); the embedding matrix is saved beside the graph
   as ``embed_tokens.npy`` (float32, or float16 for matrices over 256 MiB in fp32);
-- rotary embeddings as separate ``RotaryEmbedding`` ops fed by a ``position_ids`` input
-  (the builder's own non-fused path, chosen by overriding its ``is_fused_rope_supported``):
+- rotary embeddings as separate ops fed by ``position_ids`` (LLaVA: the builder's own non-fused
+  path, chosen by overriding its ``is_fused_rope_supported``; Qwen2.5-VL's text model never fuses):
   the default fuses RoPE into ``GroupQueryAttention``, which derives a prompt's positions from the
   KV length and reads only the first element of ``position_ids`` during a prompt, so compressed
   tokens could not keep their original positions. ``disable_qkv_fusion=true`` goes with it (the
@@ -60,6 +72,39 @@ def _explicit_position_ids(builder_module):
         base.Model.is_fused_rope_supported = original
 
 
+def _is_qwen_vl(checkpoint: str | os.PathLike) -> bool:
+    """Whether ``checkpoint`` is a Qwen2.5-VL one (``config.json``'s ``model_type``)."""
+    config = Path(checkpoint) / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("model_type") == "qwen2_5_vl"
+
+
+def embedding_matrix(checkpoint: str | os.PathLike) -> np.ndarray:
+    """The language model's (V, D) token-embedding matrix, float32; only that tensor is read.
+
+    LLaVA keys map through :func:`infomerge.backbones.text.text_key`, Qwen2.5-VL keys through
+    :func:`infomerge.backbones.qwen_text.qwen_text_key` (both to ``model.embed_tokens.weight``).
+
+    Raises:
+        ArtifactError: the checkpoint holds no embedding matrix.
+    """
+    from infomerge.backbones.loading import read_tensors
+    from infomerge.backbones.qwen_text import qwen_text_key
+    from infomerge.backbones.text import text_key
+
+    to_text = qwen_text_key if _is_qwen_vl(checkpoint) else text_key
+    wanted = "model.embed_tokens.weight"
+    state, _ = read_tensors(checkpoint, lambda k: wanted if to_text(k) == wanted else None)
+    if wanted not in state:
+        raise ArtifactError(f"{checkpoint}: no language-model embedding matrix (embed_tokens.weight)")
+    return state[wanted].float().numpy()
+
+
+def _position_rank(graph) -> int:
+    """Rank of the graph's ``position_ids`` input: 2 ((B, S), RoPE) or 3 ((3, B, S), M-RoPE)."""
+    (pos,) = [i for i in graph.graph.input if i.name == "position_ids"]
+    return len(pos.type.tensor_type.shape.dim)
+
+
 def _import_builder():
     try:
         from onnxruntime_genai.models import builder
@@ -79,10 +124,12 @@ def export_llm(
     *,
     log_file: str | os.PathLike | None = None,
 ) -> dict:
-    """Build the LLM graph of a LLaVA-OneVision checkpoint into ``out_dir`` (usually ``<artifacts>/llm``).
+    """Build the LLM graph of a checkpoint into ``out_dir`` (usually ``<artifacts>/llm``).
 
     Args:
-        checkpoint: local LLaVA-OneVision checkpoint directory (config, safetensors, tokenizer).
+        checkpoint: local LLaVA-OneVision / LLaVA-Video checkpoint directory (config, safetensors,
+            tokenizer; its Qwen2 language model is extracted first), or a Qwen2.5-VL one (given to
+            the builder as is: its M-RoPE text model, ``position_ids`` (3, B, S)).
         out_dir: output directory; replaced atomically (built in a temporary sibling).
         precision: "int4" (MatMulNBits weight-only) or "fp32".
         execution_provider: "cpu" or "cuda" (the builder picks dtypes per EP: fp32 I/O on the CPU,
@@ -94,7 +141,8 @@ def export_llm(
 
     Raises:
         BackendUnavailableError: onnxruntime-genai is not installed.
-        ArtifactError: the built graph lacks ``position_ids`` / ``inputs_embeds`` (builder changed).
+        ArtifactError: the built graph lacks ``position_ids`` / ``inputs_embeds``, or its
+            ``position_ids`` rank or rotary op is not the family's (builder changed).
         ValueError: an unknown precision or execution provider.
     """
     if precision not in ("int4", "fp32"):
@@ -108,7 +156,7 @@ def export_llm(
     from infomerge.artifacts.atomic import atomic_directory, temporary_prefix
     from infomerge.artifacts.layout import LLM_EMBED as EMBED_FILE
     from infomerge.artifacts.layout import LLM_MODEL as MODEL_FILE
-    from infomerge.backbones.text import extract_text_checkpoint, text_state_dict
+    from infomerge.backbones.text import extract_text_checkpoint
 
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -119,7 +167,10 @@ def export_llm(
         atomic_directory(out, replace=True) as build,
     ):
         work = Path(scratch)
-        text_dir = extract_text_checkpoint(checkpoint, work / "hf")
+        mrope = _is_qwen_vl(checkpoint)
+        # Qwen2.5-VL: the builder reads the whole checkpoint (its Qwen25VLTextModel builds the text
+        # model only); LLaVA: a standalone Qwen2 checkpoint of the language model
+        text_dir = Path(checkpoint) if mrope else extract_text_checkpoint(checkpoint, work / "hf")
         log = Path(log_file) if log_file else build / "builder.log"
         quiet = logging.getLogger("onnxruntime.quantization")
         level = quiet.level
@@ -156,16 +207,24 @@ def export_llm(
         for needed in ("inputs_embeds", "position_ids"):
             if needed not in inputs:
                 raise ArtifactError(f"the model builder's graph has no {needed} input (inputs: {inputs})")
-        embed = text_state_dict(checkpoint)["model.embed_tokens.weight"].float().numpy()
+        rank, rotary = (3, "MRotaryEmbedding") if mrope else (2, "RotaryEmbedding")
+        ops = sorted({n.op_type for n in graph.graph.node})
+        if _position_rank(graph) != rank or rotary not in ops:
+            raise ArtifactError(
+                f"the model builder's graph has position_ids of rank {_position_rank(graph)} and ops "
+                f"{ops}; expected rank {rank} and {rotary} (onnxruntime-genai changed; install a "
+                "supported version: `pip install 'infomerge[genai]'`)"
+            )
+        embed = embedding_matrix(checkpoint)
         if embed.nbytes > _EMBED_FP16_ABOVE:
             embed = embed.astype(np.float16)
         np.save(build / EMBED_FILE, embed)
-        ops = sorted({n.op_type for n in graph.graph.node})
         entry = {
             "precision": precision,
             "execution_provider": execution_provider,
             "builder": f"onnxruntime-genai {onnxruntime_genai.__version__}",
-            "builder_options": options + ["rotary=RotaryEmbedding(position_ids)"],
+            "builder_options": options + [f"rotary={rotary}(position_ids)"],
+            "position_ids": "(3, 1, S) M-RoPE rows t, h, w" if mrope else "(1, S)",
             "inputs": inputs,
             "ops": ops,
             "embed_dtype": str(embed.dtype),

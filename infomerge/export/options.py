@@ -155,12 +155,6 @@ class ExportOptions:
         ):
             if value not in choices:
                 raise UsageError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-        if bb.is_qwen and self.llm != "none":
-            raise UsageError(
-                f"--llm {self.llm}: the onnxruntime-genai LLM export feeds 1D position_ids; Qwen2.5-VL's "
-                "text model needs 3-row M-RoPE position_ids (t, h, w); drop --llm and run the LLM with "
-                "--llm torch"
-            )
         if self.atol is not None and not self.atol > 0:
             raise UsageError(f"--atol must be > 0, got {self.atol}")
         if self.random_weights and (self.model_path is not None or self.siglip_path is not None):

@@ -4,12 +4,18 @@ The graph is written by ``infomerge-export --llm int4|fp32`` (:mod:`infomerge.ex
 with onnxruntime-genai's model builder. onnxruntime-genai's own ``Generator`` cannot be fed
 embeddings for Qwen2 (its issues #1163, #1325, #1644), so this module drives the graph directly:
 
-- inputs: ``inputs_embeds`` (1, S, D), ``position_ids`` (1, S) int64 (explicit RoPE positions:
-  the export builds separate ``RotaryEmbedding`` ops instead of rotary inside
-  ``GroupQueryAttention``, whose ``position_ids`` input only honours the first element during a
-  prompt), ``attention_mask`` (1, past + S) int64 of ones, ``past_key_values.{i}.{key,value}``;
+- inputs: ``inputs_embeds`` (1, S, D), ``position_ids`` int64 (explicit RoPE positions: the
+  export builds separate rotary ops instead of rotary inside ``GroupQueryAttention``, whose
+  ``position_ids`` input only honours the first element during a prompt): (1, S) for LLaVA's Qwen2
+  (``RotaryEmbedding``), (3, 1, S) for Qwen2.5-VL (rows t, h, w; ``MRotaryEmbedding``, the graph's
+  rank says which); ``attention_mask`` (1, past + S) int64 of ones,
+  ``past_key_values.{i}.{key,value}``;
 - outputs: ``logits`` (1, 1, V) (the builder's ``prune_lm_head``: last position only),
   ``present.{i}.{key,value}``.
+
+M-RoPE decoding: each generated token gets the same position in all three rows (``next_position``
++ i, continuing from the uncompressed prompt), as Hugging Face's ``Qwen2_5_VLModel`` does once
+``rope_deltas`` is known.
 
 KV cache in place: each layer's key and value live in one preallocated OrtValue of shape
 (1, kv_heads, capacity, head_size), bound through IO binding as both ``past_key_values.i.*`` and
@@ -43,6 +49,9 @@ _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 class OrtLLM(LLMBackend):
     """An exported Qwen2 decoder (int4 MatMulNBits or fp32) run by ONNX Runtime with IO binding.
+
+    Attributes:
+        mrope: the graph takes (3, 1, S) M-RoPE ``position_ids`` (Qwen2.5-VL), not (1, S).
 
     Args:
         model_dir: the directory ``infomerge-export --llm`` wrote (``model.onnx``, ``genai_config.json``,
@@ -113,6 +122,7 @@ class OrtLLM(LLMBackend):
             raise ArtifactError(
                 f"{d / MODEL_FILE} returns logits for every position; export with prune_lm_head"
             )
+        self.mrope = len(inputs["position_ids"].shape) == 3
         self.io_dtype = _NP_TYPES[inputs["inputs_embeds"].type]
         self.kv_dtype = _NP_TYPES[inputs["past_key_values.0.key"].type]
         self._ort = ort
@@ -176,7 +186,13 @@ class OrtLLM(LLMBackend):
     ) -> np.ndarray:
         """See :meth:`LLMBackend.prefill`.
 
+        ``position_ids`` (3, 1, T) need an M-RoPE graph (:attr:`mrope`); (1, T) given to an M-RoPE
+        graph are text-only positions, fed as three equal rows (transformers' rule for 2D
+        ``position_ids``).
+
         Raises:
+            ArtifactError: (3, 1, T) positions for a graph with 1D RoPE (exported from a LLaVA
+                checkpoint): the message names the export that fixes it.
             UsageError: ``visual`` given: the inner-LLM merge (Unified, arXiv 2603.21957 Eq. 9) needs
                 the torch LLM backend; this graph runs all layers at once. The pipeline never asks
                 (it runs the outer stage only and prints a note, ``docs/compression.md``).
@@ -186,15 +202,25 @@ class OrtLLM(LLMBackend):
                 "the inner-LLM merge needs the torch LLM backend (--llm torch): the ONNX Runtime LLM is one "
                 "graph over all layers and cannot shorten the sequence before layer K"
             )
+        positions = position_ids.cpu().numpy()
+        if positions.ndim == 3 and not self.mrope:
+            raise ArtifactError(
+                "M-RoPE position_ids (3, 1, T) given to an LLM graph with 1D RoPE (exported from a "
+                "LLaVA checkpoint); export the LLM of the Qwen2.5-VL checkpoint: "
+                "`infomerge-export --backbone qwen2.5-vl-... --llm int4`"
+            )
+        if self.mrope and positions.ndim == 2:
+            positions = np.broadcast_to(positions, (3, *positions.shape))
         self._allocate(int(capacity))
         self._filled = 0
-        return self._run(inputs_embeds.detach().float().cpu().numpy(), position_ids.cpu().numpy())
+        return self._run(inputs_embeds.detach().float().cpu().numpy(), positions)
 
     def step(self, token_id: int, position: int) -> np.ndarray:
         if self._binding is None:
             raise RuntimeError("step() before prefill()")
         emb = np.asarray(self.embed_table[int(token_id)], self.io_dtype).reshape(1, 1, -1)
-        return self._run(emb, np.array([[position]], np.int64))
+        shape = (3, 1, 1) if self.mrope else (1, 1)  # M-RoPE: t = h = w = position
+        return self._run(emb, np.full(shape, position, np.int64))
 
     def close(self) -> None:
         self._binding = None

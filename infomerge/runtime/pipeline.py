@@ -976,13 +976,12 @@ QWEN_VISION_OUTPUTS: tuple[str, ...] = ("attention", "keys")  # infomerge.backbo
 QWEN_BACKENDS = {
     "vision": ("torch", "ort", "trt"),
     "compress": ("torch", "none", "ort", "trt"),
-    "llm": ("torch",),
+    "llm": ("torch", "ort"),  # ort: the builder's MRotaryEmbedding graph, (3, 1, S) position_ids
 }
 _QWEN_MISSING = {
     "vision": "not a Qwen2.5-VL vision backend",
     "compress": "not a Qwen2.5-VL compress backend",
-    "llm": "infomerge's onnxruntime-genai LLM export and ORT backend feed 1D position_ids; Qwen2.5-VL's "
-    "text model needs 3-row M-RoPE position_ids (t, h, w) per token",
+    "llm": "not a Qwen2.5-VL LLM backend",
 }
 
 
