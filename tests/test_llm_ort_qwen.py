@@ -316,3 +316,17 @@ def test_export_and_run_commands_use_the_ort_llm(tmp_path, capsys):
     want = ref.generate(ref.decode(sample_video()), max_new_tokens=3)
     assert got["token_ids"] == want.token_ids
     assert json.dumps(got).count('"ort"') >= 3  # vision, compress and LLM backends
+
+
+def test_mrope_positions_for_a_1d_rope_graph_are_refused(tmp_path):
+    """(3, 1, T) positions given to a LLaVA graph (1D RoPE) raise ArtifactError naming the export."""
+    from infomerge.backbones.tiny import build_tiny_checkpoint
+    from infomerge.errors import ArtifactError
+    from infomerge.export.llm_step import export_llm
+
+    export_llm(build_tiny_checkpoint(), tmp_path / "llm", "fp32")
+    llm = OrtLLM(tmp_path / "llm")
+    assert not llm.mrope
+    emb, pos, _ = _mrope_prompt(0)
+    with pytest.raises(ArtifactError, match="infomerge-export --backbone qwen2.5-vl"):
+        llm.prefill(emb, pos, emb.shape[1] + 1)
