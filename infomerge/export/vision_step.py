@@ -202,12 +202,16 @@ def validate_vision_ort(ctx: ExportContext) -> None:
 
 
 def _fused_vision(options) -> bool:
-    """ORT's fused vision graph: with the vision graph, in fp32 (ORT's CPU contrib kernels are fp32);
-    not for Qwen2.5-VL (the fusions are those of a ViT with LayerNorm and no rotary embedding)."""
+    """ORT's fused vision graph: with the vision graph, in fp32 (ORT's CPU contrib kernels are fp32),
+    for a family whose ``ort_fused_vision`` holds; not for Qwen2.5-VL (the fusions are those of a
+    ViT with LayerNorm and no rotary embedding)."""
     from infomerge.backbones.registry import get_backbone
 
-    family = get_backbone(options.backbone).family_spec
-    return bool(options.vision) and not options.fp16 and family.ort_fused_vision
+    return (
+        bool(options.vision)
+        and not options.fp16
+        and get_backbone(options.backbone).family_spec.ort_fused_vision
+    )
 
 
 VISION_STEPS = [
