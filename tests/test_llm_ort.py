@@ -265,8 +265,8 @@ def test_llm_step_builds_from_the_random_checkpoint_with_random_weights(tmp_path
 
     seen = {}
 
-    def fake_export(checkpoint, out, precision, ep):
-        seen["checkpoint"] = Path(checkpoint)
+    def fake_export(checkpoint, out, precision, ep, family=None):
+        seen["checkpoint"], seen["family"] = Path(checkpoint), family
         return {"precision": precision}
 
     monkeypatch.setattr(llm_step, "export_llm", fake_export)
@@ -279,4 +279,5 @@ def test_llm_step_builds_from_the_random_checkpoint_with_random_weights(tmp_path
     )
     llm_step.run_llm_step(ctx)
     assert seen["checkpoint"] == Path(build_tiny_checkpoint())
+    assert seen["family"] == "llava"  # the backbone's family chooses the builder input
     assert ctx.manifest["llm"]["precision"] == "int4"

@@ -1,6 +1,9 @@
 """``infomerge-export --llm int4|fp32``: the language model as an ONNX graph for the ``ort`` backend.
 
-The graph is built by onnxruntime-genai's model builder (``pip install 'infomerge[genai]'``):
+The graph is built by onnxruntime-genai's model builder (``pip install 'infomerge[genai]'``) from
+what the backbone family gives it (``BackboneFamily.llm_builder_input``,
+:mod:`infomerge.backbones.family`); the graph form is checked per position scheme
+(``BackboneFamily.positions``, :data:`_GRAPH_FORM`):
 
 - LLaVA-OneVision / LLaVA-Video: from the checkpoint's Qwen2 language model, extracted into a
   temporary standalone Qwen2 checkpoint (:func:`infomerge.backbones.text.extract_text_checkpoint`);
@@ -72,28 +75,32 @@ def _explicit_position_ids(builder_module):
         base.Model.is_fused_rope_supported = original
 
 
-def _is_qwen_vl(checkpoint: str | os.PathLike) -> bool:
-    """Whether ``checkpoint`` is a Qwen2.5-VL one (``config.json``'s ``model_type``)."""
-    config = Path(checkpoint) / "config.json"
-    return config.is_file() and json.loads(config.read_text()).get("model_type") == "qwen2_5_vl"
+#: what the builder's graph must look like per position scheme (``BackboneFamily.positions``):
+#: the rank of ``position_ids`` and the rotary op fed by it
+_GRAPH_FORM = {
+    "1d": (2, "RotaryEmbedding", "(1, S)"),
+    "mrope": (3, "MRotaryEmbedding", "(3, 1, S) M-RoPE rows t, h, w"),
+}
 
 
-def embedding_matrix(checkpoint: str | os.PathLike) -> np.ndarray:
+def embedding_matrix(checkpoint: str | os.PathLike, family=None) -> np.ndarray:
     """The language model's (V, D) token-embedding matrix, float32; only that tensor is read.
 
-    LLaVA keys map through :func:`infomerge.backbones.text.text_key`, Qwen2.5-VL keys through
-    :func:`infomerge.backbones.qwen_text.qwen_text_key` (both to ``model.embed_tokens.weight``).
+    Args:
+        checkpoint: checkpoint directory.
+        family: its :class:`~infomerge.backbones.family.BackboneFamily` (None: from its
+            ``config.json``, :func:`~infomerge.backbones.family.checkpoint_family`), whose
+            ``text_key`` maps the checkpoint's keys to ``model.embed_tokens.weight``.
 
     Raises:
         ArtifactError: the checkpoint holds no embedding matrix.
     """
+    from infomerge.backbones.family import checkpoint_family
     from infomerge.backbones.loading import read_tensors
-    from infomerge.backbones.qwen_text import qwen_text_key
-    from infomerge.backbones.text import text_key
 
-    to_text = qwen_text_key if _is_qwen_vl(checkpoint) else text_key
+    family = family or checkpoint_family(checkpoint)
     wanted = "model.embed_tokens.weight"
-    state, _ = read_tensors(checkpoint, lambda k: wanted if to_text(k) == wanted else None)
+    state, _ = read_tensors(checkpoint, lambda k: wanted if family.text_key(k) == wanted else None)
     if wanted not in state:
         raise ArtifactError(f"{checkpoint}: no language-model embedding matrix (embed_tokens.weight)")
     return state[wanted].float().numpy()
@@ -122,6 +129,7 @@ def export_llm(
     precision: Precision = "int4",
     execution_provider: str = "cpu",
     *,
+    family: str | None = None,
     log_file: str | os.PathLike | None = None,
 ) -> dict:
     """Build the LLM graph of a checkpoint into ``out_dir`` (usually ``<artifacts>/llm``).
@@ -134,6 +142,10 @@ def export_llm(
         precision: "int4" (MatMulNBits weight-only) or "fp32".
         execution_provider: "cpu" or "cuda" (the builder picks dtypes per EP: fp32 I/O on the CPU,
             fp16 on CUDA).
+        family: the backbone family (``Backbone.family``; None: from the checkpoint's
+            ``config.json`` ``model_type``, :func:`~infomerge.backbones.family.checkpoint_family`).
+            Its ``llm_builder_input`` is what the builder reads, its ``positions`` the graph form
+            checked afterwards.
         log_file: where the builder's console output goes (default ``out_dir/builder.log``).
 
     Returns:
@@ -156,7 +168,7 @@ def export_llm(
     from infomerge.artifacts.atomic import atomic_directory, temporary_prefix
     from infomerge.artifacts.layout import LLM_EMBED as EMBED_FILE
     from infomerge.artifacts.layout import LLM_MODEL as MODEL_FILE
-    from infomerge.backbones.text import extract_text_checkpoint
+    from infomerge.backbones.family import checkpoint_family, get_family
 
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -167,10 +179,9 @@ def export_llm(
         atomic_directory(out, replace=True) as build,
     ):
         work = Path(scratch)
-        mrope = _is_qwen_vl(checkpoint)
-        # Qwen2.5-VL: the builder reads the whole checkpoint (its Qwen25VLTextModel builds the text
-        # model only); LLaVA: a standalone Qwen2 checkpoint of the language model
-        text_dir = Path(checkpoint) if mrope else extract_text_checkpoint(checkpoint, work / "hf")
+        spec = get_family(family) if family is not None else checkpoint_family(checkpoint)
+        # LLaVA: a standalone Qwen2 checkpoint of the language model; Qwen2.5-VL: the checkpoint
+        text_dir = spec.llm_builder_input(Path(checkpoint), work)
         log = Path(log_file) if log_file else build / "builder.log"
         quiet = logging.getLogger("onnxruntime.quantization")
         level = quiet.level
@@ -207,7 +218,7 @@ def export_llm(
         for needed in ("inputs_embeds", "position_ids"):
             if needed not in inputs:
                 raise ArtifactError(f"the model builder's graph has no {needed} input (inputs: {inputs})")
-        rank, rotary = (3, "MRotaryEmbedding") if mrope else (2, "RotaryEmbedding")
+        rank, rotary, positions = _GRAPH_FORM[spec.positions]
         ops = sorted({n.op_type for n in graph.graph.node})
         if _position_rank(graph) != rank or rotary not in ops:
             raise ArtifactError(
@@ -215,7 +226,7 @@ def export_llm(
                 f"{ops}; expected rank {rank} and {rotary} (onnxruntime-genai changed; install a "
                 "supported version: `pip install 'infomerge[genai]'`)"
             )
-        embed = embedding_matrix(checkpoint)
+        embed = embedding_matrix(checkpoint, spec)
         if embed.nbytes > _EMBED_FP16_ABOVE:
             embed = embed.astype(np.float16)
         np.save(build / EMBED_FILE, embed)
@@ -224,7 +235,7 @@ def export_llm(
             "execution_provider": execution_provider,
             "builder": f"onnxruntime-genai {onnxruntime_genai.__version__}",
             "builder_options": options + [f"rotary={rotary}(position_ids)"],
-            "position_ids": "(3, 1, S) M-RoPE rows t, h, w" if mrope else "(1, S)",
+            "position_ids": positions,
             "inputs": inputs,
             "ops": ops,
             "embed_dtype": str(embed.dtype),
@@ -253,7 +264,7 @@ def run_llm_step(ctx) -> None:
         checkpoint = random_checkpoint(ctx.backbone.name, o.seed)
     else:
         checkpoint = resolve_checkpoint(ctx.backbone, o.model_path)
-    entry = export_llm(checkpoint, ctx.path(LLM_SUBDIR), o.llm, o.llm_ep)
+    entry = export_llm(checkpoint, ctx.path(LLM_SUBDIR), o.llm, o.llm_ep, family=ctx.backbone.family)
     ctx.manifest["llm"] = {"dir": LLM_SUBDIR, **entry}
 
 

@@ -130,10 +130,11 @@ class ExportOptions:
         frames = self.frames if self.frames is not None else bb.frames
         if frames < 2:
             raise UsageError(f"--frames must be >= 2 (segments need neighbouring frames), got {frames}")
-        if bb.is_qwen and frames % bb.temporal_patch:
+        family, step = bb.family_spec, bb.family_spec.frame_step(bb)
+        if frames % step:  # Qwen2.5-VL: temporal patch 2
             raise UsageError(
-                f"--frames {frames}: Qwen2.5-VL encodes frames in pairs (temporal patch "
-                f"{bb.temporal_patch}); pass an even --frames, e.g. {frames + 1}"
+                f"--frames {frames}: {family.title} encodes frames in temporal patches of {step}; pass "
+                f"a multiple of {step} (2: an even --frames), e.g. {frames + step - frames % step}"
             )
         if self.compress:
             method = get_method(self.method)
@@ -155,6 +156,10 @@ class ExportOptions:
         ):
             if value not in choices:
                 raise UsageError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        if family.onnx_llm_refusal is not None and self.llm != "none":
+            raise UsageError(
+                f"--llm {self.llm}: {family.onnx_llm_refusal}; drop --llm and run the LLM with --llm torch"
+            )
         if self.atol is not None and not self.atol > 0:
             raise UsageError(f"--atol must be > 0, got {self.atol}")
         if self.random_weights and (self.model_path is not None or self.siglip_path is not None):
