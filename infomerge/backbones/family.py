@@ -146,7 +146,12 @@ class BackboneFamily:
         """Extra backbone fields recorded in the artifact manifest (default none)."""
         return {}
 
-    # --- the language model (onnxruntime-genai export) ------------------------------------------
+    # --- the language model ----------------------------------------------------------------------
+    def load_text_model(self, checkpoint: Path, dtype: torch.dtype, device: str) -> torch.nn.Module:
+        """The checkpoint's language model for the torch LLM backend (eval mode, ``inputs_embeds``
+        and explicit ``position_ids`` in, logits out)."""
+        raise NotImplementedError
+
     def text_key(self, key: str) -> str | None:
         """Checkpoint key -> the language model's key (``model.*``, ``lm_head.*``), or None for the
         vision side (never read)."""

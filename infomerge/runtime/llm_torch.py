@@ -1,7 +1,7 @@
 """The ``torch`` LLM backend: the checkpoint's Qwen2 decoder in transformers, with a KV cache.
 
-The language model is read on its own from the checkpoint by
-:func:`infomerge.backbones.text.load_text_model` (LLaVA), or
+The language model is read on its own from the checkpoint by its family's ``load_text_model``
+(:mod:`infomerge.backbones.family`): :func:`infomerge.backbones.text.load_text_model` (LLaVA), or
 :func:`infomerge.backbones.qwen_text.load_qwen_text_model` (Qwen2.5-VL's M-RoPE text model, fed
 (3, 1, T) position ids).
 
@@ -25,8 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from infomerge.backbones.qwen_text import load_qwen_text_model
-from infomerge.backbones.text import load_text_model
 from infomerge.compress.unified_inner import (
     InnerMerge,
     attention_rows,
@@ -84,15 +82,13 @@ class TorchLLM(LLMBackend):
         device: str = "cpu",
         dtype: torch.dtype | None = None,
     ) -> TorchLLM:
-        """Load the language model of a checkpoint: Qwen2 of a LLaVA-OneVision / LLaVA-Video one
-        (:func:`load_text_model`), or the M-RoPE text model of a Qwen2.5-VL one
-        (:func:`~infomerge.backbones.qwen_text.load_qwen_text_model`; ``config.json`` says which)."""
-        import json
+        """Load the language model of a checkpoint through its family's ``load_text_model``
+        (:func:`~infomerge.backbones.family.checkpoint_family`: ``config.json`` says which): Qwen2 of
+        a LLaVA-OneVision / LLaVA-Video one, or the M-RoPE text model of a Qwen2.5-VL one."""
+        from infomerge.backbones.family import checkpoint_family
 
-        config = Path(checkpoint) / "config.json"
-        qwen = config.is_file() and json.loads(config.read_text()).get("model_type") == "qwen2_5_vl"
-        load = load_qwen_text_model if qwen else load_text_model
-        model = load(checkpoint, dtype or default_dtype(device), device)
+        family = checkpoint_family(checkpoint)
+        model = family.load_text_model(Path(checkpoint), dtype or default_dtype(device), device)
         return cls(model, eos_token_ids, device)
 
     @torch.inference_mode()

@@ -99,6 +99,12 @@ class LlavaFamily(BackboneFamily):
         """[F, 3, S, S] (SigLIP's square frames)."""
         return [frames, 3, bb.image_size, bb.image_size]
 
+    def load_text_model(self, checkpoint, dtype, device):
+        """:func:`~infomerge.backbones.text.load_text_model` (a ``Qwen2ForCausalLM``)."""
+        from infomerge.backbones.text import load_text_model
+
+        return load_text_model(checkpoint, dtype, device)
+
     def text_key(self, key):
         """:func:`~infomerge.backbones.text.text_key` (``language_model.*``, ``model.language_model.*``,
         ``lm_head.*``)."""
