@@ -228,8 +228,15 @@ def test_grid_layout_backbone_is_served(tmp_path, monkeypatch):
 
 
 def test_ort_backend_without_artifacts():
-    with pytest.raises(ArtifactError, match="--artifacts"):
+    """A missing --artifacts is a usage error (exit status 2), for the LLM and the graph backends."""
+    from infomerge.errors import UsageError
+    from infomerge.runtime.cli import main
+
+    with pytest.raises(UsageError, match="--artifacts"):
         Pipeline.from_backbone("tiny", llm="ort")
+    with pytest.raises(UsageError, match="--artifacts"):
+        Pipeline.from_backbone("tiny", vision_backend="ort")
+    assert main(["--backbone", "tiny", "--llm", "ort"]) == 2
 
 
 def _artifacts(tmp_path, backbone="tiny", **versions):

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import torch
 
-from infomerge.errors import ArtifactError
+from infomerge.errors import ArtifactError, UsageError
 
 
 @dataclass
@@ -133,9 +133,10 @@ class BackendSource:
     vision_outputs: tuple[str, ...] = ()
 
     def need_artifacts(self, what: str) -> Path:
-        """The artifact directory, or :class:`ArtifactError` naming the backend that needs one."""
+        """The artifact directory, or :class:`UsageError` (exit status 2: a missing argument) naming the
+        backend that needs one."""
         if self.artifacts is None:
-            raise ArtifactError(
+            raise UsageError(
                 f"the {what} backend reads exported graphs: pass --artifacts DIR (infomerge-export)"
             )
         return self.artifacts

@@ -26,7 +26,7 @@ import torch
 
 from infomerge.artifacts.layout import COMPRESS_ONNX, IMAGE_NEWLINE, LLM_DIR, VISION_ONNX, VISION_ORT_ONNX
 from infomerge.engines.ort import ort_session
-from infomerge.errors import ArtifactError
+from infomerge.errors import ArtifactError, UsageError
 from infomerge.runtime.backends.base import (
     BackendSource,
     VideoTokens,
@@ -200,8 +200,13 @@ def compress(source: BackendSource) -> OrtCompressor:
 def llm(source: BackendSource, eos_token_ids):
     from infomerge.runtime.llm_ort import OrtLLM
 
-    llm_dir = source.artifacts / LLM_DIR if source.artifacts is not None else None
-    if llm_dir is None or not llm_dir.is_dir():
+    if source.artifacts is None:  # a missing argument: usage (exit 2)
+        raise UsageError(
+            f"the ort LLM backend reads an exported LLM: export it with `infomerge-export --backbone "
+            f"{source.backbone.name} --llm int4 --output DIR` and pass --artifacts DIR"
+        )
+    llm_dir = source.artifacts / LLM_DIR
+    if not llm_dir.is_dir():
         raise ArtifactError(
             f"the ort LLM backend reads <artifacts>/{LLM_DIR}: export it with "
             f"`infomerge-export --backbone {source.backbone.name} --llm int4 --output DIR` "
