@@ -11,7 +11,8 @@ turn (one untimed round first) and prints medians and ratios to Hugging Face
 A configuration is ``name:key=value,...`` with keys ``arena`` (CPU memory arena, 0/1), ``shrink``
 (arena shrinkage at the end of each run), ``chunk`` (frames per run; 0: all), ``spin``
 (``session.intra_op.allow_spinning``), ``daz`` (``session.set_denormal_as_zero``), ``opt``
-(all / extended / basic), ``threads`` (intra-op; default: the toolkit's policy).
+(all / extended / basic), ``threads`` (intra-op; default: the toolkit's policy), ``graph`` (another
+graph file than ``--graph`` for this configuration).
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def main() -> None:
         o.add_session_config_entry("session.intra_op.allow_spinning", cfg.get("spin", "0"))
         o.add_session_config_entry("session.set_denormal_as_zero", cfg.get("daz", "0"))
         t0 = time.perf_counter()
-        sess = ort.InferenceSession(args.graph, sess_options=o, providers=["CPUExecutionProvider"])
+        graph = cfg.get("graph", args.graph)
+        sess = ort.InferenceSession(graph, sess_options=o, providers=["CPUExecutionProvider"])
         print(f"{name}: session load {time.perf_counter() - t0:.2f} s", flush=True)
         ro = ort.RunOptions()
         if cfg.get("shrink") == "1":
