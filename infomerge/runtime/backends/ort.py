@@ -81,8 +81,8 @@ def request_run_options(session):
 
 
 #: frames per ``run`` of a vision graph whose frame axis is free: ov-0.5b, 8 frames in one run
-#: 17.1-17.9 s, in runs of 2 or of 1 frame 16.3 s (docs/benchmarks.md, "ONNX Runtime vision
-#: against Hugging Face")
+#: 17.9 s / 18.4 s, in runs of 2 frames 16.3 s / 17.6 s (two same-process A/Bs; 1 frame per run
+#: the same as 2; docs/benchmarks.md, "ONNX Runtime vision against Hugging Face")
 FRAMES_PER_RUN = 2
 
 
