@@ -55,7 +55,7 @@ def main() -> None:
     p.add_argument("--optimization", choices=("all", "extended", "basic", "off"), default="all")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--spinning", choices=("0", "1"), default="0")
-    p.add_argument("--arena", choices=("0", "1"), default="0")
+    p.add_argument("--arena", choices=("0", "1"), default="1", help="CPU memory arena (the backend: on)")
     p.add_argument("--rows", type=int, default=16)
     p.add_argument("--save-optimized", type=Path, default=None, help="write the optimized graph here")
     args = p.parse_args()
