@@ -1,17 +1,19 @@
-"""How the ``ort`` backends open their sessions: the per-request graphs (vision, compression) without
-ONNX Runtime's CPU memory arena, which would keep a request's activations for the session's lifetime
-(3.3 GiB for the ov-0.5b fp16 vision graph on the CPU provider, docs/jetson.md); other sessions keep
-ONNX Runtime's default."""
+"""How the ``ort`` backends open and run their sessions: the per-request graphs (vision, compression)
+with ONNX Runtime's CPU memory arena shrunk at the end of every run (the arena alone would keep a
+request's activations for the session's lifetime: 3.3 GiB for the ov-0.5b fp16 vision graph on the
+CPU provider, docs/jetson.md), fp16 graphs on the CPU provider without it; a vision graph with a free
+frame axis in runs of a few frames; other sessions keep ONNX Runtime's default."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
 import onnx.numpy_helper
+import pytest
 import torch
 from onnx import TensorProto, helper
 
-from infomerge.engines.ort import ort_session
+from infomerge.engines.ort import ARENA_SHRINKAGE, ort_session
 from infomerge.runtime.backends.ort import OrtCompressor, OrtVision
 
 
@@ -26,13 +28,80 @@ def _graph(path, inputs, outputs) -> str:
     return str(path)
 
 
-def test_vision_and_compress_sessions_run_without_the_cpu_arena(tmp_path):
+def test_vision_and_compress_sessions_shrink_the_cpu_arena_after_each_run(tmp_path):
     np.save(tmp_path / "image_newline.npy", np.zeros(4, np.float32))
     vision = OrtVision(_graph(tmp_path / "vision.onnx", ["pixel_values"], ["H", "A", "g"]),
                        tmp_path / "image_newline.npy")
     compress = OrtCompressor(_graph(tmp_path / "compress.onnx", ["H"], ["tokens", "index"]))
-    assert vision.session.get_session_options().enable_cpu_mem_arena is False
-    assert compress.session.get_session_options().enable_cpu_mem_arena is False
+    for backend in (vision, compress):
+        assert backend.session.get_session_options().enable_cpu_mem_arena is True
+        assert backend.run_options.get_run_config_entry(ARENA_SHRINKAGE) == "cpu:0"
+    x = torch.tensor([1.0, 2.0])
+    np.testing.assert_array_equal(vision(x).H.numpy(), x.numpy())  # runs with those options
+
+
+def _frame_graph(path, frames) -> str:
+    """pixel_values (frames, 2) -> H = 2 x, A = x + 1, g = x^2, extra output "keys" = -x; ``frames``
+    an int or a symbolic name (free axis)."""
+    ins = [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, [frames, 2])]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [frames, 2]) for n in ("H", "A", "g", "keys")]
+    two = onnx.numpy_helper.from_array(np.array(2.0, np.float32), "two")
+    one = onnx.numpy_helper.from_array(np.array(1.0, np.float32), "one")
+    nodes = [
+        helper.make_node("Mul", ["pixel_values", "two"], ["H"]),
+        helper.make_node("Add", ["pixel_values", "one"], ["A"]),
+        helper.make_node("Mul", ["pixel_values", "pixel_values"], ["g"]),
+        helper.make_node("Neg", ["pixel_values"], ["keys"]),
+    ]
+    graph = helper.make_graph(nodes, "frames", ins, outs, [two, one])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return str(path)
+
+
+class _CountingSession:
+    """The session with every run's frame count recorded."""
+
+    def __init__(self, session):
+        self.session, self.frames = session, []
+
+    def run(self, names, feeds, options=None):
+        self.frames.append(len(feeds["pixel_values"]))
+        return self.session.run(names, feeds, options)
+
+
+@pytest.mark.parametrize("frames_per_run, runs", [(2, [2, 2, 1]), (1, [1] * 5), (8, [5])])
+def test_a_free_frame_axis_runs_a_few_frames_at_a_time(tmp_path, frames_per_run, runs):
+    np.save(tmp_path / "image_newline.npy", np.zeros(4, np.float32))
+    vision = OrtVision(_frame_graph(tmp_path / "vision.onnx", "frames"), tmp_path / "image_newline.npy",
+                       frames_per_run=frames_per_run)
+    assert vision.any_frame_count and vision.extra_outputs == ("keys",)
+    vision.session = counting = _CountingSession(vision.session)
+    x = np.arange(10, dtype=np.float32).reshape(5, 2)
+    got = vision(torch.from_numpy(x))
+    assert counting.frames == runs
+    np.testing.assert_array_equal(got.H.numpy(), 2 * x)
+    np.testing.assert_array_equal(got.A.numpy(), x + 1)
+    np.testing.assert_array_equal(got.g.numpy(), x * x)
+    np.testing.assert_array_equal(got.extra["keys"].numpy(), -x)
+
+
+def test_a_pinned_frame_axis_runs_all_frames_at_once(tmp_path):
+    np.save(tmp_path / "image_newline.npy", np.zeros(4, np.float32))
+    graph = _frame_graph(tmp_path / "vision.onnx", 5)
+    vision = OrtVision(graph, tmp_path / "image_newline.npy", frames_per_run=2)
+    vision.session = counting = _CountingSession(vision.session)
+    x = np.arange(10, dtype=np.float32).reshape(5, 2)
+    np.testing.assert_array_equal(vision(torch.from_numpy(x)).H.numpy(), 2 * x)
+    assert counting.frames == [5]
+
+
+def test_frames_per_run_must_be_positive(tmp_path):
+    np.save(tmp_path / "image_newline.npy", np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="frames_per_run"):
+        OrtVision(_frame_graph(tmp_path / "vision.onnx", "frames"), tmp_path / "image_newline.npy",
+                  frames_per_run=0)
 
 
 def test_other_sessions_keep_the_arena(tmp_path):
@@ -79,6 +148,8 @@ def test_fp16_vision_graph_on_the_cpu_casts_weights_as_it_runs(tmp_path):
     assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     assert opts.execution_order == ort.ExecutionOrder.PRIORITY_BASED
     assert opts.enable_cpu_mem_arena is False
+    with pytest.raises(RuntimeError, match="does not have"):  # no arena, nothing to shrink
+        lean.run_options.get_run_config_entry(ARENA_SHRINKAGE)
     plain_level = plain.session.get_session_options().graph_optimization_level
     assert plain_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 

@@ -29,6 +29,8 @@ from infomerge.errors import ArtifactError, BackendUnavailableError
 
 OPTIMIZATION_LEVELS = ("all", "extended", "basic", "off")
 EXECUTION_ORDERS = ("default", "priority")
+#: ``RunOptions`` entry: after the run, return the CPU arena's unused chunks to the system
+ARENA_SHRINKAGE = "memory.enable_memory_arena_shrinkage"
 
 
 def _onnxruntime():
@@ -120,4 +122,29 @@ def ort_session(
         ) from None
 
 
-__all__ = ["EXECUTION_ORDERS", "OPTIMIZATION_LEVELS", "ort_session", "providers_for"]
+def run_options(shrink_arena: bool = False):
+    """``onnxruntime.RunOptions`` for ``session.run``.
+
+    Args:
+        shrink_arena: at the end of the run, release the CPU arena's chunks that no tensor holds any
+            more (:data:`ARENA_SHRINKAGE` = ``"cpu:0"``): the run reuses its activations' memory
+            through the arena, and nothing of it is kept between runs.
+
+    Raises:
+        BackendUnavailableError: onnxruntime is not installed.
+    """
+    ort = _onnxruntime()
+    options = ort.RunOptions()
+    if shrink_arena:
+        options.add_run_config_entry(ARENA_SHRINKAGE, "cpu:0")
+    return options
+
+
+__all__ = [
+    "ARENA_SHRINKAGE",
+    "EXECUTION_ORDERS",
+    "OPTIMIZATION_LEVELS",
+    "ort_session",
+    "providers_for",
+    "run_options",
+]

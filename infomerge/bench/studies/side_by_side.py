@@ -15,7 +15,10 @@ Vision (``pixel_values`` -> features):
 - ``torch, attention written out``: the same with the tower's attention as matmul + fp32 softmax
   (the form before SDPA), for the record;
 - ``ort vision.onnx`` / ``ort ort/vision.onnx``: the exported graph without and with ONNX Runtime's
-  transformer fusions (sessions at ``ORT_ENABLE_ALL``, as the runtime opens them).
+  transformer fusions (sessions at ``ORT_ENABLE_ALL``, as the runtime opens them; the fused graph in
+  runs of :data:`~infomerge.runtime.backends.ort.FRAMES_PER_RUN` frames);
+- ``ort ort/vision.onnx (fused), all frames in one run``: the same session options, the F frames
+  in one run (for the record: the runtime before it split the frames).
 
 Time to first token (video file -> first token, one request): Hugging Face uncompressed (decode,
 template, ``get_video_features``, splice, prefill: what ``generate`` does for its first token),
@@ -49,6 +52,7 @@ VISION_VARIANTS = {
     "torch-explicit": "torch, attention written out",
     "ort-plain": "ort vision.onnx",
     "ort-fused": "ort ort/vision.onnx (fused)",
+    "ort-fused-one-run": "ort ort/vision.onnx (fused), all frames in one run",
 }
 #: TTFT row keys -> row names (``r`` is ``--retention``)
 TTFT_VARIANTS = {
@@ -126,8 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     chosen = set(args.variants or [*VISION_VARIANTS, *TTFT_VARIANTS]) | set(_ALWAYS)
-    if args.artifacts is None and chosen & {"ort-plain", "ort-fused", "ort-r"} and args.variants:
-        p.error("the ort rows (ort-plain, ort-fused, ort-r) need --artifacts DIR (an infomerge-export dir)")
+    ort_rows = {"ort-plain", "ort-fused", "ort-fused-one-run", "ort-r"}
+    if args.artifacts is None and chosen & ort_rows and args.variants:
+        p.error("the ort rows (ort-plain, ort-fused, ort-fused-one-run, ort-r) need --artifacts DIR "
+                "(an infomerge-export dir)")
 
     bb = get_backbone(args.backbone)
     frames = args.frames or bb.frames
@@ -159,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         vision_variants["torch"] = lambda: pipe.vision(pv)
     if "torch-explicit" in chosen:
         vision_variants[VISION_VARIANTS["torch-explicit"]] = torch_written_out
-    ort_pipe = plain = fused = None
+    ort_pipe = plain = fused = one_run = None
     if args.artifacts is not None:
         from infomerge.artifacts.layout import IMAGE_NEWLINE, VISION_ONNX, VISION_ORT_ONNX
         from infomerge.runtime.backends.ort import OrtVision
@@ -170,9 +176,13 @@ def main(argv: list[str] | None = None) -> int:
         if "ort-fused" in chosen and (args.artifacts / VISION_ORT_ONNX).is_file():
             fused = OrtVision(args.artifacts / VISION_ORT_ONNX, args.artifacts / IMAGE_NEWLINE)
             vision_variants[VISION_VARIANTS["ort-fused"]] = lambda: fused(pv)
+        if "ort-fused-one-run" in chosen and (args.artifacts / VISION_ORT_ONNX).is_file():
+            one_run = OrtVision(args.artifacts / VISION_ORT_ONNX, args.artifacts / IMAGE_NEWLINE,
+                                frames_per_run=frames)
+            vision_variants[VISION_VARIANTS["ort-fused-one-run"]] = lambda: one_run(pv)
     with torch.inference_mode():
         vision = interleaved(vision_variants, args.runs)
-    plain = fused = None
+    plain = fused = one_run = None
     vision_variants.clear()
 
     ttft = {}

@@ -11,8 +11,9 @@
   in place; :class:`~infomerge.runtime.llm_ort.OrtLLM`).
 
 Sessions come from :func:`infomerge.engines.ort.ort_session` (execution provider by device); the
-vision and compression sessions without ONNX Runtime's CPU memory arena, fp16 vision graphs on the
-CPU provider without fp32 copies of their weights (:func:`request_session`).
+vision and compression sessions with ONNX Runtime's CPU memory arena shrunk after every run, fp16
+vision graphs on the CPU provider without the arena and without fp32 copies of their weights
+(:func:`request_session`); a fused vision graph runs a few frames per run (:data:`FRAMES_PER_RUN`).
 Outputs are host arrays (ONNX Runtime's ``run``), returned as CPU tensors.
 """
 
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from infomerge.artifacts.layout import COMPRESS_ONNX, IMAGE_NEWLINE, LLM_DIR, VISION_ONNX, VISION_ORT_ONNX
-from infomerge.engines.ort import ort_session
+from infomerge.engines.ort import ort_session, run_options
 from infomerge.errors import ArtifactError, UsageError
 from infomerge.runtime.backends.base import (
     BackendSource,
@@ -47,45 +48,76 @@ def load_image_newline(path: str | os.PathLike) -> torch.Tensor:
 
 
 def request_session(graph: str | os.PathLike, device: str = "cpu", fp16: bool = False):
-    """A session for a graph that runs once per request over every frame (vision, compression).
+    """A session for a graph that runs once per request over every frame (vision, compression);
+    run it with :func:`request_run_options`.
 
-    - ONNX Runtime's CPU memory arena is off: the arena keeps the largest run's activations for the
-      session's lifetime and grows by powers of two; for the ov-0.5b fp16 vision graph on the CPU
-      provider (32 frames, computed in fp32) it kept 3.3 GiB after each request and raised the
-      process peak by 367 MiB. One run per request leaves the arena nothing to reuse.
-    - ``fp16`` graphs on the CPU provider (no fp16 kernels there: every weight is cast to fp32) run at
-      the ``"extended"`` optimization level in ``"priority"`` order, so each weight is cast when its
-      node runs instead of ONNX Runtime keeping fp32 copies of all weights beside the fp16 ones:
-      ov-0.5b vision session 0.9 GiB instead of 2.4 GiB, run peak 1.6 GiB lower, vision about 10 %
-      slower (:mod:`infomerge.engines.ort`; docs/jetson.md, "Memory for 8 GB boards"). fp32 graphs
-      and the CUDA provider keep ``"all"``.
+    - fp32 graphs (and the CUDA provider): ONNX Runtime's CPU memory arena on, shrunk at the end of
+      every run (:func:`request_run_options`). Within a run the arena hands each freed activation's
+      memory to the next node; without it every large activation is a fresh ``mmap`` whose pages
+      fault in again (ov-0.5b vision, 8 frames: 19.3-19.5 s and 3.15 GiB peak RSS without the arena,
+      17.4-17.6 s and 2.77 GiB with it and the shrinkage; docs/benchmarks.md, "ONNX Runtime vision
+      against Hugging Face"). The shrinkage returns the arena's chunks after each run, so nothing is
+      kept between requests (without it the arena keeps the largest run's activations for the
+      session's lifetime, growing by powers of two: 3.3 GiB for the ov-0.5b fp16 vision graph at
+      32 frames).
+    - ``fp16`` graphs on the CPU provider (no fp16 kernels there: every weight is cast to fp32) run
+      without the arena, at the ``"extended"`` optimization level in ``"priority"`` order, so each
+      weight is cast when its node runs instead of ONNX Runtime keeping fp32 copies of all weights
+      beside the fp16 ones: ov-0.5b vision session 0.9 GiB instead of 2.4 GiB, run peak 1.6 GiB
+      lower, vision about 10 % slower (:mod:`infomerge.engines.ort`; docs/jetson.md, "Memory for
+      8 GB boards").
 
     The CUDA provider's device arena is a separate setting and stays on.
     """
     if fp16 and not str(device).startswith("cuda"):
         return ort_session(graph, device, arena=False, optimization="extended", order="priority")
-    return ort_session(graph, device, arena=False)
+    return ort_session(graph, device, arena=True)
+
+
+def request_run_options(session):
+    """``RunOptions`` of a :func:`request_session` run: the CPU arena, where the session has it,
+    shrunk when the run ends (ONNX Runtime refuses the shrinkage for a session without an arena)."""
+    return run_options(shrink_arena=session.get_session_options().enable_cpu_mem_arena)
+
+
+#: frames per ``run`` of a vision graph whose frame axis is free: ov-0.5b, 8 frames in one run
+#: 17.9 s / 18.4 s, in runs of 2 frames 16.3 s / 17.6 s (two same-process A/Bs; 1 frame per run
+#: the same as 2; docs/benchmarks.md, "ONNX Runtime vision against Hugging Face")
+FRAMES_PER_RUN = 2
 
 
 class OrtVision:
     """``vision.onnx`` in ONNX Runtime; ``extra_outputs``: the graph's outputs after H, A, g; ``fp16``:
-    the graph holds fp16 weights (the manifest's precision; see :func:`request_session`)."""
+    the graph holds fp16 weights (the manifest's precision; see :func:`request_session`).
+
+    A graph whose frame axis is free (``ort/vision.onnx``: every frame is encoded on its own) runs
+    ``frames_per_run`` frames at a time (:data:`FRAMES_PER_RUN`) and its outputs are concatenated
+    along the frame axis; a graph pinned to F frames runs them all at once."""
 
     name = "ort"
 
     def __init__(self, graph: str | os.PathLike, image_newline: str | os.PathLike, device: str = "cpu",
-                 fp16: bool = False):
+                 fp16: bool = False, frames_per_run: int = FRAMES_PER_RUN):
+        if int(frames_per_run) < 1:
+            raise ValueError(f"frames_per_run must be >= 1, got {frames_per_run}")
         self.session = request_session(graph, device, fp16)
+        self.run_options = request_run_options(self.session)
         self.image_newline = load_image_newline(image_newline)
         outputs = [o.name for o in self.session.get_outputs()]
         self.extra_outputs = tuple(k for k in outputs if k not in BASE_OUTPUTS)
         # a graph whose frame axis is free (ort/vision.onnx) takes the distinct frames only
         self.any_frame_count = not isinstance(self.session.get_inputs()[0].shape[0], int)
+        self.frames_per_run = int(frames_per_run)
 
     def __call__(self, pixel_values: torch.Tensor) -> VisionFeatures:
+        """pixel_values (F, 3, S, S) -> H (F, N, D), A (F, N), g (F, D) and the extra outputs, float32."""
         names = [*BASE_OUTPUTS, *self.extra_outputs]
-        out = self.session.run(names, {"pixel_values": pixel_values.float().cpu().numpy()})
-        h, a, g, *extra = (torch.from_numpy(x).float() for x in out)
+        x = pixel_values.float().cpu().numpy()
+        step = self.frames_per_run if self.any_frame_count else max(len(x), 1)
+        runs = [self.session.run(names, {"pixel_values": x[i:i + step]}, self.run_options)
+                for i in range(0, max(len(x), 1), step)]  # fmt: skip
+        out = runs[0] if len(runs) == 1 else [np.concatenate(parts) for parts in zip(*runs)]
+        h, a, g, *extra = (torch.from_numpy(t).float() for t in out)
         return VisionFeatures(h, a, g, dict(zip(self.extra_outputs, extra)))
 
 
@@ -97,6 +129,7 @@ class OrtCompressor:
 
     def __init__(self, graph: str | os.PathLike, device: str = "cpu", method=None):
         self.session = request_session(graph, device)
+        self.run_options = request_run_options(self.session)
         self.method = method
         self.input_types = {i.name: i.type for i in self.session.get_inputs()}
 
@@ -108,7 +141,7 @@ class OrtCompressor:
         extra = method_inputs(self.method, f, "this vision backend") if self.method is not None else f.extra
         named = {"H": f.H, "A": f.A, "g": f.g, **extra}
         feeds = {k: as_input(k, named[k]) for k in self.input_types}
-        tokens, index = self.session.run(["tokens", "index"], feeds)
+        tokens, index = self.session.run(["tokens", "index"], feeds, self.run_options)
         tokens, index = dedupe_sorted(
             torch.from_numpy(tokens).float(), torch.from_numpy(index).to(torch.int64)
         )
