@@ -779,6 +779,36 @@ def read_video(
     return clip
 
 
+def fps_sample_count(path, fps: float, *, window: float | None = None, require_frames: int | None = None):
+    """Frames ``read_video(path, fps=fps, window=window)`` will sample, from a demux-only scan (no
+    frame decoded): what a command checks before loading models.
+
+    Returns:
+        the count, or None when the stream has no usable timestamps (the decode then counts the
+        frames and checks ``require_frames`` itself).
+
+    Raises:
+        UsageError: ``fps <= 0``, a live source, a stream without a frame rate or too short.
+        FrameCountError: the count is not ``require_frames`` (both named, with the fix).
+        VideoError: subclasses, as :func:`read_video` opening the source.
+    """
+    _check_fps(fps, require_frames, "index", "cpu", None)
+    src = parse_source(path)
+    if src.live:
+        raise UsageError(f"{src.name}: a live source has no length to sample by fps; sample a frame count "
+                         "(--frames) instead of --fps")
+    container, stream = open_source(src)
+    try:
+        timeline = _scan(container, stream, None, src)
+        if timeline is None or not len(timeline.pts):
+            return None
+        times = (timeline.pts - timeline.pts[0]) * float(stream.time_base)
+        lo = window_start(times, window) if window is not None else 0
+        return _fps_count(src, len(times) - lo, _fps(stream), float(fps), require_frames)
+    finally:
+        container.close()
+
+
 def _check_fps(fps, frames, sampling: str, decode_device: str, live) -> None:
     """Arguments of ``read_video(fps=...)``. Raises UsageError."""
     if not fps > 0:
