@@ -169,3 +169,12 @@ class UnknownBackendError(InfomergeError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class UnknownFamilyError(InfomergeError, KeyError):
+    """A backbone family name that is not in the family registry; the message lists the choices."""
+
+    exit_code = 2
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

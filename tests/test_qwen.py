@@ -244,9 +244,9 @@ def test_every_method_runs(pipe, decoded):
 def test_method_without_its_vision_outputs_is_refused(monkeypatch):
     """A method whose vision outputs the Qwen2.5-VL stage lacks is refused before anything loads,
     naming them and the methods that run (the rule that held before qwen_vision had them)."""
-    import infomerge.runtime.pipeline as pipeline
+    from infomerge.backbones.family import get_family
 
-    monkeypatch.setattr(pipeline, "QWEN_VISION_OUTPUTS", ())
+    monkeypatch.setattr(get_family("qwen2_5_vl"), "vision_outputs", ())
     with pytest.raises(UsageError, match="visionzip.*attention, keys.*use one of: infomerge, fastvid"):
         Pipeline.from_backbone("tiny-qwen", method="visionzip")
 
@@ -325,13 +325,13 @@ def test_random_weight_qwen_checkpoint_runs(tmp_path):
 
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from infomerge.backbones.random_weights import _is_complete, _write_qwen
+    from infomerge.backbones.random_weights import _is_complete, write_qwen
     from infomerge.backbones.registry import get_backbone
 
     out = tmp_path / "ckpt"
     out.mkdir()
-    _write_qwen(out, get_backbone("tiny-qwen"), seed=3, device="cpu")
-    assert _is_complete(out, qwen=True) and not (out / "siglip_head").exists()
+    write_qwen(out, get_backbone("tiny-qwen"), seed=3, device="cpu")
+    assert _is_complete(out, siglip_head=False) and not (out / "siglip_head").exists()
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["model_type"], cfg["video_token_id"], cfg["vision_start_token_id"]) == ("qwen2_5_vl", 6, 3)
     Qwen2_5_VLForConditionalGeneration.from_pretrained(out)

@@ -178,14 +178,10 @@ def resolve_checkpoint(backbone: Backbone | str, model_path: str | os.PathLike |
         path = _check_dir(Path(model_path), bb.hf_id or bb.name, bb.name, "--model-path")
         return check_checkpoint_files(path, f"restore the checkpoint in {path} (or download it again)")
     if bb.hf_id is None:
-        if bb.is_qwen:
-            from infomerge.backbones.tiny_qwen import build_tiny_qwen_checkpoint as build
-        else:
-            from infomerge.backbones.tiny import build_tiny_checkpoint as build
-
-        path = build()
+        path = bb.family_spec.build_tiny_checkpoint()
         return check_checkpoint_files(path, f"delete {path}; the next run rebuilds it (rm -r {path})")
-    path = _hub_checkpoint(bb, None if bb.is_qwen else vision_key)  # Qwen: the LLM reads every shard
+    # vision_shards_only False (Qwen2.5-VL): the LLM reads every shard
+    path = _hub_checkpoint(bb, vision_key if bb.family_spec.vision_shards_only else None)
     return check_checkpoint_files(
         path, f"delete the cached snapshot {path} and run again to download it (or pass --model-path)"
     )

@@ -235,7 +235,7 @@ class QwenVisionEncoder(nn.Module):
         Raises:
             UsageError: not a Qwen2.5-VL backbone, or an odd frame count.
         """
-        if not getattr(backbone, "is_qwen", False):
+        if getattr(backbone, "family", None) != "qwen2_5_vl":
             raise UsageError(f"backbone {backbone.name!r} is not a Qwen2.5-VL backbone")
         grid = QwenGrid(
             backbone.frames if frames is None else frames,

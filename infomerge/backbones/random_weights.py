@@ -46,16 +46,16 @@ def default_directory(backbone: str, seed: int = 0) -> Path:
     return base / f"random-{backbone}-seed{seed}"
 
 
-def _is_complete(d: Path, qwen: bool = False) -> bool:
+def _is_complete(d: Path, siglip_head: bool = True) -> bool:
     return (
         (d / "config.json").is_file()
         and (d / "tokenizer.json").is_file()
         and ((d / "model.safetensors").is_file() or (d / "model.safetensors.index.json").is_file())
-        and (qwen or (d / "siglip_head" / "model.safetensors").is_file())
+        and (not siglip_head or (d / "siglip_head" / "model.safetensors").is_file())
     )
 
 
-def _write_qwen(out: Path, bb: Backbone, seed: int, device: str) -> None:
+def write_qwen(out: Path, bb: Backbone, seed: int, device: str) -> None:
     """A random-weight Qwen2.5-VL checkpoint of ``bb``'s sizes with the tiny Qwen tokenizer."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -89,7 +89,7 @@ def _write_qwen(out: Path, bb: Backbone, seed: int, device: str) -> None:
     )
 
 
-def _write(out: Path, bb: Backbone, seed: int, device: str) -> None:
+def write_llava(out: Path, bb: Backbone, seed: int, device: str) -> None:
     from safetensors.torch import save_file
 
     from infomerge.backbones.loading import load_llava_model
@@ -151,12 +151,13 @@ def random_checkpoint(
 
         return resolve_checkpoint(bb)  # the locally built tiny / tiny-qwen checkpoint
     target = Path(directory) if directory is not None else default_directory(bb.name, seed)
-    if _is_complete(target, bb.is_qwen):
+    family = bb.family_spec
+    if _is_complete(target, family.siglip_head):
         return target
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     with atomic_directory(target, replace=True) as tmp:  # an incomplete leftover is replaced
-        (_write_qwen if bb.is_qwen else _write)(tmp, bb, seed, device)
+        family.write_random_weights(tmp, bb, seed, device)
     return target
 
 

@@ -30,11 +30,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from infomerge.backbones.family import BackboneFamily, get_family
 from infomerge.errors import UnknownBackboneError
 
 NewlineMode = Literal["one", "grid", "none"]
 PoolMode = Literal["bilinear", "average"]
-Family = Literal["llava", "qwen2_5_vl"]
+Family = str  # a registered family name: infomerge.backbones.family.family_names()
 
 SIGLIP_HEAD_ID = "google/siglip-so400m-patch14-384"
 # Token ids of the Qwen2 vocabulary used by the llava-hf checkpoints.
@@ -56,8 +57,9 @@ class Backbone:
             ``tiny-qwen``, ``qwen2.5-vl-3b``, ``qwen2.5-vl-7b``).
         family: ``"llava"`` (LLaVA-OneVision / LLaVA-Video: SigLIP, projector, newline(s), 1D RoPE)
             or ``"qwen2_5_vl"`` (Qwen2.5-VL: its own ViT with window attention and a patch merger,
-            temporal patch 2, 3D M-RoPE positions, no newline). It chooses the transformers config
-            (:meth:`hf_config`), the vision module and the position scheme.
+            temporal patch 2, 3D M-RoPE positions, no newline): a registered family name
+            (:mod:`infomerge.backbones.family`). Its :attr:`family_spec` chooses the transformers
+            config (:meth:`hf_config`), the vision module, the preprocessing and the position scheme.
         hf_id: Hugging Face checkpoint id (``None`` for ``tiny``, which is built locally).
         frames: F, frames sampled per video.
         newline: ``"one"``: one ``image_newline`` vector after all frames (OneVision video,
@@ -135,9 +137,13 @@ class Backbone:
 
     # --- derived geometry ------------------------------------------------------------------
     @property
-    def is_qwen(self) -> bool:
-        """Whether this is a Qwen2.5-VL backbone (``family == "qwen2_5_vl"``)."""
-        return self.family == "qwen2_5_vl"
+    def family_spec(self) -> BackboneFamily:
+        """The registered :class:`~infomerge.backbones.family.BackboneFamily` of :attr:`family`.
+
+        Raises:
+            UnknownFamilyError: :attr:`family` is not a registered family name.
+        """
+        return get_family(self.family)
 
     @property
     def patch_side(self) -> int:
@@ -147,20 +153,15 @@ class Backbone:
     @property
     def patch_grid(self) -> tuple[int, int]:
         """(rows, columns) of patches of one frame: (27, 27) for SigLIP 384; Qwen2.5-VL:
-        (frame_height / 14, frame_width / 14)."""
-        if self.is_qwen:
-            return self.frame_height // self.patch, self.frame_width // self.patch
-        return self.patch_side, self.patch_side
+        (frame_height / 14, frame_width / 14). Asked of the family."""
+        return self.family_spec.patch_grid(self)
 
     @property
     def token_grid(self) -> tuple[int, int]:
         """(rows, columns) of LLM tokens of one frame (one temporal group for Qwen2.5-VL):
         (14, 14) / (13, 13) pooled for LLaVA; (frame_height / 28, frame_width / 28) merged for
-        Qwen2.5-VL."""
-        if self.is_qwen:
-            h, w = self.patch_grid
-            return h // self.spatial_merge, w // self.spatial_merge
-        return self.pooled_side, self.pooled_side
+        Qwen2.5-VL. Asked of the family."""
+        return self.family_spec.token_grid(self)
 
     @property
     def num_patches(self) -> int:
@@ -178,7 +179,7 @@ class Backbone:
     def groups_for(self, frames: int) -> int:
         """L, the frame axis the compressor sees for ``frames`` sampled frames: F (LLaVA) or
         F / temporal_patch temporal groups (Qwen2.5-VL; F must be a multiple of it)."""
-        return frames // self.temporal_patch if self.is_qwen else frames
+        return self.family_spec.groups_for(self, frames)
 
     @property
     def video_tokens(self) -> int:
@@ -195,9 +196,7 @@ class Backbone:
         Qwen2.5-VL: (F / 2) * N video pad tokens (``<|vision_start|>`` / ``<|vision_end|>`` are
         text tokens of the template, not counted).
         """
-        if self.is_qwen:
-            return self.groups_for(frames) * self.tokens_per_frame
-        return uncompressed_video_tokens(self.newline, frames, self.pooled_side)
+        return self.family_spec.video_tokens_for(self, frames)
 
     def newline_tokens_for(self, frames: int) -> int:
         """Newline vectors of one uncompressed video: 1 (``"one"``), F * side (``"grid"``) or 0."""
@@ -244,88 +243,23 @@ class Backbone:
         )
 
     def hf_config(self):
-        """The transformers config of the whole model, built offline: ``LlavaOnevisionConfig``
-        (:meth:`llava_config`) or ``Qwen2_5_VLConfig`` (:meth:`qwen_config`)."""
-        return self.qwen_config() if self.is_qwen else self.llava_config()
+        """The transformers config of the whole model, built offline by the family:
+        ``LlavaOnevisionConfig`` (:meth:`llava_config`) or ``Qwen2_5_VLConfig`` (:meth:`qwen_config`)."""
+        return self.family_spec.hf_config(self)
 
     def qwen_config(self):
-        """A transformers ``Qwen2_5_VLConfig`` with these numbers, built offline (no download).
-
-        Source: ``config.json`` of ``Qwen/Qwen2.5-VL-{3B,7B}-Instruct`` (SiLU vision MLP, RMSNorm,
-        ``mrope_section`` [16, 24, 24], ``rope_theta`` 1e6, ``tokens_per_second`` 2).
+        """A transformers ``Qwen2_5_VLConfig`` with these numbers, built offline (no download);
+        :meth:`infomerge.backbones.families.qwen2_5_vl.Qwen25VLFamily.hf_config`.
 
         Raises:
             ValueError: not a Qwen2.5-VL backbone.
         """
-        if not self.is_qwen:
-            raise ValueError(f"backbone {self.name!r} is not a Qwen2.5-VL backbone")
-        from transformers import Qwen2_5_VLConfig
-
-        vision = dict(
-            depth=self.vision_layers,
-            hidden_size=self.vision_hidden,
-            hidden_act="silu",
-            intermediate_size=self.vision_intermediate,
-            num_heads=self.vision_heads,
-            in_channels=3,
-            patch_size=self.patch,
-            spatial_merge_size=self.spatial_merge,
-            temporal_patch_size=self.temporal_patch,
-            tokens_per_second=self.tokens_per_second,
-            window_size=self.vision_window,
-            out_hidden_size=self.vision_out_hidden or self.text_hidden,
-            fullatt_block_indexes=list(self.vision_fullatt_blocks),
-        )
-        text = dict(
-            vocab_size=self.text_vocab,
-            hidden_size=self.text_hidden,
-            intermediate_size=self.text_intermediate,
-            num_hidden_layers=self.text_layers,
-            num_attention_heads=self.text_heads,
-            num_key_value_heads=self.text_kv_heads,
-            hidden_act="silu",
-            max_position_embeddings=self.text_max_positions,
-            rms_norm_eps=self.text_rms_norm_eps,
-            rope_parameters={
-                "rope_type": "default",
-                "rope_theta": self.text_rope_theta,
-                "mrope_section": list(self.mrope_section),
-            },
-            tie_word_embeddings=self.tie_word_embeddings,
-            # <|endoftext|> / <|im_end|> of the Qwen2.5 vocabulary; the tiny one sets its own
-            bos_token_id=151643 if self.text_vocab > 151645 else None,
-            eos_token_id=151645 if self.text_vocab > 151645 else None,
-        )
-        return Qwen2_5_VLConfig(
-            vision_config=vision,
-            text_config=text,
-            image_token_id=self.image_token_id,
-            video_token_id=self.video_token_id,
-            vision_start_token_id=self.vision_start_token_id,
-            vision_end_token_id=self.vision_end_token_id,
-            tie_word_embeddings=self.tie_word_embeddings,
-        )
+        return get_family("qwen2_5_vl").hf_config(self)
 
     def llava_config(self):
-        """A transformers ``LlavaOnevisionConfig`` with these numbers, built offline (no download).
-
-        Matches the llava-hf checkpoints: ``vision_feature_layer=-1`` on the 26-layer tower,
-        ``vision_feature_select_strategy="full"``, GELU projector with bias.
-        """
-        from transformers import LlavaOnevisionConfig
-
-        return LlavaOnevisionConfig(
-            vision_config=self.vision_config(),
-            text_config=self.text_config(),
-            image_token_index=self.image_token_id,
-            video_token_index=self.video_token_id,
-            projector_hidden_act="gelu",
-            vision_feature_select_strategy="full",
-            vision_feature_layer=-1,
-            multimodal_projector_bias=True,
-            tie_word_embeddings=self.tie_word_embeddings,
-            vision_aspect_ratio="anyres_max_9",
-        )
+        """A transformers ``LlavaOnevisionConfig`` with these numbers, built offline (no download);
+        :meth:`infomerge.backbones.families.llava.LlavaFamily.hf_config`."""
+        return get_family("llava").hf_config(self)
 
     def siglip_head_config(self):
         """``SiglipVisionConfig`` of the original SigLIP with its head (``vision_use_head=True``).

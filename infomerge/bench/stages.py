@@ -578,11 +578,9 @@ class StageBench:
         from infomerge.bench.hf import HFBaseline
 
         variant = HFBaseline.variant
-        if self.bb.is_qwen:
-            return self.unavailable_row(
-                HF_BACKEND, variant, "the Hugging Face baseline row drives LlavaOnevision's classes; "
-                "Qwen2.5-VL's equivalence with HF is tested in tests/test_qwen.py instead",
-            )
+        refusal = self.bb.family_spec.hf_baseline_refusal  # Qwen2.5-VL: the row drives LLaVA's classes
+        if refusal is not None:
+            return self.unavailable_row(HF_BACKEND, variant, refusal)
         try:
             hf = HFBaseline(self.cfg.checkpoint, self.cfg.device, self.cfg.frames, self.bb.tokens_per_frame)
         except (InfomergeError, ImportError, OSError, RuntimeError, ValueError) as exc:

@@ -14,10 +14,10 @@ inputs, and the opset. The export steps read these; nothing else spells a graph'
 S: image size (384), N: tokens per frame (196), D: the LLM width, G: the vision width (SigLIP
 head), B: the method's budget for the retention ratio.
 
-Qwen2.5-VL (``backbone.is_qwen``): pixel_values (F, 3, h, w) at the backbone's fixed frame size;
-the feature axis is L = F / 2 temporal groups (``backbone.groups_for(F)``), N = (h / 28) (w / 28)
-merged tokens, G = D (FastVID's global feature is the mean merged token). Every shape function
-takes F, the sampled frames, and derives L itself.
+Qwen2.5-VL (``family="qwen2_5_vl"``; shapes asked of ``backbone.family_spec``): pixel_values
+(F, 3, h, w) at the backbone's fixed frame size; the feature axis is L = F / 2 temporal groups
+(``backbone.groups_for(F)``), N = (h / 28) (w / 28) merged tokens, G = D (FastVID's global feature
+is the mean merged token). Every shape function takes F, the sampled frames, and derives L itself.
 
 A method that reads optional vision outputs (``Method.vision_outputs``, e.g. VisionZip's
 ``attention`` (F, N) and ``keys`` (F, N, head_dim), :data:`infomerge.backbones.vision.EXTRA_OUTPUTS`)
@@ -110,16 +110,14 @@ def synthetic_features(frames: int, n: int, d: int, g_dim: int, dtype: torch.dty
 
 
 def pixel_shape(bb, frames: int) -> list[int]:
-    """[F, 3, S, S] (SigLIP's square frames), or [F, 3, h, w] at a Qwen2.5-VL backbone's fixed size."""
-    if getattr(bb, "is_qwen", False):
-        return [frames, 3, bb.frame_height, bb.frame_width]
-    return [frames, 3, bb.image_size, bb.image_size]
+    """[F, 3, S, S] (SigLIP's square frames), or [F, 3, h, w] at a Qwen2.5-VL backbone's fixed size:
+    the family's (:meth:`~infomerge.backbones.family.BackboneFamily.pixel_shape`)."""
+    return bb.family_spec.pixel_shape(bb, frames)
 
 
 def feature_frames(bb, frames: int) -> int:
     """The frame axis of H, A, g for ``frames`` sampled frames: F, or L = F / 2 for Qwen2.5-VL."""
-    groups_for = getattr(bb, "groups_for", None)
-    return groups_for(frames) if groups_for is not None else frames
+    return bb.groups_for(frames)
 
 
 def _random_pixels(bb, frames: int, dtype: torch.dtype, g_dim: int):

@@ -130,10 +130,11 @@ class ExportOptions:
         frames = self.frames if self.frames is not None else bb.frames
         if frames < 2:
             raise UsageError(f"--frames must be >= 2 (segments need neighbouring frames), got {frames}")
-        if bb.is_qwen and frames % bb.temporal_patch:
+        family, step = bb.family_spec, bb.family_spec.frame_step(bb)
+        if frames % step:  # Qwen2.5-VL: temporal patch 2
             raise UsageError(
-                f"--frames {frames}: Qwen2.5-VL encodes frames in pairs (temporal patch "
-                f"{bb.temporal_patch}); pass an even --frames, e.g. {frames + 1}"
+                f"--frames {frames}: {family.title} encodes frames in temporal patches of {step}; pass "
+                f"a multiple of {step} (2: an even --frames), e.g. {frames + step - frames % step}"
             )
         if self.compress:
             method = get_method(self.method)
@@ -155,11 +156,9 @@ class ExportOptions:
         ):
             if value not in choices:
                 raise UsageError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-        if bb.is_qwen and self.llm != "none":
+        if family.onnx_llm_refusal is not None and self.llm != "none":
             raise UsageError(
-                f"--llm {self.llm}: the onnxruntime-genai LLM export feeds 1D position_ids; Qwen2.5-VL's "
-                "text model needs 3-row M-RoPE position_ids (t, h, w); drop --llm and run the LLM with "
-                "--llm torch"
+                f"--llm {self.llm}: {family.onnx_llm_refusal}; drop --llm and run the LLM with --llm torch"
             )
         if self.atol is not None and not self.atol > 0:
             raise UsageError(f"--atol must be > 0, got {self.atol}")

@@ -59,20 +59,6 @@ def _peak_rss_mb() -> float:
     return round(peak_rss_bytes() / 2**20, 1)
 
 
-def _qwen_geometry(bb) -> dict:
-    """The manifest's extra backbone fields of a Qwen2.5-VL backbone (its frame size replaces
-    SigLIP's ``image_size``; the feature axis is L = F / 2 groups); empty for the others."""
-    if not bb.is_qwen:
-        return {}
-    return {
-        "family": bb.family,
-        "frame_height": bb.frame_height,
-        "frame_width": bb.frame_width,
-        "temporal_patch": bb.temporal_patch,
-        "groups": bb.groups_for(bb.frames),
-    }
-
-
 def lock_path(output: Path) -> Path:
     """The lock file of an output directory: ``<parent>/.<name>.lock`` (exists while held)."""
     return output.parent / f".{output.name}.lock"
@@ -147,7 +133,7 @@ def export(options: ExportOptions, console=None) -> Path:
             "tokens_per_frame": bb.tokens_per_frame,
             "vision_hidden": bb.vision_hidden,
             "text_hidden": bb.text_hidden,
-            **_qwen_geometry(bb),
+            **bb.family_spec.manifest_geometry(bb),  # Qwen2.5-VL: frame size, temporal patch, groups
         },
         frames=o.frames,
         precision=o.precision,

@@ -40,22 +40,14 @@ def load_encoder(ctx: ExportContext) -> None:
     returns the export's optional vision outputs after (H, A, g). Qwen2.5-VL: the static-grid
     :class:`~infomerge.backbones.qwen_vision.QwenVisionEncoder` at the backbone's frame size."""
     a = ctx.options
-    if ctx.backbone.is_qwen:
-        from infomerge.backbones.qwen_vision import QwenVisionEncoder
-
-        ctx.encoder = QwenVisionEncoder.from_backbone(
-            ctx.backbone, a.model_path, frames=ctx.frames, random_weights=a.random_weights, seed=a.seed
-        )
-    else:
-        from infomerge.backbones.vision import VisionEncoder
-
-        ctx.encoder = VisionEncoder.from_backbone(
-            ctx.backbone,
-            a.model_path,
-            random_weights=a.random_weights,
-            siglip_path=a.siglip_path,
-            seed=a.seed,
-        )
+    ctx.encoder = ctx.backbone.family_spec.vision_encoder(
+        ctx.backbone,
+        a.model_path,
+        frames=ctx.frames,
+        random_weights=a.random_weights,
+        siglip_path=a.siglip_path,
+        seed=a.seed,
+    )
     ctx.encoder.extra_outputs = tuple(a.vision_outputs or ())
     src = dict(ctx.encoder.source)
     src.setdefault("weights", "checkpoint")
@@ -71,14 +63,10 @@ def read_frames(ctx: ExportContext) -> None:
     from infomerge.video import read_video
 
     bb = ctx.backbone
-    if bb.is_qwen:
-        from infomerge.video.qwen_preprocess import qwen_preprocess
-
-        clip = read_video(ctx.video, ctx.frames)
-        ctx.pixel_values = qwen_preprocess(clip.frames, bb.frame_height, bb.frame_width)
-    else:
-        clip = read_video(ctx.video, ctx.frames, size=bb.image_size)
-        ctx.pixel_values = clip.pixel_values
+    how = bb.family_spec.decode_options(bb)  # {"size": S} or {"preprocess": f} (Qwen2.5-VL)
+    preprocess = how.get("preprocess")
+    clip = read_video(ctx.video, ctx.frames, size=how.get("size"))
+    ctx.pixel_values = clip.pixel_values if preprocess is None else preprocess(clip.frames)
     ctx.manifest["validation_video"] = {
         "path": str(ctx.video),
         "frame_indices": [int(i) for i in clip.indices],
@@ -114,7 +102,7 @@ def export_vision(ctx: ExportContext) -> None:
     bb = ctx.backbone
     if ctx.precision == "fp16":
         enc.to_compute_dtype(torch.float16)
-    n = min(ctx.frames, bb.temporal_patch if bb.is_qwen else TRACE_FRAMES)
+    n = min(ctx.frames, bb.family_spec.trace_frames(bb) or TRACE_FRAMES)
     example = spec.example(bb, n, torch.float32, 0)  # not the validation frames
     path = ctx.path(VISION_ONNX)
     pinned = None
@@ -214,11 +202,16 @@ def validate_vision_ort(ctx: ExportContext) -> None:
 
 
 def _fused_vision(options) -> bool:
-    """ORT's fused vision graph: with the vision graph, in fp32 (ORT's CPU contrib kernels are fp32);
-    not for Qwen2.5-VL (the fusions are those of a ViT with LayerNorm and no rotary embedding)."""
+    """ORT's fused vision graph: with the vision graph, in fp32 (ORT's CPU contrib kernels are fp32),
+    for a family whose ``ort_fused_vision`` holds; not for Qwen2.5-VL (the fusions are those of a
+    ViT with LayerNorm and no rotary embedding)."""
     from infomerge.backbones.registry import get_backbone
 
-    return bool(options.vision) and not options.fp16 and not get_backbone(options.backbone).is_qwen
+    return (
+        bool(options.vision)
+        and not options.fp16
+        and get_backbone(options.backbone).family_spec.ort_fused_vision
+    )
 
 
 VISION_STEPS = [

@@ -287,9 +287,7 @@ def _configs(backbone: str):
     from infomerge.backbones.registry import get_backbone
 
     bb = get_backbone(backbone)
-    if bb.is_qwen:
-        return bb, bb.qwen_config(), None
-    return bb, bb.llava_config(), bb.siglip_head_config()
+    return bb, bb.hf_config(), bb.siglip_head_config() if bb.family_spec.siglip_head else None
 
 
 def plan_memory(
@@ -328,8 +326,9 @@ def plan_memory(
     frames = bb.frames if frames is None else int(frames)
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
-    if bb.is_qwen and frames % bb.temporal_patch:
-        raise ValueError(f"{bb.name} takes frames in temporal patches of {bb.temporal_patch}; got {frames}")
+    step = bb.family_spec.frame_step(bb)  # Qwen2.5-VL: the temporal patch (2)
+    if frames % step:
+        raise ValueError(f"{bb.name} takes frames in temporal patches of {step}; got {frames}")
 
     vc, tc = cfg.vision_config, cfg.text_config
     act = a.act_bytes
@@ -339,10 +338,7 @@ def plan_memory(
     tokens = get_method(method).budget(retention, groups, n)
 
     # 1. vision engine
-    if bb.is_qwen:
-        vision = _qwen_vision_row(bb, vc, groups, a)
-    else:
-        vision = _siglip_vision_row(vc, hc, big_d, n, frames, a)
+    vision = _VISION_ROWS[bb.family](bb, vc, hc, big_d, frames, groups, a)
 
     # 2. compression engine
     fn = groups * n
@@ -355,7 +351,8 @@ def plan_memory(
         f"no weights (training-free); buffers live at once: input {fn}x{big_d}, fp32 copy, "
         f"{fn}x{fn} fp32 similarity matrix (one segment spanning the video, worst case), one-hot merge "
         f"matrix {tokens}x{fn}, output {tokens}x{big_d}; B = {method} at r={retention:g} "
-        f"for {groups}x{n} tokens" + (f" ({frames} frames in temporal patches of 2)" if bb.is_qwen else ""),
+        f"for {groups}x{n} tokens"
+        + (f" ({frames} frames in temporal patches of {step})" if step > 1 else ""),
     )
 
     # 3. LLM weights
@@ -411,23 +408,14 @@ def plan_memory(
     short = "CUDA context"
     if dev.shared:
         w, hgt = a.video_size
-        dw, dh = _display_size(w, hgt)
-        if bb.is_qwen:  # sampled frames kept at full resolution, then resized to H x W (fp32)
-            out_h, out_w = bb.frame_height, bb.frame_width
-            frames_bytes = (w * hgt * VIDEO_BYTES_PER_PIXEL + frames * w * hgt * 3
-                            + frames * 3 * out_h * out_w * FP32)
-        else:
-            out_h = out_w = vc.image_size
-            frames_bytes = (w * hgt * VIDEO_BYTES_PER_PIXEL + frames * dw * dh * 3
-                            + frames * 3 * out_h * out_w * FP32)
+        frames_bytes, kept, (out_h, out_w) = _HOST_FRAMES[bb.family](bb, vc, frames, w, hgt)
         overhead += a.host_runtime_mib * MIB + frames_bytes
         short += " + host process"
         detail += (
             "; shared memory, so the host side counts too: "
             f"Python runtime {a.host_runtime_mib} MiB (assumed), "
             f"reading {frames} frames of {w}x{hgt} (one frame in flight, {VIDEO_BYTES_PER_PIXEL} B/pixel, "
-            + (f"fitted; {w}x{hgt} uint8 sampled frames)" if bb.is_qwen else
-               f"fitted; {dw}x{dh} uint8 display copies)")
+            + f"fitted; {kept})"
             + f" and their fp32 {out_w}x{out_h} output {_fmt(frames_bytes)}"
         )
     runtime = Row("Runtime overhead", 0, overhead, short, detail)
@@ -500,6 +488,40 @@ def _qwen_vision_row(bb, vc, groups: int, a: Assumptions) -> Row:
     )
 
 
+def _siglip_row(bb, vc, hc, big_d: int, frames: int, groups: int, a: Assumptions) -> Row:
+    return _siglip_vision_row(vc, hc, big_d, bb.tokens_per_frame, frames, a)
+
+
+def _qwen_row(bb, vc, hc, big_d: int, frames: int, groups: int, a: Assumptions) -> Row:
+    return _qwen_vision_row(bb, vc, groups, a)
+
+
+#: row 1 (the vision engine) per backbone family: ``(bb, vision config, SigLIP head config or None,
+#: D, F, L, assumptions) -> Row``; a new family adds its line here
+_VISION_ROWS = {"llava": _siglip_row, "qwen2_5_vl": _qwen_row}
+
+
+def _siglip_host_frames(bb, vc, frames: int, w: int, h: int) -> tuple[int, str, tuple[int, int]]:
+    """Host bytes of reading F frames of W x H for LLaVA: one frame in flight, F uint8 display copies,
+    their fp32 S x S output; (bytes, what is kept, (out_h, out_w))."""
+    dw, dh = _display_size(w, h)
+    out = vc.image_size
+    total = w * h * VIDEO_BYTES_PER_PIXEL + frames * dw * dh * 3 + frames * 3 * out * out * FP32
+    return total, f"{dw}x{dh} uint8 display copies", (out, out)
+
+
+def _qwen_host_frames(bb, vc, frames: int, w: int, h: int) -> tuple[int, str, tuple[int, int]]:
+    """As :func:`_siglip_host_frames` for Qwen2.5-VL: the sampled frames are kept at full resolution,
+    then resized to the backbone's frame_height x frame_width (fp32)."""
+    out_h, out_w = bb.frame_height, bb.frame_width
+    total = w * h * VIDEO_BYTES_PER_PIXEL + frames * w * h * 3 + frames * 3 * out_h * out_w * FP32
+    return total, f"{w}x{h} uint8 sampled frames", (out_h, out_w)
+
+
+#: host-side frame memory per backbone family (shared-memory devices); a new family adds its line here
+_HOST_FRAMES = {"llava": _siglip_host_frames, "qwen2_5_vl": _qwen_host_frames}
+
+
 def _display_size(w: int, h: int) -> tuple[int, int]:
     """(width, height) of the display copy ``infomerge.video`` keeps of a W x H frame: longer side
     at most ``VIDEO_DISPLAY_MAX``, aspect kept, rounded (``infomerge.video.preprocess.display_copy``)."""
@@ -528,7 +550,8 @@ def largest_frames(backbone: str, device: str, llm_quant: str, retention: float,
                    assumptions: Assumptions | None = None, limit: int = FRAMES_SEARCH_LIMIT) -> int | None:
     """The largest F in [1, limit] whose plan fits at ``retention``; ``None`` when not even one frame fits.
     Qwen2.5-VL: multiples of its temporal patch (2) only."""
-    step = _configs(backbone)[0].temporal_patch if _configs(backbone)[0].is_qwen else 1
+    bb = _configs(backbone)[0]
+    step = bb.family_spec.frame_step(bb)
     return _last_fitting(range(step, limit + 1, step),
                          lambda f: plan_memory(backbone, device, llm_quant, retention, f, assumptions))
 

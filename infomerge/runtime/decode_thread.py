@@ -72,17 +72,12 @@ def decode_video(
 
 def decode_options(backbone) -> dict:
     """How ``backbone`` wants its frames preprocessed, as :func:`decode_video` / :class:`DecodeJob`
-    keyword arguments: ``{"size": 384}`` (SigLIP's square resize, LLaVA) or ``{"preprocess": f}``
-    with ``f`` = :func:`infomerge.video.qwen_preprocess.qwen_preprocess` at the backbone's fixed
+    keyword arguments, asked of its family
+    (:meth:`~infomerge.backbones.family.BackboneFamily.decode_options`): ``{"size": 384}`` (SigLIP's
+    square resize, LLaVA) or ``{"preprocess": f}`` with ``f`` =
+    :func:`infomerge.video.qwen_preprocess.qwen_preprocess` at the backbone's fixed
     ``frame_height x frame_width`` (Qwen2.5-VL)."""
-    if getattr(backbone, "is_qwen", False):
-        from functools import partial
-
-        from infomerge.video.qwen_preprocess import qwen_preprocess
-
-        size = {"height": backbone.frame_height, "width": backbone.frame_width}
-        return {"preprocess": partial(qwen_preprocess, **size)}
-    return {"size": backbone.image_size}
+    return backbone.family_spec.decode_options(backbone)
 
 
 _LIVE: weakref.WeakSet = weakref.WeakSet()  # jobs whose thread may still run

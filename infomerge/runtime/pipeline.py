@@ -36,7 +36,6 @@ import numpy as np
 import torch
 
 from infomerge.artifacts.layout import COMPRESS_ONNX, LLM_DIR, LLM_GENAI_CONFIG, LLM_TOKENIZER
-from infomerge.backbones.registry import uncompressed_video_tokens
 from infomerge.compress.methods import get_method
 from infomerge.compress.unified_inner import InnerMerge, inner_keep
 from infomerge.engines.threads import apply_threads
@@ -698,17 +697,10 @@ class Pipeline:
         where the text embeddings are; the LLM backend moves the assembled prompt to its device.
         """
         ids = prompt if isinstance(prompt, PromptIds) else self.prompt_ids(prompt)
-        if self.backbone.is_qwen:
-            frames = self.frames if video is None else len(video.clip.indices)  # fps: the video's F
-            return assemble_mrope(
-                self.llm.embed,
-                ids,
-                video_tokens.tokens.float().cpu(),
-                video_tokens.index.cpu(),
-                self.backbone.groups_for(frames),
-                self.backbone.token_grid,
-                self.mrope_interval(video),
-            )
+        return _ASSEMBLERS[self.backbone.family_spec.positions](self, ids, video_tokens, video)
+
+    def _assemble_1d(self, ids: PromptIds, video_tokens: VideoTokens, video) -> Assembled:
+        """Gapped 1D RoPE positions, the newline layout of the backbone (LLaVA)."""
         return assemble(
             self.llm.embed,
             ids,
@@ -718,6 +710,20 @@ class Pipeline:
             self.frames,
             self.tokens_per_frame,
             self.backbone.newline,
+        )
+
+    def _assemble_mrope(self, ids: PromptIds, video_tokens: VideoTokens, video) -> Assembled:
+        """3-row M-RoPE positions over (L groups, token grid) (Qwen2.5-VL); L from the video's own
+        frame count (sampling by fps: each video's)."""
+        frames = self.frames if video is None else len(video.clip.indices)
+        return assemble_mrope(
+            self.llm.embed,
+            ids,
+            video_tokens.tokens.float().cpu(),
+            video_tokens.index.cpu(),
+            self.backbone.groups_for(frames),
+            self.backbone.token_grid,
+            self.mrope_interval(video),
         )
 
     def prefill(self, assembled: Assembled, max_new_tokens: int = 1) -> np.ndarray:
@@ -901,10 +907,19 @@ class Pipeline:
         self.llm.close()
 
 
+#: embedding assembly per position scheme (``BackboneFamily.positions``): gapped 1D RoPE ids, or
+#: Qwen2.5-VL's 3-row M-RoPE ids
+_ASSEMBLERS: dict[str, Callable[..., Assembled]] = {
+    "1d": Pipeline._assemble_1d,
+    "mrope": Pipeline._assemble_mrope,
+}
+
+
 def _check_layout(bb) -> None:
     """Raise :class:`ArtifactError` for a backbone whose video layout the runtime cannot assemble
-    (the runtime assembles ``"one"``, LLaVA-OneVision, and ``"grid"``, LLaVA-Video)."""
-    if bb.newline not in ("one", "grid") and not (bb.is_qwen and bb.newline == "none"):
+    (the runtime assembles ``"one"``, LLaVA-OneVision, and ``"grid"``, LLaVA-Video; ``"none"``,
+    Qwen2.5-VL: the family's ``newline_modes``)."""
+    if bb.newline not in bb.family_spec.newline_modes:
         raise ArtifactError(
             f"backbone {bb.name!r} has newline layout {bb.newline!r}; the runtime assembles 'one' "
             "(one newline after all frames), 'grid' (one after every row of every frame) and "
@@ -997,10 +1012,9 @@ def check_prompt_fits(
     tokenizer = AutoTokenizer.from_pretrained(str(src))
     placeholder = video_token_id(src, bb, tokenizer)
     ids = prompt_ids(tokenizer, load_chat_template(src, tokenizer), prompt, placeholder)
-    if bb.is_qwen:  # L * N pad tokens; positions may span more (M-RoPE time ids): prefill checks
-        video = bb.groups_for(frames) * tokens_per_frame
-    else:
-        video = uncompressed_video_tokens(bb.newline, frames, math.isqrt(tokens_per_frame))
+    # LLaVA: F * N (+ newlines); Qwen2.5-VL: L * N pad tokens (positions may span more: M-RoPE
+    # time ids; prefill checks them)
+    video = bb.family_spec.video_tokens_for(bb, frames, tokens_per_frame)
     span = len(ids.before) + video + len(ids.after)
     context = None
     if (src / "config.json").is_file():
@@ -1014,28 +1028,12 @@ def check_prompt_fits(
     return span
 
 
-#: optional vision outputs (``Method.vision_outputs``) the Qwen2.5-VL vision stage produces; VisionZip,
-#: FlashVID and HoliTom read the tower's last-layer ``attention`` (and ``keys``)
-QWEN_VISION_OUTPUTS: tuple[str, ...] = ("attention", "keys")  # infomerge.backbones.qwen_vision
-#: backends that run Qwen2.5-VL, per stage
-QWEN_BACKENDS = {
-    "vision": ("torch", "ort", "trt"),
-    "compress": ("torch", "none", "ort", "trt"),
-    "llm": ("torch",),
-}
-_QWEN_MISSING = {
-    "vision": "not a Qwen2.5-VL vision backend",
-    "compress": "not a Qwen2.5-VL compress backend",
-    "llm": "infomerge's onnxruntime-genai LLM export and ORT backend feed 1D position_ids; Qwen2.5-VL's "
-    "text model needs 3-row M-RoPE position_ids (t, h, w) per token",
-}
-
-
 _FLAGS = {"vision": "--vision-backend", "compress": "--compress-backend", "llm": "--llm"}
 
 
 def check_fps(bb, fps: float | None) -> None:
-    """Sampling by fps is Qwen2.5-VL's: refuse it elsewhere, and a rate that is not > 0.
+    """Sampling by fps where the family has it (``BackboneFamily.fps_sampling``: Qwen2.5-VL);
+    refuse it elsewhere, and a rate that is not > 0.
 
     LLaVA-OneVision and LLaVA-Video take a fixed frame count (lmms-eval's ``max_frames_num``: 32 /
     64 frames uniform in index) and their RoPE positions carry no time, so a rate would only
@@ -1047,11 +1045,12 @@ def check_fps(bb, fps: float | None) -> None:
     """
     if fps is None:
         return
-    if not getattr(bb, "is_qwen", False):
+    family = bb.family_spec
+    if not family.fps_sampling:
         raise UsageError(
-            f"--fps: backbone {bb.name!r} (LLaVA) has no notion of a sampling rate: it takes a fixed "
-            f"frame count ({bb.frames} frames uniform in index, lmms-eval's setting) and its positions "
-            "carry no time; sample a frame count with --frames (fps sampling is Qwen2.5-VL's)"
+            f"--fps: backbone {bb.name!r} ({family.title}) has no notion of a sampling rate: it takes a "
+            f"fixed frame count ({bb.frames} frames uniform in index, lmms-eval's setting) and its "
+            "positions carry no time; sample a frame count with --frames (fps sampling is Qwen2.5-VL's)"
         )
     if not fps > 0:
         raise UsageError(f"--fps must be > 0 frames per second, got {fps}")
@@ -1062,36 +1061,39 @@ def check_backbone_support(
 ) -> None:
     """Refuse, before anything loads, a backend, method or frame count the backbone cannot run.
 
-    Only Qwen2.5-VL has limits today: backends outside :data:`QWEN_BACKENDS` (None: not checked),
-    methods that read vision outputs outside :data:`QWEN_VISION_OUTPUTS`, and a frame count that is
-    not a multiple of the temporal patch (2).
+    The limits are the family's (:class:`~infomerge.backbones.family.BackboneFamily`): backends
+    outside its ``backends`` (a backend given as None is not checked), methods that read vision
+    outputs outside its ``vision_outputs``, and a frame count that is not a multiple of its
+    ``frame_step`` (Qwen2.5-VL: the temporal patch, 2). Only Qwen2.5-VL has limits today.
 
     Raises:
         UsageError: names what is missing and what runs instead.
     """
-    if not getattr(bb, "is_qwen", False):
-        return
+    family = bb.family_spec
+    backends = family.backends or {}
     for stage, name in (("vision", vision_backend), ("compress", compress_backend), ("llm", llm)):
-        if name is not None and name not in QWEN_BACKENDS[stage]:
+        if name is not None and stage in backends and name not in backends[stage]:
             raise UsageError(
-                f"backbone {bb.name!r} (Qwen2.5-VL) cannot run the {name!r} {stage} backend: "
-                f"{_QWEN_MISSING[stage]}; use {_FLAGS[stage]} {' / '.join(QWEN_BACKENDS[stage])}"
+                f"backbone {bb.name!r} ({family.title}) cannot run the {name!r} {stage} backend: "
+                f"{family.missing_backend[stage]}; use {_FLAGS[stage]} {' / '.join(backends[stage])}"
             )
-    if frames is not None and int(frames) % bb.temporal_patch:
+    step = family.frame_step(bb)
+    if frames is not None and int(frames) % step:
         raise UsageError(
-            f"{frames} frames: {bb.name} groups frames in temporal patches of {bb.temporal_patch}; "
-            f"sample a multiple of {bb.temporal_patch}"
+            f"{frames} frames: {bb.name} groups frames in temporal patches of {step}; "
+            f"sample a multiple of {step}"
         )
-    if compress_backend == "none" or not compression_wanted(retention):
+    produced = family.vision_outputs
+    if produced is None or compress_backend == "none" or not compression_wanted(retention):
         return
-    missing = [k for k in get_method(method).vision_outputs if k not in QWEN_VISION_OUTPUTS]
+    missing = [k for k in get_method(method).vision_outputs if k not in produced]
     if missing:
         from infomerge.compress.methods import method_names
 
-        ok = [m for m in method_names() if set(get_method(m).vision_outputs) <= set(QWEN_VISION_OUTPUTS)]
+        ok = [m for m in method_names() if set(get_method(m).vision_outputs) <= set(produced)]
         raise UsageError(
             f"method {method!r} reads the vision outputs {', '.join(missing)} (the vision tower's "
-            f"last-layer attention), which the Qwen2.5-VL vision stage does not produce yet; on "
+            f"last-layer attention), which the {family.title} vision stage does not produce yet; on "
             f"{bb.name!r} use one of: {', '.join(ok)}"
         )
 
@@ -1151,8 +1153,6 @@ __all__ = [
     "DEFAULT_RETENTION",
     "Answer",
     "Pipeline",
-    "QWEN_BACKENDS",
-    "QWEN_VISION_OUTPUTS",
     "check_backbone_support",
     "check_device",
     "check_fps",

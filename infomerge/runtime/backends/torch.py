@@ -69,45 +69,32 @@ class TorchCompressor:
 
 
 def vision(source: BackendSource) -> TorchVision:
-    from infomerge.backbones.vision import VisionEncoder
+    """The backbone family's vision encoder
+    (:meth:`~infomerge.backbones.family.BackboneFamily.vision_encoder`) on the source's device. A
+    static-grid encoder (Qwen2.5-VL's window-attention ViT) is built at F = ``source.frames``: frames
+    are not deduplicated, a repeated frame still fills its temporal pair.
 
-    if source.backbone.is_qwen:  # Qwen2.5-VL's window-attention ViT at the backbone's fixed grid
-        return qwen_vision(source)
-
-    checkpoint = source.need_checkpoint("torch vision")
-    dtype = VISION_DTYPES[source.options.get("vision_dtype") or "fp32"]
-    encoder = VisionEncoder.from_backbone(  # no fingerprint: a run writes no manifest
-        source.backbone,
-        checkpoint,
-        siglip_path=source.options.get("siglip_path"),
-        dtype=dtype,
-        fingerprint=False,
-    )
-    backend = TorchVision(encoder, source.device, source.vision_outputs)
-    if source.options.get("compile_mode", False) is not False:
-        backend.encoder = torch.compile(backend.encoder, mode=source.options["compile_mode"])
-    return backend
-
-
-def qwen_vision(source: BackendSource) -> TorchVision:
-    """:class:`~infomerge.backbones.qwen_vision.QwenVisionEncoder` at F = ``source.frames`` (its grid
-    is static: frames are not deduplicated, a repeated frame still fills its temporal pair)."""
-    from infomerge.backbones.qwen_vision import QwenVisionEncoder
-
-    dtype = VISION_DTYPES[source.options.get("vision_dtype") or "fp32"]
-    if dtype != torch.float32:
+    Raises:
+        UsageError: a ``vision_dtype`` the family's torch encoder does not run.
+    """
+    family = source.backbone.family_spec
+    dtype_name = source.options.get("vision_dtype") or "fp32"
+    if dtype_name not in family.vision_dtypes:
         raise UsageError(
-            "--vision-dtype bf16 applies to the SigLIP tower; drop it for Qwen2.5-VL (its torch encoder "
-            "runs fp32)"
+            f"--vision-dtype {dtype_name} applies to the SigLIP tower; drop it for {family.title} (its "
+            f"torch encoder runs {' / '.join(family.vision_dtypes)})"
         )
-    encoder = QwenVisionEncoder.from_backbone(
+    encoder = family.vision_encoder(  # no fingerprint: a run writes no manifest
         source.backbone,
         source.need_checkpoint("torch vision"),
         frames=source.frames,
+        siglip_path=source.options.get("siglip_path"),
+        dtype=VISION_DTYPES[dtype_name],
         fingerprint=False,
     )
     backend = TorchVision(encoder, source.device, source.vision_outputs)
-    backend.any_frame_count = False
+    if family.static_frame_count:
+        backend.any_frame_count = False
     if source.options.get("compile_mode", False) is not False:
         backend.encoder = torch.compile(backend.encoder, mode=source.options["compile_mode"])
     return backend

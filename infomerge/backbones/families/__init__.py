@@ -1,0 +1,1 @@
+"""One module per backbone family (see :mod:`infomerge.backbones.family`)."""
