@@ -198,3 +198,19 @@ def test_cli_artifacts_need_the_exported_count(tmp_path, capsys):
     assert "--fps 2 samples 10 frames" in err and "exactly 16" in err
     assert "--fps 3.22 gives 16" in err and "--frames 10" in err
     assert np.isclose(fps_frame_count(132, 25.0, 3.22), 16)
+
+
+def test_infomerge_bench_by_fps(tmp_path):
+    """`infomerge-bench --fps 1`: bigbuckbunny at 1 fps is 5.28 frames -> FPS_MIN_FRAMES 4, so every
+    row runs 4 frames (2 groups of 8 x 12 merged tokens), and the run records the rate."""
+    from infomerge.bench.cli import RESULTS_JSON, main
+
+    out = tmp_path / "out"
+    argv = ["--backbone", "tiny-qwen", "--fps", "1", "--retention", "1.0", "--backends", "torch"]
+    argv += ["--runs", "1", "--warmup", "0", "--ttft-runs", "1", "--decode-tokens", "1", "--output", str(out)]
+    assert main(argv) == 0
+    data = json.loads((out / RESULTS_JSON).read_text())
+    row = next(r for r in data["rows"] if r["backend"] == "torch")
+    assert row["status"] == "ok" and row["visual_tokens"] == 2 * 8 * 12
+    assert data["config"]["fps"] == 1.0 and data["config"]["frames"] == 4
+    assert main(argv[:2] + ["--backbone", "tiny", "--fps", "1", "--output", str(tmp_path / "o2")]) == 2
