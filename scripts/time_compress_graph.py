@@ -66,10 +66,10 @@ def main() -> None:
         t0 = time.perf_counter()
         _, got = sess.run(None, feed)
         graph.append(time.perf_counter() - t0)
+    ms_eager, ms_graph = 1000 * statistics.median(eager), 1000 * statistics.median(graph)
     print(
-        f"{args.method} r={args.retention:g} L={L} N={N} D={D} H {dtype}: eager median "
-        f"{1000 * statistics.median(eager):.0f} ms, ONNX Runtime median {1000 * statistics.median(graph):.0f} ms, "
-        f"index equal: {np.array_equal(index.numpy(), got)}"
+        f"{args.method} r={args.retention:g} L={L} N={N} D={D} H {dtype}: eager median {ms_eager:.0f} ms, "
+        f"ONNX Runtime median {ms_graph:.0f} ms, index equal: {np.array_equal(index.numpy(), got)}"
     )
 
 
