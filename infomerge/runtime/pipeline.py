@@ -185,6 +185,7 @@ class Answer:
                 # each sampled frame's own presentation time (None where the stream has none)
                 "timestamps_s": [float(t) if math.isfinite(t) else None for t in clip.timestamps],
                 "sampling": clip.sampling,
+                "sampling_fps": clip.sampling_fps,  # the rate asked for (sampling "fps"), else None
                 "window_s": clip.window,
                 "live": clip.live,
                 "read_by": clip.method,
