@@ -89,6 +89,11 @@ class DecodeCancelledError(VideoError):
     """Decoding stopped on request (Ctrl-C, or :meth:`DecodeJob.cancel`)."""
 
 
+class FrameCountError(UsageError):
+    """Sampling by fps gives another frame count than a fixed-shape graph (exported artifacts)
+    takes; raised before any frame is decoded. The message names both counts and the fix."""
+
+
 # --- compression -----------------------------------------------------------------------------
 class BudgetError(InfomergeError, ValueError):
     """A retention ratio or token budget that cannot be met (outside (0, 1], or zero tokens)."""

@@ -44,6 +44,10 @@ class BackboneFamily:
             tensors (False: the LLM reads every shard, fetch them all).
         vision_dtypes: ``--vision-dtype`` values the torch vision encoder runs.
         static_frame_count: whether the vision encoder's frame count is fixed at build time.
+        fps_sampling: whether frames may be sampled at a rate (``--fps``,
+            :func:`infomerge.video.sampling.sample_by_fps`): the family's processor samples by fps
+            and its positions follow the sampled rate (Qwen2.5-VL's M-RoPE time ids). False: a
+            fixed frame count only (LLaVA: lmms-eval's 32 / 64 frames, positions without time).
         ort_fused_vision: whether ORT's transformer fusions apply to the vision graph.
         backends: per stage (``vision``, ``compress``, ``llm``) the backend names that run this
             family; None: every registered backend.
@@ -64,6 +68,7 @@ class BackboneFamily:
     vision_shards_only: bool = False
     vision_dtypes: tuple[str, ...] = ("fp32",)
     static_frame_count: bool = False
+    fps_sampling: bool = False
     ort_fused_vision: bool = False
     backends: Mapping[str, tuple[str, ...]] | None = None
     missing_backend: Mapping[str, str] = {}

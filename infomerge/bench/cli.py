@@ -142,7 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="tokens per LLM decode measurement (default 16)",
     )
-    p.add_argument(
+    count = p.add_mutually_exclusive_group()
+    count.add_argument(
+        "--fps",
+        type=float,
+        default=None,
+        metavar="X",
+        help="Qwen2.5-VL: sample the video at X frames per second by Qwen's rule (duration x X floored "
+        "to even, in [4, 768]) instead of --frames; every row then runs that count",
+    )
+    count.add_argument(
         "--frames",
         type=int,
         default=None,
@@ -215,6 +224,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _frames_by_fps(args: argparse.Namespace, bb) -> None:
+    """``--fps``: set ``args.frames`` to the count the rate gives on the video (a demux scan,
+    nothing decoded); with ``--artifacts`` it must be the exported F.
+
+    Raises:
+        UsageError: a backbone without fps sampling, a bad rate; FrameCountError (the counts differ).
+    """
+    from infomerge.runtime.pipeline import check_fps
+    from infomerge.video import sample_video
+    from infomerge.video.decode import fps_sample_count
+
+    check_fps(bb, args.fps)
+    exported = None
+    if args.artifacts is not None:
+        from infomerge.artifacts.manifest import load_manifest
+
+        exported = int(load_manifest(args.artifacts).get("frames") or bb.frames)
+    n = fps_sample_count(args.video or sample_video(), args.fps, require_frames=exported)
+    args.frames = int(n if n is not None else (exported or bb.frames))
+
+
 def _check(args: argparse.Namespace) -> None:
     """Every check that needs nothing written. Raises UsageError / InfomergeError."""
     from infomerge.backbones.registry import get_backbone
@@ -237,6 +267,8 @@ def _check(args: argparse.Namespace) -> None:
         from infomerge.errors import VideoNotFoundError
 
         raise VideoNotFoundError(args.video, "no such file (--video)")
+    if args.fps is not None:
+        _frames_by_fps(args, bb)
     if args.artifacts is not None:
         from infomerge.artifacts.manifest import load_manifest
 
@@ -358,6 +390,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> tuple[dict, 
         ttft_runs=args.runs if args.ttft_runs is None else args.ttft_runs,
         decode_tokens=args.decode_tokens,
         video=args.video,
+        fps=args.fps,
         prompt=args.prompt,
         artifacts=args.artifacts,
         work=args.work / tag,
@@ -446,6 +479,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> tuple[dict, 
             "ttft_runs": cfg.ttft_runs,
             "decode_tokens": cfg.decode_tokens,
             "video": str(cfg.video),
+            "fps": cfg.fps,
             "prompt": cfg.prompt,
             "artifacts": str(artifacts) if artifacts is not None else None,
             "llm_precision": cfg.llm_precision,

@@ -146,6 +146,8 @@ class BenchConfig:
         backbone: registry name.
         checkpoint: the checkpoint directory every backend is built from.
         frames: F, frames sampled per video (the backbone's unless reduced for a slow machine).
+        fps: Qwen2.5-VL: the video sampled at this rate (Qwen's rule); ``frames`` is then the count
+            it gives on ``video`` (None: ``frames`` frames uniform in index).
         retentions: ratios in (0, 1]; 1.0 is the uncompressed baseline (always measured first).
         methods: compressors for the ratios below 1.0.
         backends: any of ``BACKENDS``.
@@ -180,6 +182,7 @@ class BenchConfig:
     llm_precision: str = "int4"
     torch_variants: list[str] = field(default_factory=lambda: ["eager"])
     tolerances: Tolerances = field(default_factory=Tolerances)
+    fps: float | None = None
 
     def cases(self) -> list[tuple[str, float]]:
         """(method, retention) pairs in order: the baseline (``"none"``, 1.0) first."""
@@ -350,6 +353,7 @@ def load_backend(cfg: BenchConfig, name: str, variant: str, artifacts: Path | No
             frames=cfg.frames,
             compile_mode=compile_mode,
             vision_outputs=_vision_outputs(cfg),
+            fps=cfg.fps,
         )
     except BackendUnavailableError as exc:
         raise Unavailable(str(exc)) from None
@@ -414,6 +418,8 @@ class StageBench:
         self.dims = dims_from_config(self.bb)
         self.ref = Reference()
         how = decode_options(self.bb)  # SigLIP's square resize, or Qwen2.5-VL's fixed-size preprocessing
+        if cfg.fps is not None:  # Qwen's frames at that rate: exactly cfg.frames of them (checked)
+            how.update(fps=cfg.fps, require_frames=cfg.frames)
         self.decoded = decode_video(cfg.video, cfg.frames, **how)
         self.decode_stage = self._measure(lambda: decode_video(cfg.video, cfg.frames, **how))
         self.advance("decode + preprocess")

@@ -54,7 +54,9 @@ Numerics: everything is computed in fp32 (fp16 inputs are upcast). The density s
 across backends (ONNX Runtime gives the eager module's anchors bit for bit): the matmul form
 ``||a||^2 + ||b||^2 - 2ab`` on frame-centred tokens only chooses the pairs, whose squared distances
 are then summed with a fixed order of elementwise adds; "denser" compares ``m = mean kNN d^2``, not
-``exp(-m)``; no Exp or Sqrt kernel is used (see ``_density``).
+``exp(-m)``; no Exp or Sqrt kernel is used (see ``_density``). So are the TFD static candidates
+(step 3): the matmul form ranks, and the positions around the ``T_st`` boundary are ranked again on
+a TFD summed in a fixed order of elementwise ops (see ``_static``).
 """
 
 from __future__ import annotations
@@ -67,13 +69,14 @@ import torch
 from torch import nn
 
 from infomerge.compress.config import InfoMergeConfig
-from infomerge.compress.exact_arith import exp_neg, row_sq_dist
+from infomerge.compress.exact_arith import chunked_sum, exp_neg, row_sq_dist, sq_dist_to, sqrt_exact
 from infomerge.compress.merge import combine_merge
 from infomerge.compress.richness import RICHNESS_MODES, renyi2_richness, segment_richness_exact, sketch_basis
 
 MergeImpl = Callable[..., torch.Tensor]
 
 _NEG = float("-inf")
+TFD_MARGIN = 4  # static candidates: ranks T_st - 4 .. T_st + 3 of the matmul TFD are ranked exactly
 MERGE_SCOPES = ("anchor_frame", "segment")
 
 
@@ -316,15 +319,9 @@ class FixedBudgetCompressor(nn.Module):
         # ---- step 3: TFD static candidates per segment slot -----------------------------------
         static_slot = torch.zeros(L, N, dtype=torch.bool, device=dev)
         if cfg.tfd and self.static_count > 0 and L > 1:
-            hn = h / h.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            hnt = hn.transpose(0, 1)  # (N, L, D)
-            fm = hnt @ hnt.transpose(1, 2)  # (N, L, L) per-position cosines
-            diff = (fm[:, 1:, :] - fm[:, :-1, :]).abs()  # (N, L-1, L)
             pair = onehot[:, :-1] * onehot[:, 1:]  # (K, L-1): frames l, l+1 both in k
             w = (pair.unsqueeze(-1) * onehot.unsqueeze(1)).reshape(L, -1)  # (K, (L-1)*L)
-            tfd = w @ diff.reshape(N, -1).t()  # (K, N)
-            tfd = tfd / ((seg_len - 1.0) * seg_len).clamp_min(1.0).unsqueeze(1)
-            static_slot = (rank_asc(tfd) < self.static_count) & (seg_len > 1.5).unsqueeze(1)
+            static_slot = self._static(h, w, segment) & (seg_len > 1.5).unsqueeze(1)
         static_frame = onehot.t() @ static_slot.to(f32)  # (L, N) float {0,1}: S of each frame's segment
 
         # ---- step 4 + 2: segment budgets B_k ----------------------------------------------------
@@ -616,6 +613,62 @@ class FixedBudgetCompressor(nn.Module):
         return merged, slot_of_token
 
     # ---- helpers -----------------------------------------------------------------------------------
+    def _static(self, h: torch.Tensor, w: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
+        """Step 3: (K, N) bool, the ``T_st`` positions of lowest TFD of every segment slot.
+
+        ``TFD_k(p) = sum_{l, l+1 in k} sum_{l' in k} |cos(h_{l+1,p}, h_{l',p}) - cos(h_{l,p}, h_{l',p})|
+        / ((T_k - 1) T_k)`` (spec step 3; the normalisation does not change the order within a slot).
+
+        Exact across backends, as :meth:`_density`: TFD is a sum of differences of cosines near 1,
+        so the matmul form's accumulation order (the BLAS's, ONNX Runtime's MLAS) moves it by
+        ~1e-6 of values ~1e-3, and random-weight features have TFD gaps below that (the 7B Qwen2.5-VL
+        fp16 export kept 2 of 594 tokens differently in ONNX Runtime). The matmul form only
+        *chooses*: positions of rank ``< T_st - m`` are static, of rank ``>= T_st + m`` are not
+        (``m`` = :data:`TFD_MARGIN`). The ``2 m`` positions between are ranked again on an exact TFD:
+        unit vectors from :func:`~infomerge.compress.exact_arith.sqrt_exact` norms,
+        ``cos(a, b) = 1 - ||a - b||^2 / 2`` with the squared distances summed in a fixed order of
+        elementwise adds (:func:`~infomerge.compress.exact_arith.sq_dist_to`, no cancellation), the
+        pair sums in a fixed order (:func:`~infomerge.compress.exact_arith.chunked_sum`); ties go to
+        the lower position.
+
+        Args:
+            h: (L, N, D) float32 tokens. w: (K, (L-1) L) float32 {0, 1}: ``w[k, l L + l']`` = frames
+                l, l+1 and l' all in slot k. segment: (L,) int64 slot of each frame.
+        """
+        L, N, D = self.frames, self.n, self.hidden
+        S, dev = self.static_count, h.device
+        # approximate TFD (K, N): cosines by matmul
+        hn = h / h.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        hnt = hn.transpose(0, 1)  # (N, L, D)
+        fm = hnt @ hnt.transpose(1, 2)  # (N, L, L) per-position cosines
+        diff = (fm[:, 1:, :] - fm[:, :-1, :]).abs()  # (N, L-1, L)
+        rank = rank_asc(w @ diff.reshape(N, -1).t())  # (K, N), a permutation per slot
+        lo, hi = max(S - TFD_MARGIN, 0), min(S + TFD_MARGIN, N)
+        W = hi - lo
+        positions = torch.arange(N, device=dev).unsqueeze(0).expand(L, N)
+        by_rank = torch.zeros(L, N, dtype=torch.int64, device=dev).scatter(1, rank, positions)
+        band = by_rank[:, lo:hi]  # (K, W) positions of ranks lo .. hi-1 in each slot
+
+        # exact TFD of the band: frame l's band is its segment's (the same positions in l and l+1)
+        fpos = band.index_select(0, segment)  # (L, W)
+        frame_base = (torch.arange(L, device=dev) * N).unsqueeze(1)
+        xf = h.reshape(L * N, D)
+        norm = sqrt_exact(chunked_sum(xf * xf, D))  # (L N,)
+        xf = xf / norm.unsqueeze(1)
+        rows = xf.index_select(0, (fpos + frame_base).reshape(L * W))  # (L W, D): token (l, fpos[l, j])
+        cols = (fpos.unsqueeze(-1) + frame_base.reshape(1, 1, L)).reshape(L * W, L)  # (l', fpos[l, j])
+        d2 = sq_dist_to(rows, xf, cols, D, (L * W, L)).reshape(L, W, L)  # ||u_{l,p} - u_{l',p}||^2
+        step = (d2[:-1] - d2[1:]).abs()  # (L-1, W, L) = 2 |cos_{l+1} - cos_l| against l'
+        terms = w.reshape(L, 1, (L - 1) * L) * step.transpose(0, 1).reshape(1, W, (L - 1) * L)
+        exact = chunked_sum(terms, (L - 1) * L)  # (K, W), 2 (T-1) T TFD
+
+        # the band's S - lo lowest exact TFD (ties: lower position) join the ranks below lo
+        ei, ej = exact.unsqueeze(-1), exact.unsqueeze(-2)
+        pi, pj = band.unsqueeze(-1), band.unsqueeze(-2)
+        below = ((ej < ei) | ((ej == ei) & (pj < pi))).to(torch.int64).sum(-1)  # (K, W)
+        pick = (below < S - lo).to(torch.int64)
+        return (rank < lo) | (torch.zeros(L, N, dtype=torch.int64, device=dev).scatter(1, band, pick) > 0)
+
     def _segment(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Step 1: (L,) int64 segment id per frame and (L,) float32 1.0 where a segment starts."""
         cfg, L, dev = self.config, self.frames, g.device

@@ -120,11 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the compression visualisation (frames, salient tokens, anchors, segments, budgets)",
     )
     p.add_argument("--json", metavar="PATH", help="write the answer, token ids, timings and settings as JSON")
-    p.add_argument(
+    count = p.add_mutually_exclusive_group()
+    count.add_argument(
         "--frames",
         type=int,
         metavar="F",
         help="frames sampled per video (default: the backbone's; with --artifacts, the exported F)",
+    )
+    count.add_argument(
+        "--fps",
+        type=float,
+        metavar="X",
+        help="Qwen2.5-VL: sample X frames per second by Qwen's rule (qwen-vl-utils: duration x X "
+        "floored to even, in [4, 768]; its default is 2) instead of a frame count; the budget and the "
+        "M-RoPE time step follow the count. With --artifacts the rate must give the exported F",
     )
     p.add_argument(
         "--rehash-artifacts",
@@ -173,6 +182,7 @@ def _build_pipeline(args):
             retention=retention,
             device=args.device,
             rehash=args.rehash_artifacts,
+            fps=args.fps,
         )
     return Pipeline.from_backbone(
         args.backbone or "tiny",
@@ -186,6 +196,7 @@ def _build_pipeline(args):
         frames=args.frames,
         vision_dtype=args.vision_dtype,
         inner_merge=args.inner_merge,
+        fps=args.fps,
     )
 
 
@@ -201,9 +212,24 @@ def _backbone_for(args):
 
 
 def _frames_for(args) -> int:
-    """Frames to sample, known before any model loads (so decoding can start first)."""
+    """Frames to sample, known before any model loads (so decoding can start first). With --fps:
+    the count the rate gives on this video (a demux scan, nothing decoded), which must be the
+    exported F with --artifacts (FrameCountError otherwise)."""
     from infomerge.backbones.registry import get_backbone
 
+    if args.fps is not None:
+        from infomerge.video import sample_video
+        from infomerge.video.decode import fps_sample_count
+
+        exported = None
+        if args.artifacts:
+            from infomerge.artifacts.manifest import load_manifest
+
+            manifest = load_manifest(args.artifacts)
+            exported = int(manifest.get("frames") or get_backbone(manifest["backbone"]["name"]).frames)
+        video = args.video or sample_video()
+        n = fps_sample_count(video, args.fps, window=args.window, require_frames=exported)
+        return int(n if n is not None else (exported or _backbone_for(args).frames))
     if args.artifacts:
         from infomerge.artifacts.manifest import load_manifest
 
@@ -245,9 +271,16 @@ def check_args(args) -> int:
         check_output_file(args.json, "--json")
     if args.save_viz:
         check_output_file(args.save_viz, "--save-viz", suffixes=(".png",))
-    from infomerge.runtime.pipeline import check_device
+    from infomerge.runtime.pipeline import check_device, check_fps
 
     check_device(args.device)
+    if args.fps is not None:
+        check_fps(_backbone_for(args), args.fps)
+        if args.sampling != "index" or args.decode_device != "cpu":
+            raise UsageError(
+                "--fps samples by frame index on the CPU decoder (Qwen's rule): drop --sampling time / "
+                "--decode-device cuda"
+            )
     frames = _frames_for(args)
     if not args.artifacts:  # backends / methods / frames the backbone cannot run (Qwen2.5-VL's limits)
         from infomerge.runtime.pipeline import check_backbone_support
@@ -356,9 +389,10 @@ def run(args) -> dict:
 
         av.logging.set_level(av.logging.VERBOSE)
     # Decoding starts before the models load: the two overlap.
+    by_fps = {} if args.fps is None else {"fps": args.fps, "require_frames": frames}
     job = DecodeJob(
         video, frames, sampling=args.sampling, window=args.window, decode_device=args.decode_device,
-        **decode_options(_backbone_for(args)),
+        **by_fps, **decode_options(_backbone_for(args)),
     )
     args._decode_job = job  # for main(): Ctrl-C cancels it
     job.raise_early()  # a missing or non-video file: fail before loading models

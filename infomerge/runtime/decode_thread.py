@@ -59,7 +59,9 @@ def decode_video(
         preprocess: instead of SigLIP's square resize: a function of the sampled (F, H, W, 3) uint8
             RGB frames (kept at full resolution) giving ``pixel_values`` (Qwen2.5-VL:
             :func:`infomerge.video.qwen_preprocess.qwen_preprocess` at the backbone's fixed size).
-        options: ``sampling``, ``window``, ``live``, ``decode_device`` for :func:`read_video`.
+        options: ``sampling``, ``window``, ``live``, ``decode_device``, and ``fps`` /
+            ``require_frames`` (Qwen2.5-VL's sampling by rate; ``frames`` is then ignored) for
+            :func:`read_video`.
 
     Raises:
         VideoError: and its subclasses, from :func:`infomerge.video.read_video`, unchanged.

@@ -185,6 +185,7 @@ class Answer:
                 # each sampled frame's own presentation time (None where the stream has none)
                 "timestamps_s": [float(t) if math.isfinite(t) else None for t in clip.timestamps],
                 "sampling": clip.sampling,
+                "sampling_fps": clip.sampling_fps,  # the rate asked for (sampling "fps"), else None
                 "window_s": clip.window,
                 "live": clip.live,
                 "read_by": clip.method,
@@ -210,6 +211,10 @@ class Pipeline:
         info: free description recorded in :attr:`Answer.info`.
         frames: F, frames sampled per video (default: the backbone's).
         source: what the backends were built from (for :meth:`with_compression`).
+        fps: sample each video at this rate (Qwen2.5-VL's rule,
+            :func:`~infomerge.video.sampling.sample_by_fps`) instead of F frames; None: F frames.
+        fixed_frames: the backends take exactly F frames (exported graphs): with ``fps``, a video
+            whose rate gives another count is refused before decoding (FrameCountError).
     """
 
     def __init__(
@@ -227,8 +232,11 @@ class Pipeline:
         info: dict | None = None,
         frames: int | None = None,
         source: BackendSource | None = None,
+        fps: float | None = None,
+        fixed_frames: bool = False,
     ):
         _check_layout(backbone)
+        check_fps(backbone, fps)
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.chat_template = chat_template
@@ -239,6 +247,8 @@ class Pipeline:
         self.video_token_id = int(video_token_id)
         self.device = device
         self.frames = int(frames or backbone.frames)
+        self.fps = None if fps is None else float(fps)
+        self.fixed_frames = bool(fixed_frames)
         self.source = source or BackendSource(backbone=backbone, device=device, frames=self.frames)
         self.tokens_per_frame = backbone.tokens_per_frame
         self.info = dict(info or {})
@@ -269,6 +279,7 @@ class Pipeline:
         vision_outputs: tuple[str, ...] = (),
         vision_dtype: str = "fp32",
         inner_merge: bool | None = None,
+        fps: float | None = None,
     ) -> Pipeline:
         """A pipeline over the checkpoint of backbone ``name`` (``tiny`` is built locally).
 
@@ -299,12 +310,16 @@ class Pipeline:
                 speed in docs/benchmarks.md, "Vision tower in bf16").
             inner_merge: switch the method's inner-LLM stage on or off (:func:`make_config`);
                 None: the method's default.
+            fps: sample every video at this rate by Qwen2.5-VL's rule (qwen-vl-utils: duration x
+                fps floored to even, in [4, 768]) instead of ``frames`` frames; the frame count,
+                hence the budget and the M-RoPE time step, follow each video (Qwen2.5-VL only).
 
         Raises:
             UnknownBackboneError, CheckpointNotFoundError: from the backbone registry / loader.
             UsageError: ``vision_dtype`` other than fp32 / bf16, or bf16 with a non-torch vision
                 backend; ``inner_merge`` for a method without an inner stage, or one this pipeline
-                cannot run (:func:`check_inner_stage`).
+                cannot run (:func:`check_inner_stage`); ``fps`` on a LLaVA backbone or not > 0
+                (:func:`check_fps`).
             ArtifactError: an ort/trt backend without ``artifacts``, or a mismatched directory.
             BackendUnavailableError: a backend whose package is not installed (names the extra).
             UnknownBackendError, UnknownMethodError, BudgetError: bad names or retention (checked
@@ -319,6 +334,7 @@ class Pipeline:
             apply_threads(threads)
         bb = get_backbone(name)
         _check_layout(bb)  # before any download
+        check_fps(bb, fps)
         _check_names(vision_backend, compress_backend, llm, method, retention, inner_merge, bb)
         check_backbone_support(bb, vision_backend, compress_backend, llm, method, retention, frames)
         check_vision_dtype(vision_dtype, vision_backend)
@@ -343,6 +359,7 @@ class Pipeline:
             },
             vision_outputs=vision_outputs,
             inner_merge=inner_merge,
+            fps=fps,
         )
         pipe.load_ms = (time.perf_counter() - t0) * 1000.0
         return pipe
@@ -365,6 +382,7 @@ class Pipeline:
         compile_mode: str | None | bool = False,
         threads: int | None = None,
         vision_outputs: tuple[str, ...] = (),
+        fps: float | None = None,
     ) -> Pipeline:
         """A pipeline over an ``infomerge-export`` artifact directory.
 
@@ -383,6 +401,9 @@ class Pipeline:
             threads: as in :meth:`from_backbone`.
             vision_outputs: as :meth:`from_backbone` (an ``ort`` / ``trt`` vision graph must have
                 been exported with them).
+            fps: as :meth:`from_backbone`, but the graphs take the exported F frames: a video whose
+                rate gives another count is refused after its demux scan, before decoding
+                (:class:`~infomerge.errors.FrameCountError`, naming both counts and the fix).
 
         Raises:
             ArtifactError: missing / mismatched manifest (backbone, frames, infomerge version,
@@ -406,6 +427,7 @@ class Pipeline:
         )
         bb = get_backbone(manifest["backbone"]["name"])
         _check_layout(bb)
+        check_fps(bb, fps)
         _check_manifest_layout(root, manifest, bb)
         has_compress = (root / COMPRESS_ONNX).is_file()
         has_llm = (root / LLM_DIR).is_dir()
@@ -438,6 +460,8 @@ class Pipeline:
             frames=manifest.get("frames"),
             options={"compile_mode": compile_mode, "threads": threads},
             vision_outputs=vision_outputs,
+            fps=fps,
+            fixed_frames=True,
         )
         pipe.load_ms = (time.perf_counter() - t0) * 1000.0
         return pipe
@@ -460,6 +484,8 @@ class Pipeline:
         options: dict,
         vision_outputs: tuple[str, ...] = (),
         inner_merge: bool | None = None,
+        fps: float | None = None,
+        fixed_frames: bool = False,
     ) -> Pipeline:
         """Look every stage's backend up in its registry and build it from one :class:`BackendSource`.
 
@@ -511,6 +537,7 @@ class Pipeline:
             else str(backend.dtype),
             "device": device,
             "frames": source.frames,
+            "fps": fps,
         }
         pipe = cls(
             bb,
@@ -525,6 +552,8 @@ class Pipeline:
             info=info,
             frames=source.frames,
             source=source,
+            fps=fps,
+            fixed_frames=fixed_frames,
         )
         pipe.info.update(pipe._compression_info(method))
         return pipe
@@ -603,14 +632,24 @@ class Pipeline:
         return info
 
     # --- stages --------------------------------------------------------------------------------
-    def start_decode(self, video: str | os.PathLike) -> DecodeJob:
-        """Start decoding ``video`` in a background thread (F = the backbone's frame count;
-        preprocessing per :func:`~infomerge.runtime.decode_thread.decode_options`)."""
-        return DecodeJob(video, self.frames, **decode_options(self.backbone))
+    def start_decode(self, video: str | os.PathLike, **options) -> DecodeJob:
+        """Start decoding ``video`` in a background thread (F frames, or :attr:`fps` sampling;
+        preprocessing per :func:`~infomerge.runtime.decode_thread.decode_options`; ``options``:
+        ``sampling``, ``window``, ``decode_device`` for :func:`~infomerge.video.read_video`)."""
+        sampling = {**self.sampling_options(), **options}
+        return DecodeJob(video, self.frames, **sampling, **decode_options(self.backbone))
 
     def decode(self, video: str | os.PathLike) -> DecodedVideo:
-        """Decode, sample and preprocess ``video`` in this thread. Raises VideoError subclasses."""
-        return decode_video(video, self.frames, **decode_options(self.backbone))
+        """Decode, sample and preprocess ``video`` in this thread. Raises VideoError subclasses
+        (and FrameCountError: :attr:`fps` sampling that misses the fixed frame count)."""
+        return decode_video(video, self.frames, **self.sampling_options(), **decode_options(self.backbone))
+
+    def sampling_options(self) -> dict:
+        """``read_video`` keywords of this pipeline's frame sampling: ``{}`` (F frames) or ``fps``,
+        with ``require_frames = F`` where the backends take exactly F frames."""
+        if self.fps is None:
+            return {}
+        return {"fps": self.fps, "require_frames": self.frames if self.fixed_frames else None}
 
     def encode(self, pixel_values: torch.Tensor, frame_indices=None) -> VisionFeatures:
         """Vision stage: (F, 3, 384, 384) float32 -> H (F, N, D), A (F, N), g (F, G).
@@ -675,13 +714,15 @@ class Pipeline:
         )
 
     def _assemble_mrope(self, ids: PromptIds, video_tokens: VideoTokens, video) -> Assembled:
-        """3-row M-RoPE positions over (L groups, token grid) (Qwen2.5-VL)."""
+        """3-row M-RoPE positions over (L groups, token grid) (Qwen2.5-VL); L from the video's own
+        frame count (sampling by fps: each video's)."""
+        frames = self.frames if video is None else len(video.clip.indices)
         return assemble_mrope(
             self.llm.embed,
             ids,
             video_tokens.tokens.float().cpu(),
             video_tokens.index.cpu(),
-            self.backbone.groups_for(self.frames),
+            self.backbone.groups_for(frames),
             self.backbone.token_grid,
             self.mrope_interval(video),
         )
@@ -810,11 +851,17 @@ class Pipeline:
         with clock.stage("assemble"):
             ids = self.prompt_ids(prompt)  # overlaps with the decode thread
         # the prompt spans the uncompressed positions whatever is kept: fail before any video work
-        span = len(ids.before) + self.backbone.video_tokens_for(self.frames) + len(ids.after)
-        check_context(span, max_new_tokens, self.llm.context)
+        # (sampling by fps: the count is the video's, known once decoded)
+        if self.fps is None or self.fixed_frames:
+            span = len(ids.before) + self.backbone.video_tokens_for(self.frames) + len(ids.after)
+            check_context(span, max_new_tokens, self.llm.context)
         with clock.stage("video_decode_wait"):
             decoded = video.result() if isinstance(video, DecodeJob) else video
         timings.stages_ms["video_decode"] = decoded.decode_ms
+        if self.fps is not None and not self.fixed_frames:
+            frames = len(decoded.clip.indices)
+            span = len(ids.before) + self.backbone.video_tokens_for(frames) + len(ids.after)
+            check_context(span, max_new_tokens, self.llm.context)
         with clock.stage("vision"):
             features = self.encode(decoded.pixel_values, decoded.clip.indices)
         with clock.stage("compress"):
@@ -985,6 +1032,31 @@ def check_prompt_fits(
 _FLAGS = {"vision": "--vision-backend", "compress": "--compress-backend", "llm": "--llm"}
 
 
+def check_fps(bb, fps: float | None) -> None:
+    """Sampling by fps where the family has it (``BackboneFamily.fps_sampling``: Qwen2.5-VL);
+    refuse it elsewhere, and a rate that is not > 0.
+
+    LLaVA-OneVision and LLaVA-Video take a fixed frame count (lmms-eval's ``max_frames_num``: 32 /
+    64 frames uniform in index) and their RoPE positions carry no time, so a rate would only
+    change how many frames are sampled; ``--frames`` says that directly. Qwen2.5-VL samples by fps
+    (qwen-vl-utils, 2 fps by default) and its M-RoPE temporal ids follow the sampled rate.
+
+    Raises:
+        UsageError: ``fps`` on a backbone without it, or ``fps <= 0``.
+    """
+    if fps is None:
+        return
+    family = bb.family_spec
+    if not family.fps_sampling:
+        raise UsageError(
+            f"--fps: backbone {bb.name!r} ({family.title}) has no notion of a sampling rate: it takes a "
+            f"fixed frame count ({bb.frames} frames uniform in index, lmms-eval's setting) and its "
+            "positions carry no time; sample a frame count with --frames (fps sampling is Qwen2.5-VL's)"
+        )
+    if not fps > 0:
+        raise UsageError(f"--fps must be > 0 frames per second, got {fps}")
+
+
 def check_backbone_support(
     bb, vision_backend, compress_backend, llm, method, retention, frames: int | None = None
 ) -> None:
@@ -1084,6 +1156,7 @@ __all__ = [
     "Pipeline",
     "check_backbone_support",
     "check_device",
+    "check_fps",
     "check_inner_stage",
     "check_vision_outputs",
     "check_prompt_fits",

@@ -29,10 +29,13 @@ class VideoClip:
         warnings: notes for the user (resampling, live window, fallbacks).
         pixel_values: (F, 3, size, size) float32 in [-1, 1] when ``read_video`` was given ``size``
             (each frame resized as it was decoded), else None.
-        sampling: ``"index"`` or ``"time"``.
+        sampling: ``"index"``, ``"time"`` or ``"fps"`` (Qwen2.5-VL's rule at ``sampling_fps``).
         window: seconds of the window sampled (live sources, or ``window=``), else None.
         live: whether the source was read as a live stream.
         method: how the frames were found: ``"seek"``, ``"sequential"`` or ``"live"``.
+        sampling_fps: the rate asked for with ``sampling="fps"`` (frames per second), else None;
+            the rate of the frames kept is ``len(indices) / total_frames * fps``
+            (:attr:`sampled_fps`).
     """
 
     path: Path | str
@@ -48,6 +51,7 @@ class VideoClip:
     window: float | None = None
     live: bool = False
     method: str = "seek"
+    sampling_fps: float | None = None
 
     def __post_init__(self) -> None:
         if self.timestamps is None:  # built by hand: derive from index and frame rate
@@ -55,11 +59,20 @@ class VideoClip:
                 self.indices / self.fps if self.fps > 0 else np.full(len(self.indices), np.nan)
             )
 
+    @property
+    def sampled_fps(self) -> float:
+        """Frames per second of the sampled frames, ``F / total_frames * fps`` (transformers'
+        ``VideoMetadata.sampled_fps``; 24 fps assumed for a stream without a rate, as there)."""
+        rate = self.fps if self.fps > 0 else 24.0
+        return len(self.indices) / max(int(self.total_frames), 1) * rate
+
     def describe(self) -> str:
         """One line for the user: how many frames, from what span, sampled how."""
         t = self.timestamps
         span = f"{t[0]:.2f}-{t[-1]:.2f} s" if len(t) and np.isfinite(t).all() else "unknown times"
         how = f"uniform in {'time' if self.sampling == 'time' else 'frame index'}"
+        if self.sampling == "fps":
+            how = f"at {self.sampling_fps:g} fps by Qwen2.5-VL's rule, {self.sampled_fps:.3g} fps kept"
         if self.live:
             where = f"live source: the most recent {self.window:g} s as read"
         elif self.window is not None:

@@ -43,8 +43,10 @@ import torch
 
 from infomerge.errors import (
     DecodeCancelledError,
+    FrameCountError,
     NoDecodableFrameError,
     TruncatedVideoError,
+    UsageError,
     VideoSourceError,
 )
 from infomerge.video.allocator import return_large_buffers
@@ -59,7 +61,15 @@ from infomerge.video.preprocess import (
     pixel_values_from_rows,
     resize_frame,
 )
-from infomerge.video.sampling import SAMPLINGS, sample_by_time, sample_indices, window_start
+from infomerge.video.sampling import (
+    SAMPLINGS,
+    fps_for_count,
+    fps_frame_count,
+    sample_by_fps,
+    sample_by_time,
+    sample_indices,
+    window_start,
+)
 from infomerge.video.source import Source, open_source, parse_source
 
 DISPLAY_MAX = 1280  # longer side of VideoClip.frames when read_video is given ``size``
@@ -256,9 +266,14 @@ class _Cursor:
                 yield frame
 
 
-def _choose(times: np.ndarray, frames: int, sampling: str, window: float | None) -> np.ndarray:
-    """Sampled indices into ``times`` (ascending seconds of every frame)."""
+def _choose(
+    times: np.ndarray, frames: int, sampling: str, window: float | None, rate: tuple | None = None
+) -> np.ndarray:
+    """Sampled indices into ``times`` (ascending seconds of every frame); ``sampling="fps"`` samples
+    at ``rate = (fps, video_fps)`` (:func:`~infomerge.video.sampling.sample_by_fps`)."""
     lo = window_start(times, window) if window is not None else 0
+    if sampling == "fps":
+        return sample_by_fps(len(times) - lo, rate[1], rate[0]) + lo
     if sampling == "time":
         return sample_by_time(times[lo:], frames) + lo
     return sample_indices(len(times) - lo, frames) + lo
@@ -419,14 +434,16 @@ def _decode_workers(src: Source, stream) -> int:
     return max(1, min(cores, _WORKERS_MAX))
 
 
-def _read_seeking(container, stream, timeline: _Timeline, frames, sampling, window, keep, cancel, src=None):
+def _read_seeking(
+    container, stream, timeline: _Timeline, frames, sampling, window, keep, cancel, src=None, rate=None
+):
     """Seek to the sampled frames. With several workers (:func:`_decode_workers`), the sampled pts
     are cut into runs at keyframes and each run is decoded by its own container and decoder in a
     thread (FFmpeg releases the GIL while it demuxes and decodes); every frame still comes from a
     decode that starts at a keyframe before it, so the pixels are those of one sequential decode."""
     tb = float(stream.time_base)
     times = (timeline.pts - timeline.pts[0]) * tb
-    idx = _choose(times, frames, sampling, window)
+    idx = _choose(times, frames, sampling, window, rate)
     wanted = {int(p) for p in timeline.pts[idx]}
     targets = [int(timeline.pts[i]) for i in np.unique(idx)]
     workers = _decode_workers(src, stream) if src is not None else 1
@@ -513,9 +530,17 @@ def _decode_all(src: Source, wanted: set[int], keep, cancel):
     return kept, np.asarray(times, dtype=np.float64)
 
 
-def _read_sequential(src, frames, sampling, window, keep, cancel, guess: int):
-    """Returns (kept, idx, times, total, resampled)."""
-    wanted = sample_indices(guess, frames) if guess > 0 and sampling == "index" and window is None else []
+def _read_sequential(src, frames, sampling, window, keep, cancel, guess: int, rate=None, expected=None):
+    """Returns (kept, idx, times, total). With ``sampling="fps"`` the count is checked against
+    ``expected`` once the frames are counted (:func:`_fps_count`)."""
+    wanted = []
+    if guess > 0 and window is None and sampling == "index":
+        wanted = sample_indices(guess, frames)
+    elif guess > 0 and window is None and sampling == "fps":
+        try:
+            wanted = sample_by_fps(guess, rate[1], rate[0])
+        except ValueError:
+            wanted = []
     kept, times = _decode_all(src, {int(i) for i in wanted}, keep, cancel)
     if len(times) == 0:
         raise NoDecodableFrameError(src.name, "the container opened but no frame could be decoded")
@@ -526,7 +551,10 @@ def _read_sequential(src, frames, sampling, window, keep, cancel, guess: int):
         times = np.arange(len(times), dtype=np.float64)
     else:
         times = times - times[0]
-    idx = _choose(times, frames, sampling, window)
+    if sampling == "fps":
+        lo = window_start(times, window) if window is not None else 0
+        _fps_count(src, len(times) - lo, rate[1], rate[0], expected)
+    idx = _choose(times, frames, sampling, window, rate)
     missing = {int(i) for i in idx} - set(kept)
     if missing:
         more, times2 = _decode_all(src, missing, keep, cancel)
@@ -584,10 +612,37 @@ def _read_live(container, stream, src, frames, window, keep, cancel, notes):
     return kept, np.asarray(chosen, dtype=np.int64), np.asarray(times), len(times)
 
 
+def _fps_count(src: Source, total: int, video_fps: float, fps: float, expected: int | None) -> int:
+    """:func:`~infomerge.video.sampling.fps_frame_count` of the stream, checked against ``expected``.
+
+    Raises:
+        UsageError: a stream without a frame rate, or too short for 2 frames.
+        FrameCountError: the count is not ``expected`` (names both, and a rate that gives it).
+    """
+    try:
+        n = fps_frame_count(total, video_fps, fps)
+    except ValueError as exc:
+        raise UsageError(f"{src.name}: {exc}") from None
+    if expected is not None and n != expected:
+        better = fps_for_count(total, video_fps, expected)
+        fix = (f"--fps {better:g} gives {expected}" if better is not None
+               else f"no rate gives {expected} frames of this video")
+        raise FrameCountError(
+            f"{src.name}: --fps {fps:g} samples {n} frames ({total} frames at {video_fps:.4g} fps, "
+            f"{total / video_fps:.2f} s; Qwen's rule: floor to even of duration x fps, clamped to "
+            f"[4, 768]), but the exported graphs take exactly {expected}: {fix}; or drop --fps "
+            f"({expected} frames uniform in index), or export for {n} frames (infomerge-export ... "
+            f"--frames {n})"
+        )
+    return n
+
+
 def read_video(
     path,
     frames: int = 32,
     *,
+    fps: float | None = None,
+    require_frames: int | None = None,
     sampling: str = "index",
     window: float | None = None,
     size: int | None = None,
@@ -601,7 +656,13 @@ def read_video(
     Args:
         path: a video file, an http(s) URL, an RTSP/RTMP/UDP/SRT URL, or a camera (``"0"`` or
             ``"/dev/video0"``).
-        frames: F, the number of frames to sample (>= 1).
+        frames: F, the number of frames to sample (>= 1); ignored with ``fps``.
+        fps: sample at this rate (frames per second) by Qwen2.5-VL's rule instead
+            (:func:`~infomerge.video.sampling.sample_by_fps`: ``n`` = duration x fps floored to
+            even, clamped to [4, 768], at ``round(linspace(0, N - 1, n))``); files only, CPU
+            decoding, ``sampling="index"``.
+        require_frames: with ``fps``, the count a fixed-shape graph takes: checked after the
+            demux scan, before any frame is decoded (:class:`FrameCountError`).
         sampling: ``"index"``: frames ``floor(linspace(0, N-1, F))`` of the N frames (lmms-eval);
             ``"time"``: the frames shown at F instants uniform in presentation time (variable
             frame rate). A live source is always sampled in time.
@@ -623,7 +684,9 @@ def read_video(
         :class:`VideoClip` with (F, H, W, 3) uint8 RGB frames, their indices and timestamps.
 
     Raises:
-        ValueError: ``frames < 1``, unknown ``sampling``/``decode_device``, ``window <= 0``, ``size < 1``.
+        ValueError: ``frames < 1``, unknown ``sampling``/``decode_device``, ``window <= 0``, ``size < 1``;
+            ``fps <= 0`` or ``fps`` with ``sampling="time"``, NVDEC or a live source (UsageError).
+        FrameCountError: ``fps`` gives another count than ``frames``.
         VideoNotFoundError: the path (or camera device) does not exist.
         NotAVideoError: the file is empty or is no media container.
         NoVideoStreamError: media without a video stream (audio only).
@@ -636,8 +699,10 @@ def read_video(
         BackendUnavailableError: ``decode_device="cuda"`` without a usable NVDEC decoder.
         DecodeCancelledError: ``cancel`` was set.
     """
-    if frames < 1:
+    if fps is None and frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
+    if fps is not None:
+        _check_fps(fps, require_frames, sampling, decode_device, live)
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
     if window is not None and not window > 0:
@@ -656,16 +721,19 @@ def read_video(
     notes: list[str] = []
     try:
         _set_threads(stream)
-        fps, claimed = _fps(stream), int(stream.frames or 0)
+        fps_video, claimed = _fps(stream), int(stream.frames or 0)
         is_live = live if live is not None else (
             src.live or (src.kind == "url" and container.duration is None and stream.duration is None)
         )
         if is_live:
+            if fps is not None:
+                raise UsageError(f"{src.name}: a live source has no length to sample by fps; sample a "
+                                 "frame count (--frames) instead of --fps")
             if window is None:
                 window = LIVE_WINDOW_S
                 notes.append(f"live source: no window given, sampled the default {window:g} s")
             kept, idx, times, total = _read_live(container, stream, src, frames, window, keep, cancel, notes)
-            clip = _assemble(src, kept, idx, times, total, fps, 0, notes, "time", window, True, "live")
+            clip = _assemble(src, kept, idx, times, total, fps_video, 0, notes, "time", window, True, "live")
             notes.insert(0, f"live source: {clip.describe()}")
             return clip
         timeline = _scan(container, stream, cancel, src)
@@ -677,16 +745,24 @@ def read_video(
                 "`ffmpeg -i IN -c copy OUT.mp4`",
             )
         result = None
+        rate = None if fps is None else (float(fps), fps_video)
+        if rate is not None and timeline is not None and len(timeline.pts):  # before any decoding
+            times = (timeline.pts - timeline.pts[0]) * float(stream.time_base)
+            lo = window_start(times, window) if window is not None else 0
+            frames = _fps_count(src, len(times) - lo, fps_video, float(fps), require_frames)
+        sampled_by = "fps" if rate is not None else sampling
         if timeline is not None and len(timeline.pts):
             try:
-                kept, idx, times = _read_seeking(container, stream, timeline, frames, sampling, window, keep,
-                                                 cancel, src)
+                kept, idx, times = _read_seeking(
+                    container, stream, timeline, frames, sampled_by, window, keep, cancel, src, rate
+                )
                 result = (kept, idx, times, len(timeline.pts), "seek")
             except _SeekFailed as exc:
                 notes.append(f"exact seeking failed ({exc}); decoded sequentially")
         if result is None:
             guess = len(timeline.pts) if timeline is not None and len(timeline.pts) else claimed
-            kept, idx, times, total = _read_sequential(src, frames, sampling, window, keep, cancel, guess)
+            kept, idx, times, total = _read_sequential(src, frames, sampled_by, window, keep, cancel, guess,
+                                                       rate, require_frames)
             result = (kept, idx, times, total, "sequential")
     finally:
         container.close()
@@ -696,4 +772,52 @@ def read_video(
         notes.append(f"container claims {claimed} frames, decoder delivered {total}; resampled")
     for note in notes:
         warnings.warn(f"{src.name}: {note}", stacklevel=2)
-    return _assemble(src, kept, idx, times, total, fps, claimed, notes, sampling, window, False, method)
+    clip = _assemble(
+        src, kept, idx, times, total, fps_video, claimed, notes, sampled_by, window, False, method
+    )
+    clip.sampling_fps = None if rate is None else rate[0]
+    return clip
+
+
+def fps_sample_count(path, fps: float, *, window: float | None = None, require_frames: int | None = None):
+    """Frames ``read_video(path, fps=fps, window=window)`` will sample, from a demux-only scan (no
+    frame decoded): what a command checks before loading models.
+
+    Returns:
+        the count, or None when the stream has no usable timestamps (the decode then counts the
+        frames and checks ``require_frames`` itself).
+
+    Raises:
+        UsageError: ``fps <= 0``, a live source, a stream without a frame rate or too short.
+        FrameCountError: the count is not ``require_frames`` (both named, with the fix).
+        VideoError: subclasses, as :func:`read_video` opening the source.
+    """
+    _check_fps(fps, require_frames, "index", "cpu", None)
+    src = parse_source(path)
+    if src.live:
+        raise UsageError(f"{src.name}: a live source has no length to sample by fps; sample a frame count "
+                         "(--frames) instead of --fps")
+    container, stream = open_source(src)
+    try:
+        timeline = _scan(container, stream, None, src)
+        if timeline is None or not len(timeline.pts):
+            return None
+        times = (timeline.pts - timeline.pts[0]) * float(stream.time_base)
+        lo = window_start(times, window) if window is not None else 0
+        return _fps_count(src, len(times) - lo, _fps(stream), float(fps), require_frames)
+    finally:
+        container.close()
+
+
+def _check_fps(fps, frames, sampling: str, decode_device: str, live) -> None:
+    """Arguments of ``read_video(fps=...)``. Raises UsageError."""
+    if not fps > 0:
+        raise UsageError(f"fps must be > 0, got {fps}")
+    if frames is not None and frames < 1:
+        raise UsageError(f"require_frames must be >= 1 or None, got {frames}")
+    if sampling != "index":
+        raise UsageError("sampling by fps picks frames by index (Qwen2.5-VL's rule): drop sampling='time'")
+    if decode_device != "cpu":
+        raise UsageError("sampling by fps is wired for CPU decoding only: drop decode_device='cuda'")
+    if live:
+        raise UsageError("a live source has no length to sample by fps; sample a frame count instead")

@@ -24,6 +24,7 @@ class Qwen25VLFamily(BackboneFamily):
     vision_shards_only = False  # the LLM reads every shard
     vision_dtypes = ("fp32",)
     static_frame_count = True
+    fps_sampling = True  # qwen-vl-utils samples at 2 fps by default; M-RoPE ids follow the rate
     ort_fused_vision = False  # ORT's fusions are those of a ViT with LayerNorm and no rotary embedding
     backends = {
         "vision": ("torch", "ort", "trt"),
