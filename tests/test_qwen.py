@@ -282,7 +282,7 @@ def test_export_options_accept_the_genai_llm_for_qwen():
 def test_cli_llm_ort_without_artifacts_names_the_export(capsys):
     from infomerge.runtime.cli import main
 
-    assert main(["--backbone", "tiny-qwen", "--llm", "ort"]) == 2  # no --artifacts: a usage error, as on LLaVA
+    assert main(["--backbone", "tiny-qwen", "--llm", "ort"]) == 2  # no --artifacts: usage, as on LLaVA
     err = capsys.readouterr().err
     assert "infomerge-export --backbone tiny-qwen --llm int4" in err
 
