@@ -4,7 +4,7 @@ Spec: InfoMerge (arXiv 2606.02161; summary in ``docs/algorithm.md`` and ``docs/c
 "Fixed-budget, shape-static variant" and steps 1-7. The module
 returns exactly ``B = config.total_budget(L, N)`` tokens for every input, and its graph has no
 data-dependent shape: no NonZero, boolean indexing, Unique, ``.item()``, Python branches on tensor
-values, cdist or scatter-reduce, and its TopKs have ``k <= 2 k_nn``. Every Python ``if``/``for``
+values, cdist or scatter-reduce, and its TopKs have ``k <= k_nn``. Every Python ``if``/``for``
 below depends on the configuration and the static shapes only.
 
 How each data-dependent step becomes static:
@@ -50,11 +50,12 @@ Integer-exact counts ([D] for this variant, see docs/compression.md):
   frames (at most ``m_j = L // (j p + 1)`` of them) and gets at most ``ceil(B_k / (j+1))``
   anchors, so rank j holds at most ``(R + m_j j) // (j + 1)`` anchors.
 
-Numerics: everything is computed in fp32 (fp16 inputs are upcast). The density step is exact
-across backends (ONNX Runtime gives the eager module's anchors bit for bit): the matmul form
-``||a||^2 + ||b||^2 - 2ab`` on frame-centred tokens only chooses the pairs, whose squared distances
-are then summed with a fixed order of elementwise adds; "denser" compares ``m = mean kNN d^2``, not
-``exp(-m)``; no Exp or Sqrt kernel is used (see ``_density``).
+Numerics: everything is computed in fp32 (fp16 inputs are upcast), but for the density step's
+distances. The density step is exact across backends (ONNX Runtime gives the eager module's
+anchors bit for bit): the squared distances are a float64 Gram of integers on a per-token
+power-of-two grid (:func:`~infomerge.compress.exact_arith.gram_sq_dist`: exact in any
+accumulation order); "denser" compares ``m = mean kNN d^2``, not ``exp(-m)``; no Exp or Sqrt
+kernel is used (see ``_density``).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ import torch
 from torch import nn
 
 from infomerge.compress.config import InfoMergeConfig
-from infomerge.compress.exact_arith import exp_neg, row_sq_dist
+from infomerge.compress.exact_arith import exp_neg, gram_sq_dist
 from infomerge.compress.merge import combine_merge
 from infomerge.compress.richness import RICHNESS_MODES, renyi2_richness, segment_richness_exact, sketch_basis
 
@@ -666,19 +667,26 @@ class FixedBudgetCompressor(nn.Module):
         order within a frame is used, and it is the order of ``rho * delta``.
 
         Exact across backends: every value a comparison depends on is computed bit-identically by
-        torch and by ONNX Runtime, so the graph's anchors equal the eager module's. The matmul form
-        of the squared distances (``||a||^2 + ||b||^2 - 2ab``, frame-centred) only *chooses* pairs
-        (the 2 k_nn nearest, the k_nn nearest denser, the farthest): its accumulation order is the
-        BLAS's, and for near neighbours its cancellation leaves ~1e-5 relative noise. The chosen
-        pairs' ``d^2`` are recomputed as sums of squared differences with a fixed order of
-        elementwise adds (:func:`~infomerge.compress.exact_arith.row_sq_dist`). "j denser than i"
-        compares the exponent ``m = mean kNN d^2`` (``m_j < m_i``; equal ``m``: the lower index under
-        ``density_ties="index"``, never under ``"strict"``), not ``rho = exp(-m)``: the same
-        order wherever fp32 ``exp`` keeps two ``m`` apart, without the ties fp32 rounding creates
-        when ``rho`` is close to 1 (small features), which any last-bit difference broke. Exp and
-        Sqrt are not used: ORT's differ from torch's in the last bits (Exp for ~4% of fp32 inputs,
-        Sqrt is not correctly rounded); ``exact_arith.exp_neg`` is exp from Mul/Add/Floor/Where, and the
+        torch and by ONNX Runtime, so the graph's anchors equal the eager module's. The squared
+        distances of each frame's candidates come from
+        :func:`~infomerge.compress.exact_arith.gram_sq_dist` on frame-centred tokens (the centre a
+        fixed-order sum over the frame's positions): one float64 Gram per frame of integers on a
+        per-token power-of-two grid, whose products and sums are exact in any accumulation order,
+        so the kNN, the nearest denser and the farthest candidate are read straight from it (no
+        re-computation of chosen pairs; the reference's distances are the float64 Gram form too,
+        :func:`~infomerge.compress.density.pairwise_distances`). "j denser than i" compares the
+        exponent ``m = mean kNN d^2`` (``m_j < m_i``; equal ``m``: the lower index under
+        ``density_ties="index"``, never under ``"strict"``), not ``rho = exp(-m)``: the same order
+        wherever fp32 ``exp`` keeps two ``m`` apart, without the ties fp32 rounding creates when
+        ``rho`` is close to 1 (small features), which any last-bit difference broke. Exp and Sqrt
+        are not used: ORT's differ from torch's in the last bits (Exp for ~4% of fp32 inputs, Sqrt
+        is not correctly rounded); ``exact_arith.exp_neg`` is exp from Mul/Add/Floor/Where, and the
         score is ranked squared.
+
+        Cost: ``L C^2 D`` float64 multiply-adds (C = N - T_s candidates per frame) and ``L C^2``
+        elementwise work; the previous form (fp32 Gram to choose pairs, then 13 exact pair
+        distances per candidate as elementwise sums) cost 0.65 s eager and 0.78 s in ORT at
+        L = 128, D = 896 against 0.3-0.4 s (docs/compression.md, "Growth in frames").
 
         Args:
             x: (L, N, D) float32 tokens after replacement. cand: (L, N) bool, the non-salient tokens:
@@ -694,44 +702,31 @@ class FixedBudgetCompressor(nn.Module):
         slot = torch.where(cand, torch.cumsum(on, 1) - 1, C + torch.cumsum(1 - on, 1) - 1)
         positions = torch.arange(N, device=dev).unsqueeze(0).expand(L, N)
         cpos = torch.zeros(L, N, dtype=torch.int64, device=dev).scatter(1, slot, positions)[:, :C]  # (L, C)
-        xs = x.gather(1, cpos.unsqueeze(-1).expand(L, C, D))  # (L, C, D)
-        xc = xs - x.mean(1, keepdim=True)  # translation-invariant; less cancellation in the mm form
-        sq = (xc * xc).sum(-1)
-        d2 = (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * (xc @ xc.transpose(1, 2))).clamp_min(0.0) / D
-        idx = torch.arange(C, device=dev)
-        d2 = torch.where(idx.unsqueeze(0) == idx.unsqueeze(1), 0, d2)  # (L, C, C)
-        xf = xs.reshape(L * C, D)
-        frame_base = (torch.arange(L, device=dev) * C).reshape(L, 1, 1)
+        flat = (cpos + torch.arange(L, device=dev).unsqueeze(1) * N).reshape(L * C)
+        xs = x.reshape(L * N, D).index_select(0, flat).reshape(L, C, D)  # (rows: faster than gather)
+        # translation-invariant; centred rows use the grid of gram_sq_dist best. The centre is a
+        # fixed-order (halving) sum over positions: the same bits in every backend
+        xc = xs - _position_sum(x, N) / N
+        d2 = (gram_sq_dist(xc, D) / D).to(x.dtype)  # (L, C, C) exact in any backend; diagonal 0
 
-        def exact(cols: torch.Tensor, c: int) -> torch.Tensor:
-            """(L, C, c) exact d^2 / D between candidate i and the candidates ``cols`` of its frame."""
-            d2_exact = row_sq_dist(xf, (cols + frame_base).reshape(L * C, c), D, (L * C, c))
-            return (d2_exact / D).reshape(L, C, c)
-
-        # rho: mean of the k smallest d^2 (self included); candidates chosen on the mm form with a
-        # margin, their exact d^2 ranked again, the k smallest summed in ascending order
+        # rho: mean of the k smallest d^2 (self included), summed in ascending order
         k = min(self.config.knn, C)
-        kc = min(2 * k, C)
-        pre = torch.topk(d2, kc, dim=-1, largest=False)
-        near = torch.topk(exact(pre.indices, kc), k, dim=-1, largest=False).values  # (L, C, k) ascending
+        near = torch.topk(d2, k, dim=-1, largest=False).values  # (L, C, k) ascending
         total = near[..., 0]
         for t in range(1, k):  # fixed summation order
             total = total + near[..., t]
         m = total / k
 
-        # delta^2: exact d^2 to the nearest denser candidate (among the mm form's nearest few)
+        # delta^2: d^2 to the nearest denser candidate; the densest: the frame's largest d^2
+        idx = torch.arange(C, device=dev)
         lower = idx.unsqueeze(0) < idx.unsqueeze(1)  # [i, j] = j < i (candidates in position order)
         mi, mj = m.unsqueeze(-1), m.unsqueeze(-2)
         denser = mj < mi  # strict (FastVID preset): equal m is never denser
         if self.config.density_ties == "index":  # InfoMerge preset: a total order
             denser = denser | ((mj == mi) & lower)
-        big = 3.0e38
-        pre_d = torch.topk(torch.where(denser, d2, big), k, dim=-1, largest=False)
-        to_denser = torch.where(pre_d.values < 1.0e38, exact(pre_d.indices, k), float("inf")).amin(-1)
+        to_denser = torch.where(denser, d2, float("inf")).amin(-1)  # (L, C)
         has_denser = denser.any(-1)
-        # the densest candidate: the frame's largest candidate distance (exact for each row's farthest)
-        far = d2.argmax(-1, keepdim=True)  # (L, C, 1)
-        dmax2 = exact(far, 1).squeeze(-1).amax(-1, keepdim=True)  # (L, 1)
+        dmax2 = d2.amax(-1).amax(-1, keepdim=True)  # (L, 1)
         delta2 = torch.where(has_denser, to_denser, dmax2.expand(L, C))
 
         # ranked as (rho delta)^2 / rho_max^2 = exp(-2 (m - m_min)) delta^2: the order of rho * delta
@@ -741,6 +736,17 @@ class FixedBudgetCompressor(nn.Module):
         score = torch.full((L, N), _NEG, dtype=x.dtype, device=dev)
         return score.scatter(1, cpos, rel * delta2)
 
+
+def _position_sum(x: torch.Tensor, width: int) -> torch.Tensor:
+    """(L, 1, D) sum of ``x`` (L, width, D) over positions by halving with elementwise adds (the
+    order of :func:`~infomerge.compress.exact_arith.tree_sum`, over dim 1): the same bits in
+    every backend, unlike a ReduceSum / ReduceMean."""
+    while width > 1:
+        h = width // 2
+        s = x[:, :h] + x[:, h : 2 * h]
+        x = torch.cat([s, x[:, 2 * h :]], 1) if width % 2 else s
+        width -= h
+    return x[:, :1]
 
 __all__ = [
     "FixedBudgetCompressor",
