@@ -17,14 +17,16 @@ How each data-dependent step becomes static:
 - the penalty history P and the hard mask: a loop unrolled over the L frames, reset where a
   segment starts.
 - merging (default): the merge of every anchor rank j (the j-th anchor frame of a segment counted
-  from its end), j = 0 .. ceil(L/p)-1, from ONE (R + 1, LN) cosine matrix of every anchor (at most
-  R = the context budget, compacted into R slots, plus a dummy) against every token, slot-major:
-  per rank, each frame reads only the window of slots of its segment's rank-j anchor frame
-  (contiguous rows of N) and ArgMax picks each token's anchor; one ScatterElements writes every
-  (anchor, token) assignment of every rank into one 0/1 matrix W^T, and one ``W^T x`` matmul sums
-  each anchor's members (:meth:`FixedBudgetCompressor._merge_blocked`). Same decisions and
-  arithmetic as :func:`~infomerge.compress.merge.merge_to_anchors` per rank; the matmul work is
-  ``LN R (2 D + L)`` instead of ``2 LN (D + L) sum K_j`` (``sum K_j`` is about 4 R at L = 128).
+  from its end), j = 0 .. ceil(L/p)-1, from ONE (R + 1, L C) cosine matrix of every anchor (at
+  most R = the context budget, compacted into R slots, plus a dummy) against every candidate
+  (C = N - T_s per frame; salient tokens take no part), slot-major: per rank, each frame reads
+  only the window of slots of its segment's rank-j anchor frame (contiguous rows of C) and ArgMax
+  picks each candidate's anchor; one ScatterElements writes every (anchor, candidate) assignment
+  of every rank into one 0/1 matrix W^T, and one ``W^T x`` matmul sums each anchor's members
+  (:meth:`FixedBudgetCompressor._merge_blocked`). Same decisions as
+  :func:`~infomerge.compress.merge.merge_to_anchors` per rank (the plain cosine), sums to fp32
+  rounding; the matmul work is ``L C R (2 D + 1)`` instead of ``2 LN (D + L) sum K_j``
+  (``sum K_j`` is about 4 R at L = 128).
 - merging with a ``merge_impl`` (the Triton kernel, the TensorRT plugin): one call per anchor rank
   over the whole video, the rank-j anchors compacted into ``K_j`` slots, segment scope enforced
   by the merge input ``[x, sqrt(2) |x| onehot(segment)]``: cosine then becomes ``(cos + 2 [same
