@@ -153,7 +153,10 @@ def test_density_scores_are_bit_identical_in_onnx_runtime(videos, tmp_path):
 
     class Density(torch.nn.Module):
         def forward(self, H, A):
-            return comp._density(H, ~(rank_desc(A) < comp.salient_count))
+            cpos = comp._candidate_positions(~(rank_desc(A) < comp.salient_count))
+            L, N, D = comp.frames, comp.n, comp.hidden
+            rows = (cpos + torch.arange(L).unsqueeze(1) * N).reshape(-1)
+            return comp._density(H, H.reshape(L * N, D).index_select(0, rows).reshape(L, -1, D), cpos)
 
     mod, path = Density(), tmp_path / "density.onnx"
     torch.onnx.export(mod, (h1, a1), str(path), input_names=["H", "A"], opset_version=17, dynamo=False)

@@ -147,7 +147,10 @@ def test_all_merging_goes_through_merge_impl():
     base = FixedBudgetCompressor(cfg, L, N, H.shape[-1])
     t0, i0 = base(H, A, g)
     t1, i1 = FixedBudgetCompressor(cfg, L, N, H.shape[-1], merge_impl=spy)(H, A, g)
-    assert torch.equal(i0, i1) and torch.equal(t0, t1)
+    # the per-rank merge contract: the same assignments; sums in another order (the default form
+    # sums candidates only, in one matmul), so equal to fp32 rounding
+    assert torch.equal(i0, i1)
+    assert torch.allclose(t0, t1, atol=1e-6 * float(t1.abs().max()), rtol=0), float((t0 - t1).abs().max())
     assert calls == [k for k in base.rank_slots if k > 0] and len(calls) == math.ceil(L / cfg.anchor_interval)
     d = base.decisions(H, A, g)
     t2, i2 = FixedBudgetCompressor(cfg, L, N, H.shape[-1], merge_impl=unmerged)(H, A, g)

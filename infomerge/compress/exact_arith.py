@@ -214,6 +214,95 @@ def _row_block_sq_dist_in_place(chunks: list[torch.Tensor], cols: torch.Tensor, 
     return total
 
 
+POW2_RANGE = (-64, 64)  # exponents of the per-token scales of :func:`gram_sq_dist` (|x| < 2^64)
+
+
+def pow2_exponent(m: torch.Tensor) -> torch.Tensor:
+    """(...) int64 ``e`` with ``2^(e-1) <= m < 2^e`` for ``m >= 0``, from comparisons only.
+
+    Clamped to ``POW2_RANGE``: ``m < 2^-64`` (zero included) gives -64; ``m >= 2^63`` gives 64.
+    A count of ``m >= 2^b`` over a constant table of powers of two: no Log / Pow kernel, so the
+    same integer in every backend.
+    """
+    table = _POW2_TABLES[0][1].to(device=m.device, dtype=m.dtype)[:-1]  # 2^lo .. 2^(hi - 1)
+    return (m.unsqueeze(-1) >= table).to(torch.int64).sum(-1) + POW2_RANGE[0]
+
+
+def _pow2_table(shift: int, sign: int) -> torch.Tensor:
+    """(hi - lo + 1,) float64 ``2^(sign b + shift)`` for b in ``POW2_RANGE``."""
+    lo, hi = POW2_RANGE
+    return torch.tensor([2.0 ** (sign * b + shift) for b in range(lo, hi + 1)], dtype=torch.float64)
+
+
+# built at import (constants of a traced graph; ``torch.tensor`` inside a traced function warns):
+# [bits] = (2^(bits - e), 2^(e - bits)) for e in POW2_RANGE, bits = 0 .. 24 (see exact_bits)
+_POW2_TABLES = {bits: (_pow2_table(bits, -1), _pow2_table(-bits, 1)) for bits in range(25)}
+
+
+def exact_bits(width: int) -> int:
+    """Bits per coordinate of :func:`gram_sq_dist` for ``width`` coordinates: integers of at most
+    ``b`` bits have products of ``2b`` bits, and ``width`` of them sum below 2^53 (float64's exact
+    integer range) when ``2b + ceil(log2 width) <= 53``; at most 24 (fp32's mantissa).
+    896 -> 21, 3584 -> 20, 8192 -> 20."""
+    return min(24, (53 - max(0, math.ceil(math.log2(width)))) // 2)
+
+
+def gram_sq_dist(x: torch.Tensor, width: int | None = None) -> torch.Tensor:
+    """(..., M, M) float64 squared distances between the rows of ``x`` (..., M, D), the same bits
+    in every backend and whatever the matmul's accumulation order.
+
+    Each row ``x_i`` is rounded to integers on its own power-of-two grid,
+    ``q_i = round(x_i 2^(b - e_i))`` with ``2^(e_i - 1) <= max_d |x_id| < 2^e_i`` and
+    ``b = exact_bits(D)`` bits (21 at D = 896: a step of at most ``2^-20`` of the row's largest
+    coordinate, ``2^-21`` of it in the rounding). Every product ``q_id q_jd`` and every partial sum
+    of the Gram ``Q Q^T`` is then an integer below 2^53, so float64 GEMM (with or without FMA, in
+    any order, blocked or not) returns the exact integer, as does ``sum_d q_id^2``. The distance
+    ``a_i + a_j - 2 s_i s_j G_ij`` (``s_i = 2^(e_i - b)``, ``a_i = s_i^2 sum_d q_id^2``, each term
+    exact) rounds only in its two elementwise float64 adds, in a fixed order: the same bits in
+    torch and ONNX Runtime. Without the rounding to a grid, fp32 products summed in the kernel's
+    order (or the float64 Gram of fp32 inputs, rounded back) differ between backends in the last
+    bit (issue 20: the exact pair distances this replaces cost ~0.6 s of ORT's time at L = 128).
+
+    Accuracy: the distances are those of the rounded rows, exact up to float64 rounding of the
+    final adds (relative ~1e-16 of ``|a_i| + |a_j|``); against the fp32 rows the relative error of
+    ``d_ij^2`` is about ``2^-b max|x| sqrt(D) / d_ij`` (a few fp32 ulp for near neighbours whose
+    coordinates are ~1/30 of the row's largest). Rows should be centred first (translation
+    invariance: the grid follows the largest coordinate). The diagonal is exactly 0, and equal
+    rows have distance exactly 0. Rows with every ``|x| < 2^-64`` round to 0; ``|x| >= 2^64`` is
+    outside the exact range (float features never get there).
+
+    Args:
+        x: (..., M, D) float32 (rows already centred).
+        width: D as a Python int (required when tracing: traced shapes are tensors).
+
+    Returns:
+        (..., M, M) float64, ``>= 0``.
+    """
+    bits = exact_bits(int(x.shape[-1]) if width is None else width)
+    up, down = _POW2_TABLES[bits]
+    up = up.to(device=x.device, dtype=x.dtype)  # 2^(bits - e)
+    down = down.to(device=x.device)  # 2^(e - bits), float64
+    if torch.jit.is_tracing() or x.dim() != 3:
+        return _gram_sq_dist(x, up, down)
+    # eager: one (M, D) slice at a time (its float64 copy stays in cache; one 164 MB block at
+    # L = 128 cost page faults); the same exact integers, so the same bits
+    out = torch.empty(x.shape[0], x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
+    for i in range(x.shape[0]):
+        out[i] = _gram_sq_dist(x[i], up, down)
+    return out
+
+
+def _gram_sq_dist(x: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """:func:`gram_sq_dist` with its tables: ``up[e] = 2^(b - e)`` (x's dtype), ``down[e] = 2^(e - b)``
+    (float64), both indexed by ``e - POW2_RANGE[0]``."""
+    e = pow2_exponent(x.abs().amax(-1)) - POW2_RANGE[0]  # (..., M) index into the tables
+    q = torch.round(x * up[e].unsqueeze(-1)).to(torch.float64)  # (..., M, D) integers, |q| <= 2^bits
+    s = down[e]  # (..., M) 2^(e - bits)
+    gram = q @ q.transpose(-1, -2)  # exact integers
+    a = (q * q).sum(-1) * (s * s)  # exact
+    d2 = (a.unsqueeze(-1) + a.unsqueeze(-2)) - 2.0 * gram * (s.unsqueeze(-1) * s.unsqueeze(-2))
+    return d2.clamp_min(0.0)
+
 __all__ = [
     "EXP_MAX",
     "SQRT_MAX",
@@ -221,9 +310,13 @@ __all__ = [
     "ROW_BLOCK",
     "TRACE_BLOCK",
     "SUM_CHUNK",
+    "POW2_RANGE",
     "chunked_sum",
+    "exact_bits",
     "exp_neg",
+    "gram_sq_dist",
     "pair_sq_dist",
+    "pow2_exponent",
     "row_sq_dist",
     "sq_dist_to",
     "sqrt_exact",

@@ -4,7 +4,7 @@ Spec: InfoMerge (arXiv 2606.02161; summary in ``docs/algorithm.md`` and ``docs/c
 "Fixed-budget, shape-static variant" and steps 1-7. The module
 returns exactly ``B = config.total_budget(L, N)`` tokens for every input, and its graph has no
 data-dependent shape: no NonZero, boolean indexing, Unique, ``.item()``, Python branches on tensor
-values, cdist or scatter-reduce, and its TopKs have ``k <= 2 k_nn``. Every Python ``if``/``for``
+values, cdist or scatter-reduce, and its TopKs have ``k <= k_nn``. Every Python ``if``/``for``
 below depends on the configuration and the static shapes only.
 
 How each data-dependent step becomes static:
@@ -17,14 +17,16 @@ How each data-dependent step becomes static:
 - the penalty history P and the hard mask: a loop unrolled over the L frames, reset where a
   segment starts.
 - merging (default): the merge of every anchor rank j (the j-th anchor frame of a segment counted
-  from its end), j = 0 .. ceil(L/p)-1, from ONE (R + 1, LN) cosine matrix of every anchor (at most
-  R = the context budget, compacted into R slots, plus a dummy) against every token, slot-major:
-  per rank, each frame reads only the window of slots of its segment's rank-j anchor frame
-  (contiguous rows of N) and ArgMax picks each token's anchor; one ScatterElements writes every
-  (anchor, token) assignment of every rank into one 0/1 matrix W^T, and one ``W^T x`` matmul sums
-  each anchor's members (:meth:`FixedBudgetCompressor._merge_blocked`). Same decisions and
-  arithmetic as :func:`~infomerge.compress.merge.merge_to_anchors` per rank; the matmul work is
-  ``LN R (2 D + L)`` instead of ``2 LN (D + L) sum K_j`` (``sum K_j`` is about 4 R at L = 128).
+  from its end), j = 0 .. ceil(L/p)-1, from ONE (R + 1, L C) cosine matrix of every anchor (at
+  most R = the context budget, compacted into R slots, plus a dummy) against every candidate
+  (C = N - T_s per frame; salient tokens take no part), slot-major: per rank, each frame reads
+  only the window of slots of its segment's rank-j anchor frame (contiguous rows of C) and ArgMax
+  picks each candidate's anchor; one ScatterElements writes every (anchor, candidate) assignment
+  of every rank into one 0/1 matrix W^T, and one ``W^T x`` matmul sums each anchor's members
+  (:meth:`FixedBudgetCompressor._merge_blocked`). Same decisions as
+  :func:`~infomerge.compress.merge.merge_to_anchors` per rank (the plain cosine), sums to fp32
+  rounding; the matmul work is ``L C R (2 D + 1)`` instead of ``2 LN (D + L) sum K_j``
+  (``sum K_j`` is about 4 R at L = 128).
 - merging with a ``merge_impl`` (the Triton kernel, the TensorRT plugin): one call per anchor rank
   over the whole video, the rank-j anchors compacted into ``K_j`` slots, segment scope enforced
   by the merge input ``[x, sqrt(2) |x| onehot(segment)]``: cosine then becomes ``(cos + 2 [same
@@ -50,13 +52,14 @@ Integer-exact counts ([D] for this variant, see docs/compression.md):
   frames (at most ``m_j = L // (j p + 1)`` of them) and gets at most ``ceil(B_k / (j+1))``
   anchors, so rank j holds at most ``(R + m_j j) // (j + 1)`` anchors.
 
-Numerics: everything is computed in fp32 (fp16 inputs are upcast). The density step is exact
-across backends (ONNX Runtime gives the eager module's anchors bit for bit): the matmul form
-``||a||^2 + ||b||^2 - 2ab`` on frame-centred tokens only chooses the pairs, whose squared distances
-are then summed with a fixed order of elementwise adds; "denser" compares ``m = mean kNN d^2``, not
-``exp(-m)``; no Exp or Sqrt kernel is used (see ``_density``). So are the TFD static candidates
-(step 3): the matmul form ranks, and the positions around the ``T_st`` boundary are ranked again on
-a TFD summed in a fixed order of elementwise ops (see ``_static``).
+Numerics: everything is computed in fp32 (fp16 inputs are upcast), but for the density step's
+distances. The density step is exact across backends (ONNX Runtime gives the eager module's
+anchors bit for bit): the squared distances are a float64 Gram of integers on a per-token
+power-of-two grid (:func:`~infomerge.compress.exact_arith.gram_sq_dist`: exact in any
+accumulation order); "denser" compares ``m = mean kNN d^2``, not ``exp(-m)``; no Exp or Sqrt
+kernel is used (see ``_density``). So are the TFD static candidates (step 3): the matmul form
+ranks, and the positions around the ``T_st`` boundary are ranked again on a TFD summed in a fixed
+order of elementwise ops (see ``_static``).
 """
 
 from __future__ import annotations
@@ -69,7 +72,13 @@ import torch
 from torch import nn
 
 from infomerge.compress.config import InfoMergeConfig
-from infomerge.compress.exact_arith import chunked_sum, exp_neg, row_sq_dist, sq_dist_to, sqrt_exact
+from infomerge.compress.exact_arith import (
+    chunked_sum,
+    exp_neg,
+    gram_sq_dist,
+    sq_dist_to,
+    sqrt_exact,
+)
 from infomerge.compress.merge import combine_merge
 from infomerge.compress.richness import RICHNESS_MODES, renyi2_richness, segment_richness_exact, sketch_basis
 
@@ -388,7 +397,11 @@ class FixedBudgetCompressor(nn.Module):
 
         # ---- step 6a: density scores on every frame's candidates -------------------------------
         cand = ~salient
-        score = self._density(hp, cand)  # (L, N), -inf for non-candidates
+        C = N - Ts  # candidates per frame (exactly: every frame has T_s salient tokens)
+        cpos = self._candidate_positions(cand)  # (L, C) in position order
+        cand_rows = (cpos + frame_ids.unsqueeze(1) * N).reshape(L * C)  # (L C,) flat positions
+        xs = hp.reshape(L * N, D).index_select(0, cand_rows)  # (L C, D): the density's and merge's rows
+        score = self._density(hp, xs.reshape(L, C, D), cpos)  # (L, N), -inf for non-candidates
 
         # anchors per frame with the hard mask (a loop only when TFD is on)
         if cfg.tfd and self.static_count > 0:
@@ -430,10 +443,16 @@ class FixedBudgetCompressor(nn.Module):
         rank_of_frame = anchor_rank.unsqueeze(0) == frame_ids.unsqueeze(1)  # (J=L, L): frame l has rank j
         # (J, L): rank-j anchors in each frame's segment
         seg_anchors = (rank_of_frame.to(f32) * anchors_per_frame.unsqueeze(0)) @ same
-        merge = self._merge_blocked if self.merge_impl is None else self._merge_per_rank
-        merged_all, slot_of_token = merge(
-            xf, cand.reshape(flat_n), anchors_flat, seg_of_token, rank_flat, seg_anchors, to_end
-        )
+        if self.merge_impl is not None:
+            merged_all, slot_of_token = self._merge_per_rank(
+                xf, cand.reshape(flat_n), anchors_flat, seg_of_token, rank_flat, seg_anchors, to_end
+            )
+        elif C == 0:  # no candidate, no anchor: nothing to merge
+            merged_all, slot_of_token = xf[:1], torch.zeros(flat_n, dtype=torch.int64, device=dev)
+        else:
+            merged_all, slot_of_token = self._merge_blocked(
+                xs, cand_rows, anchors_flat, seg_of_token, anchor_rank, seg_anchors, to_end
+            )
 
         # ---- step 7: sorted output ---------------------------------------------------------------
         B = self.budget
@@ -524,67 +543,89 @@ class FixedBudgetCompressor(nn.Module):
         merged_all = torch.cat(merged_parts, 0) if merged_parts else xf[:1]
         return merged_all, slot_of_token
 
-    def _merge_blocked(self, xf, cand_flat, anchors_flat, seg_of_token, rank_flat, seg_anchors, to_end):
+    def _merge_blocked(self, xs, cand_rows, anchors_flat, seg_of_token, anchor_rank, seg_anchors, to_end):
         """Step 6b, the default form: one similarity matmul, per-rank argmaxes, one summing matmul.
 
-        The same arithmetic as :func:`~infomerge.compress.merge.merge_to_anchors` once per anchor
-        rank (spec step 6, eqs. 12 and 31-34), without computing a similarity twice:
+        The same decisions as :func:`~infomerge.compress.merge.merge_to_anchors` once per anchor
+        rank (spec step 6, eqs. 12 and 31-34), without computing a similarity twice, on the
+        candidates only (the merge's members and anchors are candidates; salient tokens take no
+        part, so their rows are left out: -9% of both matmuls at T_s = 17 of 196):
 
-        1. all anchors (at most R) in one list of R slots sorted by flat index; one (R + 1, LN)
-           matmul of the anchors' normalised ``[x, sqrt(2) |x| onehot(segment)]`` (and a zero dummy row
-           for unused slots) against every token's: ``(cos + 2 [same segment]) / 3``, so a token's own
-           segment's anchors always win, in cosine order (as :meth:`_merge_per_rank`); slot-major,
-           so that row ``s L + l`` of its (R + 1) L x N view is slot s against frame l's tokens;
+        1. all anchors (at most R) in one list of R slots sorted by flat index; one (R + 1, L C)
+           matmul of the anchors against every candidate, slot-major, so that row ``s L + l`` of
+           its (R + 1) L x C view is slot s against frame l's candidates. ``anchor_frame`` scope:
+           the plain cosine (the reference's ``assign_to_anchors``), from rows ``[x / |x|, 1]``
+           against anchors ``[a / |a|, 0]`` and a dummy ``[0, -2]`` for unused window positions
+           (-2, below every cosine); every window holds one segment's anchors, so no segment term
+           is needed. ``segment`` scope (one ArgMax over every slot): rows
+           ``[x, sqrt(2) |x| onehot(segment)]`` normalised, ``(cos + 2 [same segment]) / 3``, so a
+           token's own segment's anchors always win, in cosine order, and a zero dummy;
         2. per rank j: each frame's window of slots (those of its segment's rank-j anchor frame,
            static width ``window_slots[j]``, unused positions read the dummy) gathered as rows of
            that view, and ArgMax over the window (ties: the lower slot, as ArgMax in the merge
            contract); a member takes part when its segment has rank-j anchors and is not itself a
            rank-j anchor;
-        3. one (R + J, LN) 0/1 matrix ``W^T`` holding every (anchor, token) assignment of every
+        3. one (R + J, L C) 0/1 matrix ``W^T`` holding every (anchor, candidate) assignment of every
            rank, written by one ScatterElements with distinct indices (a non-member's entry goes
            to a dummy row of its rank); in eager mode it reuses the similarity's buffer;
         4. ``summed = W^T x``, ``n = W^T 1`` and :func:`~infomerge.compress.merge.combine_merge`.
 
-        Costs ``LN R (2 D + L)`` multiply-adds for the two matmuls plus ``LN sum_j window_slots[j]``
-        reads and compares, against ``2 LN (D + L) sum K_j`` for :meth:`_merge_per_rank` (``sum K_j``
-        is about 4 R at L = 128).
+        Costs ``L C R (2 D + 1)`` multiply-adds for the two matmuls (``+ L`` with the segment
+        scope) plus ``L C sum_j window_slots[j]`` reads and compares, against
+        ``2 LN (D + L) sum K_j`` for :meth:`_merge_per_rank` (``sum K_j`` is about 4 R at L = 128).
+
+        Args:
+            xs: (L C, D) the candidates' tokens, frame-major in position order; ``cand_rows``
+                (L C,) their flat positions. anchors_flat, seg_of_token: (L N,). anchor_rank,
+                to_end: (L,) int64. seg_anchors: (J, L) rank-j anchors in each frame's segment.
 
         Returns:
             ``(merged (R, D), slot_of_token (LN,) int64)``.
         """
-        cfg, L, n = self.config, self.frames, self.n
-        flat_n, dev = xf.shape[0], xf.device
+        cfg, L, D = self.config, self.frames, self.hidden
+        c_n, dev = xs.shape[0], xs.device
+        C = self.n - self.salient_count
         R = self.context_total
-        slot_index, slot_used = compact(anchors_flat, R)  # (R,) flat positions, sorted
-        # [x, sqrt(2) |x| onehot(segment)], normalised: the dot product is (cos + 2 [same segment]) / 3,
-        # the cosine order within a segment, and above every other segment's anchors
         frame_ids = torch.arange(L, device=dev)
-        tag = (seg_of_token.unsqueeze(1) == frame_ids.unsqueeze(0)).to(xf.dtype)
-        xt = torch.cat([xf, tag * (math.sqrt(2.0) * xf.norm(dim=-1, keepdim=True))], dim=1)  # (LN, D + L)
-        xtn = xt / xt.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        dummy = torch.zeros(1, xt.shape[1], dtype=xf.dtype, device=dev)  # slot R: 0, below any own anchor
-        # (R + 1, LN), slot-major: a frame's window of slots is a set of contiguous rows of N
-        anchors_t = torch.cat([xtn.index_select(0, slot_index), dummy])  # (R + 1, D + L)
+        anchors_c = anchors_flat.index_select(0, cand_rows)  # (L C,)
+        slot_index, slot_used = compact(anchors_c, R)  # (R,) rows of xs, sorted by flat index
+        norm = xs.norm(dim=-1, keepdim=True)
+        if self.merge_scope == "segment":
+            seg_c = seg_of_token.index_select(0, cand_rows)
+            tag = (seg_c.unsqueeze(1) == frame_ids.unsqueeze(0)).to(xs.dtype)
+            xt = torch.cat([xs, tag * (math.sqrt(2.0) * norm)], dim=1)  # (L C, D + L)
+            rows = xt / xt.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            dummy = torch.zeros(1, rows.shape[1], dtype=xs.dtype, device=dev)  # 0, below any own anchor
+            anchors_t = torch.cat([rows.index_select(0, slot_index), dummy])  # (R + 1, D + L)
+        else:
+            # [x / |x|, 1] in one division (a zero token: all zeros, ties go to the first slot)
+            rows = torch.cat([xs, norm], dim=1) / norm.clamp_min(1e-12)  # (L C, D + 1)
+            sel = rows.index_select(0, slot_index)  # (R, D + 1)
+            real = torch.cat([sel[:, :D], sel[:, D:] * 0.0], dim=1)  # [a / |a|, 0]
+            zero = torch.zeros(1, D, dtype=xs.dtype, device=dev)
+            dummy = torch.cat([zero, torch.full_like(norm[:1], -2.0)], 1)  # [0, -2]
+            anchors_t = torch.cat([real, dummy])  # (R + 1, D + 1)
         width = R + len(self.window_slots)  # slots, then one dummy column per rank
         buffer = None
         if torch.jit.is_tracing():
-            sim_t = anchors_t @ xtn.t()
+            sim_t = anchors_t @ rows.t()
         else:  # eager: W^T below reuses this buffer (one large allocation per call, not two)
-            buffer = torch.empty(width, flat_n, dtype=xf.dtype, device=dev)
-            sim_t = torch.matmul(anchors_t, xtn.t(), out=buffer[: R + 1])
-        cols = torch.arange(flat_n, device=dev)
+            buffer = torch.empty(width, c_n, dtype=xs.dtype, device=dev)
+            sim_t = torch.matmul(anchors_t, rows.t(), out=buffer[: R + 1])
+        cols = torch.arange(c_n, device=dev)
         targets, values = [], []
         if self.merge_scope == "segment":  # one pool per segment: ArgMax over every slot
             slots = torch.where(slot_used, torch.arange(R, device=dev), R)
             best = slots.index_select(0, sim_t.index_select(0, slots).max(0).indices)
-            has_tok = (seg_anchors.sum(0) > 0.5).unsqueeze(1).expand(L, n).reshape(flat_n)
-            member = cand_flat & has_tok & ~anchors_flat
-            targets.append(torch.where(member, best, R) * flat_n + cols)
-            values.append(member.to(xf.dtype))
+            has_tok = (seg_anchors.sum(0) > 0.5).unsqueeze(1).expand(L, C).reshape(c_n)
+            member = has_tok & ~anchors_c
+            targets.append(torch.where(member, best, R) * c_n + cols)
+            values.append(member.to(xs.dtype))
         else:  # per rank j: the window of slots of the rank-j anchor frame of each frame's segment
-            per_frame = anchors_flat.reshape(L, n).to(torch.int64).sum(1)  # (L,) anchors per frame
+            per_frame = anchors_flat.reshape(L, self.n).to(torch.int64).sum(1)  # (L,) anchors per frame
             first = torch.cumsum(per_frame, 0) - per_frame  # (L,) slot of each frame's first anchor
-            sim_rows = sim_t.reshape((R + 1) * L, n)  # row s L + l: slot s against frame l's tokens
+            sim_rows = sim_t.reshape((R + 1) * L, C)  # row s L + l: slot s against frame l's candidates
+            rank_c = anchor_rank.unsqueeze(1).expand(L, C).reshape(c_n)
             p = cfg.anchor_interval
             for j, win_width in enumerate(self.window_slots):
                 f = (frame_ids + to_end - j * p).clamp(0, L - 1)  # (L,) rank-j frame of l's segment
@@ -592,23 +633,23 @@ class FixedBudgetCompressor(nn.Module):
                 inside = t < per_frame.index_select(0, f).unsqueeze(1)
                 win = torch.where(inside, first.index_select(0, f).unsqueeze(1) + t, R)  # (L, width) slots
                 picked = sim_rows.index_select(0, (win * L + frame_ids.unsqueeze(1)).reshape(-1))
-                pick = picked.reshape(L, win_width, n).max(1).indices  # (L, N) first max
-                best = win.gather(1, pick).reshape(flat_n)  # (LN,) slot in [0, R)
-                has_tok = (seg_anchors[j] > 0.5).unsqueeze(1).expand(L, n).reshape(flat_n)
-                member = cand_flat & has_tok & ~(anchors_flat & (rank_flat == j))
-                targets.append(torch.where(member, best, R + j) * flat_n + cols)
-                values.append(member.to(xf.dtype))
-        # W^T: (R + J, LN) 0/1, every (anchor, token) assignment of every rank; distinct indices
+                pick = picked.reshape(L, win_width, C).max(1).indices  # (L, C) first max
+                best = win.gather(1, pick).reshape(c_n)  # (L C,) slot in [0, R)
+                has_tok = (seg_anchors[j] > 0.5).unsqueeze(1).expand(L, C).reshape(c_n)
+                member = has_tok & ~(anchors_c & (rank_c == j))
+                targets.append(torch.where(member, best, R + j) * c_n + cols)
+                values.append(member.to(xs.dtype))
+        # W^T: (R + J, L C) 0/1, every (anchor, candidate) assignment of every rank; distinct indices
         target, value = torch.cat(targets), torch.cat(values)
         if buffer is None:  # traced: zeros from an input (a static torch.zeros is folded into an
-            # (R + J) LN constant, 154 MB at L = 128, written into the ONNX file)
-            w_t = (xf[:1, :1] * 0.0).expand(width, flat_n).reshape(-1).scatter(0, target, value)
+            # (R + J) L C constant, 140 MB at L = 128, written into the ONNX file)
+            w_t = (xs[:1, :1] * 0.0).expand(width, c_n).reshape(-1).scatter(0, target, value)
         else:
             w_t = buffer.zero_().reshape(-1).scatter_(0, target, value)
-        w_t = w_t.reshape(width, flat_n)
-        summed = (w_t @ xf)[:R]  # (R, D) sum of each anchor's assigned tokens
+        w_t = w_t.reshape(width, c_n)
+        summed = (w_t @ xs)[:R]  # (R, D) sum of each anchor's assigned tokens
         count = w_t.sum(1)[:R]  # (R,)
-        merged = combine_merge(xf.index_select(0, slot_index), summed, count, cfg.anchor_weight)
+        merged = combine_merge(xs.index_select(0, slot_index), summed, count, cfg.anchor_weight)
         slot_of_token = torch.where(anchors_flat, torch.cumsum(anchors_flat.to(torch.int64), 0) - 1, 0)
         return merged, slot_of_token
 
@@ -712,79 +753,79 @@ class FixedBudgetCompressor(nn.Module):
         var = (((xv - mean) * v) ** 2).sum() / count
         return torch.where(valid, (x - mean) / (var.sqrt() + 1e-6), 0)
 
-    def _density(self, x: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    def _candidate_positions(self, cand: torch.Tensor) -> torch.Tensor:
+        """(L, C) int64 positions of each frame's ``C = N - T_s`` candidates (``cand`` (L, N) bool,
+        exactly C True per frame), in position order: a cumsum slot per position (candidates
+        first) and one ScatterElements with distinct indices."""
+        L, N = self.frames, self.n
+        C = N - self.salient_count
+        on = cand.to(torch.int64)
+        slot = torch.where(cand, torch.cumsum(on, 1) - 1, C + torch.cumsum(1 - on, 1) - 1)
+        positions = torch.arange(N, device=cand.device).unsqueeze(0).expand(L, N)
+        return torch.zeros(L, N, dtype=torch.int64, device=cand.device).scatter(1, slot, positions)[:, :C]
+
+    def _density(self, x: torch.Tensor, xs: torch.Tensor, cpos: torch.Tensor) -> torch.Tensor:
         """DPC-kNN density score of every candidate, per frame (spec step 6); -inf elsewhere.
 
         Returns ``(rho delta)^2 / rho_max^2`` with ``rho_max`` the frame's largest ``rho``: only its
         order within a frame is used, and it is the order of ``rho * delta``.
 
         Exact across backends: every value a comparison depends on is computed bit-identically by
-        torch and by ONNX Runtime, so the graph's anchors equal the eager module's. The matmul form
-        of the squared distances (``||a||^2 + ||b||^2 - 2ab``, frame-centred) only *chooses* pairs
-        (the 2 k_nn nearest, the k_nn nearest denser, the farthest): its accumulation order is the
-        BLAS's, and for near neighbours its cancellation leaves ~1e-5 relative noise. The chosen
-        pairs' ``d^2`` are recomputed as sums of squared differences with a fixed order of
-        elementwise adds (:func:`~infomerge.compress.exact_arith.row_sq_dist`). "j denser than i"
-        compares the exponent ``m = mean kNN d^2`` (``m_j < m_i``; equal ``m``: the lower index under
-        ``density_ties="index"``, never under ``"strict"``), not ``rho = exp(-m)``: the same
-        order wherever fp32 ``exp`` keeps two ``m`` apart, without the ties fp32 rounding creates
-        when ``rho`` is close to 1 (small features), which any last-bit difference broke. Exp and
-        Sqrt are not used: ORT's differ from torch's in the last bits (Exp for ~4% of fp32 inputs,
-        Sqrt is not correctly rounded); ``exact_arith.exp_neg`` is exp from Mul/Add/Floor/Where, and the
+        torch and by ONNX Runtime, so the graph's anchors equal the eager module's. The squared
+        distances of each frame's candidates come from
+        :func:`~infomerge.compress.exact_arith.gram_sq_dist` on frame-centred tokens (the centre a
+        fixed-order sum over the frame's positions): one float64 Gram per frame of integers on a
+        per-token power-of-two grid, whose products and sums are exact in any accumulation order,
+        so the kNN, the nearest denser and the farthest candidate are read straight from it (no
+        re-computation of chosen pairs; the reference's distances are the float64 Gram form too,
+        :func:`~infomerge.compress.density.pairwise_distances`). "j denser than i" compares the
+        exponent ``m = mean kNN d^2`` (``m_j < m_i``; equal ``m``: the lower index under
+        ``density_ties="index"``, never under ``"strict"``), not ``rho = exp(-m)``: the same order
+        wherever fp32 ``exp`` keeps two ``m`` apart, without the ties fp32 rounding creates when
+        ``rho`` is close to 1 (small features), which any last-bit difference broke. Exp and Sqrt
+        are not used: ORT's differ from torch's in the last bits (Exp for ~4% of fp32 inputs, Sqrt
+        is not correctly rounded); ``exact_arith.exp_neg`` is exp from Mul/Add/Floor/Where, and the
         score is ranked squared.
 
+        Cost: ``L C^2 D`` float64 multiply-adds (C = N - T_s candidates per frame) and ``L C^2``
+        elementwise work; the previous form (fp32 Gram to choose pairs, then 13 exact pair
+        distances per candidate as elementwise sums) cost 0.65 s eager and 0.78 s in ORT at
+        L = 128, D = 896 against 0.3-0.4 s (docs/compression.md, "Growth in frames").
+
         Args:
-            x: (L, N, D) float32 tokens after replacement. cand: (L, N) bool, the non-salient tokens:
-                exactly ``N - T_s`` per frame; the score is computed on those only (gathered).
+            x: (L, N, D) float32 tokens after replacement.
+            xs: (L, C, D) its candidates (the non-salient tokens, ``C = N - T_s`` per frame), in
+                position order: the score is computed on those only.
+            cpos: (L, C) int64 their positions (:meth:`_candidate_positions`).
         """
         L, N, D = self.frames, self.n, self.hidden
-        C = N - self.salient_count  # candidates per frame (exactly: every frame has T_s salient tokens)
+        C = N - self.salient_count
         dev = x.device
         if C == 0:
             return torch.full((L, N), _NEG, dtype=x.dtype, device=dev)
-        # the candidates of each frame, in position order (C of N): every step below works on them only
-        on = cand.to(torch.int64)
-        slot = torch.where(cand, torch.cumsum(on, 1) - 1, C + torch.cumsum(1 - on, 1) - 1)
-        positions = torch.arange(N, device=dev).unsqueeze(0).expand(L, N)
-        cpos = torch.zeros(L, N, dtype=torch.int64, device=dev).scatter(1, slot, positions)[:, :C]  # (L, C)
-        xs = x.gather(1, cpos.unsqueeze(-1).expand(L, C, D))  # (L, C, D)
-        xc = xs - x.mean(1, keepdim=True)  # translation-invariant; less cancellation in the mm form
-        sq = (xc * xc).sum(-1)
-        d2 = (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * (xc @ xc.transpose(1, 2))).clamp_min(0.0) / D
-        idx = torch.arange(C, device=dev)
-        d2 = torch.where(idx.unsqueeze(0) == idx.unsqueeze(1), 0, d2)  # (L, C, C)
-        xf = xs.reshape(L * C, D)
-        frame_base = (torch.arange(L, device=dev) * C).reshape(L, 1, 1)
+        # translation-invariant; centred rows use the grid of gram_sq_dist best. The centre is a
+        # fixed-order (halving) sum over positions: the same bits in every backend
+        xc = xs - _position_sum(x, N) / N  # (L, C, D)
+        d2 = (gram_sq_dist(xc, D) / D).to(x.dtype)  # (L, C, C) exact in any backend; diagonal 0
 
-        def exact(cols: torch.Tensor, c: int) -> torch.Tensor:
-            """(L, C, c) exact d^2 / D between candidate i and the candidates ``cols`` of its frame."""
-            d2_exact = row_sq_dist(xf, (cols + frame_base).reshape(L * C, c), D, (L * C, c))
-            return (d2_exact / D).reshape(L, C, c)
-
-        # rho: mean of the k smallest d^2 (self included); candidates chosen on the mm form with a
-        # margin, their exact d^2 ranked again, the k smallest summed in ascending order
+        # rho: mean of the k smallest d^2 (self included), summed in ascending order
         k = min(self.config.knn, C)
-        kc = min(2 * k, C)
-        pre = torch.topk(d2, kc, dim=-1, largest=False)
-        near = torch.topk(exact(pre.indices, kc), k, dim=-1, largest=False).values  # (L, C, k) ascending
+        near = torch.topk(d2, k, dim=-1, largest=False).values  # (L, C, k) ascending
         total = near[..., 0]
         for t in range(1, k):  # fixed summation order
             total = total + near[..., t]
         m = total / k
 
-        # delta^2: exact d^2 to the nearest denser candidate (among the mm form's nearest few)
+        # delta^2: d^2 to the nearest denser candidate; the densest: the frame's largest d^2
+        idx = torch.arange(C, device=dev)
         lower = idx.unsqueeze(0) < idx.unsqueeze(1)  # [i, j] = j < i (candidates in position order)
         mi, mj = m.unsqueeze(-1), m.unsqueeze(-2)
         denser = mj < mi  # strict (FastVID preset): equal m is never denser
         if self.config.density_ties == "index":  # InfoMerge preset: a total order
             denser = denser | ((mj == mi) & lower)
-        big = 3.0e38
-        pre_d = torch.topk(torch.where(denser, d2, big), k, dim=-1, largest=False)
-        to_denser = torch.where(pre_d.values < 1.0e38, exact(pre_d.indices, k), float("inf")).amin(-1)
+        to_denser = torch.where(denser, d2, float("inf")).amin(-1)  # (L, C)
         has_denser = denser.any(-1)
-        # the densest candidate: the frame's largest candidate distance (exact for each row's farthest)
-        far = d2.argmax(-1, keepdim=True)  # (L, C, 1)
-        dmax2 = exact(far, 1).squeeze(-1).amax(-1, keepdim=True)  # (L, 1)
+        dmax2 = d2.amax(-1).amax(-1, keepdim=True)  # (L, 1)
         delta2 = torch.where(has_denser, to_denser, dmax2.expand(L, C))
 
         # ranked as (rho delta)^2 / rho_max^2 = exp(-2 (m - m_min)) delta^2: the order of rho * delta
@@ -794,6 +835,17 @@ class FixedBudgetCompressor(nn.Module):
         score = torch.full((L, N), _NEG, dtype=x.dtype, device=dev)
         return score.scatter(1, cpos, rel * delta2)
 
+
+def _position_sum(x: torch.Tensor, width: int) -> torch.Tensor:
+    """(L, 1, D) sum of ``x`` (L, width, D) over positions by halving with elementwise adds (the
+    order of :func:`~infomerge.compress.exact_arith.tree_sum`, over dim 1): the same bits in
+    every backend, unlike a ReduceSum / ReduceMean."""
+    while width > 1:
+        h = width // 2
+        s = x[:, :h] + x[:, h : 2 * h]
+        x = torch.cat([s, x[:, 2 * h :]], 1) if width % 2 else s
+        width -= h
+    return x[:, :1]
 
 __all__ = [
     "FixedBudgetCompressor",
