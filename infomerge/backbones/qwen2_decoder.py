@@ -120,8 +120,14 @@ class KVCache:
 
     def __init__(self, shape: DecoderShape, capacity: int, batch: int, dtype: torch.dtype, device):
         self.data = torch.zeros(
-            shape.num_hidden_layers, 2, batch, shape.num_key_value_heads, max(1, int(capacity)),
-            shape.head_dim, dtype=dtype, device=device,
+            shape.num_hidden_layers,
+            2,
+            batch,
+            shape.num_key_value_heads,
+            max(1, int(capacity)),
+            shape.head_dim,
+            dtype=dtype,
+            device=device,
         )
         self.filled = 0
 
@@ -133,7 +139,9 @@ class KVCache:
         """Room for ``n`` more slots (grows the tensor when needed)."""
         need = self.filled + n
         if need > self.capacity:
-            grown = self.data.new_zeros(*self.data.shape[:4], max(need, 2 * self.capacity), self.data.shape[5])
+            grown = self.data.new_zeros(
+                *self.data.shape[:4], max(need, 2 * self.capacity), self.data.shape[5]
+            )
             grown[..., : self.filled, :] = self.data[..., : self.filled, :]
             self.data = grown
 
@@ -165,7 +173,7 @@ class RMSNorm(nn.Module):
 
 
 def inverse_frequencies(shape: DecoderShape, device=None) -> torch.Tensor:
-    """(d/2,) fp32 RoPE frequencies ``theta ** (-2i / d)`` (RoFormer Eq. 15), as transformers computes them."""
+    """(d/2,) fp32 RoPE frequencies ``theta ** (-2i / d)`` (RoFormer Eq. 15), as transformers has them."""
     d = shape.head_dim
     exponent = torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d
     return 1.0 / (shape.rope_theta**exponent)
@@ -267,7 +275,11 @@ class DecoderStack(nn.Module):
 
     def __init__(self, shape: DecoderShape):
         super().__init__()
-        self.embed_tokens = nn.Embedding(shape.vocab_size, shape.hidden_size)
+        # an empty weight, not nn.Embedding's normal_ init: on the meta device normal_ runs torch's
+        # Python reference, which imports torch._dynamo (what this module exists to avoid); the
+        # weights come from the checkpoint
+        v, d = shape.vocab_size, shape.hidden_size
+        self.embed_tokens = nn.Embedding(v, d, _weight=torch.empty(v, d))
         self.layers = nn.ModuleList(DecoderLayer(shape) for _ in range(shape.num_hidden_layers))
         self.norm = RMSNorm(shape.hidden_size, shape.rms_norm_eps)
 
@@ -288,7 +300,9 @@ class Qwen2Decoder(nn.Module):
         self.shape = decoder_shape(config)
         self.model = DecoderStack(self.shape)
         self.lm_head = nn.Linear(self.shape.hidden_size, self.shape.vocab_size, bias=False)
-        self.inv_freq = inverse_frequencies(self.shape)  # (d/2,) fp32; not a parameter
+        # (d/2,) fp32, not a parameter; on the CPU even when built on the meta device (torch.arange
+        # there runs torch's Python reference, which imports torch._dynamo)
+        self.inv_freq = inverse_frequencies(self.shape, device="cpu")
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
@@ -317,7 +331,10 @@ class Qwen2Decoder(nn.Module):
         """
         n = inputs_embeds.shape[1]
         cos, sin = rope_cos_sin(
-            self.inv_freq.to(inputs_embeds.device), position_ids, self.shape.mrope_section, inputs_embeds.dtype
+            self.inv_freq.to(inputs_embeds.device),
+            position_ids,
+            self.shape.mrope_section,
+            inputs_embeds.dtype,
         )
         cache.reserve(n)
         x = inputs_embeds
@@ -355,7 +372,8 @@ def build_decoder(config, state: dict[str, torch.Tensor], device="cpu") -> Qwen2
     if "lm_head.weight" not in state or model.shape.tie_word_embeddings:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]  # one tensor when tied
     model.load_state_dict(state, strict=True, assign=True)
-    model.inv_freq = inverse_frequencies(model.shape)
+    if state["lm_head.weight"] is state["model.embed_tokens.weight"]:
+        model.lm_head.weight = model.model.embed_tokens.weight  # one Parameter (assign wraps each)
     return model.to(device).eval()
 
 

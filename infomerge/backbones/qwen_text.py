@@ -145,7 +145,7 @@ def qwen_text_state_dict(checkpoint: str | os.PathLike, dtype: torch.dtype) -> d
 
 
 def qwen_text_model(config, state: dict[str, torch.Tensor], device: str = "cpu") -> QwenTextLM:
-    """:class:`QwenTextLM` (eval) of ``config`` holding ``state`` (assigned on the meta device, not copied)."""
+    """:class:`QwenTextLM` (eval) of ``config`` holding ``state`` (assigned on the meta device, no copy)."""
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLRotaryEmbedding
 
     with torch.device("meta"):
