@@ -300,9 +300,11 @@ class Qwen2Decoder(nn.Module):
         self.shape = decoder_shape(config)
         self.model = DecoderStack(self.shape)
         self.lm_head = nn.Linear(self.shape.hidden_size, self.shape.vocab_size, bias=False)
-        # (d/2,) fp32, not a parameter; on the CPU even when built on the meta device (torch.arange
-        # there runs torch's Python reference, which imports torch._dynamo)
-        self.inv_freq = inverse_frequencies(self.shape, device="cpu")
+        # (d/2,) fp32, a buffer outside the state dict (moves with .to(device)); made on the CPU
+        # even when built on the meta device (torch.arange there runs torch's Python reference,
+        # which imports torch._dynamo)
+        inv_freq = inverse_frequencies(self.shape, device="cpu")
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
@@ -330,12 +332,7 @@ class Qwen2Decoder(nn.Module):
             (B, n', V) logits in the model's dtype.
         """
         n = inputs_embeds.shape[1]
-        cos, sin = rope_cos_sin(
-            self.inv_freq.to(inputs_embeds.device),
-            position_ids,
-            self.shape.mrope_section,
-            inputs_embeds.dtype,
-        )
+        cos, sin = rope_cos_sin(self.inv_freq, position_ids, self.shape.mrope_section, inputs_embeds.dtype)
         cache.reserve(n)
         x = inputs_embeds
         for i, layer in enumerate(self.model.layers):
