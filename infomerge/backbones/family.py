@@ -152,9 +152,11 @@ class BackboneFamily:
         return {}
 
     # --- the language model ----------------------------------------------------------------------
-    def load_text_model(self, checkpoint: Path, dtype: torch.dtype, device: str) -> torch.nn.Module:
-        """The checkpoint's language model for the torch LLM backend (eval mode, ``inputs_embeds``
-        and explicit ``position_ids`` in, logits out)."""
+    def load_text_decoder(self, checkpoint: Path, dtype: torch.dtype, device: str) -> torch.nn.Module:
+        """The checkpoint's language model for the torch LLM backend: the plain-torch
+        :class:`~infomerge.backbones.qwen2_decoder.Qwen2Decoder` (eval mode, ``inputs_embeds`` and
+        explicit ``position_ids`` in, logits out), or a transformers model for a config that
+        decoder does not cover."""
         raise NotImplementedError
 
     def text_key(self, key: str) -> str | None:

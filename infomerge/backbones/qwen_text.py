@@ -116,16 +116,24 @@ def load_qwen_text_model(
 
     Built on the meta device and the weights assigned (read with
     :func:`infomerge.backbones.loading.read_tensors`, only the text tensors). ``lm_head.weight`` is
-    the embedding matrix when the checkpoint ties them (Qwen2.5-VL-3B).
+    the embedding matrix when the checkpoint ties them (Qwen2.5-VL-3B). Imports transformers'
+    modelling; runs without an inner-LLM stage use :func:`load_qwen_text_decoder`.
 
     Raises:
         ArtifactError: not a Qwen2.5-VL checkpoint, or no language-model weights.
     """
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLRotaryEmbedding
+    return qwen_text_model(qwen_text_config(checkpoint), qwen_text_state_dict(checkpoint, dtype), device)
 
+
+def qwen_text_state_dict(checkpoint: str | os.PathLike, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The text model's weights under :class:`QwenTextLM` key names, in ``dtype``; ``lm_head.weight``
+    is the embedding tensor itself when the checkpoint ties them.
+
+    Raises:
+        ArtifactError: no language-model weights.
+    """
     from infomerge.backbones.loading import read_tensors
 
-    config = qwen_text_config(checkpoint)
     state, _ = read_tensors(checkpoint, qwen_text_key)
     if "model.embed_tokens.weight" not in state:
         raise ArtifactError(f"{checkpoint}: no language-model weights (model.embed_tokens.weight)")
@@ -133,6 +141,13 @@ def load_qwen_text_model(
     state = {k: v.to(dtype) for k, v in state.items()}
     if tied:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]  # one tensor, not a copy
+    return state
+
+
+def qwen_text_model(config, state: dict[str, torch.Tensor], device: str = "cpu") -> QwenTextLM:
+    """:class:`QwenTextLM` (eval) of ``config`` holding ``state`` (assigned on the meta device, no copy)."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLRotaryEmbedding
+
     with torch.device("meta"):
         model = QwenTextLM(config)
     model.load_state_dict(state, strict=True, assign=True)
@@ -140,4 +155,32 @@ def load_qwen_text_model(
     return model.to(device).eval()
 
 
-__all__ = ["QwenTextLM", "load_qwen_text_model", "qwen_text_config", "qwen_text_key"]
+def load_qwen_text_decoder(
+    checkpoint: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str = "cpu"
+):
+    """The text model as a plain-torch M-RoPE
+    :class:`~infomerge.backbones.qwen2_decoder.Qwen2Decoder` (eval), or :class:`QwenTextLM`
+    (:func:`load_qwen_text_model`) for a config that decoder does not cover. Same weights, same
+    logits, without transformers' modelling imports.
+
+    Raises:
+        ArtifactError: not a Qwen2.5-VL checkpoint, or no language-model weights.
+    """
+    from infomerge.backbones.qwen2_decoder import build_decoder, unsupported
+
+    config = qwen_text_config(checkpoint)
+    state = qwen_text_state_dict(checkpoint, dtype)
+    if unsupported(config) is not None:
+        return qwen_text_model(config, state, device)
+    return build_decoder(config, state, device)
+
+
+__all__ = [
+    "QwenTextLM",
+    "load_qwen_text_decoder",
+    "load_qwen_text_model",
+    "qwen_text_config",
+    "qwen_text_key",
+    "qwen_text_model",
+    "qwen_text_state_dict",
+]

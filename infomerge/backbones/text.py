@@ -98,13 +98,19 @@ def load_text_model(checkpoint: str | os.PathLike, dtype: torch.dtype = torch.fl
     """A ``Qwen2ForCausalLM`` (eval mode) holding the checkpoint's language model.
 
     The module is built on the meta device and the weights assigned, so nothing is initialised
-    twice (a 7B model loads at the cost of reading its weights).
+    twice (a 7B model loads at the cost of reading its weights). Imports transformers' modelling;
+    the torch LLM backend's runs without an inner-LLM stage use :func:`load_text_decoder` instead.
     """
+    return hf_text_model(text_config(checkpoint), text_state_dict(checkpoint, dtype), device)
+
+
+def hf_text_model(config, state: dict[str, torch.Tensor], device: str = "cpu"):
+    """``Qwen2ForCausalLM`` (eval) of ``config`` holding ``state`` (``model.*`` / ``lm_head.*`` keys),
+    built on the meta device with the tensors assigned (not copied)."""
     from transformers import Qwen2ForCausalLM
     from transformers.models.qwen2.modeling_qwen2 import Qwen2RotaryEmbedding
 
-    config = text_config(checkpoint)
-    state = text_state_dict(checkpoint, dtype)
+    state = dict(state)
     with torch.device("meta"):
         model = Qwen2ForCausalLM(config)
     if config.tie_word_embeddings:
@@ -114,6 +120,25 @@ def load_text_model(checkpoint: str | os.PathLike, dtype: torch.dtype = torch.fl
         model.tie_weights()
     model.model.rotary_emb = Qwen2RotaryEmbedding(config=config)  # buffers are not in the state dict
     return model.to(device).eval()
+
+
+def load_text_decoder(checkpoint: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """The checkpoint's language model as a plain-torch
+    :class:`~infomerge.backbones.qwen2_decoder.Qwen2Decoder` (eval mode), or transformers'
+    ``Qwen2ForCausalLM`` (:func:`load_text_model`) for a config that decoder does not cover
+    (:func:`~infomerge.backbones.qwen2_decoder.unsupported`). Same weights, same logits; the
+    decoder does not import transformers' modelling stack (docs/runtime.md, "Load and start-up").
+
+    Raises:
+        ArtifactError: no ``config.json``, not Qwen2, or no language-model weights.
+    """
+    from infomerge.backbones.qwen2_decoder import build_decoder, unsupported
+
+    config = text_config(checkpoint)
+    state = text_state_dict(checkpoint, dtype)
+    if unsupported(config) is not None:
+        return hf_text_model(config, state, device)
+    return build_decoder(config, state, device)
 
 
 def extract_text_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
@@ -145,4 +170,12 @@ def extract_text_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.Pat
     return out
 
 
-__all__ = ["extract_text_checkpoint", "load_text_model", "text_config", "text_key", "text_state_dict"]
+__all__ = [
+    "extract_text_checkpoint",
+    "hf_text_model",
+    "load_text_decoder",
+    "load_text_model",
+    "text_config",
+    "text_key",
+    "text_state_dict",
+]

@@ -1,9 +1,12 @@
-"""The ``torch`` LLM backend: the checkpoint's Qwen2 decoder in transformers, with a KV cache.
+"""The ``torch`` LLM backend: the checkpoint's Qwen2 decoder, with a KV cache.
 
-The language model is read on its own from the checkpoint by its family's ``load_text_model``
-(:mod:`infomerge.backbones.family`): :func:`infomerge.backbones.text.load_text_model` (LLaVA), or
-:func:`infomerge.backbones.qwen_text.load_qwen_text_model` (Qwen2.5-VL's M-RoPE text model, fed
-(3, 1, T) position ids).
+The language model is read on its own from the checkpoint by its family's ``load_text_decoder``
+(:mod:`infomerge.backbones.family`): :func:`infomerge.backbones.text.load_text_decoder` (LLaVA), or
+:func:`infomerge.backbones.qwen_text.load_qwen_text_decoder` (Qwen2.5-VL's M-RoPE text model, fed
+(3, 1, T) position ids): the plain-torch :class:`~infomerge.backbones.qwen2_decoder.Qwen2Decoder`
+with a static KV cache, which does not import transformers' modelling stack (start-up,
+docs/runtime.md). A transformers model (``Qwen2ForCausalLM``, ``QwenTextLM``) is accepted as well,
+with transformers' ``DynamicCache``.
 
 Precision: fp32 on the CPU; bf16 on CUDA where the GPU supports it, else fp16.
 
@@ -12,7 +15,10 @@ With ``prefill(..., visual=InnerMerge(...))`` the prefill runs the Unified metho
 layers that shortens the sequence before layer K. The cache then holds T rows in layers 0..K-1 and
 fewer in layers K..; :meth:`TorchLLM.step` runs the same loop (one query row: no mask needed).
 HoliTom's merge and FlashVID's FastV pruning (``InnerMerge.prune``: the other video rows dropped,
-no merge; ``flashvid/modeling_qwen2.py`` + ``utils.py`` ``fastv_prune``) run in the same loop.
+no merge; ``flashvid/modeling_qwen2.py`` + ``utils.py`` ``fastv_prune``) run in the same loop. That
+loop drives transformers' decoder layers: with the plain decoder, the first inner-stage prefill
+builds transformers' model around the same weight tensors (``Qwen2Decoder.to_transformers``), so
+only runs with an inner-LLM stage import transformers' modelling.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from infomerge.backbones.qwen2_decoder import KVCache, Qwen2Decoder
 from infomerge.compress.unified_inner import (
     InnerMerge,
     attention_rows,
@@ -46,17 +53,21 @@ def default_dtype(device: str) -> torch.dtype:
 
 
 class TorchLLM(LLMBackend):
-    """Qwen2 in transformers, fed ``inputs_embeds`` and explicit ``position_ids``.
+    """Qwen2, fed ``inputs_embeds`` and explicit ``position_ids``.
 
-    The KV cache is a transformers ``DynamicCache``; ``cache_position`` counts cache slots
-    (0, 1, 2, ...) while ``position_ids`` carry the RoPE positions (with gaps), so the causal mask
-    is over the tokens actually present.
+    ``model``: a :class:`~infomerge.backbones.qwen2_decoder.Qwen2Decoder` (static
+    :class:`~infomerge.backbones.qwen2_decoder.KVCache` of ``capacity`` slots) or a transformers
+    model (``DynamicCache``). Either way the cache slots count the tokens present (0, 1, 2, ...)
+    while ``position_ids`` carry the RoPE positions (with gaps), so the causal mask is over the
+    tokens actually present.
     """
 
     name = "torch"
 
     def __init__(self, model, eos_token_ids: Sequence[int], device: str = "cpu"):
-        self.model = model
+        self.model = model  # what _forward calls (the bench may swap in torch.compile's wrapper)
+        self.decoder = model if isinstance(model, Qwen2Decoder) else None
+        self._hf = None if self.decoder is not None else model  # transformers' model, the layer loop's
         self.device = str(device)
         self.dtype = next(model.parameters()).dtype
         cfg = model.config
@@ -69,10 +80,7 @@ class TorchLLM(LLMBackend):
         self._filled = 0
         self._looped = False  # the cache came from the layer loop (per-layer lengths differ)
         self.last_merge: dict | None = None  # kept rows / targets (None: pruned) of the last inner stage
-        # transformers 5.x names the KV-cache argument ``cache`` (``past_key_values`` is deprecated
-        # and warns mid-answer); 4.x knows only ``past_key_values``
-        params = inspect.signature(type(model).forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._cache_kw = "cache" if self._hf is None else _cache_keyword(model)
 
     @classmethod
     def from_checkpoint(
@@ -82,13 +90,14 @@ class TorchLLM(LLMBackend):
         device: str = "cpu",
         dtype: torch.dtype | None = None,
     ) -> TorchLLM:
-        """Load the language model of a checkpoint through its family's ``load_text_model``
+        """Load the language model of a checkpoint through its family's ``load_text_decoder``
         (:func:`~infomerge.backbones.family.checkpoint_family`: ``config.json`` says which): Qwen2 of
-        a LLaVA-OneVision / LLaVA-Video one, or the M-RoPE text model of a Qwen2.5-VL one."""
+        a LLaVA-OneVision / LLaVA-Video one, or the M-RoPE text model of a Qwen2.5-VL one, as the
+        plain-torch :class:`~infomerge.backbones.qwen2_decoder.Qwen2Decoder`."""
         from infomerge.backbones.family import checkpoint_family
 
         family = checkpoint_family(checkpoint)
-        model = family.load_text_model(Path(checkpoint), dtype or default_dtype(device), device)
+        model = family.load_text_decoder(Path(checkpoint), dtype or default_dtype(device), device)
         return cls(model, eos_token_ids, device)
 
     @torch.inference_mode()
@@ -99,6 +108,15 @@ class TorchLLM(LLMBackend):
     @torch.inference_mode()
     def _forward(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor) -> np.ndarray:
         n = inputs_embeds.shape[1]
+        if isinstance(self._cache, KVCache):  # the plain decoder
+            logits = self.model(
+                inputs_embeds.to(self.device, self.dtype),
+                position_ids.to(self.device, torch.long),
+                self._cache,
+                logits_to_keep=1,
+            )
+            self._filled += n
+            return logits[0, -1].float().cpu().numpy()
         out = self.model(
             inputs_embeds=inputs_embeds.to(self.device, self.dtype),
             position_ids=position_ids.to(self.device, torch.long),
@@ -123,7 +141,8 @@ class TorchLLM(LLMBackend):
             inputs_embeds: (1, T, D) float prompt embeddings.
             position_ids: (1, T) int64 RoPE positions (gaps allowed), or (3, 1, T) M-RoPE
                 positions (t, h, w) for Qwen2.5-VL.
-            capacity: unused (the DynamicCache grows).
+            capacity: KV slots to reserve (the plain decoder's static cache; it grows if exceeded;
+                transformers' DynamicCache ignores it).
             visual: the inner-LLM merge or pruning (video rows, K, kept count, lambda, prune);
                 None: plain forward.
 
@@ -133,15 +152,27 @@ class TorchLLM(LLMBackend):
         Raises:
             ValueError: ``visual`` out of range (K not in [1, depth), rows outside the prompt).
         """
-        from transformers import DynamicCache
-
-        self._cache = DynamicCache(config=self.model.config)
         self._filled = 0
         self.last_merge = None
         self._looped = visual is not None
+        if visual is None and self.decoder is not None:
+            self._cache = self.decoder.new_cache(capacity)
+            return self._forward(inputs_embeds, position_ids)
+        from transformers import DynamicCache
+
+        hf = self.transformers_model()
+        self._cache = DynamicCache(config=hf.config)
         if visual is None:
             return self._forward(inputs_embeds, position_ids)
         return self._prefill_merged(inputs_embeds, position_ids, visual)
+
+    def transformers_model(self):
+        """transformers' model of these weights (the inner-LLM loop's layers): the one given, or
+        built once from the plain decoder around the same tensors (imports transformers' modelling)."""
+        if self._hf is None:
+            self._hf = self.decoder.to_transformers()
+            self._cache_kw = _cache_keyword(self._hf)
+        return self._hf
 
     def step(self, token_id: int, position: int) -> np.ndarray:
         if self._cache is None:
@@ -156,7 +187,8 @@ class TorchLLM(LLMBackend):
     # --- the inner-LLM merge: a loop over the decoder layers ------------------------------------
     def _layers(self, x: torch.Tensor, pos: torch.Tensor, first: int, last: int | None) -> torch.Tensor:
         """Run decoder layers ``first .. last-1`` (None: to the end, then norm + lm_head -> logits)."""
-        m = self.model.model
+        hf = self.transformers_model()
+        m = hf.model
         n = x.shape[1]
         rope = m.rotary_emb(x, pos)
         # prefill (n > 1) starts from an empty cache in every layer, so the rows present are all the
@@ -164,7 +196,7 @@ class TorchLLM(LLMBackend):
         # kernels); eager (and any other) attention gets it written out. One query row sees every
         # cached key.
         mask = None
-        if n > 1 and self.model.config._attn_implementation not in _IS_CAUSAL_ATTENTION:
+        if n > 1 and hf.config._attn_implementation not in _IS_CAUSAL_ATTENTION:
             mask = torch.full((n, n), torch.finfo(x.dtype).min, dtype=x.dtype, device=x.device).triu(1)[
                 None, None
             ]
@@ -179,7 +211,7 @@ class TorchLLM(LLMBackend):
             )
         if last is not None:
             return x
-        return self.model.lm_head(m.norm(x[:, -1:]))[0, -1].float().cpu().numpy()
+        return hf.lm_head(m.norm(x[:, -1:]))[0, -1].float().cpu().numpy()
 
     def _attention_rows(
         self, layer: int, x_in: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor
@@ -191,13 +223,14 @@ class TorchLLM(LLMBackend):
         """
         from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
-        block = self.model.model.layers[layer]
+        hf = self.transformers_model()
+        block = hf.model.layers[layer]
         att = block.self_attn
         h = block.input_layernorm(x_in)[0]  # (T, D)
         d = att.head_dim
         q = att.q_proj(h[rows]).view(len(rows), -1, d).transpose(0, 1)[None]  # (1, H, Tq, d)
         k = att.k_proj(h).view(h.shape[0], -1, d).transpose(0, 1)[None]  # (1, Hkv, T, d)
-        cos, sin = self.model.model.rotary_emb(x_in, pos)
+        cos, sin = hf.model.rotary_emb(x_in, pos)
         q, _ = apply_rotary_pos_emb(q, q, cos[:, rows], sin[:, rows])
         _, k = apply_rotary_pos_emb(k, k, cos, sin)
         return attention_rows(q[0], k[0], rows)
@@ -242,6 +275,13 @@ class TorchLLM(LLMBackend):
     def close(self) -> None:
         self._cache = None
         self._filled = 0
+
+
+def _cache_keyword(model) -> str:
+    """transformers 5.x names the KV-cache argument ``cache`` (``past_key_values`` is deprecated and
+    warns mid-answer); 4.x knows only ``past_key_values``."""
+    forward = getattr(model, "_orig_mod", model).forward  # torch.compile's wrapper: the module's
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 __all__ = ["TorchLLM", "default_dtype"]

@@ -99,11 +99,11 @@ class LlavaFamily(BackboneFamily):
         """[F, 3, S, S] (SigLIP's square frames)."""
         return [frames, 3, bb.image_size, bb.image_size]
 
-    def load_text_model(self, checkpoint, dtype, device):
-        """:func:`~infomerge.backbones.text.load_text_model` (a ``Qwen2ForCausalLM``)."""
-        from infomerge.backbones.text import load_text_model
+    def load_text_decoder(self, checkpoint, dtype, device):
+        """:func:`~infomerge.backbones.text.load_text_decoder` (the plain-torch Qwen2 decoder)."""
+        from infomerge.backbones.text import load_text_decoder
 
-        return load_text_model(checkpoint, dtype, device)
+        return load_text_decoder(checkpoint, dtype, device)
 
     def text_key(self, key):
         """:func:`~infomerge.backbones.text.text_key` (``language_model.*``, ``model.language_model.*``,

@@ -168,11 +168,12 @@ class Qwen25VLFamily(BackboneFamily):
         """One temporal group (the graph is traced on 2 frames, then pinned to F)."""
         return bb.temporal_patch
 
-    def load_text_model(self, checkpoint, dtype, device):
-        """:func:`~infomerge.backbones.qwen_text.load_qwen_text_model` (the M-RoPE text model)."""
-        from infomerge.backbones.qwen_text import load_qwen_text_model
+    def load_text_decoder(self, checkpoint, dtype, device):
+        """:func:`~infomerge.backbones.qwen_text.load_qwen_text_decoder` (the plain-torch decoder
+        with M-RoPE)."""
+        from infomerge.backbones.qwen_text import load_qwen_text_decoder
 
-        return load_qwen_text_model(checkpoint, dtype, device)
+        return load_qwen_text_decoder(checkpoint, dtype, device)
 
     def text_key(self, key):
         """:func:`~infomerge.backbones.qwen_text.qwen_text_key` (``model.language_model.*``, the hub's
