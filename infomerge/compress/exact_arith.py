@@ -38,37 +38,6 @@ def exp_neg(m: torch.Tensor) -> torch.Tensor:
     return p
 
 
-SQRT_MIN = 2.0**-120  # sqrt_exact's input floor (a normal fp32; 4^-63 < it < 1)
-SQRT_MAX = 2.0**124  # ... and ceiling (below 4^63)
-
-
-def sqrt_exact(x: torch.Tensor) -> torch.Tensor:
-    """``sqrt(x)`` for fp32 ``x`` (clamped to [2^-120, 2^124]) from Mul, Div, Add and Where only.
-
-    ONNX Runtime's Sqrt is not correctly rounded (it differs from ``torch.sqrt`` in the last bit for
-    about 0.6 % of fp32 inputs, measured on 10^7 values in [0, 4)); Div, Mul and Add are IEEE in
-    both. ``x = m 4^e`` with ``m`` in [1, 4) found by comparisons with exact powers of 4 (greedy
-    over the bits of ``e``, as :func:`exp_neg` builds ``2^-n``), then Newton's iteration
-    ``y <- (y + m / y) / 2`` from the linear seed ``0.35 m + 0.7`` (within 5 % on [1, 4): four
-    steps reach fp32's last bits, a fifth settles them), times the exact ``2^e``. Within 1 ulp of
-    the true value; the same bits in torch and ONNX Runtime.
-    """
-    m = x.clamp(SQRT_MIN, SQRT_MAX)
-    s = torch.ones_like(m)
-    for b in (32, 16, 8, 4, 2, 1):  # down: after step b, m < 4^b
-        hi = m >= 4.0**b
-        m = torch.where(hi, m * 4.0**-b, m)
-        s = torch.where(hi, s * 2.0**b, s)
-    for b in (32, 16, 8, 4, 2, 1):  # up: the largest e with m 4^e < 4, so m 4^e >= 1
-        lo = m * 4.0**b < 4.0
-        m = torch.where(lo, m * 4.0**b, m)
-        s = torch.where(lo, s * 2.0**-b, s)
-    y = m * 0.35 + 0.7
-    for _ in range(5):
-        y = (y + m / y) * 0.5
-    return y * s
-
-
 SUM_CHUNK = 512  # columns per chunk of a row sum (bounds its (M, c, chunk) temporaries)
 
 
@@ -148,29 +117,6 @@ def row_sq_dist(
     chunks = [xf[:, c0 : c0 + SUM_CHUNK].contiguous() for c0 in range(0, width, SUM_CHUNK)]
     return torch.cat(
         [_row_block_sq_dist_in_place(chunks, cols[r : r + ROW_BLOCK], r) for r in range(0, m, ROW_BLOCK)]
-    )
-
-
-def sq_dist_to(
-    rows: torch.Tensor, xf: torch.Tensor, cols: torch.Tensor, width: int, shape: tuple[int, int]
-) -> torch.Tensor:
-    """``||rows[i] - xf[cols[i, t]]||^2`` (m, c) from elementwise ops only: :func:`row_sq_dist` for
-    rows that are not ``xf``'s own (gathered ones, say).
-
-    Args:
-        rows: (m, D) float32. xf: (M, D) float32. cols: (m, c) int64 rows of ``xf``. width: D.
-        shape: ``(m, c)`` as Python ints.
-
-    Blocks of about ``TRACE_BLOCK`` elements per temporary, eager and traced alike; the same
-    additions in the same order, so the same bits in torch and ONNX Runtime.
-    """
-    m, c = shape
-    step = max(1, TRACE_BLOCK // (c * SUM_CHUNK))
-    return torch.cat(
-        [
-            _row_block_sq_dist(rows[r : r + step], xf, cols[r : r + step], width, (min(step, m - r), c))
-            for r in range(0, m, step)
-        ]
     )
 
 
@@ -305,8 +251,6 @@ def _gram_sq_dist(x: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torc
 
 __all__ = [
     "EXP_MAX",
-    "SQRT_MAX",
-    "SQRT_MIN",
     "ROW_BLOCK",
     "TRACE_BLOCK",
     "SUM_CHUNK",
@@ -318,7 +262,5 @@ __all__ = [
     "pair_sq_dist",
     "pow2_exponent",
     "row_sq_dist",
-    "sq_dist_to",
-    "sqrt_exact",
     "tree_sum",
 ]

@@ -57,9 +57,9 @@ distances. The density step is exact across backends (ONNX Runtime gives the eag
 anchors bit for bit): the squared distances are a float64 Gram of integers on a per-token
 power-of-two grid (:func:`~infomerge.compress.exact_arith.gram_sq_dist`: exact in any
 accumulation order); "denser" compares ``m = mean kNN d^2``, not ``exp(-m)``; no Exp or Sqrt
-kernel is used (see ``_density``). So are the TFD static candidates (step 3): the matmul form
-ranks, and the positions around the ``T_st`` boundary are ranked again on a TFD summed in a fixed
-order of elementwise ops (see ``_static``).
+kernel is used (see ``_density``). The TFD static candidates (step 3): the matmul form ranks,
+and the positions around the ``T_st`` boundary are ranked again on a float64 TFD, where the
+backends' summation orders differ by ~1e-16 of the value (see ``_static``).
 """
 
 from __future__ import annotations
@@ -72,13 +72,7 @@ import torch
 from torch import nn
 
 from infomerge.compress.config import InfoMergeConfig
-from infomerge.compress.exact_arith import (
-    chunked_sum,
-    exp_neg,
-    gram_sq_dist,
-    sq_dist_to,
-    sqrt_exact,
-)
+from infomerge.compress.exact_arith import TRACE_BLOCK, exp_neg, gram_sq_dist
 from infomerge.compress.merge import combine_merge
 from infomerge.compress.richness import RICHNESS_MODES, renyi2_richness, segment_richness_exact, sketch_basis
 
@@ -665,12 +659,16 @@ class FixedBudgetCompressor(nn.Module):
         ~1e-6 of values ~1e-3, and random-weight features have TFD gaps below that (the 7B Qwen2.5-VL
         fp16 export kept 2 of 594 tokens differently in ONNX Runtime). The matmul form only
         *chooses*: positions of rank ``< T_st - m`` are static, of rank ``>= T_st + m`` are not
-        (``m`` = :data:`TFD_MARGIN`). The ``2 m`` positions between are ranked again on an exact TFD:
-        unit vectors from :func:`~infomerge.compress.exact_arith.sqrt_exact` norms,
-        ``cos(a, b) = 1 - ||a - b||^2 / 2`` with the squared distances summed in a fixed order of
-        elementwise adds (:func:`~infomerge.compress.exact_arith.sq_dist_to`, no cancellation), the
-        pair sums in a fixed order (:func:`~infomerge.compress.exact_arith.chunked_sum`); ties go to
-        the lower position.
+        (``m`` = :data:`TFD_MARGIN`). The ``2 m`` positions between are ranked again on a float64
+        TFD: unit vectors ``u = x / |x|`` in float64 (the squares of fp32 values are exact there),
+        ``cos(a, b) = 1 - ||a - b||^2 / 2`` with the squared distances summed over the differences
+        (no cancellation; exactly 0 for equal tokens, so repeated frames tie exactly in every
+        backend), ties to the lower position. The backends still sum in their own order, but at
+        float64's resolution (~1e-16 of the TFD) against gaps of ~1e-7 between random-weight
+        positions: what moved fp32 TFDs (~1e-6) across those gaps is 10^9 times smaller. (The
+        earlier form, fp32 sums in a fixed order of elementwise adds with a Newton square root, gave
+        the same bits in torch and ONNX Runtime but took TensorRT-RTX 9 minutes to compile for 8
+        tiny frames; this one builds in seconds.)
 
         Args:
             h: (L, N, D) float32 tokens. w: (K, (L-1) L) float32 {0, 1}: ``w[k, l L + l']`` = frames
@@ -693,15 +691,15 @@ class FixedBudgetCompressor(nn.Module):
         # exact TFD of the band: frame l's band is its segment's (the same positions in l and l+1)
         fpos = band.index_select(0, segment)  # (L, W)
         frame_base = (torch.arange(L, device=dev) * N).unsqueeze(1)
-        xf = h.reshape(L * N, D)
-        norm = sqrt_exact(chunked_sum(xf * xf, D))  # (L N,)
-        xf = xf / norm.unsqueeze(1)
-        rows = xf.index_select(0, (fpos + frame_base).reshape(L * W))  # (L W, D): token (l, fpos[l, j])
+        f64 = torch.float64
+        x64 = h.reshape(L * N, D).to(f64)
+        u = x64 / (x64 * x64).sum(-1, keepdim=True).sqrt()  # (L N, D) unit tokens, float64
+        rows = (fpos + frame_base).reshape(L * W)  # token (l, fpos[l, j])
         cols = (fpos.unsqueeze(-1) + frame_base.reshape(1, 1, L)).reshape(L * W, L)  # (l', fpos[l, j])
-        d2 = sq_dist_to(rows, xf, cols, D, (L * W, L)).reshape(L, W, L)  # ||u_{l,p} - u_{l',p}||^2
+        d2 = _sq_dists_to(u, rows, cols, (L * W, L, D)).reshape(L, W, L)  # ||u_{l,p} - u_{l',p}||^2
         step = (d2[:-1] - d2[1:]).abs()  # (L-1, W, L) = 2 |cos_{l+1} - cos_l| against l'
-        terms = w.reshape(L, 1, (L - 1) * L) * step.transpose(0, 1).reshape(1, W, (L - 1) * L)
-        exact = chunked_sum(terms, (L - 1) * L)  # (K, W), 2 (T-1) T TFD
+        terms = w.to(f64).reshape(L, 1, (L - 1) * L) * step.transpose(0, 1).reshape(1, W, (L - 1) * L)
+        exact = terms.sum(-1)  # (K, W), 2 (T-1) T TFD
 
         # the band's S - lo lowest exact TFD (ties: lower position) join the ranks below lo
         ei, ej = exact.unsqueeze(-1), exact.unsqueeze(-2)
@@ -834,6 +832,20 @@ class FixedBudgetCompressor(nn.Module):
         rel = exp_neg(2.0 * (m - m_min))
         score = torch.full((L, N), _NEG, dtype=x.dtype, device=dev)
         return score.scatter(1, cpos, rel * delta2)
+
+
+def _sq_dists_to(u: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, shape: tuple[int, int, int]):
+    """(m, c) ``||u[rows[i]] - u[cols[i, t]]||^2`` summed over the differences (exactly 0 for equal
+    rows), over blocks of rows of about :data:`~infomerge.compress.exact_arith.TRACE_BLOCK`
+    gathered elements. ``shape`` = ``(m, c, D)`` as Python ints (static when traced)."""
+    m, c, width = shape
+    step = max(1, TRACE_BLOCK // (c * width))
+    out = []
+    for r in range(0, m, step):
+        a = u.index_select(0, rows[r : r + step]).unsqueeze(1)  # (s, 1, D)
+        diff = a - u[cols[r : r + step]]  # (s, c, D)
+        out.append((diff * diff).sum(-1))  # (s, c)
+    return torch.cat(out) if len(out) > 1 else out[0]
 
 
 def _position_sum(x: torch.Tensor, width: int) -> torch.Tensor:
