@@ -691,14 +691,11 @@ class FixedBudgetCompressor(nn.Module):
         # exact TFD of the band: frame l's band is its segment's (the same positions in l and l+1)
         fpos = band.index_select(0, segment)  # (L, W)
         frame_base = (torch.arange(L, device=dev) * N).unsqueeze(1)
-        f64 = torch.float64
-        x64 = h.reshape(L * N, D).to(f64)
-        u = x64 / (x64 * x64).sum(-1, keepdim=True).sqrt()  # (L N, D) unit tokens, float64
         rows = (fpos + frame_base).reshape(L * W)  # token (l, fpos[l, j])
         cols = (fpos.unsqueeze(-1) + frame_base.reshape(1, 1, L)).reshape(L * W, L)  # (l', fpos[l, j])
-        d2 = _sq_dists_to(u, rows, cols, (L * W, L, D)).reshape(L, W, L)  # ||u_{l,p} - u_{l',p}||^2
-        step = (d2[:-1] - d2[1:]).abs()  # (L-1, W, L) = 2 |cos_{l+1} - cos_l| against l'
-        terms = w.to(f64).reshape(L, 1, (L - 1) * L) * step.transpose(0, 1).reshape(1, W, (L - 1) * L)
+        d2 = _unit_sq_dists(h.reshape(L * N, D), rows, cols, (L * W, L, D)).reshape(L, W, L)
+        step = (d2[:-1] - d2[1:]).abs()  # (L-1, W, L) = 2 |cos_{l+1} - cos_l| against l', float64
+        terms = w.to(step.dtype).reshape(L, 1, (L - 1) * L) * step.transpose(0, 1).reshape(1, W, (L - 1) * L)
         exact = terms.sum(-1)  # (K, W), 2 (T-1) T TFD
 
         # the band's S - lo lowest exact TFD (ties: lower position) join the ranks below lo
@@ -834,16 +831,26 @@ class FixedBudgetCompressor(nn.Module):
         return score.scatter(1, cpos, rel * delta2)
 
 
-def _sq_dists_to(u: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, shape: tuple[int, int, int]):
-    """(m, c) ``||u[rows[i]] - u[cols[i, t]]||^2`` summed over the differences (exactly 0 for equal
-    rows), over blocks of rows of about :data:`~infomerge.compress.exact_arith.TRACE_BLOCK`
-    gathered elements. ``shape`` = ``(m, c, D)`` as Python ints (static when traced)."""
+def _unit_sq_dists(xf: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, shape: tuple[int, int, int]):
+    """(m, c) float64 ``||u[rows[i]] - u[cols[i, t]]||^2`` of the unit tokens ``u = x / |x|``,
+    computed in float64 (the squares of fp32 values are exact there) and summed over the
+    differences: exactly 0 for equal tokens. Only the gathered tokens are converted, in blocks of
+    rows of about :data:`~infomerge.compress.exact_arith.TRACE_BLOCK` gathered elements (a float64
+    copy of every token cost 1.4 GiB of transient memory at L = 128).
+
+    Args:
+        xf: (M, D) float32 tokens. rows: (m,) int64. cols: (m, c) int64. shape: ``(m, c, D)`` as
+            Python ints (static when traced).
+    """
     m, c, width = shape
     step = max(1, TRACE_BLOCK // (c * width))
     out = []
     for r in range(0, m, step):
-        a = u.index_select(0, rows[r : r + step]).unsqueeze(1)  # (s, 1, D)
-        diff = a - u[cols[r : r + step]]  # (s, c, D)
+        a = xf.index_select(0, rows[r : r + step]).to(torch.float64)  # (s, D)
+        b = xf[cols[r : r + step]].to(torch.float64)  # (s, c, D)
+        a = a / (a * a).sum(-1, keepdim=True).sqrt()
+        b = b / (b * b).sum(-1, keepdim=True).sqrt()
+        diff = a.unsqueeze(1) - b  # (s, c, D)
         out.append((diff * diff).sum(-1))  # (s, c)
     return torch.cat(out) if len(out) > 1 else out[0]
 
