@@ -323,8 +323,7 @@ class FixedBudgetCompressor(nn.Module):
         static_slot = torch.zeros(L, N, dtype=torch.bool, device=dev)
         if cfg.tfd and self.static_count > 0 and L > 1:
             pair = onehot[:, :-1] * onehot[:, 1:]  # (K, L-1): frames l, l+1 both in k
-            w = (pair.unsqueeze(-1) * onehot.unsqueeze(1)).reshape(L, -1)  # (K, (L-1)*L)
-            static_slot = self._static(h, w, segment) & (seg_len > 1.5).unsqueeze(1)
+            static_slot = self._static(h, pair, same, segment) & (seg_len > 1.5).unsqueeze(1)
         static_frame = onehot.t() @ static_slot.to(f32)  # (L, N) float {0,1}: S of each frame's segment
 
         # ---- step 4 + 2: segment budgets B_k ----------------------------------------------------
@@ -648,7 +647,9 @@ class FixedBudgetCompressor(nn.Module):
         return merged, slot_of_token
 
     # ---- helpers -----------------------------------------------------------------------------------
-    def _static(self, h: torch.Tensor, w: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
+    def _static(
+        self, h: torch.Tensor, pair: torch.Tensor, same: torch.Tensor, segment: torch.Tensor
+    ) -> torch.Tensor:
         """Step 3: (K, N) bool, the ``T_st`` positions of lowest TFD of every segment slot.
 
         ``TFD_k(p) = sum_{l, l+1 in k} sum_{l' in k} |cos(h_{l+1,p}, h_{l',p}) - cos(h_{l,p}, h_{l',p})|
@@ -668,11 +669,13 @@ class FixedBudgetCompressor(nn.Module):
         positions: what moved fp32 TFDs (~1e-6) across those gaps is 10^9 times smaller. (The
         earlier form, fp32 sums in a fixed order of elementwise adds with a Newton square root, gave
         the same bits in torch and ONNX Runtime but took TensorRT-RTX 9 minutes to compile for 8
-        tiny frames; this one builds in seconds.)
+        tiny frames; this one builds in seconds.) Both forms sum in two steps: over the frames
+        ``l'`` of frame ``l``'s segment, then over the pairs ``(l, l+1)`` of the slot.
 
         Args:
-            h: (L, N, D) float32 tokens. w: (K, (L-1) L) float32 {0, 1}: ``w[k, l L + l']`` = frames
-                l, l+1 and l' all in slot k. segment: (L,) int64 slot of each frame.
+            h: (L, N, D) float32 tokens. pair: (K, L-1) float32 {0, 1}: frames l and l+1 both in
+                slot k. same: (L, L) float32 {0, 1}: frames l and l' in one segment. segment: (L,)
+                int64 slot of each frame.
         """
         L, N, D = self.frames, self.n, self.hidden
         S, dev = self.static_count, h.device
@@ -681,7 +684,8 @@ class FixedBudgetCompressor(nn.Module):
         hnt = hn.transpose(0, 1)  # (N, L, D)
         fm = hnt @ hnt.transpose(1, 2)  # (N, L, L) per-position cosines
         diff = (fm[:, 1:, :] - fm[:, :-1, :]).abs()  # (N, L-1, L)
-        rank = rank_asc(w @ diff.reshape(N, -1).t())  # (K, N), a permutation per slot
+        inner = (diff * same[:-1]).sum(-1)  # (N, L-1): over l' in l's segment
+        rank = rank_asc(pair @ inner.t())  # (K, N), a permutation per slot
         lo, hi = max(S - TFD_MARGIN, 0), min(S + TFD_MARGIN, N)
         W = hi - lo
         positions = torch.arange(N, device=dev).unsqueeze(0).expand(L, N)
@@ -695,8 +699,8 @@ class FixedBudgetCompressor(nn.Module):
         cols = (fpos.unsqueeze(-1) + frame_base.reshape(1, 1, L)).reshape(L * W, L)  # (l', fpos[l, j])
         d2 = _unit_sq_dists(h.reshape(L * N, D), rows, cols, (L * W, L, D)).reshape(L, W, L)
         step = (d2[:-1] - d2[1:]).abs()  # (L-1, W, L) = 2 |cos_{l+1} - cos_l| against l', float64
-        terms = w.to(step.dtype).reshape(L, 1, (L - 1) * L) * step.transpose(0, 1).reshape(1, W, (L - 1) * L)
-        exact = terms.sum(-1)  # (K, W), 2 (T-1) T TFD
+        inner = (step * same[:-1].to(step.dtype).unsqueeze(1)).sum(-1)  # (L-1, W): over l' in l's segment
+        exact = pair.to(step.dtype) @ inner  # (K, W), 2 (T-1) T TFD
 
         # the band's S - lo lowest exact TFD (ties: lower position) join the ranks below lo
         ei, ej = exact.unsqueeze(-1), exact.unsqueeze(-2)
