@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _int4_reference import load_dequantized
 
 from infomerge.errors import ArtifactError, BackendUnavailableError
 from infomerge.runtime.llm import Sampler
@@ -104,36 +105,9 @@ def test_ort_fp32_matches_torch(exported, torch_llm):
 
 def _dequantized_reference(graph_dir, checkpoint):
     """The torch text model with every MatMulNBits weight replaced by its dequantized int4 value."""
-    import onnx
-    from onnx import numpy_helper
-
     from infomerge.backbones.text import load_text_model
 
-    model = load_text_model(checkpoint)
-    graph = onnx.load(str(graph_dir / "model.onnx"))
-    inits = {i.name: i for i in graph.graph.initializer}
-    replaced = 0
-    for node in graph.graph.node:
-        if node.op_type != "MatMulNBits":
-            continue
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        n, k, bits, block = attrs["N"], attrs["K"], attrs["bits"], attrs["block_size"]
-        assert bits == 4 and len([i for i in node.input if i]) == 3  # symmetric: default zero point 8
-        packed = numpy_helper.to_array(inits[node.input[1]]).reshape(n, -1)
-        scales = numpy_helper.to_array(inits[node.input[2]]).reshape(n, -1)
-        q = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(n, -1)[:, :k].astype(np.float32)
-        w = (q - 8.0) * np.repeat(scales, block, axis=1)[:, :k]
-        path = node.name.strip("/").replace("/MatMul_Q4", "")  # model/layers.0/attn/q_proj | lm_head
-        target = (
-            model.lm_head
-            if path == "lm_head"
-            else model.get_submodule(path.replace("/", ".").replace(".attn.", ".self_attn."))
-        )
-        assert tuple(target.weight.shape) == (n, k)
-        target.weight.data = torch.from_numpy(w)
-        replaced += 1
-    assert replaced == 2 * 7 + 1  # 7 matmuls per layer, 2 layers, and the LM head
-    return model
+    return load_dequantized(load_text_model(checkpoint), graph_dir, layers=2)
 
 
 def test_int4_agreement_with_dequantized_reference(exported, checkpoint, torch_llm):

@@ -19,6 +19,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from _int4_reference import load_dequantized
 
 from infomerge.runtime.llm_ort import OrtLLM
 from infomerge.runtime.pipeline import Pipeline
@@ -227,36 +228,9 @@ def test_compressed_logits_equal_hf_forward(exported, pipe, decoded, hf):
 def _dequantized_reference(graph_dir, checkpoint):
     """Qwen2.5-VL's text model with every MatMulNBits weight replaced by its dequantized int4 value
     (4-bit codes q with the default zero point 8 and per-block scales: w = (q - 8) * scale)."""
-    import onnx
-    from onnx import numpy_helper
-
     from infomerge.backbones.qwen_text import load_qwen_text_model
 
-    model = load_qwen_text_model(checkpoint)
-    graph = onnx.load(str(graph_dir / "model.onnx"))
-    inits = {i.name: i for i in graph.graph.initializer}
-    replaced = 0
-    for node in graph.graph.node:
-        if node.op_type != "MatMulNBits":
-            continue
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        n, k, bits, block = attrs["N"], attrs["K"], attrs["bits"], attrs["block_size"]
-        assert bits == 4 and len([i for i in node.input if i]) == 3  # symmetric: no zero points
-        packed = numpy_helper.to_array(inits[node.input[1]]).reshape(n, -1)
-        scales = numpy_helper.to_array(inits[node.input[2]]).reshape(n, -1)
-        q = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(n, -1)[:, :k].astype(np.float32)
-        w = (q - 8.0) * np.repeat(scales, block, axis=1)[:, :k]
-        path = node.name.strip("/").replace("/MatMul_Q4", "")  # model/layers.0/attn/q_proj | lm_head
-        target = (
-            model.lm_head
-            if path == "lm_head"
-            else model.get_submodule(path.replace("/", ".").replace(".attn.", ".self_attn."))
-        )
-        assert tuple(target.weight.shape) == (n, k)
-        target.weight.data = torch.from_numpy(w)
-        replaced += 1
-    assert replaced == 2 * 7 + 1  # 7 matmuls per layer, 2 layers, and the LM head
-    return model
+    return load_dequantized(load_qwen_text_model(checkpoint), graph_dir, layers=2)
 
 
 def _mrope_prompt(seed, n=40, d=64):

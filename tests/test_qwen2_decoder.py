@@ -26,17 +26,23 @@ from infomerge.backbones.tiny import build_tiny_checkpoint
 TOL = 2e-6  # fp32; the random models' logits are O(0.1)
 
 
+#: the small text-model sizes both transformers references are built with
+SIZES = dict(
+    vocab_size=97,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+)
+
+
 def _qwen2_config(**extra):
     from transformers import Qwen2Config
 
     return Qwen2Config(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
+        **SIZES,
         rms_norm_eps=1e-6,
         rope_theta=10000.0,
         tie_word_embeddings=False,
@@ -114,13 +120,7 @@ def test_mrope_equals_transformers_qwen2_5_vl_text_model():
 
     config = Qwen2_5_VLConfig(
         text_config=dict(
-            vocab_size=97,
-            hidden_size=32,
-            intermediate_size=48,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
+            **SIZES,
             rope_theta=100.0,
             rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]},
         )
