@@ -174,12 +174,25 @@ def run_cli(prog: str, body: Callable[[], int | None], *, debug: bool = False) -
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a message and a status
+        exc = _as_interrupt(exc)
         if isinstance(exc, (KeyboardInterrupt, Terminated)):
             _ignore_further_signals()  # the status is decided: a straggler must not kill the exit
         if debug:
             traceback.print_exc()
         print(f"{prog}: error: {describe(exc)}", file=sys.stderr, flush=True)
         return exit_code_of(exc)
+
+
+def _as_interrupt(exc: BaseException) -> BaseException:
+    """``exc``, or the interrupt it stands for: when a signal was received, an exception of another
+    type is the handler's interrupt translated by an extension that caught it (torch turns an
+    exception raised inside its sequence protocol into ``ValueError: could not determine the
+    shape of object type ...``; seen once in a CI run of the bench export's SIGTERM test), so the
+    command reports the interrupt and exits 130."""
+    signum = getattr(_state, "received", None)
+    if signum is None or isinstance(exc, KeyboardInterrupt):
+        return exc
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
 
 
 def exit_process(status: int | None) -> NoReturn:
